@@ -1,0 +1,59 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let package = Package(
+    name: "udpecho",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "UDPEcho", targets: ["UDPEcho"]),
+        .executable(name: "udpecho", targets: ["udpecho"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.3"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
+    ],
+    targets: [
+        // Batched datagram syscalls (recvmmsg/sendmmsg) and control-message handling, which Swift cannot
+        // express directly (`mmsghdr` needs _GNU_SOURCE, CMSG_* are macros).
+        .target(name: "CUDPEcho"),
+        .target(
+            name: "UDPEcho",
+            dependencies: [
+                "CUDPEcho",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Atomics", package: "swift-atomics"),
+            ]
+        ),
+        .executableTarget(
+            name: "udpecho",
+            dependencies: [
+                "UDPEcho",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .testTarget(
+            name: "UDPEchoTests",
+            dependencies: [
+                "UDPEcho",
+                "CUDPEcho",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .testTarget(
+            name: "udpechoTests",
+            dependencies: ["UDPEcho"]
+        ),
+    ]
+)

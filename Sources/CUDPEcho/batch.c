@@ -1,0 +1,246 @@
+#define _GNU_SOURCE
+#include "CUDPEcho.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <pthread.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <time.h>
+
+// Room for one IPv6 PKTINFO message (the larger one) plus slack for anything else the kernel adds.
+#define CONTROL_SIZE 128
+
+struct cudpecho_batch {
+    int count;
+    size_t slot_size;
+    size_t mapping_size;
+    uint8_t *payload;
+    struct mmsghdr *messages;
+    struct iovec *iovecs;
+    struct sockaddr_storage *peers;
+    uint8_t (*control)[CONTROL_SIZE];
+};
+
+const short cudpecho_pollin = POLLIN;
+const short cudpecho_pollout = POLLOUT;
+const int cudpecho_so_reuseport = SO_REUSEPORT;
+
+cudpecho_batch *cudpecho_batch_create(int count, size_t slot_size) {
+    if (count <= 0 || slot_size == 0) {
+        return NULL;
+    }
+    cudpecho_batch *batch = calloc(1, sizeof(*batch));
+    if (batch == NULL) {
+        return NULL;
+    }
+    batch->count = count;
+    batch->slot_size = slot_size;
+    // An anonymous mapping rather than malloc: pages are only backed once a datagram writes them, so 64 slots of
+    // 64 KiB cost 64 pages of memory for small datagrams, not 4 MiB.
+    batch->mapping_size = (size_t)count * slot_size;
+    void *payload = mmap(NULL, batch->mapping_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    batch->payload = payload == MAP_FAILED ? NULL : payload;
+    batch->messages = calloc((size_t)count, sizeof(struct mmsghdr));
+    batch->iovecs = calloc((size_t)count, sizeof(struct iovec));
+    batch->peers = calloc((size_t)count, sizeof(struct sockaddr_storage));
+    batch->control = calloc((size_t)count, CONTROL_SIZE);
+    if (!batch->payload || !batch->messages || !batch->iovecs || !batch->peers || !batch->control) {
+        cudpecho_batch_destroy(batch);
+        return NULL;
+    }
+    for (int i = 0; i < count; i++) {
+        batch->iovecs[i].iov_base = batch->payload + (size_t)i * slot_size;
+        batch->iovecs[i].iov_len = slot_size;
+        struct msghdr *h = &batch->messages[i].msg_hdr;
+        h->msg_iov = &batch->iovecs[i];
+        h->msg_iovlen = 1;
+        h->msg_name = &batch->peers[i];
+        h->msg_namelen = sizeof(struct sockaddr_storage);
+        h->msg_control = batch->control[i];
+        h->msg_controllen = CONTROL_SIZE;
+    }
+    return batch;
+}
+
+void cudpecho_batch_destroy(cudpecho_batch *batch) {
+    if (batch == NULL) {
+        return;
+    }
+    if (batch->payload) {
+        munmap(batch->payload, batch->mapping_size);
+    }
+    free(batch->messages);
+    free(batch->iovecs);
+    free(batch->peers);
+    free(batch->control);
+    free(batch);
+}
+
+int cudpecho_batch_count(const cudpecho_batch *batch) { return batch->count; }
+
+int cudpecho_batch_recv(int fd, cudpecho_batch *batch, int max) {
+    if (max > batch->count) {
+        max = batch->count;
+    }
+    for (int i = 0; i < max; i++) {
+        struct msghdr *h = &batch->messages[i].msg_hdr;
+        batch->iovecs[i].iov_len = batch->slot_size;
+        h->msg_namelen = sizeof(struct sockaddr_storage);
+        h->msg_control = batch->control[i];
+        h->msg_controllen = CONTROL_SIZE;
+        h->msg_flags = 0;
+    }
+    int n = recvmmsg(fd, batch->messages, (unsigned int)max, MSG_DONTWAIT, NULL);
+    return n < 0 ? -errno : n;
+}
+
+size_t cudpecho_batch_length(const cudpecho_batch *batch, int i) { return batch->messages[i].msg_len; }
+
+int cudpecho_batch_truncated(const cudpecho_batch *batch, int i) {
+    return (batch->messages[i].msg_hdr.msg_flags & MSG_TRUNC) != 0;
+}
+
+uint8_t *cudpecho_batch_payload(cudpecho_batch *batch, int i) { return batch->iovecs[i].iov_base; }
+
+void cudpecho_batch_set_length(cudpecho_batch *batch, int i, size_t length) {
+    batch->messages[i].msg_len = (unsigned int)(length < batch->slot_size ? length : batch->slot_size);
+}
+
+const struct sockaddr *cudpecho_batch_peer(const cudpecho_batch *batch, int i, socklen_t *length) {
+    *length = batch->messages[i].msg_hdr.msg_namelen;
+    return (const struct sockaddr *)&batch->peers[i];
+}
+
+void cudpecho_batch_set_peer(cudpecho_batch *batch, int i, const struct sockaddr *address, socklen_t length) {
+    if (length > sizeof(struct sockaddr_storage)) {
+        length = sizeof(struct sockaddr_storage);
+    }
+    memcpy(&batch->peers[i], address, length);
+    batch->messages[i].msg_hdr.msg_namelen = length;
+    batch->messages[i].msg_hdr.msg_controllen = 0;
+}
+
+// Rewrites the received control messages of one slot into a single PKTINFO message naming the source address for
+// the reply (the address the request was sent to). Anything else the kernel reported is not sent back.
+static void prepare_reply_control(struct msghdr *h) {
+    struct in_pktinfo v4;
+    struct in6_pktinfo v6;
+    int have_v4 = 0, have_v6 = 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c != NULL; c = CMSG_NXTHDR(h, c)) {
+        if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO) {
+            memcpy(&v4, CMSG_DATA(c), sizeof(v4));
+            have_v4 = 1;
+        } else if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_PKTINFO) {
+            memcpy(&v6, CMSG_DATA(c), sizeof(v6));
+            have_v6 = 1;
+        }
+    }
+    uint8_t *buffer = h->msg_control;
+    if (have_v4) {
+        // Source = the destination of the request; let routing choose the interface.
+        struct in_pktinfo reply = {.ipi_ifindex = 0, .ipi_spec_dst = v4.ipi_addr};
+        h->msg_controllen = CMSG_SPACE(sizeof(reply));
+        memset(buffer, 0, h->msg_controllen);
+        struct cmsghdr *c = CMSG_FIRSTHDR(h);
+        c->cmsg_level = IPPROTO_IP;
+        c->cmsg_type = IP_PKTINFO;
+        c->cmsg_len = CMSG_LEN(sizeof(reply));
+        memcpy(CMSG_DATA(c), &reply, sizeof(reply));
+    } else if (have_v6) {
+        // Keep the interface: a link-local source is only meaningful on the link it arrived on.
+        h->msg_controllen = CMSG_SPACE(sizeof(v6));
+        memset(buffer, 0, h->msg_controllen);
+        struct cmsghdr *c = CMSG_FIRSTHDR(h);
+        c->cmsg_level = IPPROTO_IPV6;
+        c->cmsg_type = IPV6_PKTINFO;
+        c->cmsg_len = CMSG_LEN(sizeof(v6));
+        memcpy(CMSG_DATA(c), &v6, sizeof(v6));
+    } else {
+        h->msg_controllen = 0;
+    }
+    h->msg_control = h->msg_controllen ? buffer : NULL;
+}
+
+void cudpecho_batch_prepare_replies(cudpecho_batch *batch, int count) {
+    for (int i = 0; i < count; i++) {
+        struct mmsghdr *m = &batch->messages[i];
+        batch->iovecs[i].iov_len = m->msg_len;
+        if (m->msg_hdr.msg_controllen > 0) {
+            prepare_reply_control(&m->msg_hdr);
+        } else {
+            m->msg_hdr.msg_control = NULL;
+        }
+        m->msg_hdr.msg_flags = 0;
+    }
+}
+
+int cudpecho_batch_send(int fd, cudpecho_batch *batch, int start, int count) {
+    for (int i = start; i < start + count; i++) {
+        // recvmmsg wrote the received length into msg_len; the iovec carries the length to send.
+        batch->iovecs[i].iov_len = batch->messages[i].msg_len;
+    }
+    int n = sendmmsg(fd, batch->messages + start, (unsigned int)count, MSG_DONTWAIT);
+    return n < 0 ? -errno : n;
+}
+
+int cudpecho_enable_pktinfo(int fd, int family) {
+    int on = 1;
+    if (setsockopt(fd, IPPROTO_IP, IP_PKTINFO, &on, sizeof(on)) != 0) {
+        return -errno;
+    }
+    if (family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_RECVPKTINFO, &on, sizeof(on)) != 0) {
+        return -errno;
+    }
+    return 0;
+}
+
+int cudpecho_wait(int fd, short events, int wake_fd, int timeout_ms) {
+    struct pollfd fds[2] = {{.fd = fd, .events = events}, {.fd = wake_fd, .events = POLLIN}};
+    int n = poll(fds, wake_fd >= 0 ? 2 : 1, timeout_ms);
+    if (n < 0) {
+        return -errno;
+    }
+    if (n == 0) {
+        return 0;
+    }
+    if (wake_fd >= 0 && (fds[1].revents & POLLIN)) {
+        return 2;
+    }
+    return 1;
+}
+
+int64_t cudpecho_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int cudpecho_set_buffer_size(int fd, int option, int bytes) {
+    if (setsockopt(fd, SOL_SOCKET, option, &bytes, sizeof(bytes)) != 0) {
+        return -errno;
+    }
+    int actual = 0;
+    socklen_t length = sizeof(actual);
+    // Linux reports double the size asked for (the kernel's bookkeeping overhead).
+    if (getsockopt(fd, SOL_SOCKET, option, &actual, &length) == 0 && actual < bytes * 2) {
+        int force = option == SO_RCVBUF ? SO_RCVBUFFORCE : SO_SNDBUFFORCE;
+        // Without privileges this fails with EPERM and the capped size stays: not an error.
+        (void)setsockopt(fd, SOL_SOCKET, force, &bytes, sizeof(bytes));
+    }
+    return 0;
+}
+
+int cudpecho_wake_create(void) {
+    int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    return fd < 0 ? -errno : fd;
+}
+
+void cudpecho_set_thread_name(const char *name) {
+    char truncated[16];
+    strncpy(truncated, name, sizeof(truncated) - 1);
+    truncated[sizeof(truncated) - 1] = 0;
+    pthread_setname_np(pthread_self(), truncated);
+}

@@ -1,0 +1,72 @@
+#ifndef CUDPECHO_H
+#define CUDPECHO_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+
+/// A batch of datagram slots for recvmmsg(2)/sendmmsg(2).
+///
+/// Each slot owns a payload buffer of `slot_size` bytes, a peer address and a small control buffer that holds the
+/// destination address the datagram arrived on (IP_PKTINFO / IPV6_PKTINFO), so that the reply leaves from the same
+/// address even on a socket bound to the wildcard address of a multi-homed host.
+typedef struct cudpecho_batch cudpecho_batch;
+
+/// Allocates a batch of `count` slots of `slot_size` bytes each. Returns NULL when out of memory.
+/// Payload memory is reserved, not touched: small datagrams only ever touch the first page of a slot.
+cudpecho_batch *cudpecho_batch_create(int count, size_t slot_size);
+void cudpecho_batch_destroy(cudpecho_batch *batch);
+int cudpecho_batch_count(const cudpecho_batch *batch);
+
+/// Receives up to `max` datagrams without blocking. Returns how many arrived, or -errno.
+int cudpecho_batch_recv(int fd, cudpecho_batch *batch, int max);
+
+/// Length of the datagram in slot `i` after a receive.
+size_t cudpecho_batch_length(const cudpecho_batch *batch, int i);
+/// Whether the datagram in slot `i` was larger than its slot (MSG_TRUNC).
+int cudpecho_batch_truncated(const cudpecho_batch *batch, int i);
+/// Payload bytes of slot `i`.
+uint8_t *cudpecho_batch_payload(cudpecho_batch *batch, int i);
+/// Sets the length of slot `i` (for sending), clamped to the slot size.
+void cudpecho_batch_set_length(cudpecho_batch *batch, int i, size_t length);
+/// Peer address of slot `i` and its length.
+const struct sockaddr *cudpecho_batch_peer(const cudpecho_batch *batch, int i, socklen_t *length);
+/// Sets the peer address of slot `i` (for sending).
+void cudpecho_batch_set_peer(cudpecho_batch *batch, int i, const struct sockaddr *address, socklen_t length);
+
+/// Turns what was received in slots [0, count) into replies: each goes back to its sender with the same payload,
+/// from the address it arrived on when that address is known (a single PKTINFO control message), else with none.
+void cudpecho_batch_prepare_replies(cudpecho_batch *batch, int count);
+
+/// Sends slots [start, start + count) without blocking. Returns how many were sent (>= 1), or -errno for the error
+/// of the first one.
+int cudpecho_batch_send(int fd, cudpecho_batch *batch, int start, int count);
+
+/// Asks the kernel to report the destination address of each datagram (IP_PKTINFO and, on IPv6 sockets,
+/// IPV6_RECVPKTINFO). Returns 0 or -errno.
+int cudpecho_enable_pktinfo(int fd, int family);
+
+/// Waits until `fd` is ready for `events` (POLLIN/POLLOUT) or `wake_fd` is readable, for at most `timeout_ms`
+/// (-1 forever). Returns 1 if fd is ready, 2 if wake_fd is readable, 0 on timeout, -errno on error.
+int cudpecho_wait(int fd, short events, int wake_fd, int timeout_ms);
+
+/// Current CLOCK_MONOTONIC time in nanoseconds.
+int64_t cudpecho_now_ns(void);
+
+/// Sets an integer socket option, and for SO_RCVBUF/SO_SNDBUF falls back to the FORCE variants (root or
+/// CAP_NET_ADMIN) when the limit of net.core.[rw]mem_max would cap the size. Returns 0 or -errno.
+int cudpecho_set_buffer_size(int fd, int option, int bytes);
+
+/// An eventfd(2) to wake waiting threads (close-on-exec, non-blocking). Returns the descriptor or -errno.
+int cudpecho_wake_create(void);
+/// Names the calling thread (shown by ps and top), truncated to 15 bytes.
+void cudpecho_set_thread_name(const char *name);
+
+/// POLLIN / POLLOUT, which Swift sees as macros of the wrong type on some libcs.
+extern const short cudpecho_pollin;
+extern const short cudpecho_pollout;
+/// SO_REUSEPORT, which SwiftNIO has no shorthand for.
+extern const int cudpecho_so_reuseport;
+
+#endif

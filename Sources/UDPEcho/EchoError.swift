@@ -1,0 +1,60 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+public import NIOCore
+
+/// The errors of udpecho's servers and clients, each with a description a person can act on.
+public enum EchoError: Error, CustomStringConvertible {
+    /// The resolver could not turn `host` into an address.
+    case nameNotResolved(host: String, reason: String)
+    /// No reply arrived from `peer` within `timeout`.
+    case timeout(Duration, peer: SocketAddress)
+    /// The peer's host answered that nothing listens on that port (ICMP port unreachable).
+    case refused(peer: SocketAddress)
+    /// The payload does not fit one UDP datagram to `peer`.
+    case payloadTooLarge(size: Int, limit: Int, peer: SocketAddress)
+    /// A socket call failed.
+    case socket(operation: String, address: String, errno: Int32)
+    /// ``EchoServer/run()`` was called on a server that already ran.
+    case alreadyRunning
+    /// The client was closed.
+    case closed
+
+    public var description: String {
+        switch self {
+        case .nameNotResolved(let host, let reason):
+            return "cannot resolve the host name '\(host)': \(reason)"
+        case .timeout(let duration, let peer):
+            return "no reply from \(peer.hostPortDescription) within \(duration.shortDescription) (the server may be down, "
+                + "or the datagram or its reply was lost; --timeout sets how long to wait)"
+        case .refused(let peer):
+            return "\(peer.hostPortDescription) refused the datagram: nothing listens on that port "
+                + "(the host answered ICMP port unreachable)"
+        case .payloadTooLarge(let size, let limit, let peer):
+            let family = limit == DatagramLimits.ipv6MaximumPayload ? "IPv6" : "IPv4"
+            return "the input is \(size) bytes, but one UDP datagram to \(peer.hostPortDescription) (\(family)) holds at "
+                + "most \(limit) bytes; nothing was sent"
+        case .socket(let operation, let address, let code):
+            return "\(operation) \(address) failed: \(String(cString: strerror(code)))\(Self.hint(operation, code))"
+        case .alreadyRunning:
+            return "this server has already run; make a new EchoServer to serve again"
+        case .closed:
+            return "the client is closed"
+        }
+    }
+
+    private static func hint(_ operation: String, _ code: Int32) -> String {
+        switch (operation, code) {
+        case ("bind", EADDRINUSE):
+            return " (another program uses that port; pick another with --address, or stop it)"
+        case ("bind", EACCES):
+            return " (ports below 1024 need root or CAP_NET_BIND_SERVICE; use a higher port or socket activation)"
+        case ("bind", EADDRNOTAVAIL):
+            return " (that address is not one of this host's)"
+        default:
+            return ""
+        }
+    }
+}

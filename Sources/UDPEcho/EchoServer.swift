@@ -1,0 +1,276 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import Atomics
+import CUDPEcho
+public import Logging
+public import NIOCore
+public import ServiceLifecycle
+import Synchronization
+
+/// A UDP echo server (RFC 862): every datagram is written back, byte for byte, to the address it came from.
+///
+/// The server binds when it is made, so its real address is known (also when port 0 asked for an ephemeral one) and
+/// binding errors surface before anything runs. ``run()`` then serves on one thread per socket until the task is
+/// cancelled or, inside a `ServiceGroup`, until graceful shutdown; it returns once the last replies have gone out.
+///
+/// ```swift
+/// let server = try EchoServer(configuration: .init(address: HostAndPort(host: "127.0.0.1", port: 0)))
+/// print("listening on", server.localAddress.hostPortDescription)
+/// let group = ServiceGroup(services: [server], gracefulShutdownSignals: [.sigint, .sigterm], logger: logger)
+/// try await group.run()
+/// print(server.statistics)
+/// ```
+///
+/// Each socket is served by a dedicated thread that moves datagrams in batches (`recvmmsg`/`sendmmsg`); with more
+/// than one thread the sockets share the port through `SO_REUSEPORT` and the kernel spreads clients over them.
+/// Errors about one datagram (a refused or unreachable peer, a full send buffer past the write deadline, no buffer
+/// memory) drop that datagram and are counted in ``statistics``; they never stop the server.
+public final class EchoServer: Service, Sendable {
+    /// How a server is set up. Every field has a default that suits a server started by hand.
+    public struct Configuration: Sendable {
+        /// Where to listen. A `nil` host (`:PORT`) means every local address, IPv4 and IPv6 on one dual-stack socket.
+        public var address: HostAndPort
+        /// How long one reply may wait for room in the socket's send buffer before it is dropped (the article's write
+        /// deadline).
+        public var writeTimeout: Duration
+        /// Sockets and threads serving the port. Defaults to the number of CPU cores.
+        public var threads: Int
+        /// Datagrams moved per system call.
+        public var batchSize: Int
+        /// Receive buffer of each socket, in bytes (`SO_RCVBUF`), sized to absorb bursts; `nil` keeps the system's.
+        public var receiveBufferSize: Int?
+        /// Send buffer of each socket, in bytes (`SO_SNDBUF`); `nil` keeps the system's.
+        public var sendBufferSize: Int?
+        /// Which events go to the event handler.
+        public var reporting: EventReporting
+        /// At most this many datagrams are reported per second (per thread); past it, one
+        /// ``ServerEvent/notShown(datagrams:interval:)`` a second says how many were not. `nil` reports every one.
+        public var eventsPerSecond: Int?
+
+        /// Creates a configuration; see each property for its meaning.
+        public init(
+            address: HostAndPort = HostAndPort(host: nil, port: 1337),
+            writeTimeout: Duration = .seconds(15),
+            threads: Int = System.coreCount,
+            batchSize: Int = 64,
+            receiveBufferSize: Int? = 4 << 20,
+            sendBufferSize: Int? = 4 << 20,
+            reporting: EventReporting = .all,
+            eventsPerSecond: Int? = 50
+        ) {
+            self.address = address
+            self.writeTimeout = writeTimeout
+            self.threads = threads
+            self.batchSize = batchSize
+            self.receiveBufferSize = receiveBufferSize
+            self.sendBufferSize = sendBufferSize
+            self.reporting = reporting
+            self.eventsPerSecond = eventsPerSecond
+        }
+    }
+
+    /// Slot size of the receive buffers: above the largest UDP payload (65527 bytes over IPv6), so nothing is cut.
+    static let slotSize = 65536
+
+    /// The configuration the server was made with.
+    public let configuration: Configuration
+    /// The address the server is bound to, with the real port.
+    public let localAddress: SocketAddress
+
+    private let sockets: [ServerSocket]
+    private let workers: [EchoWorker]
+    private let wakeDescriptor: Int32
+    private let stopping = ManagedAtomic(false)
+    private let state = Mutex(State.idle)
+    private let logger: Logger
+
+    private enum State {
+        case idle, running, finished
+    }
+
+    /// Resolves the configured address and binds the server's sockets.
+    ///
+    /// - Parameters:
+    ///   - configuration: Where and how to serve.
+    ///   - logger: Receives start and stop messages (never one per datagram).
+    ///   - onEvent: Called on the serving threads for each reported ``ServerEvent``; keep it short and non-blocking.
+    /// - Throws: ``EchoError`` when the name does not resolve or a socket cannot be bound.
+    public init(
+        configuration: Configuration = Configuration(),
+        logger: Logger = Logger(label: "udpecho.server"),
+        onEvent: (@Sendable (ServerEvent) -> Void)? = nil
+    ) throws(EchoError) {
+        precondition(configuration.threads >= 1, "an EchoServer needs at least one thread")
+        precondition(configuration.batchSize >= 1, "an EchoServer needs a batch size of at least one")
+        self.configuration = configuration
+        self.logger = logger
+
+        let target = try Self.bindAddress(for: configuration.address)
+        let options = ServerSocket.Options(
+            reusePort: configuration.threads > 1,
+            receiveBufferSize: configuration.receiveBufferSize,
+            sendBufferSize: configuration.sendBufferSize
+        )
+        var sockets: [ServerSocket] = []
+        do throws(EchoError) {
+            let first = try ServerSocket.bind(to: target, options: options)
+            sockets.append(first)
+            // The other sockets join the first one's port, which is the real one even if port 0 was asked for.
+            let shared = try SocketAddress.port(first.localAddress.port ?? configuration.address.port, of: target)
+            for _ in 1..<configuration.threads {
+                sockets.append(try ServerSocket.bind(to: shared, options: options))
+            }
+        } catch {
+            sockets.forEach { $0.close() }
+            throw error
+        }
+        let wake = cudpecho_wake_create()
+        guard wake >= 0 else {
+            sockets.forEach { $0.close() }
+            throw .socket(operation: "eventfd for", address: target.hostPortDescription, errno: -wake)
+        }
+        self.wakeDescriptor = wake
+        self.sockets = sockets
+        self.localAddress = sockets[0].localAddress
+
+        let settings = EchoWorker.Settings(
+            batchSize: configuration.batchSize,
+            slotSize: Self.slotSize,
+            writeTimeout: configuration.writeTimeout,
+            reporting: configuration.reporting,
+            eventsPerSecond: configuration.eventsPerSecond.map { max(1, $0 / configuration.threads) }
+        )
+        var workers: [EchoWorker] = []
+        do throws(EchoError) {
+            for socket in sockets {
+                workers.append(
+                    try EchoWorker(
+                        socket: socket,
+                        wakeDescriptor: wake,
+                        stopping: self.stopping,
+                        settings: settings,
+                        onEvent: onEvent
+                    )
+                )
+            }
+        } catch {
+            sockets.forEach { $0.close() }
+            close(wake)
+            throw error
+        }
+        self.workers = workers
+    }
+
+    deinit {
+        let finished = self.state.withLock { $0 == .finished }
+        if !finished {
+            self.sockets.forEach { $0.close() }
+            close(self.wakeDescriptor)
+        }
+    }
+
+    /// The counters so far, summed over all threads. Safe to read from any thread at any time.
+    public var statistics: EchoServerStatistics {
+        var statistics = EchoServerStatistics()
+        for worker in self.workers { worker.counters.accumulate(into: &statistics) }
+        return statistics
+    }
+
+    /// The receive and send buffer sizes the kernel granted the first socket (Linux reports twice the usable size).
+    public var socketBufferSizes: (receive: Int, send: Int) {
+        (self.sockets[0].bufferSize(SO_RCVBUF), self.sockets[0].bufferSize(SO_SNDBUF))
+    }
+
+    /// Serves until the task is cancelled or graceful shutdown is triggered, then stops reading, lets the replies in
+    /// flight go out, closes the sockets and returns. A server runs once.
+    ///
+    /// - Throws: ``EchoError/alreadyRunning`` if called a second time.
+    public func run() async throws {
+        try self.state.withLock { state throws(EchoError) in
+            guard state == .idle else { throw .alreadyRunning }
+            state = .running
+        }
+        self.logger.info(
+            "serving",
+            metadata: ["address": "\(self.localAddress.hostPortDescription)", "threads": "\(self.workers.count)"]
+        )
+        await withTaskCancellationHandler {
+            await withGracefulShutdownHandler {
+                await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                    let remaining = ManagedAtomic(self.workers.count)
+                    for (index, worker) in self.workers.enumerated() {
+                        WorkerThread.start {
+                            cudpecho_set_thread_name("udpecho-\(index)")
+                            worker.run()
+                            if remaining.wrappingDecrementThenLoad(ordering: .acquiringAndReleasing) == 0 {
+                                continuation.resume()
+                            }
+                        }
+                    }
+                }
+            } onGracefulShutdown: {
+                self.stop()
+            }
+        } onCancel: {
+            self.stop()
+        }
+        self.sockets.forEach { $0.close() }
+        close(self.wakeDescriptor)
+        self.state.withLock { $0 = .finished }
+        self.logger.info("stopped", metadata: ["address": "\(self.localAddress.hostPortDescription)"])
+    }
+
+    /// Asks the serving threads to finish: they stop reading and send what they hold.
+    private func stop() {
+        guard !self.stopping.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        var one: UInt64 = 1
+        _ = write(self.wakeDescriptor, &one, MemoryLayout<UInt64>.size)
+    }
+
+    /// The single address to bind for `address`: the dual-stack wildcard for a missing host (plain IPv4 where the
+    /// system has no IPv6), else the first address of the name, IPv4 preferred as Go's `ListenPacket` does.
+    static func bindAddress(for address: HostAndPort) throws(EchoError) -> SocketAddress {
+        guard let host = address.host else {
+            let probe = socket(AF_INET6, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            if probe >= 0 {
+                close(probe)
+                return try SocketAddress.port(address.port, of: try! SocketAddress(ipAddress: "::", port: 0))
+            }
+            return try SocketAddress.port(address.port, of: try! SocketAddress(ipAddress: "0.0.0.0", port: 0))
+        }
+        let addresses = try NameResolver.resolve(HostAndPort(host: host, port: address.port), passive: true)
+        return addresses.first { if case .v4 = $0 { true } else { false } } ?? addresses[0]
+    }
+}
+
+extension SocketAddress {
+    /// `address` with its port replaced.
+    static func port(_ port: Int, of address: SocketAddress) throws(EchoError) -> SocketAddress {
+        var copy = address
+        copy.port = port
+        return copy
+    }
+}
+
+/// A plain POSIX thread for a loop that blocks in system calls, which must not run on Swift's cooperative pool.
+enum WorkerThread {
+    private final class Box {
+        let body: () -> Void
+        init(_ body: @escaping () -> Void) { self.body = body }
+    }
+
+    static func start(_ body: @escaping @Sendable () -> Void) {
+        let box = Unmanaged.passRetained(Box(body)).toOpaque()
+        var thread = pthread_t()
+        let status = pthread_create(&thread, nil, { raw in
+            let box = Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue()
+            box.body()
+            return nil
+        }, box)
+        precondition(status == 0, "pthread_create failed: \(status)")
+        pthread_detach(thread)
+    }
+}

@@ -1,0 +1,90 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import CUDPEcho
+import NIOCore
+
+/// One bound UDP socket of the server, owned by one worker thread.
+struct ServerSocket {
+    let descriptor: Int32
+    let localAddress: SocketAddress
+
+    struct Options {
+        var reusePort: Bool
+        var receiveBufferSize: Int?
+        var sendBufferSize: Int?
+    }
+
+    /// Opens a UDP socket and binds it to `address`.
+    ///
+    /// A wildcard IPv6 address gets a dual-stack socket (IPv4 clients too); a wildcard address of either family
+    /// asks the kernel for each datagram's destination, so that the reply leaves from the address the client wrote
+    /// to on a host with several addresses.
+    static func bind(to address: SocketAddress, options: Options) throws(EchoError) -> ServerSocket {
+        let family: Int32
+        switch address {
+        case .v4: family = AF_INET
+        case .v6: family = AF_INET6
+        case .unixDomainSocket: throw .socket(operation: "bind", address: address.description, errno: EAFNOSUPPORT)
+        }
+        let fd = socket(family, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), Int32(IPPROTO_UDP))
+        guard fd >= 0 else { throw .socket(operation: "socket for", address: address.hostPortDescription, errno: errno) }
+        do throws(EchoError) {
+            let wildcard = address.isUnspecified
+            if options.reusePort {
+                try Self.setOption(fd, SOL_SOCKET, cudpecho_so_reuseport, 1, "SO_REUSEPORT", address)
+            }
+            if family == AF_INET6 && wildcard {
+                try Self.setOption(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, 0, "IPV6_V6ONLY", address)
+            }
+            if wildcard {
+                let result = cudpecho_enable_pktinfo(fd, family)
+                if result < 0 { throw .socket(operation: "IP_PKTINFO on", address: address.hostPortDescription, errno: -result) }
+            }
+            if let size = options.receiveBufferSize { _ = cudpecho_set_buffer_size(fd, SO_RCVBUF, Int32(clamping: size)) }
+            if let size = options.sendBufferSize { _ = cudpecho_set_buffer_size(fd, SO_SNDBUF, Int32(clamping: size)) }
+            let status = address.withRawAddress { Glibc.bind(fd, $0, $1) }
+            guard status == 0 else { throw .socket(operation: "bind", address: address.hostPortDescription, errno: errno) }
+            return ServerSocket(descriptor: fd, localAddress: try Self.localAddress(of: fd, asked: address))
+        } catch {
+            _ = Glibc.close(fd)
+            throw error
+        }
+    }
+
+    func close() {
+        _ = Glibc.close(self.descriptor)
+    }
+
+    /// The size of a socket buffer as the kernel reports it (which is twice the size asked for, on Linux).
+    func bufferSize(_ option: Int32) -> Int {
+        var value: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        getsockopt(self.descriptor, SOL_SOCKET, option, &value, &length)
+        return Int(value)
+    }
+
+    private static func setOption(
+        _ fd: Int32, _ level: Int32, _ name: Int32, _ value: Int32, _ label: String, _ address: SocketAddress
+    ) throws(EchoError) {
+        var value = value
+        guard setsockopt(fd, level, name, &value, socklen_t(MemoryLayout<Int32>.size)) == 0 else {
+            throw .socket(operation: "\(label) on", address: address.hostPortDescription, errno: errno)
+        }
+    }
+
+    private static func localAddress(of fd: Int32, asked: SocketAddress) throws(EchoError) -> SocketAddress {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let status = withUnsafeMutablePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        guard status == 0 else { throw .socket(operation: "getsockname", address: asked.hostPortDescription, errno: errno) }
+        let address = withUnsafePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { SocketAddress(raw: $0, length: length) }
+        }
+        return address ?? asked
+    }
+}

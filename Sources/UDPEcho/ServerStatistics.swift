@@ -1,0 +1,110 @@
+import Atomics
+
+/// Why the server did not echo a datagram. Every drop is counted under one reason.
+public enum DropReason: String, CaseIterable, Sendable, Hashable, CustomStringConvertible {
+    /// The reply could not be written before the write deadline (`--timeout`): the socket's send buffer stayed full.
+    case writeTimeout = "write-timeout"
+    /// The kernel refused the reply because an earlier one to that peer was answered with ICMP port unreachable.
+    case refused
+    /// No route to the peer (`EHOSTUNREACH`, `ENETUNREACH`).
+    case unreachable
+    /// The reply was larger than the path allows (`EMSGSIZE`).
+    case tooLarge = "too-large"
+    /// The kernel had no buffer memory for the reply (`ENOBUFS`, `ENOMEM`).
+    case noBuffers = "no-buffers"
+    /// A firewall rule or policy forbade the reply (`EPERM`, `EACCES`).
+    case forbidden
+    /// The datagram was larger than the receive slot and arrived cut (`MSG_TRUNC`); a cut datagram is never echoed.
+    case truncated
+    /// Any other error sending the reply.
+    case sendError = "send-error"
+
+    public var description: String { self.rawValue }
+}
+
+/// A snapshot of a server's counters.
+public struct EchoServerStatistics: Sendable, Equatable {
+    /// Datagrams read from the socket(s).
+    public var received = 0
+    /// Payload bytes read.
+    public var receivedBytes = 0
+    /// Datagrams written back whole.
+    public var echoed = 0
+    /// Payload bytes written back.
+    public var echoedBytes = 0
+    /// Errors reported by the socket while reading (for example a pending ICMP error); none of them stops the server.
+    public var receiveErrors = 0
+    /// Datagrams received but not echoed, by reason.
+    public var drops: [DropReason: Int] = [:]
+    /// Datagrams received by each worker thread, in thread order.
+    public var receivedPerThread: [Int] = []
+
+    /// All datagrams received but not echoed.
+    public var dropped: Int { self.drops.values.reduce(0, +) }
+
+    public init() {}
+}
+
+/// The counters of one worker thread. Each worker is the only writer of its own block, so increments never contend;
+/// readers on other threads see relaxed, eventually-consistent values. The block is padded to its own cache lines.
+final class WorkerCounters: @unchecked Sendable {
+    enum Slot: Int, CaseIterable {
+        case received, receivedBytes, echoed, echoedBytes, receiveErrors
+    }
+
+    private static let padding = 16  // 128 bytes either side: no false sharing with a neighbour's block
+    private static let count = Slot.allCases.count + DropReason.allCases.count
+    private let storage: UnsafeMutablePointer<UnsafeAtomic<Int>.Storage>
+
+    init() {
+        let total = Self.count + 2 * Self.padding
+        self.storage = .allocate(capacity: total)
+        self.storage.initialize(repeating: .init(0), count: total)
+    }
+
+    deinit {
+        self.storage.deinitialize(count: Self.count + 2 * Self.padding)
+        self.storage.deallocate()
+    }
+
+    private func atomic(_ index: Int) -> UnsafeAtomic<Int> {
+        UnsafeAtomic(at: self.storage + Self.padding + index)
+    }
+
+    @inline(__always)
+    func add(_ slot: Slot, _ value: Int) {
+        // Single writer: a relaxed load and store is enough, and cheaper than a locked read-modify-write.
+        let atomic = self.atomic(slot.rawValue)
+        atomic.store(atomic.load(ordering: .relaxed) &+ value, ordering: .relaxed)
+    }
+
+    @inline(__always)
+    func addDrop(_ reason: DropReason, _ value: Int = 1) {
+        let atomic = self.atomic(Slot.allCases.count + Self.dropIndex(reason))
+        atomic.store(atomic.load(ordering: .relaxed) &+ value, ordering: .relaxed)
+    }
+
+    func value(_ slot: Slot) -> Int { self.atomic(slot.rawValue).load(ordering: .relaxed) }
+
+    func drops(_ reason: DropReason) -> Int {
+        self.atomic(Slot.allCases.count + Self.dropIndex(reason)).load(ordering: .relaxed)
+    }
+
+    private static func dropIndex(_ reason: DropReason) -> Int {
+        DropReason.allCases.firstIndex(of: reason)!
+    }
+
+    /// Adds this block's values to `statistics`.
+    func accumulate(into statistics: inout EchoServerStatistics) {
+        statistics.received += self.value(.received)
+        statistics.receivedBytes += self.value(.receivedBytes)
+        statistics.echoed += self.value(.echoed)
+        statistics.echoedBytes += self.value(.echoedBytes)
+        statistics.receiveErrors += self.value(.receiveErrors)
+        for reason in DropReason.allCases {
+            let count = self.drops(reason)
+            if count > 0 { statistics.drops[reason, default: 0] += count }
+        }
+        statistics.receivedPerThread.append(self.value(.received))
+    }
+}
