@@ -53,7 +53,7 @@ let package = Package(
         ),
         .testTarget(
             name: "udpechoTests",
-            dependencies: ["UDPEcho"]
+            dependencies: ["UDPEcho", "udpecho"]
         ),
     ]
 )

@@ -95,12 +95,12 @@ public final class EchoServer: Service, Sendable {
     ///
     /// - Parameters:
     ///   - configuration: Where and how to serve.
-    ///   - logger: Receives start and stop messages (never one per datagram).
+    ///   - logger: Receives start and stop messages (never one per datagram); silent by default.
     ///   - onEvent: Called on the serving threads for each reported ``ServerEvent``; keep it short and non-blocking.
     /// - Throws: ``EchoError`` when the name does not resolve or a socket cannot be bound.
     public init(
         configuration: Configuration = Configuration(),
-        logger: Logger = Logger(label: "udpecho.server"),
+        logger: Logger = Logger(label: "udpecho.server", factory: { _ in SwiftLogNoOpLogHandler() }),
         onEvent: (@Sendable (ServerEvent) -> Void)? = nil
     ) throws(EchoError) {
         precondition(configuration.threads >= 1, "an EchoServer needs at least one thread")
