@@ -41,11 +41,17 @@ let package = Package(
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ]
         ),
+        // Independent peers for the tests: plain sockets on the system calls, and a runner for spawned processes.
+        .target(
+            name: "TestSupport",
+            dependencies: [.product(name: "NIOCore", package: "swift-nio")],
+            path: "Tests/TestSupport"
+        ),
         .testTarget(
             name: "UDPEchoTests",
             dependencies: [
                 "UDPEcho",
-                "CUDPEcho",
+                "TestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -53,7 +59,12 @@ let package = Package(
         ),
         .testTarget(
             name: "udpechoTests",
-            dependencies: ["UDPEcho", "udpecho"]
+            dependencies: [
+                "UDPEcho",
+                "udpecho",
+                "TestSupport",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
         ),
     ]
 )

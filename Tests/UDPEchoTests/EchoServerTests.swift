@@ -6,6 +6,7 @@ import NIOCore
 import ServiceLifecycle
 import Synchronization
 import Testing
+import TestSupport
 @testable import UDPEcho
 
 @Suite struct EchoServerTests {

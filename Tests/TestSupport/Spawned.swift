@@ -1,0 +1,123 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+
+/// A process started by a test, with its output collected as it comes, so that a test can wait for a line.
+public final class Spawned: @unchecked Sendable {
+    public let process = Process()
+    private let input = Pipe()
+    private let condition = NSCondition()
+    private var outBytes = Data()
+    private var errBytes = Data()
+    private var outClosed = false
+    private var errClosed = false
+
+    /// Starts `executable` with `arguments`; standard input stays open until ``closeInput()``.
+    public init(_ executable: String, _ arguments: [String]) throws {
+        self.process.executableURL = URL(fileURLWithPath: executable)
+        self.process.arguments = arguments
+        self.process.standardInput = self.input
+        let out = Pipe()
+        let err = Pipe()
+        self.process.standardOutput = out
+        self.process.standardError = err
+        try self.process.run()
+        // One reading thread per stream, holding the object until its stream ends.
+        for (pipe, isError) in [(out, false), (err, true)] {
+            Thread.detachNewThread { self.collect(pipe.fileHandleForReading.fileDescriptor, isError: isError) }
+        }
+    }
+
+    deinit {
+        if self.process.isRunning { self.process.terminate() }
+    }
+
+    private func collect(_ descriptor: Int32, isError: Bool) {
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let count = buffer.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
+            if count < 0 && errno == EINTR { continue }
+            self.condition.lock()
+            if count <= 0 {
+                if isError { self.errClosed = true } else { self.outClosed = true }
+            } else if isError {
+                self.errBytes.append(contentsOf: buffer[0..<count])
+            } else {
+                self.outBytes.append(contentsOf: buffer[0..<count])
+            }
+            self.condition.broadcast()
+            self.condition.unlock()
+            if count <= 0 { return }
+        }
+    }
+
+    /// Writes `bytes` to the process's standard input.
+    public func write(_ bytes: [UInt8]) {
+        self.input.fileHandleForWriting.write(Data(bytes))
+    }
+
+    public func closeInput() {
+        try? self.input.fileHandleForWriting.close()
+    }
+
+    public func signal(_ number: Int32) {
+        kill(self.process.processIdentifier, number)
+    }
+
+    /// Everything printed so far on standard output.
+    public var output: Data { self.condition.withLock { self.outBytes } }
+    public var outputLines: [String] { Self.lines(self.output) }
+    public var errorText: String { String(decoding: self.condition.withLock { self.errBytes }, as: UTF8.self) }
+
+    /// Waits until a line of standard output satisfies `predicate`; returns it, or nil after `timeout` or when the
+    /// output ends without one.
+    public func waitForLine(timeout: TimeInterval = 10, _ predicate: @escaping @Sendable (String) -> Bool) async -> String? {
+        await onThread {
+            let deadline = Date(timeIntervalSinceNow: timeout)
+            self.condition.lock()
+            defer { self.condition.unlock() }
+            while true {
+                if let line = Self.lines(self.outBytes).first(where: predicate) { return line }
+                if self.outClosed || !self.condition.wait(until: deadline) { return nil }
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit and its output to end; kills it past that. Returns the exit
+    /// status (128 + signal number if killed by a signal).
+    @discardableResult
+    public func waitForExit(timeout: TimeInterval = 20) async -> Int32 {
+        await onThread {
+            let deadline = Date(timeIntervalSinceNow: timeout)
+            self.condition.lock()
+            while !(self.outClosed && self.errClosed) {
+                if !self.condition.wait(until: deadline) {
+                    self.process.interrupt()
+                    kill(self.process.processIdentifier, SIGKILL)
+                    break
+                }
+            }
+            self.condition.unlock()
+            self.process.waitUntilExit()
+            return self.process.terminationReason == .uncaughtSignal
+                ? 128 + self.process.terminationStatus : self.process.terminationStatus
+        }
+    }
+
+    static func lines(_ data: Data) -> [String] {
+        String(decoding: data, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false).dropLast()
+            .map(String.init)
+    }
+
+    /// Runs a process to completion with `input` on its standard input.
+    public static func run(
+        _ executable: String, _ arguments: [String], input: [UInt8] = [], timeout: TimeInterval = 20
+    ) async throws -> (status: Int32, output: Data, lines: [String], error: String) {
+        let spawned = try Spawned(executable, arguments)
+        spawned.write(input)
+        spawned.closeInput()
+        let status = await spawned.waitForExit(timeout: timeout)
+        return (status, spawned.output, spawned.outputLines, spawned.errorText)
+    }
+}

@@ -1,0 +1,132 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import NIOCore
+
+/// A plain blocking UDP socket for tests: an independent peer written on the system calls, not on the code under
+/// test.
+public final class TestSocket: @unchecked Sendable {
+    public let descriptor: Int32
+    public let localAddress: SocketAddress
+    private var closed = false
+
+    /// Binds a socket to `host` on an ephemeral port, and connects it to `peer` if given.
+    public init(host: String = "127.0.0.1", connectTo peer: SocketAddress? = nil) throws {
+        let bindAddress = try SocketAddress(ipAddress: host, port: 0)
+        let family: Int32 = if case .v6 = bindAddress { AF_INET6 } else { AF_INET }
+        let fd = socket(family, Int32(SOCK_DGRAM.rawValue), 0)
+        precondition(fd >= 0)
+        self.descriptor = fd
+        var size: Int32 = 4 << 20
+        setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &size, 4)
+        guard withRaw(bindAddress, { bind(fd, $0, $1) }) == 0 else {
+            let code = errno
+            Glibc.close(fd)
+            throw TestSocketError(operation: "bind \(host)", errno: code)
+        }
+        if let peer {
+            guard withRaw(peer, { connect(fd, $0, $1) }) == 0 else {
+                let code = errno
+                Glibc.close(fd)
+                throw TestSocketError(operation: "connect \(peer)", errno: code)
+            }
+        }
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        _ = withUnsafeMutablePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        self.localAddress = socketAddress(storage)
+    }
+
+    deinit { self.close() }
+
+    public func close() {
+        if !self.closed {
+            _ = Glibc.close(self.descriptor)
+            self.closed = true
+        }
+    }
+
+    /// Sends `bytes` to `peer` (or to the connected peer); returns 0 or the errno.
+    @discardableResult
+    public func send(_ bytes: [UInt8], to peer: SocketAddress? = nil) -> Int32 {
+        let result = bytes.withUnsafeBytes { buffer in
+            if let peer {
+                return withRaw(peer) { sendto(self.descriptor, buffer.baseAddress, buffer.count, 0, $0, $1) }
+            }
+            return Glibc.send(self.descriptor, buffer.baseAddress, buffer.count, 0)
+        }
+        return result < 0 ? errno : 0
+    }
+
+    /// Waits up to `timeoutMilliseconds` for one datagram; returns its bytes and sender, or nil on timeout.
+    /// The wait blocks a thread of its own, never one of Swift's few cooperative threads (which run the servers).
+    public func receive(timeoutMilliseconds: Int32 = 5000) async -> (bytes: [UInt8], from: SocketAddress)? {
+        await onThread { self.receiveBlocking(timeoutMilliseconds: timeoutMilliseconds) }
+    }
+
+    private func receiveBlocking(timeoutMilliseconds: Int32) -> (bytes: [UInt8], from: SocketAddress)? {
+        var poller = pollfd(fd: self.descriptor, events: Int16(POLLIN), revents: 0)
+        guard poll(&poller, 1, timeoutMilliseconds) == 1 else { return nil }
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let count = buffer.withUnsafeMutableBytes { raw in
+            withUnsafeMutablePointer(to: &storage) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    recvfrom(self.descriptor, raw.baseAddress, raw.count, 0, $0, &length)
+                }
+            }
+        }
+        guard count >= 0 else { return nil }
+        return (Array(buffer[0..<count]), socketAddress(storage))
+    }
+}
+
+public struct TestSocketError: Error, CustomStringConvertible {
+    public var operation: String
+    public var errno: Int32
+    public var description: String { "\(self.operation): \(String(cString: strerror(self.errno)))" }
+}
+
+/// Runs blocking `work` on a thread of its own and returns its result.
+public func onThread<Result: Sendable>(_ work: @escaping @Sendable () -> Result) async -> Result {
+    await withCheckedContinuation { continuation in
+        Thread.detachNewThread { continuation.resume(returning: work()) }
+    }
+}
+
+/// Deterministic test bytes: `count` bytes that differ with `seed`.
+public func pattern(_ count: Int, seed: Int = 0) -> [UInt8] {
+    (0..<count).map { UInt8(truncatingIfNeeded: ($0 &* 31) &+ seed &* 7 &+ ($0 >> 8)) }
+}
+
+private func withRaw<Result>(_ address: SocketAddress, _ body: (UnsafePointer<sockaddr>, socklen_t) -> Result) -> Result {
+    switch address {
+    case .v4(let v4):
+        var raw = v4.address
+        return withUnsafePointer(to: &raw) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+    case .v6(let v6):
+        var raw = v6.address
+        return withUnsafePointer(to: &raw) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_in6>.size)) }
+        }
+    case .unixDomainSocket:
+        fatalError("UDP tests use IP addresses")
+    }
+}
+
+private func socketAddress(_ storage: sockaddr_storage) -> SocketAddress {
+    var storage = storage
+    let family = storage.ss_family
+    return withUnsafePointer(to: &storage) { pointer in
+        if family == sa_family_t(AF_INET6) {
+            return pointer.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { SocketAddress($0.pointee) }
+        }
+        return pointer.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { SocketAddress($0.pointee) }
+    }
+}

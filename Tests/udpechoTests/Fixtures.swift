@@ -1,0 +1,76 @@
+import Foundation
+import TestSupport
+import Testing
+
+/// The `udpecho` executable that `swift test` built beside the test bundle.
+let udpecho: String = {
+    let bundle = URL(fileURLWithPath: try! FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
+    return bundle.deletingLastPathComponent().appendingPathComponent("udpecho").path
+}()
+
+let python = "/usr/bin/env"
+
+/// A few lines of Python as an independent UDP peer: an echo server on an ephemeral port that prints its port, and
+/// that can flip the first byte of each reply (`flip`) or never answer (`silent`).
+let pythonEchoServer = """
+    import socket, sys
+    mode = sys.argv[1]
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    print(s.getsockname()[1], flush=True)
+    while True:
+        data, peer = s.recvfrom(65535)
+        if mode == "silent":
+            continue
+        if mode == "flip" and data:
+            data = bytes([data[0] ^ 0xFF]) + data[1:]
+        s.sendto(data, peer)
+    """
+
+/// A Python client: sends datagrams of the given sizes to 127.0.0.1:PORT and checks each echo byte for byte.
+let pythonEchoClient = """
+    import os, socket, sys
+    port = int(sys.argv[1])
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(5)
+    s.connect(("127.0.0.1", port))
+    for size in map(int, sys.argv[2:]):
+        payload = os.urandom(size)
+        s.send(payload)
+        reply = s.recv(65536)
+        if reply != payload:
+            print(f"size {size}: got {len(reply)} bytes, not the {size} sent", flush=True)
+            sys.exit(1)
+    print("all echoed", flush=True)
+    """
+
+/// A Python sender: `count` datagrams of `size` bytes to HOST:PORT, without waiting for replies.
+let pythonBurst = """
+    import socket, sys
+    host, port, count, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for i in range(count):
+        s.sendto(bytes([i % 256]) * size, (host, port))
+    print("sent", count, flush=True)
+    """
+
+/// Starts a Python peer and returns it with the port it printed.
+func startPythonServer(_ mode: String) async throws -> (Spawned, Int) {
+    let server = try Spawned(python, ["python3", "-c", pythonEchoServer, mode])
+    let line = try #require(await server.waitForLine { Int($0) != nil }, "the Python peer did not start")
+    return (server, Int(line)!)
+}
+
+/// Starts `udpecho server` with `arguments` and returns it with the port from its start line.
+func startServer(_ arguments: [String]) async throws -> (Spawned, Int) {
+    let server = try Spawned(udpecho, ["server"] + arguments)
+    guard let line = await server.waitForLine({ $0.hasPrefix("running as a server on ") }) else {
+        throw StartError(output: server.errorText)
+    }
+    return (server, Int(line.split(separator: ":").last!)!)
+}
+
+struct StartError: Error, CustomStringConvertible {
+    var output: String
+    var description: String { "udpecho server did not start: \(self.output)" }
+}

@@ -1,0 +1,97 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import TestSupport
+import Testing
+
+/// Two test hosts of our own: network namespaces joined by a veth pair, made and removed by the test. Traffic
+/// between them never leaves this machine.
+struct TestNetwork {
+    static let ip = "/usr/sbin/ip"
+    static var available: Bool {
+        geteuid() == 0 && FileManager.default.isExecutableFile(atPath: ip)
+            && FileManager.default.isExecutableFile(atPath: "/usr/sbin/tc")
+    }
+
+    let server: String
+    let client: String
+    let serverAddress = "192.0.2.1"  // TEST-NET-1: documentation addresses, only inside these namespaces
+
+    init() async throws {
+        let id = "\(getpid())-\(UInt16.random(in: 0...UInt16.max))"
+        self.server = "udpecho-s-\(id)"
+        self.client = "udpecho-c-\(id)"
+        let serverLink = "ues\(id.suffix(6))"
+        let clientLink = "uec\(id.suffix(6))"
+        let commands = [
+            ["netns", "add", self.server],
+            ["netns", "add", self.client],
+            ["link", "add", serverLink, "type", "veth", "peer", "name", clientLink],
+            ["link", "set", serverLink, "netns", self.server],
+            ["link", "set", clientLink, "netns", self.client],
+            ["-n", self.server, "addr", "add", "\(self.serverAddress)/24", "dev", serverLink],
+            ["-n", self.client, "addr", "add", "192.0.2.2/24", "dev", clientLink],
+            ["-n", self.server, "link", "set", serverLink, "up"],
+            ["-n", self.client, "link", "set", clientLink, "up"],
+            // Replies leave the server's host at 1 KB/s: they wait in the queue, charged to the server's send buffer.
+            ["netns", "exec", self.server, "tc", "qdisc", "add", "dev", serverLink, "root", "tbf", "rate", "8kbit",
+             "burst", "1600", "latency", "60s"],
+        ]
+        for command in commands {
+            let result = try await Spawned.run(Self.ip, command)
+            if result.status != 0 {
+                await self.remove()
+                throw SetupError(description: "ip \(command.joined(separator: " ")) failed: \(result.error)")
+            }
+        }
+    }
+
+    func remove() async {
+        _ = try? await Spawned.run(Self.ip, ["netns", "del", self.server])
+        _ = try? await Spawned.run(Self.ip, ["netns", "del", self.client])
+    }
+}
+
+struct SetupError: Error, CustomStringConvertible {
+    var description: String
+}
+
+@Suite struct NetworkNamespaceTests {
+    /// The article's write deadline: a reply that cannot get into a full send buffer in time is dropped and counted,
+    /// and the server does not hang on it.
+    @Test(.enabled(if: TestNetwork.available, "needs root, ip and tc to make network namespaces"))
+    func dropsRepliesPastTheWriteDeadlineAndCountsThem() async throws {
+        let network = try await TestNetwork()
+        do {
+            let server = try Spawned(
+                TestNetwork.ip,
+                ["netns", "exec", network.server, udpecho, "server", "--address", "\(network.serverAddress):0",
+                 "--timeout", "200ms", "--send-buffer", "4096", "--threads", "1", "--lines-per-second", "0"]
+            )
+            let start = try #require(await server.waitForLine { $0.hasPrefix("running as a server on") }, "\(server.errorText)")
+            let port = start.split(separator: ":").last!
+            let burst = try await Spawned.run(
+                TestNetwork.ip,
+                ["netns", "exec", network.client, "python3", "-c", pythonBurst, network.serverAddress, "\(port)", "40", "1400"]
+            )
+            #expect(burst.lines == ["sent 40"], "\(burst.error)")
+            let dropped = await server.waitForLine { $0.contains("reason=write-timeout") }
+            #expect(dropped?.wholeMatch(of: /packet-dropped: bytes=1400 to=192\.0\.2\.2:\d+ reason=write-timeout .*/) != nil)
+            // Every datagram is accounted for, as echoed or dropped; none silently lost in the server.
+            #expect(await server.waitForLine { $0.hasPrefix("packet-received") && $0.contains("bytes=1400") } != nil)
+            server.signal(SIGINT)
+            #expect(await server.waitForExit() == 0)
+            let summary = try #require(server.outputLines.last)
+            let counts = try #require(summary.firstMatch(of: /received=(\d+) echoed=(\d+) dropped=(\d+) \(write-timeout=(\d+)\)/))
+            #expect(Int(counts.1) == 40)
+            #expect(Int(counts.2)! + Int(counts.3)! == 40)
+            #expect(Int(counts.4)! > 0)
+            #expect(Int(counts.4) == Int(counts.3))
+        } catch {
+            await network.remove()
+            throw error
+        }
+        await network.remove()
+    }
+}
