@@ -1,9 +1,10 @@
+public import NIOCore
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
-public import NIOCore
 
 extension SocketAddress {
     /// The address as Go's `net.UDPAddr.String()` prints it, which the article's output uses:

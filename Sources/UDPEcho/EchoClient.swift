@@ -1,10 +1,11 @@
+public import NIOCore
+import NIOPosix
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
-public import NIOCore
-import NIOPosix
 
 /// One reply of an echo server.
 public struct EchoReply: Sendable {

@@ -1,9 +1,10 @@
+public import NIOCore
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
-public import NIOCore
 
 /// The errors of udpecho's servers and clients, each with a description a person can act on.
 public enum EchoError: Error, CustomStringConvertible {
@@ -27,14 +28,16 @@ public enum EchoError: Error, CustomStringConvertible {
         case .nameNotResolved(let host, let reason):
             return "cannot resolve the host name '\(host)': \(reason)"
         case .timeout(let duration, let peer):
-            return "no reply from \(peer.hostPortDescription) within \(duration.shortDescription) (the server may be down, "
+            return
+                "no reply from \(peer.hostPortDescription) within \(duration.shortDescription) (the server may be down, "
                 + "or the datagram or its reply was lost; --timeout sets how long to wait)"
         case .refused(let peer):
             return "\(peer.hostPortDescription) refused the datagram: nothing listens on that port "
                 + "(the host answered ICMP port unreachable)"
         case .payloadTooLarge(let size, let limit, let peer):
             let family = limit == DatagramLimits.ipv6MaximumPayload ? "IPv6" : "IPv4"
-            return "the input is \(size) bytes, but one UDP datagram to \(peer.hostPortDescription) (\(family)) holds at "
+            return
+                "the input is \(size) bytes, but one UDP datagram to \(peer.hostPortDescription) (\(family)) holds at "
                 + "most \(limit) bytes; nothing was sent"
         case .socket(let operation, let address, let code):
             return "\(operation) \(address) failed: \(String(cString: strerror(code)))\(Self.hint(operation, code))"

@@ -1,14 +1,15 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
 import Atomics
 import CUDPEcho
 public import Logging
 public import NIOCore
 public import ServiceLifecycle
 import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
 
 /// A UDP echo server (RFC 862): every datagram is written back, byte for byte, to the address it came from.
 ///
@@ -124,12 +125,12 @@ public final class EchoServer: Service, Sendable {
                 sockets.append(try ServerSocket.bind(to: shared, options: options))
             }
         } catch {
-            sockets.forEach { $0.close() }
+            for socket in sockets { socket.close() }
             throw error
         }
         let wake = cudpecho_wake_create()
         guard wake >= 0 else {
-            sockets.forEach { $0.close() }
+            for socket in sockets { socket.close() }
             throw .socket(operation: "eventfd for", address: target.hostPortDescription, errno: -wake)
         }
         self.wakeDescriptor = wake
@@ -157,7 +158,7 @@ public final class EchoServer: Service, Sendable {
                 )
             }
         } catch {
-            sockets.forEach { $0.close() }
+            for socket in sockets { socket.close() }
             close(wake)
             throw error
         }
@@ -167,7 +168,7 @@ public final class EchoServer: Service, Sendable {
     deinit {
         let finished = self.state.withLock { $0 == .finished }
         if !finished {
-            self.sockets.forEach { $0.close() }
+            for socket in self.sockets { socket.close() }
             close(self.wakeDescriptor)
         }
     }
@@ -217,7 +218,7 @@ public final class EchoServer: Service, Sendable {
         } onCancel: {
             self.stop()
         }
-        self.sockets.forEach { $0.close() }
+        for socket in self.sockets { socket.close() }
         close(self.wakeDescriptor)
         self.state.withLock { $0 = .finished }
         self.logger.info("stopped", metadata: ["address": "\(self.localAddress.hostPortDescription)"])
@@ -265,11 +266,16 @@ enum WorkerThread {
     static func start(_ body: @escaping @Sendable () -> Void) {
         let box = Unmanaged.passRetained(Box(body)).toOpaque()
         var thread = pthread_t()
-        let status = pthread_create(&thread, nil, { raw in
-            let box = Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue()
-            box.body()
-            return nil
-        }, box)
+        let status = pthread_create(
+            &thread,
+            nil,
+            { raw in
+                let box = Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue()
+                box.body()
+                return nil
+            },
+            box
+        )
         precondition(status == 0, "pthread_create failed: \(status)")
         pthread_detach(thread)
     }

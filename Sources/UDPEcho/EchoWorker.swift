@@ -1,11 +1,12 @@
+import Atomics
+import CUDPEcho
+import NIOCore
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
-import Atomics
-import CUDPEcho
-import NIOCore
 
 /// The echo loop of one socket, on its own thread: receive a batch with one `recvmmsg`, send the replies with one
 /// `sendmmsg`, repeat. Nothing on this path allocates, locks, logs or formats, unless an event is to be reported.
@@ -39,7 +40,11 @@ final class EchoWorker: @unchecked Sendable {
         onEvent: (@Sendable (ServerEvent) -> Void)?
     ) throws(EchoError) {
         guard let batch = cudpecho_batch_create(Int32(settings.batchSize), settings.slotSize) else {
-            throw .socket(operation: "allocating buffers for", address: socket.localAddress.hostPortDescription, errno: ENOMEM)
+            throw .socket(
+                operation: "allocating buffers for",
+                address: socket.localAddress.hostPortDescription,
+                errno: ENOMEM
+            )
         }
         self.batch = batch
         self.socket = socket
@@ -74,7 +79,10 @@ final class EchoWorker: @unchecked Sendable {
                 let now = cudpecho_now_ns()
                 self.reportSuppressed(now: now)
                 let ready = cudpecho_wait(
-                    self.socket.descriptor, cudpecho_pollin, self.wakeDescriptor, self.budget.pollTimeout(now: now)
+                    self.socket.descriptor,
+                    cudpecho_pollin,
+                    self.wakeDescriptor,
+                    self.budget.pollTimeout(now: now)
                 )
                 if ready == 2 { break serving }
             case EINTR:
@@ -162,7 +170,9 @@ final class EchoWorker: @unchecked Sendable {
                 let now = cudpecho_now_ns()
                 let limit = deadline ?? now + self.settings.writeTimeout.nanoseconds
                 deadline = limit
-                if now >= limit || cudpecho_wait(self.socket.descriptor, cudpecho_pollout, -1, Self.milliseconds(limit - now)) == 0 {
+                if now >= limit
+                    || cudpecho_wait(self.socket.descriptor, cudpecho_pollout, -1, Self.milliseconds(limit - now)) == 0
+                {
                     for index in next..<end { self.drop(index, .writeTimeout, errno: EAGAIN) }
                     return true
                 }

@@ -1,10 +1,11 @@
+import CUDPEcho
+import NIOCore
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
-import CUDPEcho
-import NIOCore
 
 /// One bound UDP socket of the server, owned by one worker thread.
 struct ServerSocket {
@@ -30,7 +31,9 @@ struct ServerSocket {
         case .unixDomainSocket: throw .socket(operation: "bind", address: address.description, errno: EAFNOSUPPORT)
         }
         let fd = socket(family, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), Int32(IPPROTO_UDP))
-        guard fd >= 0 else { throw .socket(operation: "socket for", address: address.hostPortDescription, errno: errno) }
+        guard fd >= 0 else {
+            throw .socket(operation: "socket for", address: address.hostPortDescription, errno: errno)
+        }
         do throws(EchoError) {
             let wildcard = address.isUnspecified
             if options.reusePort {
@@ -41,12 +44,18 @@ struct ServerSocket {
             }
             if wildcard {
                 let result = cudpecho_enable_pktinfo(fd, family)
-                if result < 0 { throw .socket(operation: "IP_PKTINFO on", address: address.hostPortDescription, errno: -result) }
+                if result < 0 {
+                    throw .socket(operation: "IP_PKTINFO on", address: address.hostPortDescription, errno: -result)
+                }
             }
-            if let size = options.receiveBufferSize { _ = cudpecho_set_buffer_size(fd, SO_RCVBUF, Int32(clamping: size)) }
+            if let size = options.receiveBufferSize {
+                _ = cudpecho_set_buffer_size(fd, SO_RCVBUF, Int32(clamping: size))
+            }
             if let size = options.sendBufferSize { _ = cudpecho_set_buffer_size(fd, SO_SNDBUF, Int32(clamping: size)) }
             let status = address.withRawAddress { Glibc.bind(fd, $0, $1) }
-            guard status == 0 else { throw .socket(operation: "bind", address: address.hostPortDescription, errno: errno) }
+            guard status == 0 else {
+                throw .socket(operation: "bind", address: address.hostPortDescription, errno: errno)
+            }
             return ServerSocket(descriptor: fd, localAddress: try Self.localAddress(of: fd, asked: address))
         } catch {
             _ = Glibc.close(fd)
@@ -67,7 +76,12 @@ struct ServerSocket {
     }
 
     private static func setOption(
-        _ fd: Int32, _ level: Int32, _ name: Int32, _ value: Int32, _ label: String, _ address: SocketAddress
+        _ fd: Int32,
+        _ level: Int32,
+        _ name: Int32,
+        _ value: Int32,
+        _ label: String,
+        _ address: SocketAddress
     ) throws(EchoError) {
         var value = value
         guard setsockopt(fd, level, name, &value, socklen_t(MemoryLayout<Int32>.size)) == 0 else {
@@ -81,7 +95,9 @@ struct ServerSocket {
         let status = withUnsafeMutablePointer(to: &storage) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
         }
-        guard status == 0 else { throw .socket(operation: "getsockname", address: asked.hostPortDescription, errno: errno) }
+        guard status == 0 else {
+            throw .socket(operation: "getsockname", address: asked.hostPortDescription, errno: errno)
+        }
         let address = withUnsafePointer(to: &storage) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { SocketAddress(raw: $0, length: length) }
         }

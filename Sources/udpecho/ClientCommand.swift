@@ -1,12 +1,13 @@
+import ArgumentParser
+import NIOCore
+import UDPEcho
+import UnixSignals
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
-import ArgumentParser
-import NIOCore
-import UDPEcho
-import UnixSignals
 
 struct ClientCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -34,7 +35,10 @@ struct ClientCommand: AsyncParsableCommand {
             """
     )
 
-    @Option(help: ArgumentHelp("The server, as HOST:PORT or [IPV6]:PORT.", valueName: "host:port"), transform: parseAddress)
+    @Option(
+        help: ArgumentHelp("The server, as HOST:PORT or [IPV6]:PORT.", valueName: "host:port"),
+        transform: parseAddress
+    )
     var address: HostAndPort?
 
     @Option(help: ArgumentHelp("The server's host, as the article's -host (default 127.0.0.1).", valueName: "host"))
@@ -43,13 +47,19 @@ struct ClientCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("The server's port, as the article's -port (default 1337).", valueName: "port"))
     var port: Int?
 
-    @Option(help: ArgumentHelp("How long to wait for the reply (e.g. 500ms, 2s, 1m).", valueName: "duration"), transform: parseDuration)
+    @Option(
+        help: ArgumentHelp("How long to wait for the reply (e.g. 500ms, 2s, 1m).", valueName: "duration"),
+        transform: parseDuration
+    )
     var timeout: Duration = .seconds(15)
 
     @Option(name: [.short, .long], help: ArgumentHelp("File to send; - is standard input.", valueName: "file"))
     var input = "-"
 
-    @Flag(name: [.short, .long], help: "Write the echoed bytes to standard output and the status lines to standard error.")
+    @Flag(
+        name: [.short, .long],
+        help: "Write the echoed bytes to standard output and the status lines to standard error."
+    )
     var output = false
 
     func validate() throws {

@@ -1,9 +1,10 @@
+import Synchronization
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
-import Synchronization
 
 /// Writes whole lines to a standard stream, flushed at once so that a reader on a pipe sees each line as it happens.
 struct Stream: Sendable {
@@ -42,7 +43,10 @@ final class LineQueue: Sendable {
     private let lost = Atomic<Int>(0)
 
     init(capacity: Int = 4096) {
-        (self.stream, self.continuation) = AsyncStream.makeStream(of: String.self, bufferingPolicy: .bufferingOldest(capacity))
+        (self.stream, self.continuation) = AsyncStream.makeStream(
+            of: String.self,
+            bufferingPolicy: .bufferingOldest(capacity)
+        )
     }
 
     func enqueue(_ line: String) {

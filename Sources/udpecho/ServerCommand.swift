@@ -1,13 +1,14 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
 import ArgumentParser
 import Logging
 import NIOCore
 import ServiceLifecycle
 import UDPEcho
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
 
 struct ServerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -58,13 +59,23 @@ struct ServerCommand: AsyncParsableCommand {
     )
     var timeout: Duration = .seconds(15)
 
-    @Option(help: ArgumentHelp("Sockets and threads serving the port (SO_REUSEPORT). (default: the number of CPU cores)"))
+    @Option(
+        help: ArgumentHelp("Sockets and threads serving the port (SO_REUSEPORT). (default: the number of CPU cores)")
+    )
     var threads: Int?
 
-    @Flag(name: [.short, .long], help: "No per-packet lines; drops and errors are still shown, and the summary counts everything.")
+    @Flag(
+        name: [.short, .long],
+        help: "No per-packet lines; drops and errors are still shown, and the summary counts everything."
+    )
     var quiet = false
 
-    @Option(help: ArgumentHelp("Datagrams shown per second before their lines collapse into a count; 0 shows every one.", valueName: "n"))
+    @Option(
+        help: ArgumentHelp(
+            "Datagrams shown per second before their lines collapse into a count; 0 shows every one.",
+            valueName: "n"
+        )
+    )
     var linesPerSecond = 50
 
     @Option(help: ArgumentHelp("Receive buffer of each socket, in bytes (SO_RCVBUF).", valueName: "bytes"))
@@ -147,7 +158,8 @@ extension ServerEvent {
         case .receiveError(let code):
             return "receive-error: error=\"\(String(cString: strerror(code)))\" (the server goes on)"
         case .notShown(let datagrams, let interval):
-            return "packets-not-shown: count=\(datagrams) in=\(interval.shortDescription) (served and counted; --lines-per-second sets the limit)"
+            return
+                "packets-not-shown: count=\(datagrams) in=\(interval.shortDescription) (served and counted; --lines-per-second sets the limit)"
         }
     }
 }

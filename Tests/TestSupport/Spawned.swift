@@ -1,7 +1,8 @@
+import Foundation
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import Foundation
 
 /// A process started by a test, with its output collected as it comes, so that a test can wait for a line.
 public final class Spawned: @unchecked Sendable {
@@ -72,7 +73,10 @@ public final class Spawned: @unchecked Sendable {
 
     /// Waits until a line of standard output satisfies `predicate`; returns it, or nil after `timeout` or when the
     /// output ends without one.
-    public func waitForLine(timeout: TimeInterval = 10, _ predicate: @escaping @Sendable (String) -> Bool) async -> String? {
+    public func waitForLine(
+        timeout: TimeInterval = 10,
+        _ predicate: @escaping @Sendable (String) -> Bool
+    ) async -> String? {
         await onThread {
             let deadline = Date(timeIntervalSinceNow: timeout)
             self.condition.lock()
@@ -112,7 +116,10 @@ public final class Spawned: @unchecked Sendable {
 
     /// Runs a process to completion with `input` on its standard input.
     public static func run(
-        _ executable: String, _ arguments: [String], input: [UInt8] = [], timeout: TimeInterval = 20
+        _ executable: String,
+        _ arguments: [String],
+        input: [UInt8] = [],
+        timeout: TimeInterval = 20
     ) async throws -> (status: Int32, output: Data, lines: [String], error: String) {
         let spawned = try Spawned(executable, arguments)
         spawned.write(input)

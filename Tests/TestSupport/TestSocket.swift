@@ -1,8 +1,9 @@
+import Foundation
+import NIOCore
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import Foundation
-import NIOCore
 
 /// A plain blocking UDP socket for tests: an independent peer written on the system calls, not on the code under
 /// test.
@@ -103,7 +104,8 @@ public func pattern(_ count: Int, seed: Int = 0) -> [UInt8] {
     (0..<count).map { UInt8(truncatingIfNeeded: ($0 &* 31) &+ seed &* 7 &+ ($0 >> 8)) }
 }
 
-private func withRaw<Result>(_ address: SocketAddress, _ body: (UnsafePointer<sockaddr>, socklen_t) -> Result) -> Result {
+private func withRaw<Result>(_ address: SocketAddress, _ body: (UnsafePointer<sockaddr>, socklen_t) -> Result) -> Result
+{
     switch address {
     case .v4(let v4):
         var raw = v4.address
@@ -113,7 +115,9 @@ private func withRaw<Result>(_ address: SocketAddress, _ body: (UnsafePointer<so
     case .v6(let v6):
         var raw = v6.address
         return withUnsafePointer(to: &raw) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_in6>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                body($0, socklen_t(MemoryLayout<sockaddr_in6>.size))
+            }
         }
     case .unixDomainSocket:
         fatalError("UDP tests use IP addresses")

@@ -1,15 +1,19 @@
+import NIOCore
+import TestSupport
+import Testing
+
+@testable import UDPEcho
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import NIOCore
-import Testing
-import TestSupport
-@testable import UDPEcho
 
 @Suite struct EchoClientTests {
     @Test func echoesAndMeasuresTheRoundTrip() async throws {
         try await withServer { server in
-            let client = try await EchoClient.connect(to: HostAndPort(host: "localhost", port: server.localAddress.port!))
+            let client = try await EchoClient.connect(
+                to: HostAndPort(host: "localhost", port: server.localAddress.port!)
+            )
             let payload = ByteBuffer(bytes: pattern(1000))
             let reply = try await client.echo(payload, timeout: .seconds(5))
             #expect(reply.payload == payload)

@@ -1,13 +1,15 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Logging
 import NIOCore
 import ServiceLifecycle
 import Synchronization
-import Testing
 import TestSupport
+import Testing
+
 @testable import UDPEcho
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 @Suite struct EchoServerTests {
     static let sizes = [0, 1, 1024, 1025, 4097, 65507]
@@ -37,9 +39,9 @@ import TestSupport
     }
 
     @Test func dualStackServesIPv4AndIPv6AndReportsPlainIPv4() async throws {
-        let events = Mutex<[ServerEvent]>([])
+        let events = EventRecorder()
         let configuration = EchoServer.Configuration(address: HostAndPort(host: nil, port: 0), threads: 1)
-        try await withServer(configuration, onEvent: { event in events.withLock { $0.append(event) } }) { server in
+        try await withServer(configuration, onEvent: events.record) { server in
             #expect(server.localAddress.hostPortDescription == "[::]:\(server.localAddress.port!)")
             let v4 = try TestSocket(host: "127.0.0.1")
             v4.send([1, 2, 3], to: try clientAddress(of: server))
@@ -47,11 +49,13 @@ import TestSupport
             let v6 = try TestSocket(host: "::1")
             v6.send([4, 5], to: try clientAddress(of: server, host: "::1"))
             #expect(await v6.receive()?.bytes == [4, 5])
-            let seen = events.withLock { $0 }
+            let seen = events.all
             #expect(seen.contains(.received(bytes: 3, from: v4.localAddress)))
             #expect(seen.contains(.echoed(bytes: 3, to: v4.localAddress)))
             #expect(seen.contains(.received(bytes: 2, from: v6.localAddress)))
-            let printed = seen.compactMap { if case .received(_, let from) = $0 { from.hostPortDescription } else { nil } }
+            let printed = seen.compactMap {
+                if case .received(_, let from) = $0 { from.hostPortDescription } else { nil }
+            }
             #expect(printed.contains("127.0.0.1:\(v4.localAddress.port!)"))
             #expect(!printed.contains { $0.contains("ffff") })
         }
@@ -142,11 +146,13 @@ import TestSupport
     }
 
     @Test func collapsesEventsPastTheLimitAndAccountsForEveryDatagram() async throws {
-        let events = Mutex<[ServerEvent]>([])
+        let events = EventRecorder()
         let configuration = EchoServer.Configuration(
-            address: HostAndPort(host: "127.0.0.1", port: 0), threads: 1, eventsPerSecond: 5
+            address: HostAndPort(host: "127.0.0.1", port: 0),
+            threads: 1,
+            eventsPerSecond: 5
         )
-        let server = try EchoServer(configuration: configuration) { event in events.withLock { $0.append(event) } }
+        let server = try EchoServer(configuration: configuration) { event in events.record(event) }
         let running = Task { try await server.run() }
         let client = try TestSocket(host: "127.0.0.1", connectTo: try clientAddress(of: server))
         for index in 0..<100 {
@@ -155,7 +161,7 @@ import TestSupport
         }
         running.cancel()
         try await running.value  // stopping reports what the current window did not show
-        let seen = events.withLock { $0 }
+        let seen = events.all
         let shown = seen.filter { if case .received = $0 { true } else { false } }.count
         let notShown = seen.reduce(0) { total, event in
             if case .notShown(let count, _) = event { total + count } else { total }
@@ -166,15 +172,18 @@ import TestSupport
     }
 
     @Test func quietReportingStillReportsNothingForGoodTraffic() async throws {
-        let events = Mutex<[ServerEvent]>([])
-        let configuration = EchoServer.Configuration(address: HostAndPort(host: "127.0.0.1", port: 0), reporting: .errors)
-        try await withServer(configuration, onEvent: { event in events.withLock { $0.append(event) } }) { server in
+        let events = EventRecorder()
+        let configuration = EchoServer.Configuration(
+            address: HostAndPort(host: "127.0.0.1", port: 0),
+            reporting: .errors
+        )
+        try await withServer(configuration, onEvent: events.record) { server in
             let client = try TestSocket(host: "127.0.0.1", connectTo: try clientAddress(of: server))
             client.send([1])
             _ = try #require(await client.receive())
             #expect(server.statistics.echoed == 1)
         }
-        #expect(events.withLock { $0 }.isEmpty)
+        #expect(events.all.isEmpty)
     }
 
     @Test func twoThreadsBothServe() async throws {

@@ -1,4 +1,5 @@
 import NIOCore
+import Synchronization
 import TestSupport
 import UDPEcho
 
@@ -25,4 +26,15 @@ func withServer<Result>(
 /// A loopback address of the server, for clients (the wildcard address itself is not a destination).
 func clientAddress(of server: EchoServer, host: String = "127.0.0.1") throws -> SocketAddress {
     try SocketAddress(ipAddress: host, port: server.localAddress.port!)
+}
+
+/// Collects a server's events from its threads.
+final class EventRecorder: Sendable {
+    private let events = Mutex<[ServerEvent]>([])
+
+    func record(_ event: ServerEvent) {
+        self.events.withLock { $0.append(event) }
+    }
+
+    var all: [ServerEvent] { self.events.withLock { $0 } }
 }

@@ -1,5 +1,6 @@
 import NIOCore
 import Testing
+
 @testable import UDPEcho
 
 @Suite struct HostAndPortTests {
@@ -101,7 +102,10 @@ import Testing
     }
 
     @Test func zoneIsPrintedWithTheInterfaceName() throws {
-        guard case .v6(let v6) = try SocketAddress(ipAddress: "fe80::1", port: 9) else { Issue.record(); return }
+        guard case .v6(let v6) = try SocketAddress(ipAddress: "fe80::1", port: 9) else {
+            Issue.record()
+            return
+        }
         var raw = v6.address
         raw.sin6_scope_id = 1  // the loopback interface is index 1 on Linux
         #expect(SocketAddress(raw).hostPortDescription == "[fe80::1%lo]:9")

@@ -1,17 +1,22 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import NIOCore
 import TestSupport
 import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The built `udpecho` executable, spawned as a user runs it, with its output lines checked.
 @Suite struct ServerCommandTests {
     @Test func printsTheArticlesLinesAndASummaryOnCtrlC() async throws {
         let (server, port) = try await startServer(["--address", "127.0.0.1:0"])
         #expect(server.outputLines.first == "running as a server on 127.0.0.1:\(port)")
-        let client = try await Spawned.run(udpecho, ["client", "--address", "127.0.0.1:\(port)"], input: Array("hello\n".utf8))
+        let client = try await Spawned.run(
+            udpecho,
+            ["client", "--address", "127.0.0.1:\(port)"],
+            input: Array("hello\n".utf8)
+        )
         #expect(client.status == 0)
         #expect(
             client.lines == [
@@ -22,7 +27,9 @@ import Testing
         )
         let written = try #require(await server.waitForLine { $0.hasPrefix("packet-written:") })
         #expect(written.wholeMatch(of: /packet-written: bytes=6 to=127\.0\.0\.1:\d+/) != nil)
-        #expect(server.outputLines.contains { $0.wholeMatch(of: /packet-received: bytes=6 from=127\.0\.0\.1:\d+/) != nil })
+        #expect(
+            server.outputLines.contains { $0.wholeMatch(of: /packet-received: bytes=6 from=127\.0\.0\.1:\d+/) != nil }
+        )
 
         server.signal(SIGINT)
         #expect(await server.waitForExit() == 0)
@@ -52,7 +59,9 @@ import Testing
     @Test func acceptsTheArticlesHostAndPortFlags() async throws {
         let (server, port) = try await startServer(["--host", "127.0.0.1", "--port", "0"])
         let client = try await Spawned.run(
-            udpecho, ["client", "--host", "127.0.0.1", "--port", "\(port)", "--timeout", "5s"], input: Array("hi".utf8)
+            udpecho,
+            ["client", "--host", "127.0.0.1", "--port", "\(port)", "--timeout", "5s"],
+            input: Array("hi".utf8)
         )
         #expect(client.status == 0)
         #expect(client.lines.last == "packet-received: bytes=2 from=127.0.0.1:\(port)")
@@ -61,7 +70,9 @@ import Testing
     }
 
     @Test func collapsesLinesPastTheLimitButCountsEveryDatagram() async throws {
-        let (server, port) = try await startServer(["--address", "127.0.0.1:0", "--lines-per-second", "3", "--threads", "1"])
+        let (server, port) = try await startServer([
+            "--address", "127.0.0.1:0", "--lines-per-second", "3", "--threads", "1",
+        ])
         let client = try TestSocket(host: "127.0.0.1", connectTo: try SocketAddress(ipAddress: "127.0.0.1", port: port))
         for index in 0..<200 {
             client.send(pattern(10, seed: index))
@@ -129,7 +140,11 @@ import Testing
     @Test func outputModeWritesTheEchoedBytesToStandardOutput() async throws {
         let (server, port) = try await startServer(["--address", "127.0.0.1:0"])
         let payload = pattern(5000, seed: 3)
-        let result = try await Spawned.run(udpecho, ["client", "--address", "127.0.0.1:\(port)", "--output"], input: payload)
+        let result = try await Spawned.run(
+            udpecho,
+            ["client", "--address", "127.0.0.1:\(port)", "--output"],
+            input: payload
+        )
         #expect(result.status == 0)
         #expect(Array(result.output) == payload)
         #expect(result.error.contains("packet-received: bytes=5000 from=127.0.0.1:\(port)"))
@@ -152,7 +167,9 @@ import Testing
     @Test func timesOutWithExitCode1() async throws {
         let (silent, port) = try await startPythonServer("silent")
         let result = try await Spawned.run(
-            udpecho, ["client", "--address", "127.0.0.1:\(port)", "--timeout", "300ms"], input: [1]
+            udpecho,
+            ["client", "--address", "127.0.0.1:\(port)", "--timeout", "300ms"],
+            input: [1]
         )
         #expect(result.status == 1)
         #expect(result.lines.last == "packet-written: bytes=1")
@@ -171,7 +188,11 @@ import Testing
 
     @Test func reportsAReplyThatDiffersWithExitCode3() async throws {
         let (flipping, port) = try await startPythonServer("flip")
-        let result = try await Spawned.run(udpecho, ["client", "--address", "127.0.0.1:\(port)"], input: Array("hello".utf8))
+        let result = try await Spawned.run(
+            udpecho,
+            ["client", "--address", "127.0.0.1:\(port)"],
+            input: Array("hello".utf8)
+        )
         #expect(result.status == 3)
         #expect(result.lines.last == "packet-received: bytes=5 from=127.0.0.1:\(port)")
         #expect(result.error.contains("differs from what was sent: 5 bytes each, first difference at byte 0"))
@@ -187,7 +208,9 @@ import Testing
     @Test func refusesInputLargerThanADatagramWithExitCode5() async throws {
         let listener = try TestSocket(host: "127.0.0.1")
         let result = try await Spawned.run(
-            udpecho, ["client", "--address", "127.0.0.1:\(listener.localAddress.port!)"], input: pattern(70000)
+            udpecho,
+            ["client", "--address", "127.0.0.1:\(listener.localAddress.port!)"],
+            input: pattern(70000)
         )
         #expect(result.status == 5)
         #expect(result.error.contains("the input is 70000 bytes"))
@@ -196,7 +219,10 @@ import Testing
     }
 
     @Test func missingInputFileIsExitCode6() async throws {
-        let result = try await Spawned.run(udpecho, ["client", "--address", "127.0.0.1:9", "--input", "/nonexistent/file"])
+        let result = try await Spawned.run(
+            udpecho,
+            ["client", "--address", "127.0.0.1:9", "--input", "/nonexistent/file"]
+        )
         #expect(result.status == 6)
         #expect(result.error.contains("cannot open the input file '/nonexistent/file'"))
     }
@@ -239,10 +265,19 @@ import Testing
         #expect(server.outputLines.last?.hasPrefix("summary: received=6 echoed=6") == true)
     }
 
-    @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/socat"), "needs socat (apt-get install socat)"))
+    @Test(
+        .enabled(
+            if: FileManager.default.isExecutableFile(atPath: "/usr/bin/socat"),
+            "needs socat (apt-get install socat)"
+        )
+    )
     func ourServerEchoesSocat() async throws {
         let (server, port) = try await startServer(["--address", "127.0.0.1:0"])
-        let result = try await Spawned.run("/usr/bin/socat", ["-T", "5", "-", "UDP:127.0.0.1:\(port)"], input: Array("ping from socat\n".utf8))
+        let result = try await Spawned.run(
+            "/usr/bin/socat",
+            ["-T", "5", "-", "UDP:127.0.0.1:\(port)"],
+            input: Array("ping from socat\n".utf8)
+        )
         #expect(String(decoding: result.output, as: UTF8.self) == "ping from socat\n")
         server.signal(SIGINT)
         await server.waitForExit()
@@ -251,7 +286,11 @@ import Testing
     @Test func ourClientWorksWithAPythonEchoServer() async throws {
         let (peer, port) = try await startPythonServer("echo")
         let payload = pattern(65507, seed: 9)
-        let result = try await Spawned.run(udpecho, ["client", "--address", "127.0.0.1:\(port)", "--output"], input: payload)
+        let result = try await Spawned.run(
+            udpecho,
+            ["client", "--address", "127.0.0.1:\(port)", "--output"],
+            input: payload
+        )
         #expect(result.status == 0, "\(result.error)")
         #expect(Array(result.output) == payload)
         peer.signal(SIGKILL)

@@ -1,9 +1,10 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import TestSupport
 import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Two test hosts of our own: network namespaces joined by a veth pair, made and removed by the test. Traffic
 /// between them never leaves this machine.
@@ -35,8 +36,10 @@ struct TestNetwork {
             ["-n", self.server, "link", "set", serverLink, "up"],
             ["-n", self.client, "link", "set", clientLink, "up"],
             // Replies leave the server's host at 1 KB/s: they wait in the queue, charged to the server's send buffer.
-            ["netns", "exec", self.server, "tc", "qdisc", "add", "dev", serverLink, "root", "tbf", "rate", "8kbit",
-             "burst", "1600", "latency", "60s"],
+            [
+                "netns", "exec", self.server, "tc", "qdisc", "add", "dev", serverLink, "root", "tbf", "rate", "8kbit",
+                "burst", "1600", "latency", "60s",
+            ],
         ]
         for command in commands {
             let result = try await Spawned.run(Self.ip, command)
@@ -66,24 +69,36 @@ struct SetupError: Error, CustomStringConvertible {
         do {
             let server = try Spawned(
                 TestNetwork.ip,
-                ["netns", "exec", network.server, udpecho, "server", "--address", "\(network.serverAddress):0",
-                 "--timeout", "200ms", "--send-buffer", "4096", "--threads", "1", "--lines-per-second", "0"]
+                [
+                    "netns", "exec", network.server, udpecho, "server", "--address", "\(network.serverAddress):0",
+                    "--timeout", "200ms", "--send-buffer", "4096", "--threads", "1", "--lines-per-second", "0",
+                ]
             )
-            let start = try #require(await server.waitForLine { $0.hasPrefix("running as a server on") }, "\(server.errorText)")
+            let start = try #require(
+                await server.waitForLine { $0.hasPrefix("running as a server on") },
+                "\(server.errorText)"
+            )
             let port = start.split(separator: ":").last!
             let burst = try await Spawned.run(
                 TestNetwork.ip,
-                ["netns", "exec", network.client, "python3", "-c", pythonBurst, network.serverAddress, "\(port)", "40", "1400"]
+                [
+                    "netns", "exec", network.client, "python3", "-c", pythonBurst, network.serverAddress, "\(port)",
+                    "40", "1400",
+                ]
             )
             #expect(burst.lines == ["sent 40"], "\(burst.error)")
             let dropped = await server.waitForLine { $0.contains("reason=write-timeout") }
-            #expect(dropped?.wholeMatch(of: /packet-dropped: bytes=1400 to=192\.0\.2\.2:\d+ reason=write-timeout .*/) != nil)
+            #expect(
+                dropped?.wholeMatch(of: /packet-dropped: bytes=1400 to=192\.0\.2\.2:\d+ reason=write-timeout .*/) != nil
+            )
             // Every datagram is accounted for, as echoed or dropped; none silently lost in the server.
             #expect(await server.waitForLine { $0.hasPrefix("packet-received") && $0.contains("bytes=1400") } != nil)
             server.signal(SIGINT)
             #expect(await server.waitForExit() == 0)
             let summary = try #require(server.outputLines.last)
-            let counts = try #require(summary.firstMatch(of: /received=(\d+) echoed=(\d+) dropped=(\d+) \(write-timeout=(\d+)\)/))
+            let counts = try #require(
+                summary.firstMatch(of: /received=(\d+) echoed=(\d+) dropped=(\d+) \(write-timeout=(\d+)\)/)
+            )
             #expect(Int(counts.1) == 40)
             #expect(Int(counts.2)! + Int(counts.3)! == 40)
             #expect(Int(counts.4)! > 0)
