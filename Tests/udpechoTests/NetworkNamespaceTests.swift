@@ -60,6 +60,56 @@ struct SetupError: Error, CustomStringConvertible {
     var description: String
 }
 
+/// One test host of our own with a firewall: a network namespace with only loopback, and an nftables table whose
+/// output chain the test fills.
+struct FirewalledHost {
+    static var available: Bool {
+        TestNetwork.available && FileManager.default.isExecutableFile(atPath: "/usr/sbin/nft")
+    }
+
+    let name = "udpecho-fw-\(getpid())-\(UInt16.random(in: 0...UInt16.max))"
+
+    init() async throws {
+        let commands = [
+            ["netns", "add", self.name],
+            ["-n", self.name, "link", "set", "lo", "up"],
+            ["netns", "exec", self.name, "nft", "add", "table", "inet", "udpecho"],
+            [
+                "netns", "exec", self.name, "nft", "add", "chain", "inet", "udpecho", "out",
+                "{ type filter hook output priority 0; }",
+            ],
+        ]
+        for command in commands {
+            let result = try await Spawned.run(TestNetwork.ip, command)
+            if result.status != 0 {
+                await self.remove()
+                throw SetupError(description: "ip \(command.joined(separator: " ")) failed: \(result.error)")
+            }
+        }
+    }
+
+    func remove() async {
+        _ = try? await Spawned.run(TestNetwork.ip, ["netns", "del", self.name])
+    }
+}
+
+/// Inside the firewalled host: client A's replies are forbidden by a rule made after it bound its port; client B is
+/// not affected and must still be answered.
+let pythonForbiddenPeer = """
+    import socket, subprocess, sys
+    port = int(sys.argv[1])
+    a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    a.bind(("127.0.0.1", 0))
+    subprocess.run(["nft", "add", "rule", "inet", "udpecho", "out", "udp", "dport", str(a.getsockname()[1]), "drop"],
+                   check=True)
+    for _ in range(3):
+        a.sendto(b"blocked", ("127.0.0.1", port))
+    b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    b.settimeout(5)
+    b.sendto(b"allowed", ("127.0.0.1", port))
+    print("B got", b.recv(100).decode(), flush=True)
+    """
+
 @Suite struct NetworkNamespaceTests {
     /// The article's write deadline: a reply that cannot get into a full send buffer in time is dropped and counted,
     /// and the server does not hang on it.
@@ -108,5 +158,39 @@ struct SetupError: Error, CustomStringConvertible {
             throw error
         }
         await network.remove()
+    }
+
+    /// A reply that the kernel refuses to send (here a firewall's EPERM; in the wild ENOBUFS, EMSGSIZE...) drops
+    /// that datagram, counted with its reason, and the server goes on serving everyone else. The article's server
+    /// exits on the first such error.
+    @Test(.enabled(if: FirewalledHost.available, "needs root, ip and nft to make a firewalled network namespace"))
+    func aForbiddenReplyIsDroppedAndCountedAndOthersAreStillServed() async throws {
+        let host = try await FirewalledHost()
+        do {
+            let server = try Spawned(
+                TestNetwork.ip,
+                ["netns", "exec", host.name, udpecho, "server", "--address", "127.0.0.1:0", "--threads", "1"]
+            )
+            let start = try #require(await server.waitForLine { $0.hasPrefix("running as a server on") })
+            let port = start.split(separator: ":").last!
+            let peer = try await Spawned.run(
+                TestNetwork.ip,
+                ["netns", "exec", host.name, "python3", "-c", pythonForbiddenPeer, "\(port)"]
+            )
+            #expect(peer.lines == ["B got allowed"], "\(peer.error)")
+            let dropped = await server.waitForLine { $0.hasPrefix("packet-dropped") }
+            #expect(
+                dropped?.wholeMatch(
+                    of: /packet-dropped: bytes=7 to=127\.0\.0\.1:\d+ reason=forbidden error="Operation not permitted"/
+                ) != nil
+            )
+            server.signal(SIGTERM)
+            #expect(await server.waitForExit() == 0)
+            #expect(server.outputLines.last?.hasPrefix("summary: received=4 echoed=1 dropped=3 (forbidden=3)") == true)
+        } catch {
+            await host.remove()
+            throw error
+        }
+        await host.remove()
     }
 }
