@@ -6,7 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <pthread.h>
-#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <time.h>
 
@@ -81,7 +80,7 @@ void cudpecho_batch_destroy(cudpecho_batch *batch) {
 
 int cudpecho_batch_count(const cudpecho_batch *batch) { return batch->count; }
 
-int cudpecho_batch_recv(int fd, cudpecho_batch *batch, int max) {
+int cudpecho_batch_recv(int fd, cudpecho_batch *batch, int max, int wait) {
     if (max > batch->count) {
         max = batch->count;
     }
@@ -93,7 +92,7 @@ int cudpecho_batch_recv(int fd, cudpecho_batch *batch, int max) {
         h->msg_controllen = CONTROL_SIZE;
         h->msg_flags = 0;
     }
-    int n = recvmmsg(fd, batch->messages, (unsigned int)max, MSG_DONTWAIT, NULL);
+    int n = recvmmsg(fd, batch->messages, (unsigned int)max, wait ? MSG_WAITFORONE : MSG_DONTWAIT, NULL);
     return n < 0 ? -errno : n;
 }
 
@@ -164,17 +163,33 @@ static void prepare_reply_control(struct msghdr *h) {
     h->msg_control = h->msg_controllen ? buffer : NULL;
 }
 
-void cudpecho_batch_prepare_replies(cudpecho_batch *batch, int count) {
+int cudpecho_batch_prepare_replies(cudpecho_batch *batch, int count, size_t *bytes, int *truncated) {
+    size_t total = 0;
+    int cut = 0;
     for (int i = 0; i < count; i++) {
         struct mmsghdr *m = &batch->messages[i];
+        if (m->msg_hdr.msg_namelen == 0) {
+            count = i;
+            break;
+        }
+        total += m->msg_len;
+        cut += (m->msg_hdr.msg_flags & MSG_TRUNC) != 0;
         batch->iovecs[i].iov_len = m->msg_len;
         if (m->msg_hdr.msg_controllen > 0) {
             prepare_reply_control(&m->msg_hdr);
         } else {
             m->msg_hdr.msg_control = NULL;
         }
-        m->msg_hdr.msg_flags = 0;
+        m->msg_hdr.msg_flags = (m->msg_hdr.msg_flags & MSG_TRUNC);
     }
+    *bytes += total;
+    *truncated += cut;
+    return count;
+}
+
+int cudpecho_set_receive_timeout(int fd, int milliseconds) {
+    struct timeval tv = {.tv_sec = milliseconds / 1000, .tv_usec = (milliseconds % 1000) * 1000};
+    return setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) == 0 ? 0 : -errno;
 }
 
 int cudpecho_batch_send(int fd, cudpecho_batch *batch, int start, int count) {
@@ -197,19 +212,10 @@ int cudpecho_enable_pktinfo(int fd, int family) {
     return 0;
 }
 
-int cudpecho_wait(int fd, short events, int wake_fd, int timeout_ms) {
-    struct pollfd fds[2] = {{.fd = fd, .events = events}, {.fd = wake_fd, .events = POLLIN}};
-    int n = poll(fds, wake_fd >= 0 ? 2 : 1, timeout_ms);
-    if (n < 0) {
-        return -errno;
-    }
-    if (n == 0) {
-        return 0;
-    }
-    if (wake_fd >= 0 && (fds[1].revents & POLLIN)) {
-        return 2;
-    }
-    return 1;
+int cudpecho_wait(int fd, short events, int timeout_ms) {
+    struct pollfd poller = {.fd = fd, .events = events};
+    int n = poll(&poller, 1, timeout_ms);
+    return n < 0 ? -errno : n;
 }
 
 int64_t cudpecho_now_ns(void) {
@@ -231,11 +237,6 @@ int cudpecho_set_buffer_size(int fd, int option, int bytes) {
         (void)setsockopt(fd, SOL_SOCKET, force, &bytes, sizeof(bytes));
     }
     return 0;
-}
-
-int cudpecho_wake_create(void) {
-    int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    return fd < 0 ? -errno : fd;
 }
 
 void cudpecho_set_thread_name(const char *name) {

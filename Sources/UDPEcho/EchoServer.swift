@@ -37,7 +37,7 @@ public final class EchoServer: Service, Sendable {
         /// How long one reply may wait for room in the socket's send buffer before it is dropped (the article's write
         /// deadline).
         public var writeTimeout: Duration
-        /// Sockets and threads serving the port. Defaults to the number of CPU cores.
+        /// Sockets and threads serving the port (``EchoServer/defaultThreads`` unless set).
         public var threads: Int
         /// Datagrams moved per system call.
         public var batchSize: Int
@@ -55,7 +55,7 @@ public final class EchoServer: Service, Sendable {
         public init(
             address: HostAndPort = HostAndPort(host: nil, port: 1337),
             writeTimeout: Duration = .seconds(15),
-            threads: Int = System.coreCount,
+            threads: Int = EchoServer.defaultThreads,
             batchSize: Int = 64,
             receiveBufferSize: Int? = 4 << 20,
             sendBufferSize: Int? = 4 << 20,
@@ -73,6 +73,11 @@ public final class EchoServer: Service, Sendable {
         }
     }
 
+    /// Half the CPU cores, at least one: each serving thread can keep a core busy, and the kernel's own work for
+    /// every datagram (and, on a shared machine, the clients) needs the others. Measured on a 2-core machine with the
+    /// load generator beside the server, one thread echoed more than two: see BENCHMARKS.md.
+    public static var defaultThreads: Int { max(1, System.coreCount / 2) }
+
     /// Slot size of the receive buffers: above the largest UDP payload (65527 bytes over IPv6), so nothing is cut.
     static let slotSize = 65536
 
@@ -83,7 +88,6 @@ public final class EchoServer: Service, Sendable {
 
     private let sockets: [ServerSocket]
     private let workers: [EchoWorker]
-    private let wakeDescriptor: Int32
     private let stopping = ManagedAtomic(false)
     private let state = Mutex(State.idle)
     private let logger: Logger
@@ -128,12 +132,6 @@ public final class EchoServer: Service, Sendable {
             for socket in sockets { socket.close() }
             throw error
         }
-        let wake = cudpecho_wake_create()
-        guard wake >= 0 else {
-            for socket in sockets { socket.close() }
-            throw .socket(operation: "eventfd for", address: target.hostPortDescription, errno: -wake)
-        }
-        self.wakeDescriptor = wake
         self.sockets = sockets
         self.localAddress = sockets[0].localAddress
 
@@ -150,7 +148,6 @@ public final class EchoServer: Service, Sendable {
                 workers.append(
                     try EchoWorker(
                         socket: socket,
-                        wakeDescriptor: wake,
                         stopping: self.stopping,
                         settings: settings,
                         onEvent: onEvent
@@ -159,7 +156,6 @@ public final class EchoServer: Service, Sendable {
             }
         } catch {
             for socket in sockets { socket.close() }
-            close(wake)
             throw error
         }
         self.workers = workers
@@ -169,7 +165,6 @@ public final class EchoServer: Service, Sendable {
         let finished = self.state.withLock { $0 == .finished }
         if !finished {
             for socket in self.sockets { socket.close() }
-            close(self.wakeDescriptor)
         }
     }
 
@@ -219,16 +214,15 @@ public final class EchoServer: Service, Sendable {
             self.stop()
         }
         for socket in self.sockets { socket.close() }
-        close(self.wakeDescriptor)
         self.state.withLock { $0 = .finished }
         self.logger.info("stopped", metadata: ["address": "\(self.localAddress.hostPortDescription)"])
     }
 
-    /// Asks the serving threads to finish: they stop reading and send what they hold.
+    /// Asks the serving threads to finish: they stop reading and send what they hold. Shutting a socket down for
+    /// reading wakes the thread blocked in it (the sockets stay open, and can still send, until `run()` closes them).
     private func stop() {
         guard !self.stopping.exchange(true, ordering: .acquiringAndReleasing) else { return }
-        var one: UInt64 = 1
-        _ = write(self.wakeDescriptor, &one, MemoryLayout<UInt64>.size)
+        for socket in self.sockets { socket.shutdownReading() }
     }
 
     /// The single address to bind for `address`: the dual-stack wildcard for a missing host (plain IPv4 where the

@@ -8,8 +8,9 @@ import Glibc
 import Musl
 #endif
 
-/// The echo loop of one socket, on its own thread: receive a batch with one `recvmmsg`, send the replies with one
-/// `sendmmsg`, repeat. Nothing on this path allocates, locks, logs or formats, unless an event is to be reported.
+/// The echo loop of one socket, on its own thread: block in one `recvmmsg` until datagrams arrive, send the replies
+/// with one `sendmmsg`, repeat. Nothing on this path allocates, locks, logs or formats, unless an event is to be
+/// reported. The server stops the loop by shutting the socket down for reading, which wakes the blocked call.
 final class EchoWorker: @unchecked Sendable {
     struct Settings {
         var batchSize: Int
@@ -20,7 +21,6 @@ final class EchoWorker: @unchecked Sendable {
     }
 
     private let socket: ServerSocket
-    private let wakeDescriptor: Int32
     private let stopping: ManagedAtomic<Bool>
     private let settings: Settings
     private let onEvent: (@Sendable (ServerEvent) -> Void)?
@@ -28,13 +28,15 @@ final class EchoWorker: @unchecked Sendable {
 
     // Owned by the worker thread alone once `run()` starts.
     private let batch: OpaquePointer
-    private let outcomes: UnsafeMutablePointer<UInt8>  // per slot: 0 echoed, else DropReason index + 1
+    /// Per slot of the current batch, once a drop happened in it: 0 echoed, else DropReason index + 1.
+    private let outcomes: UnsafeMutablePointer<UInt8>
     private let errnos: UnsafeMutablePointer<Int32>
+    private var batchHasDrops = false
     private var budget: EventBudget
+    private var receiveTimeoutArmed = false
 
     init(
         socket: ServerSocket,
-        wakeDescriptor: Int32,
         stopping: ManagedAtomic<Bool>,
         settings: Settings,
         onEvent: (@Sendable (ServerEvent) -> Void)?
@@ -48,7 +50,6 @@ final class EchoWorker: @unchecked Sendable {
         }
         self.batch = batch
         self.socket = socket
-        self.wakeDescriptor = wakeDescriptor
         self.stopping = stopping
         self.settings = settings
         self.onEvent = settings.reporting == .none ? nil : onEvent
@@ -68,72 +69,61 @@ final class EchoWorker: @unchecked Sendable {
     /// Serves until the server stops, then echoes what is already queued (a bounded amount) and returns.
     func run() {
         let batchSize = Int32(self.settings.batchSize)
-        serving: while !self.stopping.load(ordering: .relaxed) {
-            let count = cudpecho_batch_recv(self.socket.descriptor, self.batch, batchSize)
-            if count > 0 {
-                self.serve(Int(count))
+        while true {
+            let received = cudpecho_batch_recv(self.socket.descriptor, self.batch, batchSize, 1)
+            if received > 0 {
+                let datagrams = self.serve(Int(received))
+                if datagrams < Int(received) || self.stopping.load(ordering: .relaxed) { break }  // shut down
                 continue
             }
-            switch -count {
+            switch -received {
             case EAGAIN, EWOULDBLOCK:
-                let now = cudpecho_now_ns()
-                self.reportSuppressed(now: now)
-                let ready = cudpecho_wait(
-                    self.socket.descriptor,
-                    cudpecho_pollin,
-                    self.wakeDescriptor,
-                    self.budget.pollTimeout(now: now)
-                )
-                if ready == 2 { break serving }
+                // The receive timeout, armed only while a "not shown" report is due.
+                self.reportSuppressed(now: cudpecho_now_ns())
             case EINTR:
                 continue
             default:
-                self.receiveFailed(errno: -count)
+                self.receiveFailed(errno: -received)
             }
+            if self.stopping.load(ordering: .relaxed) { break }
         }
         // Replies in flight go out: whatever the kernel already queued for us is echoed, within a bound, so that a
         // client still sending cannot hold the server open.
         for _ in 0..<8 {
-            let count = cudpecho_batch_recv(self.socket.descriptor, self.batch, batchSize)
-            guard count > 0 else { break }
-            self.serve(Int(count))
+            let received = cudpecho_batch_recv(self.socket.descriptor, self.batch, batchSize, 0)
+            guard received > 0, self.serve(Int(received)) == Int(received) else { break }
         }
         self.reportSuppressed(now: .max)
     }
 
-    private func serve(_ count: Int) {
+    /// Echoes the datagrams of a received batch; returns how many of the `received` messages were datagrams (fewer
+    /// when the batch ends with the shutdown's wake-up).
+    private func serve(_ received: Int) -> Int {
         var bytes = 0
-        var anyTruncated = false
-        for index in 0..<count {
-            bytes &+= cudpecho_batch_length(self.batch, Int32(index))
-            self.outcomes[index] = 0
-            if cudpecho_batch_truncated(self.batch, Int32(index)) != 0 {
-                anyTruncated = true
-            }
-        }
+        var truncated: Int32 = 0
+        let count = Int(cudpecho_batch_prepare_replies(self.batch, Int32(received), &bytes, &truncated))
+        guard count > 0 else { return 0 }
         self.counters.add(.received, count)
         self.counters.add(.receivedBytes, bytes)
-        cudpecho_batch_prepare_replies(self.batch, Int32(count))
+        self.batchHasDrops = false
 
-        var dropped = false
-        if anyTruncated {
-            dropped = true
+        if truncated > 0 {
             for index in 0..<count where cudpecho_batch_truncated(self.batch, Int32(index)) != 0 {
-                self.drop(index, .truncated, errno: 0)
+                self.drop(index, count, .truncated, errno: 0)
             }
             var start = 0
             while start < count {
                 while start < count && self.outcomes[start] != 0 { start += 1 }
                 var end = start
                 while end < count && self.outcomes[end] == 0 { end += 1 }
-                if end > start { self.send(start, end) }
+                if end > start { self.send(start, end, count) }
                 start = end
             }
         } else {
-            dropped = self.send(0, count)
+            self.send(0, count, count)
         }
 
-        if dropped {
+        if self.batchHasDrops {
             var echoedBytes = 0
             var echoed = 0
             for index in 0..<count where self.outcomes[index] == 0 {
@@ -146,17 +136,16 @@ final class EchoWorker: @unchecked Sendable {
             self.counters.add(.echoed, count)
             self.counters.add(.echoedBytes, bytes)
         }
-        if self.onEvent != nil {
+        if self.onEvent != nil && (self.batchHasDrops || self.settings.reporting == .all) {
             self.report(count)
         }
+        return count
     }
 
-    /// Sends slots start..<end, dropping (and counting) those that fail; returns whether any was dropped.
-    @discardableResult
-    private func send(_ start: Int, _ end: Int) -> Bool {
+    /// Sends slots start..<end of a batch of `count`, dropping (and counting) those that fail.
+    private func send(_ start: Int, _ end: Int, _ count: Int) {
         var next = start
         var deadline: Int64? = nil
-        var dropped = false
         while next < end {
             let sent = cudpecho_batch_send(self.socket.descriptor, self.batch, Int32(next), Int32(end - next))
             if sent > 0 {
@@ -171,24 +160,26 @@ final class EchoWorker: @unchecked Sendable {
                 let limit = deadline ?? now + self.settings.writeTimeout.nanoseconds
                 deadline = limit
                 if now >= limit
-                    || cudpecho_wait(self.socket.descriptor, cudpecho_pollout, -1, Self.milliseconds(limit - now)) == 0
+                    || cudpecho_wait(self.socket.descriptor, cudpecho_pollout, Self.milliseconds(limit - now)) == 0
                 {
-                    for index in next..<end { self.drop(index, .writeTimeout, errno: EAGAIN) }
-                    return true
+                    for index in next..<end { self.drop(index, count, .writeTimeout, errno: EAGAIN) }
+                    return
                 }
             case EINTR:
                 continue
             default:
                 // This one reply failed (a refused or unreachable peer, a firewall, no memory); the others go on.
-                self.drop(next, Self.reason(for: code), errno: code)
-                dropped = true
+                self.drop(next, count, Self.reason(for: code), errno: code)
                 next += 1
             }
         }
-        return dropped
     }
 
-    private func drop(_ index: Int, _ reason: DropReason, errno: Int32) {
+    private func drop(_ index: Int, _ count: Int, _ reason: DropReason, errno: Int32) {
+        if !self.batchHasDrops {
+            self.outcomes.update(repeating: 0, count: count)
+            self.batchHasDrops = true
+        }
         self.outcomes[index] = UInt8(DropReason.allCases.firstIndex(of: reason)! + 1)
         self.errnos[index] = errno
         self.counters.addDrop(reason)
@@ -204,37 +195,53 @@ final class EchoWorker: @unchecked Sendable {
             break
         default:
             // An error that says nothing about one datagram: do not spin on it.
-            _ = cudpecho_wait(self.socket.descriptor, cudpecho_pollin, self.wakeDescriptor, 10)
+            _ = cudpecho_wait(self.socket.descriptor, cudpecho_pollin, 10)
         }
     }
 
     private func report(_ count: Int) {
-        guard let onEvent = self.onEvent else { return }
         let now = cudpecho_now_ns()
-        for index in 0..<count {
-            let outcome = self.outcomes[index]
-            if self.settings.reporting == .errors && outcome == 0 { continue }
-            guard self.budget.take(now: now) else { continue }
-            var length: socklen_t = 0
-            let raw = cudpecho_batch_peer(self.batch, Int32(index), &length)!
-            guard let peer = SocketAddress(raw: raw, length: length)?.unmappingIPv4 else { continue }
-            let bytes = cudpecho_batch_length(self.batch, Int32(index))
-            if outcome == 0 {
-                onEvent(.received(bytes: bytes, from: peer))
-                onEvent(.echoed(bytes: bytes, to: peer))
-            } else {
-                let reason = DropReason.allCases[Int(outcome) - 1]
-                if self.settings.reporting == .all { onEvent(.received(bytes: bytes, from: peer)) }
-                let code = self.errnos[index]
-                onEvent(.dropped(bytes: bytes, peer: peer, reason: reason, errno: code == 0 ? nil : code))
+        if self.batchHasDrops {
+            for index in 0..<count {
+                let outcome = self.outcomes[index]
+                if outcome == 0 && self.settings.reporting == .errors { continue }
+                if self.budget.take(now: now) { self.emit(index, outcome: outcome) }
             }
+        } else {
+            // Every datagram echoed: take the window's budget for the whole batch in one step.
+            for index in 0..<self.budget.take(count, now: now) { self.emit(index, outcome: 0) }
         }
         self.reportSuppressed(now: now)
     }
 
+    private func emit(_ index: Int, outcome: UInt8) {
+        guard let onEvent = self.onEvent else { return }
+        var length: socklen_t = 0
+        let raw = cudpecho_batch_peer(self.batch, Int32(index), &length)!
+        guard let peer = SocketAddress(raw: raw, length: length)?.unmappingIPv4 else { return }
+        let bytes = cudpecho_batch_length(self.batch, Int32(index))
+        if outcome == 0 {
+            onEvent(.received(bytes: bytes, from: peer))
+            onEvent(.echoed(bytes: bytes, to: peer))
+            return
+        }
+        if self.settings.reporting == .all { onEvent(.received(bytes: bytes, from: peer)) }
+        let code = self.errnos[index]
+        let reason = DropReason.allCases[Int(outcome) - 1]
+        onEvent(.dropped(bytes: bytes, peer: peer, reason: reason, errno: code == 0 ? nil : code))
+    }
+
+    /// Reports how many datagrams the last window did not show, once it is over; keeps a receive timeout armed while
+    /// such a report is due, so that it comes out even when the traffic stops.
     private func reportSuppressed(now: Int64) {
-        guard let onEvent = self.onEvent, let count = self.budget.collectSuppressed(now: now) else { return }
-        onEvent(.notShown(datagrams: count, interval: .seconds(1)))
+        if let onEvent = self.onEvent, let count = self.budget.collectSuppressed(now: now) {
+            onEvent(.notShown(datagrams: count, interval: .seconds(1)))
+        }
+        let due = self.budget.hasSuppressed
+        if due != self.receiveTimeoutArmed {
+            _ = cudpecho_set_receive_timeout(self.socket.descriptor, due ? 1000 : 0)
+            self.receiveTimeoutArmed = due
+        }
     }
 
     private static func reason(for code: Int32) -> DropReason {

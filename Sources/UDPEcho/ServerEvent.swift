@@ -58,6 +58,19 @@ struct EventBudget {
         return true
     }
 
+    /// Takes reporting for up to `count` datagrams at once; returns how many may be reported (the first ones), and
+    /// counts the rest as not shown.
+    mutating func take(_ count: Int, now: Int64) -> Int {
+        if now >= self.windowEnd {
+            self.windowEnd = now + Self.window
+            self.remaining = self.perWindow
+        }
+        let allowed = min(count, self.remaining)
+        self.remaining -= allowed
+        self.suppressed += count - allowed
+        return allowed
+    }
+
     /// If the window is over and datagrams went unreported in it, returns their count and starts afresh.
     mutating func collectSuppressed(now: Int64) -> Int? {
         guard self.suppressed > 0, now >= self.windowEnd else { return nil }
@@ -65,9 +78,6 @@ struct EventBudget {
         return self.suppressed
     }
 
-    /// Milliseconds until the current window ends while something awaits reporting; -1 (wait forever) otherwise.
-    func pollTimeout(now: Int64) -> Int32 {
-        guard self.suppressed > 0 else { return -1 }
-        return Int32(clamping: max(0, (self.windowEnd - now + 999_999) / 1_000_000))
-    }
+    /// Whether datagrams of the current window await a report of how many were not shown.
+    var hasSuppressed: Bool { self.suppressed > 0 }
 }

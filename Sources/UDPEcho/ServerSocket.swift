@@ -67,6 +67,12 @@ struct ServerSocket {
         _ = Glibc.close(self.descriptor)
     }
 
+    /// Wakes a thread blocked reading the socket, and makes every later read return at once when nothing is queued.
+    /// (On an unconnected UDP socket `shutdown` reports ENOTCONN, but it does take effect.)
+    func shutdownReading() {
+        _ = Glibc.shutdown(self.descriptor, Int32(SHUT_RD))
+    }
+
     /// The size of a socket buffer as the kernel reports it (which is twice the size asked for, on Linux).
     func bufferSize(_ option: Int32) -> Int {
         var value: Int32 = 0

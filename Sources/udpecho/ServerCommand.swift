@@ -60,7 +60,9 @@ struct ServerCommand: AsyncParsableCommand {
     var timeout: Duration = .seconds(15)
 
     @Option(
-        help: ArgumentHelp("Sockets and threads serving the port (SO_REUSEPORT). (default: the number of CPU cores)")
+        help: ArgumentHelp(
+            "Sockets and threads serving the port (SO_REUSEPORT); more spread clients over more cores. (default: half the CPU cores, at least 1)"
+        )
     )
     var threads: Int?
 
@@ -111,7 +113,7 @@ struct ServerCommand: AsyncParsableCommand {
         let configuration = EchoServer.Configuration(
             address: try self.listenAddress(),
             writeTimeout: self.timeout,
-            threads: self.threads ?? System.coreCount,
+            threads: self.threads ?? EchoServer.defaultThreads,
             receiveBufferSize: self.receiveBuffer,
             sendBufferSize: self.sendBuffer,
             reporting: self.quiet ? .errors : .all,

@@ -145,10 +145,12 @@ import Testing
         for _ in 0..<10 where budget.take(now: start) { taken += 1 }
         #expect(taken == 3)
         #expect(budget.collectSuppressed(now: start + 10) == nil)  // window still open
-        #expect(budget.pollTimeout(now: start) > 0)
+        #expect(budget.hasSuppressed)
         #expect(budget.collectSuppressed(now: start + EventBudget.window) == 7)
         #expect(budget.collectSuppressed(now: start + EventBudget.window) == nil)
         let renewed = budget.take(now: start + EventBudget.window)
         #expect(renewed)  // a new window, a new budget
+        #expect(budget.take(5, now: start + EventBudget.window) == 2)  // 1 + 2 of 3, and 3 not shown
+        #expect(budget.collectSuppressed(now: start + 2 * EventBudget.window) == 3)
     }
 }

@@ -19,8 +19,11 @@ cudpecho_batch *cudpecho_batch_create(int count, size_t slot_size);
 void cudpecho_batch_destroy(cudpecho_batch *batch);
 int cudpecho_batch_count(const cudpecho_batch *batch);
 
-/// Receives up to `max` datagrams without blocking. Returns how many arrived, or -errno.
-int cudpecho_batch_recv(int fd, cudpecho_batch *batch, int max);
+/// Receives up to `max` datagrams. With `wait`, blocks until the first one arrives (or the socket's SO_RCVTIMEO
+/// passes) and then takes what is queued (MSG_WAITFORONE); without, never blocks. Returns how many messages arrived,
+/// or -errno. After shutdown(SHUT_RD) of the socket an empty queue yields messages with no sender: see
+/// ``cudpecho_batch_prepare_replies``.
+int cudpecho_batch_recv(int fd, cudpecho_batch *batch, int max, int wait);
 
 /// Length of the datagram in slot `i` after a receive.
 size_t cudpecho_batch_length(const cudpecho_batch *batch, int i);
@@ -37,7 +40,13 @@ void cudpecho_batch_set_peer(cudpecho_batch *batch, int i, const struct sockaddr
 
 /// Turns what was received in slots [0, count) into replies: each goes back to its sender with the same payload,
 /// from the address it arrived on when that address is known (a single PKTINFO control message), else with none.
-void cudpecho_batch_prepare_replies(cudpecho_batch *batch, int count);
+/// Returns how many of the slots hold datagrams: it stops at the first message without a sender, which is the
+/// wake-up of a shut-down socket, never a datagram. Adds their payload bytes to `*bytes` and counts in `*truncated`
+/// those cut by a too-small slot.
+int cudpecho_batch_prepare_replies(cudpecho_batch *batch, int count, size_t *bytes, int *truncated);
+
+/// Sets or clears (0) the socket's receive timeout (SO_RCVTIMEO) in milliseconds. Returns 0 or -errno.
+int cudpecho_set_receive_timeout(int fd, int milliseconds);
 
 /// Sends slots [start, start + count) without blocking. Returns how many were sent (>= 1), or -errno for the error
 /// of the first one.
@@ -47,9 +56,9 @@ int cudpecho_batch_send(int fd, cudpecho_batch *batch, int start, int count);
 /// IPV6_RECVPKTINFO). Returns 0 or -errno.
 int cudpecho_enable_pktinfo(int fd, int family);
 
-/// Waits until `fd` is ready for `events` (POLLIN/POLLOUT) or `wake_fd` is readable, for at most `timeout_ms`
-/// (-1 forever). Returns 1 if fd is ready, 2 if wake_fd is readable, 0 on timeout, -errno on error.
-int cudpecho_wait(int fd, short events, int wake_fd, int timeout_ms);
+/// Waits until `fd` is ready for `events` (POLLIN/POLLOUT), for at most `timeout_ms` (-1 forever). Returns 1 if it
+/// is ready, 0 on timeout, -errno on error.
+int cudpecho_wait(int fd, short events, int timeout_ms);
 
 /// Current CLOCK_MONOTONIC time in nanoseconds.
 int64_t cudpecho_now_ns(void);
@@ -58,8 +67,6 @@ int64_t cudpecho_now_ns(void);
 /// CAP_NET_ADMIN) when the limit of net.core.[rw]mem_max would cap the size. Returns 0 or -errno.
 int cudpecho_set_buffer_size(int fd, int option, int bytes);
 
-/// An eventfd(2) to wake waiting threads (close-on-exec, non-blocking). Returns the descriptor or -errno.
-int cudpecho_wake_create(void);
 /// Names the calling thread (shown by ps and top), truncated to 15 bytes.
 void cudpecho_set_thread_name(const char *name);
 
