@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <pthread.h>
+#include <sys/epoll.h>
 #include <sys/mman.h>
 #include <time.h>
 
@@ -244,4 +245,44 @@ void cudpecho_set_thread_name(const char *name) {
     strncpy(truncated, name, sizeof(truncated) - 1);
     truncated[sizeof(truncated) - 1] = 0;
     pthread_setname_np(pthread_self(), truncated);
+}
+
+void cudpecho_batch_set_unaddressed(cudpecho_batch *batch) {
+    for (int i = 0; i < batch->count; i++) {
+        struct msghdr *h = &batch->messages[i].msg_hdr;
+        h->msg_name = NULL;
+        h->msg_namelen = 0;
+        h->msg_control = NULL;
+        h->msg_controllen = 0;
+    }
+}
+
+int cudpecho_epoll_create(void) {
+    int fd = epoll_create1(EPOLL_CLOEXEC);
+    return fd < 0 ? -errno : fd;
+}
+
+int cudpecho_epoll_add(int epoll, int fd, uint32_t token) {
+    struct epoll_event event = {.events = EPOLLIN, .data.u32 = token};
+    return epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &event) == 0 ? 0 : -errno;
+}
+
+int cudpecho_epoll_wait(int epoll, uint32_t *tokens, int max, int64_t timeout_ns) {
+    struct epoll_event events[64];
+    if (max > 64) {
+        max = 64;
+    }
+    struct timespec timeout = {.tv_sec = timeout_ns / 1000000000, .tv_nsec = timeout_ns % 1000000000};
+    int n = epoll_pwait2(epoll, events, max, timeout_ns < 0 ? NULL : &timeout, NULL);
+    if (n < 0 && errno == ENOSYS) {
+        // Kernels before 5.11: millisecond resolution, rounded up so that a wait never ends early.
+        n = epoll_wait(epoll, events, max, timeout_ns < 0 ? -1 : (int)((timeout_ns + 999999) / 1000000));
+    }
+    if (n < 0) {
+        return -errno;
+    }
+    for (int i = 0; i < n; i++) {
+        tokens[i] = events[i].data.u32;
+    }
+    return n;
 }

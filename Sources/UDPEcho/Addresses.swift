@@ -1,4 +1,5 @@
 public import NIOCore
+import NIOPosix
 
 #if canImport(Glibc)
 import Glibc
@@ -170,5 +171,12 @@ public enum NameResolver {
             throw .nameNotResolved(host: address.host ?? "", reason: "no IPv4 or IPv6 address")
         }
         return addresses
+    }
+
+    /// Resolves `address` on SwiftNIO's thread pool (the resolver blocks) and returns its first address, IPv4
+    /// preferred as Go's `net.ResolveUDPAddr` does.
+    public static func resolvePreferringIPv4(_ address: HostAndPort) async throws -> SocketAddress {
+        let addresses = try await NIOThreadPool.singleton.runIfActive { try Self.resolve(address) }
+        return addresses.first { if case .v4 = $0 { true } else { false } } ?? addresses[0]
     }
 }

@@ -52,11 +52,7 @@ public final class EchoClient: Sendable {
         to address: HostAndPort,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
     ) async throws -> EchoClient {
-        let addresses = try await NIOThreadPool.singleton.runIfActive {
-            try NameResolver.resolve(address)
-        }
-        let preferred = addresses.first { if case .v4 = $0 { true } else { false } } ?? addresses[0]
-        return try await Self.connect(to: preferred, group: group)
+        try await Self.connect(to: try await NameResolver.resolvePreferringIPv4(address), group: group)
     }
 
     /// Connects a UDP socket to `address`. No datagram is sent: connecting a UDP socket only fixes its peer.

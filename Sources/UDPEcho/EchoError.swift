@@ -22,6 +22,10 @@ public enum EchoError: Error, CustomStringConvertible {
     case alreadyRunning
     /// The client was closed.
     case closed
+    /// A load was to be sent to an address that is neither loopback nor this host's, without `allowRemote`.
+    case remoteTarget(SocketAddress)
+    /// A setting is out of its range; the text says which and why.
+    case invalidConfiguration(String)
 
     public var description: String {
         switch self {
@@ -45,6 +49,12 @@ public enum EchoError: Error, CustomStringConvertible {
             return "this server has already run; make a new EchoServer to serve again"
         case .closed:
             return "the client is closed"
+        case .remoteTarget(let address):
+            return "refusing to send load to \(address.hostPortDescription): it is neither a loopback address nor one "
+                + "of this host's, and a load tool pointed at someone else's host by mistake floods it; if you run "
+                + "that server, say so with --allow-remote"
+        case .invalidConfiguration(let text):
+            return text
         }
     }
 

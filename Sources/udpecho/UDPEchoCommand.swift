@@ -1,5 +1,11 @@
 import ArgumentParser
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
 @main
 struct UDPEchoCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -14,6 +20,25 @@ struct UDPEchoCommand: AsyncParsableCommand {
               echo hello | udpecho client --address 127.0.0.1:1337
             """,
         version: "0.1.0",
-        subcommands: [ServerCommand.self, ClientCommand.self]
+        subcommands: [ServerCommand.self, ClientCommand.self, PingCommand.self, BenchCommand.self]
     )
+
+    /// As every Swift command line tool, but `ping` and `bench` end a usage error with 2, as ping(8) does.
+    static func main() async {
+        do {
+            var command = try parseAsRoot()
+            if var command = command as? AsyncParsableCommand {
+                try await command.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            let subcommand = CommandLine.arguments.dropFirst().first ?? ""
+            if exitCode(for: error) == .validationFailure && ["ping", "bench"].contains(subcommand) {
+                Stream.err.line(fullMessage(for: error))
+                Glibc.exit(2)
+            }
+            exit(withError: error)
+        }
+    }
 }

@@ -11,20 +11,38 @@ let udpecho: String = {
 let python = "/usr/bin/env"
 
 /// A few lines of Python as an independent UDP peer: an echo server on an ephemeral port that prints its port, and
-/// that can flip the first byte of each reply (`flip`) or never answer (`silent`).
+/// that can misbehave: never answer (`silent`), flip a byte of each reply (`flip`, the first; `flip-last`, the last),
+/// answer twice (`dup`), swap each pair of replies (`reorder`), or stop answering for 300 ms once, after its 500th
+/// datagram (`stall`).
 let pythonEchoServer = """
-    import socket, sys
+    import socket, sys, time
     mode = sys.argv[1]
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     s.bind(("127.0.0.1", 0))
     print(s.getsockname()[1], flush=True)
+    held, n = None, 0
     while True:
         data, peer = s.recvfrom(65535)
+        n += 1
         if mode == "silent":
             continue
         if mode == "flip" and data:
             data = bytes([data[0] ^ 0xFF]) + data[1:]
+        if mode == "flip-last" and data:
+            data = data[:-1] + bytes([data[-1] ^ 0xFF])
+        if mode == "stall" and n == 500:
+            time.sleep(0.3)
+        if mode == "reorder":
+            if held is None:
+                held = (data, peer)
+                continue
+            s.sendto(data, peer)
+            data, peer = held
+            held = None
         s.sendto(data, peer)
+        if mode == "dup":
+            s.sendto(data, peer)
     """
 
 /// A Python client: sends datagrams of the given sizes to 127.0.0.1:PORT and checks each echo byte for byte.

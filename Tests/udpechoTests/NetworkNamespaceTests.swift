@@ -61,7 +61,8 @@ struct SetupError: Error, CustomStringConvertible {
 }
 
 /// One test host of our own with a firewall: a network namespace with only loopback, and an nftables table whose
-/// output chain the test fills.
+/// output chain (drops there fail the sender's call with EPERM) and input chain (drops there are silent, as losses
+/// in a network are) the test fills.
 struct FirewalledHost {
     static var available: Bool {
         TestNetwork.available && FileManager.default.isExecutableFile(atPath: "/usr/sbin/nft")
@@ -77,6 +78,10 @@ struct FirewalledHost {
             [
                 "netns", "exec", self.name, "nft", "add", "chain", "inet", "udpecho", "out",
                 "{ type filter hook output priority 0; }",
+            ],
+            [
+                "netns", "exec", self.name, "nft", "add", "chain", "inet", "udpecho", "in",
+                "{ type filter hook input priority 0; }",
             ],
         ]
         for command in commands {
@@ -187,6 +192,60 @@ let pythonForbiddenPeer = """
             server.signal(SIGTERM)
             #expect(await server.waitForExit() == 0)
             #expect(server.outputLines.last?.hasPrefix("summary: received=4 echoed=1 dropped=3 (forbidden=3)") == true)
+        } catch {
+            await host.remove()
+            throw error
+        }
+        await host.remove()
+    }
+
+    /// About 30% of the requests are dropped at random, silently, as they arrive at the server's host (nftables'
+    /// numgen on the input hook); ping and bench must both see that loss, and nothing else.
+    @Test(.enabled(if: FirewalledHost.available, "needs root, ip and nft to make a firewalled network namespace"))
+    func pingAndBenchSeeRandomLoss() async throws {
+        let host = try await FirewalledHost()
+        do {
+            let server = try Spawned(
+                TestNetwork.ip,
+                ["netns", "exec", host.name, udpecho, "server", "--address", "127.0.0.1:0", "--quiet"]
+            )
+            let start = try #require(await server.waitForLine { $0.hasPrefix("running as a server on") })
+            let port = String(start.split(separator: ":").last!)
+            let rule = try await Spawned.run(
+                TestNetwork.ip,
+                [
+                    "netns", "exec", host.name, "nft", "add", "rule", "inet", "udpecho", "in", "udp", "dport", port,
+                    "numgen", "random", "mod", "10", "<", "3", "drop",
+                ]
+            )
+            #expect(rule.status == 0, "\(rule.error)")
+            let ping = try await Spawned.run(
+                TestNetwork.ip,
+                [
+                    "netns", "exec", host.name, udpecho, "ping", "127.0.0.1:\(port)", "-c", "300", "-i", "1ms",
+                    "-W", "200ms", "-q", "--json",
+                ]
+            )
+            let pingSummary = try #require(try jsonObjects(ping.lines).last)
+            let pingLoss = try #require(pingSummary["loss_percent"] as? Double)
+            #expect((15...45).contains(pingLoss), "ping loss \(pingLoss)%")
+            #expect(pingSummary["corrupt"] as? Int == 0 && pingSummary["duplicates"] as? Int == 0)
+
+            let bench = try await Spawned.run(
+                TestNetwork.ip,
+                [
+                    "netns", "exec", host.name, udpecho, "bench", "127.0.0.1:\(port)", "--rate", "3000",
+                    "--duration", "1s", "--loss-timeout", "200ms", "--json",
+                ]
+            )
+            let object = try #require(try jsonObjects(bench.lines).first, "\(bench.error)")
+            let sent = try #require(object["sent"] as? Int)
+            let lost = try #require(object["lost"] as? Int)
+            #expect(sent >= 2900)
+            #expect((0.15...0.45).contains(Double(lost) / Double(sent)), "bench lost \(lost) of \(sent)")
+            #expect(object["received"] as? Int == sent - lost)
+            server.signal(SIGTERM)
+            await server.waitForExit()
         } catch {
             await host.remove()
             throw error

@@ -70,6 +70,17 @@ int cudpecho_set_buffer_size(int fd, int option, int bytes);
 /// Names the calling thread (shown by ps and top), truncated to 15 bytes.
 void cudpecho_set_thread_name(const char *name);
 
+/// Makes slots send to the socket's connected peer: no address, no control message.
+void cudpecho_batch_set_unaddressed(cudpecho_batch *batch);
+
+/// An epoll instance (close-on-exec). Returns the descriptor or -errno.
+int cudpecho_epoll_create(void);
+/// Watches `fd` for input, reporting it as `token`. Returns 0 or -errno.
+int cudpecho_epoll_add(int epoll, int fd, uint32_t token);
+/// Waits up to `timeout_ns` (-1 forever) for watched descriptors with input; writes up to `max` of their tokens.
+/// Returns how many, 0 on timeout, or -errno.
+int cudpecho_epoll_wait(int epoll, uint32_t *tokens, int max, int64_t timeout_ns);
+
 /// POLLIN / POLLOUT, which Swift sees as macros of the wrong type on some libcs.
 extern const short cudpecho_pollin;
 extern const short cudpecho_pollout;

@@ -1,0 +1,158 @@
+import Atomics
+public import NIOCore
+
+/// A load generator for echo servers: closed loop (a window of requests in flight per flow) or open loop (a fixed
+/// rate, with latency measured from each request's scheduled send time), every reply checked byte for byte.
+///
+/// ```swift
+/// let target = try SocketAddress(ipAddress: "127.0.0.1", port: 1337)
+/// let result = try await EchoBenchmark.run(.init(target: target, duration: .seconds(5), flows: 4, load: .window(32)))
+/// print(result.echoesPerSecond, result.counts.lost, result.times.percentile(99))
+/// ```
+public enum EchoBenchmark {
+    /// How much load, and for how long.
+    public enum Load: Sendable, Equatable {
+        /// Closed loop: this many requests in flight per flow; each reply (or loss) releases the next.
+        case window(Int)
+        /// Open loop: this many requests per second over all flows, on a fixed schedule.
+        case rate(Double)
+    }
+
+    public struct Configuration: Sendable {
+        /// The echo server.
+        public var target: SocketAddress
+        /// How long to send. Every run ends by itself: at most an hour.
+        public var duration: Duration
+        /// Payload bytes per request, from 16 (sequence number and timestamp) to the datagram maximum.
+        public var size: Int
+        /// Sockets, each its own source port (and so its own flow through the kernel and the server).
+        public var flows: Int
+        public var load: Load
+        /// Stop after this many requests, if that comes before the duration.
+        public var count: Int?
+        /// A request without a reply after this long is counted as lost.
+        public var lossTimeout: Duration
+        /// Allow a target that is neither loopback nor this host's.
+        public var allowRemote: Bool
+
+        public init(
+            target: SocketAddress,
+            duration: Duration = .seconds(10),
+            size: Int = 64,
+            flows: Int = 4,
+            load: Load = .window(32),
+            count: Int? = nil,
+            lossTimeout: Duration = .seconds(1),
+            allowRemote: Bool = false
+        ) {
+            self.target = target
+            self.duration = duration
+            self.size = size
+            self.flows = flows
+            self.load = load
+            self.count = count
+            self.lossTimeout = lossTimeout
+            self.allowRemote = allowRemote
+        }
+
+        /// Checks every setting; throws ``EchoError`` naming the one that is out of range.
+        public func validate() throws(EchoError) {
+            let maximum = self.target.maximumDatagramPayload
+            guard (ProbeEngine.headerSize...maximum).contains(self.size) else {
+                throw .invalidConfiguration(
+                    "the size \(self.size) is out of range: a request carries a 16-byte sequence number and timestamp, "
+                        + "and one datagram to \(self.target.hostPortDescription) holds at most \(maximum) bytes"
+                )
+            }
+            guard (1...1024).contains(self.flows) else {
+                throw .invalidConfiguration("\(self.flows) flows is out of range: give 1 to 1024")
+            }
+            switch self.load {
+            case .window(let window) where !(1...65536).contains(window):
+                throw .invalidConfiguration("a window of \(window) is out of range: give 1 to 65536 requests in flight")
+            case .rate(let rate) where !(rate > 0 && rate <= 100_000_000):
+                throw .invalidConfiguration("a rate of \(rate) is out of range: give 1 to 100000000 requests a second")
+            default:
+                break
+            }
+            guard self.duration > .zero && self.duration <= .seconds(3600) else {
+                throw .invalidConfiguration("the duration must be more than 0 and at most 1h, so that every run ends")
+            }
+            guard self.lossTimeout > .zero else { throw .invalidConfiguration("the loss timeout must be more than 0") }
+            if let count = self.count, count < 1 { throw .invalidConfiguration("the count must be at least 1") }
+            try TargetPolicy.check(self.target, allowRemote: self.allowRemote)
+        }
+    }
+
+    public struct Result: Sendable {
+        public var counts: ProbeCounts
+        public var times: RoundTripTimes
+        /// Time from the first request to the last reply or loss.
+        public var elapsed: Duration
+        /// Matched replies per second over the run.
+        public var echoesPerSecond: Double { Double(self.counts.received) / max(self.elapsed.seconds, 1e-9) }
+    }
+
+    /// Runs the load; returns when the duration (or count) is reached and every request is answered or lost, or when
+    /// the task is cancelled (then the requests in flight count as lost).
+    ///
+    /// - Parameter onProgress: Called once a second from the load thread.
+    public static func run(
+        _ configuration: Configuration,
+        onProgress: (@Sendable (ProbeProgress) -> Void)? = nil
+    ) async throws -> Result {
+        try configuration.validate()
+        let pacing: ProbeEngine.Configuration.Pacing
+        switch configuration.load {
+        case .window(let window): pacing = .window(window)
+        case .rate(let rate): pacing = .rate(rate)
+        }
+        let engine = try ProbeEngine(
+            .init(
+                target: configuration.target,
+                flows: configuration.flows,
+                size: configuration.size,
+                pacing: pacing,
+                duration: configuration.duration,
+                count: configuration.count,
+                lossTimeout: configuration.lossTimeout
+            )
+        )
+        return await engine.runOnThread(onEvent: nil, onProgress: onProgress)
+    }
+}
+
+extension ProbeEngine {
+    /// Runs on a thread of its own (the loop blocks in system calls), stopping early if the task is cancelled.
+    func runOnThread(
+        onEvent: (@Sendable (ProbeEvent) -> Void)?,
+        onProgress: (@Sendable (ProbeProgress) -> Void)?
+    ) async -> EchoBenchmark.Result {
+        let stop = ManagedAtomic(false)
+        let engine = UncheckedBox(self)
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                WorkerThread.start {
+                    let start = ContinuousClock.now
+                    engine.value.run(stop: stop, onEvent: onEvent, onProgress: onProgress)
+                    let elapsed = ContinuousClock.now - start
+                    continuation.resume(
+                        returning: EchoBenchmark.Result(
+                            counts: engine.value.counts,
+                            times: engine.value.times,
+                            elapsed: elapsed
+                        )
+                    )
+                }
+            }
+        } onCancel: {
+            stop.store(true, ordering: .relaxed)
+        }
+    }
+}
+
+/// Moves a value owned by one thread at a time across a thread start.
+struct UncheckedBox<Value>: @unchecked Sendable {
+    let value: Value
+    init(_ value: Value) { self.value = value }
+}

@@ -1,0 +1,77 @@
+public import NIOCore
+
+/// `ping(8)` over UDP echo: one probe per interval, each with a sequence number, a send timestamp and a pattern the
+/// reply must match, and an event for every reply, loss, duplicate, reordering and corruption.
+///
+/// ```swift
+/// let target = try SocketAddress(ipAddress: "127.0.0.1", port: 7)
+/// let result = try await EchoPinger.run(.init(target: target, count: 5)) { event in print(event) }
+/// print(result.counts.received, "of", result.counts.sent)
+/// ```
+public enum EchoPinger {
+    public struct Configuration: Sendable {
+        /// The echo server.
+        public var target: SocketAddress
+        /// Probes to send; `nil` sends until the task is cancelled.
+        public var count: Int?
+        /// Time between probes.
+        public var interval: Duration
+        /// Payload bytes per probe, from 16 (sequence number and timestamp) to the datagram maximum.
+        public var size: Int
+        /// How long to wait for each reply before counting the probe as lost.
+        public var timeout: Duration
+
+        public init(
+            target: SocketAddress,
+            count: Int? = nil,
+            interval: Duration = .seconds(1),
+            size: Int = 64,
+            timeout: Duration = .seconds(1)
+        ) {
+            self.target = target
+            self.count = count
+            self.interval = interval
+            self.size = size
+            self.timeout = timeout
+        }
+
+        /// Checks every setting; throws ``EchoError`` naming the one that is out of range.
+        public func validate() throws(EchoError) {
+            let maximum = self.target.maximumDatagramPayload
+            guard (ProbeEngine.headerSize...maximum).contains(self.size) else {
+                throw .invalidConfiguration(
+                    "the size \(self.size) is out of range: a probe carries a 16-byte sequence number and timestamp, "
+                        + "and one datagram to \(self.target.hostPortDescription) holds at most \(maximum) bytes"
+                )
+            }
+            guard self.interval >= .microseconds(1) else {
+                throw .invalidConfiguration("the interval must be at least 1us")
+            }
+            guard self.timeout > .zero else { throw .invalidConfiguration("the timeout must be more than 0") }
+            if let count = self.count, count < 1 { throw .invalidConfiguration("the count must be at least 1") }
+        }
+    }
+
+    /// Pings until `count` probes are answered or lost, or until the task is cancelled (the probe then in flight
+    /// counts as lost, as ping's does).
+    ///
+    /// - Parameter onEvent: Called for each probe's outcome, from the pinging thread.
+    public static func run(
+        _ configuration: Configuration,
+        onEvent: @escaping @Sendable (ProbeEvent) -> Void
+    ) async throws -> EchoBenchmark.Result {
+        try configuration.validate()
+        let engine = try ProbeEngine(
+            .init(
+                target: configuration.target,
+                flows: 1,
+                size: configuration.size,
+                pacing: .rate(1e9 / Double(configuration.interval.nanoseconds)),
+                duration: nil,
+                count: configuration.count,
+                lossTimeout: configuration.timeout
+            )
+        )
+        return await engine.runOnThread(onEvent: onEvent, onProgress: nil)
+    }
+}

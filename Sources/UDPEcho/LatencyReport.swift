@@ -1,0 +1,94 @@
+import Foundation
+import Histogram
+
+extension RoundTripTimes {
+    /// The percentile distribution in HdrHistogram's text format (`.hgrm`), in milliseconds, which HdrHistogram's
+    /// plotters read: `Value Percentile TotalCount 1/(1-Percentile)` rows, then mean, deviation, maximum and count.
+    public func percentileDistribution() -> String {
+        var text = ""
+        self.histogram.outputPercentileDistribution(to: &text, outputValueUnitScalingRatio: 1e6)
+        return text
+    }
+
+    /// An SVG drawing of latency by percentile, with a logarithmic percentile axis (0%, 90%, 99%, 99.9%, ...) as
+    /// HdrHistogram's plots have, so that the tail is as visible as the median.
+    public func percentilePlot(title: String) -> String {
+        let width = 800.0
+        let height = 480.0
+        let left = 70.0
+        let right = 45.0
+        let top = 40.0
+        let bottom = 50.0
+        let plotWidth = width - left - right
+        let plotHeight = height - top - bottom
+
+        // x = log10(1 / (1 - p)): 0 at 0%, 1 at 90%, 2 at 99%... up to what the sample count can show.
+        let count = max(1, self.count)
+        let maximumX = max(1.0, min(6.0, (log10(Double(count))).rounded(.up)))
+        var points: [(x: Double, milliseconds: Double)] = []
+        if self.count > 0 {
+            for step in self.histogram.percentiles(ticksPerHalfDistance: 5) {
+                let fraction = step.percentileLevelIteratedTo / 100
+                let x = fraction >= 1 ? maximumX : min(maximumX, log10(1 / (1 - fraction)))
+                points.append((x, Double(step.value) / 1e6))
+                if fraction >= 1 { break }
+            }
+        }
+        let maximumMilliseconds = Self.niceCeiling(max(points.map(\.milliseconds).max() ?? 1, 1e-3))
+        func px(_ x: Double) -> Double { left + x / maximumX * plotWidth }
+        func py(_ milliseconds: Double) -> Double { top + plotHeight - milliseconds / maximumMilliseconds * plotHeight }
+
+        var svg = """
+            <?xml version="1.0" encoding="UTF-8"?>
+            <svg xmlns="http://www.w3.org/2000/svg" width="\(Int(width))" height="\(Int(height))" \
+            viewBox="0 0 \(Int(width)) \(Int(height))" font-family="sans-serif" font-size="12">
+            <rect width="100%" height="100%" fill="white"/>
+            <text x="\(width / 2)" y="22" text-anchor="middle" font-size="15">\(Self.escape(title))</text>
+
+            """
+        for tick in 0...Int(maximumX) {
+            let x = px(Double(tick))
+            let label =
+                tick == 0
+                ? "0%" : String(100 - 100 / pow(10, Double(tick))).replacingOccurrences(of: ".0", with: "") + "%"
+            svg += "<line x1=\"\(x)\" y1=\"\(top)\" x2=\"\(x)\" y2=\"\(top + plotHeight)\" stroke=\"#ddd\"/>\n"
+            svg += "<text x=\"\(x)\" y=\"\(top + plotHeight + 18)\" text-anchor=\"middle\">\(label)</text>\n"
+        }
+        for tick in 0...5 {
+            let milliseconds = maximumMilliseconds * Double(tick) / 5
+            let y = py(milliseconds)
+            svg += "<line x1=\"\(left)\" y1=\"\(y)\" x2=\"\(left + plotWidth)\" y2=\"\(y)\" stroke=\"#ddd\"/>\n"
+            svg += "<text x=\"\(left - 6)\" y=\"\(y + 4)\" text-anchor=\"end\">\(Self.format(milliseconds))</text>\n"
+        }
+        svg += "<text x=\"\(left + plotWidth / 2)\" y=\"\(height - 10)\" text-anchor=\"middle\">percentile</text>\n"
+        svg += "<text x=\"16\" y=\"\(top + plotHeight / 2)\" text-anchor=\"middle\" "
+        svg += "transform=\"rotate(-90 16 \(top + plotHeight / 2))\">round-trip time (ms)</text>\n"
+        svg +=
+            "<rect x=\"\(left)\" y=\"\(top)\" width=\"\(plotWidth)\" height=\"\(plotHeight)\" fill=\"none\" stroke=\"#333\"/>\n"
+        if !points.isEmpty {
+            let path = points.map { "\(Self.format(px($0.x))),\(Self.format(py($0.milliseconds)))" }.joined(
+                separator: " "
+            )
+            svg += "<polyline fill=\"none\" stroke=\"#1f5fbf\" stroke-width=\"2\" points=\"\(path)\"/>\n"
+        } else {
+            svg += "<text x=\"\(width / 2)\" y=\"\(height / 2)\" text-anchor=\"middle\">no replies</text>\n"
+        }
+        svg += "</svg>\n"
+        return svg
+    }
+
+    private static func niceCeiling(_ value: Double) -> Double {
+        let magnitude = pow(10, floor(log10(value)))
+        for step in [1.0, 2.0, 2.5, 5.0, 10.0] where step * magnitude >= value { return step * magnitude }
+        return 10 * magnitude
+    }
+
+    private static func format(_ value: Double) -> String {
+        String(format: "%.3g", value)
+    }
+
+    private static func escape(_ text: String) -> String {
+        text.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;")
+            .replacingOccurrences(of: ">", with: "&gt;")
+    }
+}

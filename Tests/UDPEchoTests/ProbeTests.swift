@@ -1,0 +1,144 @@
+import NIOCore
+import Synchronization
+import TestSupport
+import Testing
+
+@testable import UDPEcho
+
+@Suite struct EchoBenchmarkTests {
+    @Test func closedLoopCountsExactlyWithNoLoss() async throws {
+        try await withServer { server in
+            let configuration = EchoBenchmark.Configuration(
+                target: try clientAddress(of: server),
+                duration: .seconds(30),
+                size: 100,
+                flows: 3,
+                load: .window(8),
+                count: 20_000
+            )
+            let result = try await EchoBenchmark.run(configuration)
+            #expect(result.counts.sent == 20_000)
+            #expect(result.counts.received == 20_000)
+            #expect(result.counts.lost == 0 && result.counts.corrupt == 0 && result.counts.duplicate == 0)
+            #expect(result.times.count == 20_000)
+            #expect(result.times.percentile(50) > 0)
+            #expect(server.statistics.echoed == 20_000)
+        }
+    }
+
+    @Test func openLoopKeepsToItsSchedule() async throws {
+        try await withServer { server in
+            let configuration = EchoBenchmark.Configuration(
+                target: try clientAddress(of: server),
+                duration: .milliseconds(500),
+                flows: 2,
+                load: .rate(2000)
+            )
+            let result = try await EchoBenchmark.run(configuration)
+            // 2000/s for 0.5 s: the probes scheduled at 0, 0.5 ms, ... 499.5 ms.
+            #expect(result.counts.sent == 1000)
+            #expect(result.counts.received == result.counts.sent)
+        }
+    }
+
+    @Test func refusesARemoteTargetWithoutSendingAnything() throws {
+        let remote = try SocketAddress(ipAddress: "192.0.2.1", port: 7)  // TEST-NET-1: never this host's
+        let error = #expect(throws: EchoError.self) {
+            try EchoBenchmark.Configuration(target: remote).validate()
+        }
+        #expect(error?.description.contains("--allow-remote") == true)
+        #expect(throws: Never.self) {
+            try EchoBenchmark.Configuration(target: remote, allowRemote: true).validate()
+        }
+    }
+
+    @Test func knowsLocalTargets() throws {
+        #expect(TargetPolicy.isLocal(try SocketAddress(ipAddress: "127.0.0.1", port: 7)))
+        #expect(TargetPolicy.isLocal(try SocketAddress(ipAddress: "127.9.8.7", port: 7)))
+        #expect(TargetPolicy.isLocal(try SocketAddress(ipAddress: "::1", port: 7)))
+        #expect(TargetPolicy.isLocal(try SocketAddress(ipAddress: "::ffff:127.0.0.1", port: 7)))
+        #expect(!TargetPolicy.isLocal(try SocketAddress(ipAddress: "192.0.2.1", port: 7)))
+        #expect(!TargetPolicy.isLocal(try SocketAddress(ipAddress: "2001:db8::1", port: 7)))
+    }
+
+    @Test(arguments: [
+        (EchoBenchmark.Configuration(target: try! SocketAddress(ipAddress: "127.0.0.1", port: 7), size: 15), "size 15"),
+        (.init(target: try! SocketAddress(ipAddress: "127.0.0.1", port: 7), size: 65508), "at most 65507"),
+        (.init(target: try! SocketAddress(ipAddress: "127.0.0.1", port: 7), flows: 0), "flows"),
+        (.init(target: try! SocketAddress(ipAddress: "127.0.0.1", port: 7), load: .window(0)), "window"),
+        (.init(target: try! SocketAddress(ipAddress: "127.0.0.1", port: 7), load: .rate(0)), "rate"),
+        (.init(target: try! SocketAddress(ipAddress: "127.0.0.1", port: 7), duration: .seconds(7200)), "at most 1h"),
+    ])
+    func rejectsSettingsOutOfRange(configuration: EchoBenchmark.Configuration, message: String) {
+        let error = #expect(throws: EchoError.self) { try configuration.validate() }
+        #expect(error?.description.contains(message) == true, "\(String(describing: error))")
+    }
+
+    @Test func percentileDistributionParsesBack() async throws {
+        try await withServer { server in
+            let result = try await EchoBenchmark.run(
+                .init(target: try clientAddress(of: server), flows: 1, load: .window(4), count: 5000)
+            )
+            let rows = result.times.percentileDistribution().split(separator: "\n").compactMap { line -> [Double]? in
+                let fields = line.split(separator: " ").compactMap { Double($0) }
+                return fields.count >= 3 && !line.hasPrefix("#") ? fields : nil
+            }
+            #expect(rows.count > 10)
+            // Value and percentile never decrease; the last row covers every sample, at percentile 1.
+            #expect(zip(rows, rows.dropFirst()).allSatisfy { $0[0] <= $1[0] && $0[1] <= $1[1] })
+            #expect(rows.last?[1] == 1.0)
+            #expect(rows.last.map { Int($0[2]) } == 5000)
+            #expect(abs(rows.last![0] - Double(result.times.maximum) / 1e6) < 0.01 * rows.last![0] + 0.001)
+        }
+    }
+}
+
+@Suite struct EchoPingerTests {
+    @Test func reportsEveryReplyInOrder() async throws {
+        try await withServer { server in
+            let events = Mutex<[ProbeEvent]>([])
+            let result = try await EchoPinger.run(
+                .init(target: try clientAddress(of: server), count: 5, interval: .milliseconds(5), size: 100)
+            ) { event in events.withLock { $0.append(event) } }
+            let sequences = events.withLock { $0 }.compactMap { event -> UInt64? in
+                if case .reply(let sequence, 100, let roundTrip, false) = event, roundTrip > 0 { sequence } else { nil }
+            }
+            #expect(sequences == [0, 1, 2, 3, 4])
+            #expect(result.counts.sent == 5 && result.counts.received == 5 && result.counts.lost == 0)
+            #expect(result.times.minimum <= result.times.maximum)
+            #expect(result.elapsed >= .milliseconds(20))  // 5 probes, 5 ms apart
+        }
+    }
+
+    @Test func seesRefusalAndCountsTheProbesLost() async throws {
+        let closed = try TestSocket(host: "127.0.0.1")
+        let address = closed.localAddress
+        closed.close()
+        let events = Mutex<[ProbeEvent]>([])
+        let result = try await EchoPinger.run(
+            .init(target: address, count: 2, interval: .milliseconds(10), timeout: .milliseconds(100))
+        ) { event in events.withLock { $0.append(event) } }
+        #expect(result.counts.received == 0)
+        #expect(result.counts.lost == 2)
+        #expect(result.counts.refused >= 1)
+        #expect(events.withLock { $0 }.contains(.refused))
+        #expect(events.withLock { $0 }.contains(.lost(sequence: 1)))
+    }
+
+    @Test func cancellationEndsAPingWithoutCount() async throws {
+        try await withServer { server in
+            let replies = Mutex(0)
+            let target = try clientAddress(of: server)
+            let task = Task {
+                try await EchoPinger.run(.init(target: target, interval: .milliseconds(2))) { event in
+                    if case .reply = event { replies.withLock { $0 += 1 } }
+                }
+            }
+            while replies.withLock({ $0 }) < 3 { await Task.yield() }
+            task.cancel()
+            let result = try await task.value
+            #expect(result.counts.received >= 3)
+            #expect(result.counts.sent >= result.counts.received)
+        }
+    }
+}

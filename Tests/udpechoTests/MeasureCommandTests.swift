@@ -1,0 +1,210 @@
+import Foundation
+import TestSupport
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Parses the JSON lines a command printed.
+func jsonObjects(_ lines: [String]) throws -> [[String: Any]] {
+    try lines.map { line in
+        try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any], "not JSON: \(line)")
+    }
+}
+
+@Suite struct PingCommandTests {
+    @Test func printsALinePerReplyAndASummary() async throws {
+        let (server, port) = try await startServer(["--address", "127.0.0.1:0", "--quiet"])
+        let result = try await Spawned.run(udpecho, ["ping", "127.0.0.1:\(port)", "-c", "3", "-i", "20ms"])
+        #expect(result.status == 0, "\(result.error)")
+        let lines = result.lines
+        #expect(lines.first == "PING 127.0.0.1:\(port) (127.0.0.1:\(port)): 64 bytes of UDP payload")
+        for sequence in 0..<3 {
+            #expect(
+                lines.contains {
+                    $0.wholeMatch(
+                        of: try! Regex("64 bytes from 127\\.0\\.0\\.1:\(port): seq=\(sequence) time=\\d+\\.\\d{3} ms")
+                    ) != nil
+                }
+            )
+        }
+        #expect(lines.contains("--- 127.0.0.1:\(port) udpecho ping statistics ---"))
+        #expect(
+            lines.contains { $0.hasPrefix("3 transmitted, 3 received, 0% loss, 0 duplicates, 0 reordered, 0 corrupt") }
+        )
+        #expect(
+            lines.contains { $0.wholeMatch(of: /rtt min\/avg\/max\/mdev = [\d.]+\/[\d.]+\/[\d.]+\/[\d.]+ ms/) != nil }
+        )
+        #expect(lines.contains { $0.wholeMatch(of: /rtt p50\/p90\/p99 = [\d.]+\/[\d.]+\/[\d.]+ ms/) != nil })
+        server.signal(SIGINT)
+        await server.waitForExit()
+    }
+
+    @Test func jsonIsOneObjectPerReplyAndASummary() async throws {
+        let (server, port) = try await startServer(["--address", "127.0.0.1:0", "--quiet"])
+        let result = try await Spawned.run(
+            udpecho,
+            ["ping", "127.0.0.1:\(port)", "-c", "4", "-i", "5ms", "-s", "200", "--json"]
+        )
+        #expect(result.status == 0)
+        let objects = try jsonObjects(result.lines)
+        #expect(objects.count == 5)
+        #expect(objects.prefix(4).map { $0["type"] as? String } == Array(repeating: "reply", count: 4))
+        #expect(objects.prefix(4).map { $0["seq"] as? Int } == [0, 1, 2, 3])
+        #expect(objects.prefix(4).allSatisfy { $0["bytes"] as? Int == 200 })
+        let summary = try #require(objects.last)
+        #expect(summary["type"] as? String == "summary")
+        #expect(summary["transmitted"] as? Int == 4 && summary["received"] as? Int == 4)
+        let quiet = try await Spawned.run(
+            udpecho,
+            ["ping", "127.0.0.1:\(port)", "-c", "2", "-i", "5ms", "-q", "--json"]
+        )
+        #expect(try jsonObjects(quiet.lines).map { $0["type"] as? String } == ["summary"])
+        server.signal(SIGINT)
+        await server.waitForExit()
+    }
+
+    @Test func exitsWith1WhenNoReplyCame() async throws {
+        let (silent, port) = try await startPythonServer("silent")
+        let result = try await Spawned.run(
+            udpecho,
+            ["ping", "127.0.0.1:\(port)", "-c", "2", "-i", "10ms", "-W", "100ms"]
+        )
+        #expect(result.status == 1)
+        #expect(result.lines.contains("no reply from 127.0.0.1:\(port): seq=1 within 100ms"))
+        #expect(result.lines.contains { $0.hasPrefix("2 transmitted, 0 received, 100% loss") })
+        silent.signal(SIGKILL)
+    }
+
+    @Test(arguments: [
+        ["127.0.0.1"], ["127.0.0.1:7", "-s", "8"], ["127.0.0.1:7", "-i", "fast"],
+        ["no-such-host.invalid:7", "-c", "1"],
+    ])
+    func exitsWith2OnUsageOrSetupErrors(arguments: [String]) async throws {
+        let result = try await Spawned.run(udpecho, ["ping"] + arguments)
+        #expect(result.status == 2, "\(result.error)")
+        #expect(!result.error.isEmpty)
+    }
+
+    @Test func showsDuplicatesCorruptionAndReordering() async throws {
+        for (mode, expected) in [("dup", "(DUP!)"), ("flip-last", "corrupt reply:"), ("reorder", "(out of order)")] {
+            let (peer, port) = try await startPythonServer(mode)
+            let result = try await Spawned.run(
+                udpecho,
+                ["ping", "127.0.0.1:\(port)", "-c", "4", "-i", "5ms", "-W", "500ms"]
+            )
+            #expect(result.lines.contains { $0.contains(expected) }, "\(mode): \(result.lines)")
+            peer.signal(SIGKILL)
+        }
+    }
+
+    @Test func ctrlCEndsWithTheSummary() async throws {
+        let (server, port) = try await startServer(["--address", "127.0.0.1:0", "--quiet"])
+        let ping = try Spawned(udpecho, ["ping", "127.0.0.1:\(port)", "-i", "10ms"])
+        #expect(await ping.waitForLine { $0.contains("seq=2 ") } != nil)
+        ping.signal(SIGINT)
+        #expect(await ping.waitForExit() == 0)
+        #expect(ping.outputLines.contains { $0.contains("transmitted") && $0.contains("received") })
+        server.signal(SIGINT)
+        await server.waitForExit()
+    }
+}
+
+@Suite struct BenchCommandTests {
+    @Test func measuresAnIndependentServerExactly() async throws {
+        let (peer, port) = try await startPythonServer("echo")
+        let result = try await Spawned.run(
+            udpecho,
+            ["bench", "127.0.0.1:\(port)", "--flows", "2", "--window", "2", "--count", "2000", "--json"]
+        )
+        #expect(result.status == 0, "\(result.error)")
+        let object = try #require(try jsonObjects(result.lines).first)
+        #expect(object["sent"] as? Int == 2000)
+        #expect(object["received"] as? Int == 2000)
+        #expect(object["lost"] as? Int == 0 && object["corrupt"] as? Int == 0 && object["duplicate"] as? Int == 0)
+        #expect(result.error.isEmpty, "no progress line when standard error is not a terminal")
+        peer.signal(SIGKILL)
+    }
+
+    @Test func countsCorruptAndDuplicateRepliesAndExitsWith1() async throws {
+        for (mode, field) in [("flip-last", "corrupt"), ("dup", "duplicate")] {
+            let (peer, port) = try await startPythonServer(mode)
+            let result = try await Spawned.run(
+                udpecho,
+                ["bench", "127.0.0.1:\(port)", "--flows", "1", "--window", "1", "--count", "200", "--json"]
+            )
+            #expect(result.status == 1, "\(mode): \(result.error)")
+            let object = try #require(try jsonObjects(result.lines).first)
+            #expect(object[field] as? Int == 200, "\(mode): \(object)")
+            peer.signal(SIGKILL)
+        }
+    }
+
+    /// Open loop: latency counts from each request's scheduled time, so a 300 ms stall of the server shows in p99
+    /// (a closed loop would simply send less while the server stalls, and hide it).
+    @Test func openLoopLatencyIncludesAServerStall() async throws {
+        let (peer, port) = try await startPythonServer("stall")
+        let result = try await Spawned.run(
+            udpecho,
+            ["bench", "127.0.0.1:\(port)", "--flows", "1", "--rate", "1000", "--duration", "2s", "--json"]
+        )
+        #expect(result.status == 0, "\(result.error)")
+        let object = try #require(try jsonObjects(result.lines).first)
+        let rtt = try #require(object["rtt_ms"] as? [String: Double])
+        #expect(try #require(rtt["p99"]) >= 200)
+        #expect(try #require(rtt["p50"]) < 100)
+        #expect(object["lost"] as? Int == 0)
+        peer.signal(SIGKILL)
+    }
+
+    @Test func writesAHistogramThatParsesBackAndAWellFormedPlot() async throws {
+        let (server, port) = try await startServer(["--address", "127.0.0.1:0", "--quiet"])
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("udpecho-bench-\(getpid())")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let hgrm = directory.appendingPathComponent("latency.hgrm").path
+        let svg = directory.appendingPathComponent("latency.svg").path
+        let result = try await Spawned.run(
+            udpecho,
+            ["bench", "127.0.0.1:\(port)", "--count", "3000", "--histogram", hgrm, "--plot", svg]
+        )
+        #expect(result.status == 0, "\(result.error)")
+        #expect(result.lines.contains { $0.hasPrefix("sent 3000  received 3000  lost 0") })
+        // Parsed by Python, as HdrHistogram's plotters and browsers would read them.
+        let check = try await Spawned.run(
+            python,
+            [
+                "python3", "-c",
+                """
+                import sys, xml.etree.ElementTree as ET
+                rows = [l.split() for l in open(sys.argv[1]) if not l.startswith("#")]
+                rows = [[float(x) for x in r] for r in rows if len(r) >= 3 and r[0][0].isdigit()]
+                assert all(a[0] <= b[0] and a[1] <= b[1] for a, b in zip(rows, rows[1:]))
+                assert rows[-1][1] == 1.0 and rows[-1][2] == 3000, rows[-1]
+                root = ET.parse(sys.argv[2]).getroot()
+                assert root.tag == "{http://www.w3.org/2000/svg}svg"
+                assert root.find("{http://www.w3.org/2000/svg}polyline") is not None
+                print("ok", len(rows))
+                """, hgrm, svg,
+            ]
+        )
+        #expect(check.status == 0, "\(check.error) \(check.lines)")
+        #expect(check.lines.first?.hasPrefix("ok") == true)
+        server.signal(SIGINT)
+        await server.waitForExit()
+    }
+
+    @Test func refusesARemoteTargetWith2() async throws {
+        let result = try await Spawned.run(udpecho, ["bench", "192.0.2.1:7", "--duration", "1s"])
+        #expect(result.status == 2)
+        #expect(result.error.contains("refusing to send load to 192.0.2.1:7"))
+        #expect(result.error.contains("--allow-remote"))
+    }
+
+    @Test func rejectsWindowWithRate() async throws {
+        let result = try await Spawned.run(udpecho, ["bench", "127.0.0.1:7", "--window", "2", "--rate", "10"])
+        #expect(result.status == 2)
+        #expect(result.error.contains("not both"))
+    }
+}
