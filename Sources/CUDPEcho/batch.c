@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 #include "CUDPEcho.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <poll.h>
 #include <stdlib.h>
@@ -22,6 +23,7 @@ struct cudpecho_batch {
     struct iovec *iovecs;
     struct sockaddr_storage *peers;
     uint8_t (*control)[CONTROL_SIZE];
+    int8_t *arrived_on_loopback;  // per slot: 1, 0, or -1 when the destination was not reported
 };
 
 const short cudpecho_pollin = POLLIN;
@@ -47,7 +49,9 @@ cudpecho_batch *cudpecho_batch_create(int count, size_t slot_size) {
     batch->iovecs = calloc((size_t)count, sizeof(struct iovec));
     batch->peers = calloc((size_t)count, sizeof(struct sockaddr_storage));
     batch->control = calloc((size_t)count, CONTROL_SIZE);
-    if (!batch->payload || !batch->messages || !batch->iovecs || !batch->peers || !batch->control) {
+    batch->arrived_on_loopback = calloc((size_t)count, 1);
+    if (!batch->payload || !batch->messages || !batch->iovecs || !batch->peers || !batch->control
+        || !batch->arrived_on_loopback) {
         cudpecho_batch_destroy(batch);
         return NULL;
     }
@@ -76,6 +80,7 @@ void cudpecho_batch_destroy(cudpecho_batch *batch) {
     free(batch->iovecs);
     free(batch->peers);
     free(batch->control);
+    free(batch->arrived_on_loopback);
     free(batch);
 }
 
@@ -123,9 +128,23 @@ void cudpecho_batch_set_peer(cudpecho_batch *batch, int i, const struct sockaddr
     batch->messages[i].msg_hdr.msg_controllen = 0;
 }
 
+static int is_loopback_v6(const struct in6_addr *a) {
+    static const uint8_t mapped_prefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    if (memcmp(a->s6_addr, mapped_prefix, 12) == 0) {
+        return a->s6_addr[12] == 127;
+    }
+    for (int i = 0; i < 15; i++) {
+        if (a->s6_addr[i] != 0) {
+            return 0;
+        }
+    }
+    return a->s6_addr[15] == 1;
+}
+
 // Rewrites the received control messages of one slot into a single PKTINFO message naming the source address for
-// the reply (the address the request was sent to). Anything else the kernel reported is not sent back.
-static void prepare_reply_control(struct msghdr *h) {
+// the reply (the address the request was sent to). Anything else the kernel reported is not sent back. Returns
+// whether the request arrived on a loopback address (-1: not reported).
+static int prepare_reply_control(struct msghdr *h) {
     struct in_pktinfo v4;
     struct in6_pktinfo v6;
     int have_v4 = 0, have_v6 = 0;
@@ -139,7 +158,9 @@ static void prepare_reply_control(struct msghdr *h) {
         }
     }
     uint8_t *buffer = h->msg_control;
+    int loopback = -1;
     if (have_v4) {
+        loopback = (ntohl(v4.ipi_addr.s_addr) >> 24) == 127;
         // Source = the destination of the request; let routing choose the interface.
         struct in_pktinfo reply = {.ipi_ifindex = 0, .ipi_spec_dst = v4.ipi_addr};
         h->msg_controllen = CMSG_SPACE(sizeof(reply));
@@ -150,6 +171,7 @@ static void prepare_reply_control(struct msghdr *h) {
         c->cmsg_len = CMSG_LEN(sizeof(reply));
         memcpy(CMSG_DATA(c), &reply, sizeof(reply));
     } else if (have_v6) {
+        loopback = is_loopback_v6(&v6.ipi6_addr);
         // Keep the interface: a link-local source is only meaningful on the link it arrived on.
         h->msg_controllen = CMSG_SPACE(sizeof(v6));
         memset(buffer, 0, h->msg_controllen);
@@ -162,6 +184,7 @@ static void prepare_reply_control(struct msghdr *h) {
         h->msg_controllen = 0;
     }
     h->msg_control = h->msg_controllen ? buffer : NULL;
+    return loopback;
 }
 
 int cudpecho_batch_prepare_replies(cudpecho_batch *batch, int count, size_t *bytes, int *truncated) {
@@ -177,9 +200,10 @@ int cudpecho_batch_prepare_replies(cudpecho_batch *batch, int count, size_t *byt
         cut += (m->msg_hdr.msg_flags & MSG_TRUNC) != 0;
         batch->iovecs[i].iov_len = m->msg_len;
         if (m->msg_hdr.msg_controllen > 0) {
-            prepare_reply_control(&m->msg_hdr);
+            batch->arrived_on_loopback[i] = (int8_t)prepare_reply_control(&m->msg_hdr);
         } else {
             m->msg_hdr.msg_control = NULL;
+            batch->arrived_on_loopback[i] = -1;
         }
         m->msg_hdr.msg_flags = (m->msg_hdr.msg_flags & MSG_TRUNC);
     }
@@ -286,3 +310,5 @@ int cudpecho_epoll_wait(int epoll, uint32_t *tokens, int max, int64_t timeout_ns
     }
     return n;
 }
+
+int cudpecho_batch_arrived_on_loopback(const cudpecho_batch *batch, int i) { return batch->arrived_on_loopback[i]; }

@@ -50,6 +50,8 @@ public final class EchoServer: Service, Sendable {
         /// At most this many datagrams are reported per second (per thread); past it, one
         /// ``ServerEvent/notShown(datagrams:interval:)`` a second says how many were not. `nil` reports every one.
         public var eventsPerSecond: Int?
+        /// The guards against loops, reflection and floods (all on by default).
+        public var guards: GuardConfiguration
 
         /// Creates a configuration; see each property for its meaning.
         public init(
@@ -60,7 +62,8 @@ public final class EchoServer: Service, Sendable {
             receiveBufferSize: Int? = 4 << 20,
             sendBufferSize: Int? = 4 << 20,
             reporting: EventReporting = .all,
-            eventsPerSecond: Int? = 50
+            eventsPerSecond: Int? = 50,
+            guards: GuardConfiguration = GuardConfiguration()
         ) {
             self.address = address
             self.writeTimeout = writeTimeout
@@ -70,6 +73,7 @@ public final class EchoServer: Service, Sendable {
             self.sendBufferSize = sendBufferSize
             self.reporting = reporting
             self.eventsPerSecond = eventsPerSecond
+            self.guards = guards
         }
     }
 
@@ -140,7 +144,9 @@ public final class EchoServer: Service, Sendable {
             slotSize: Self.slotSize,
             writeTimeout: configuration.writeTimeout,
             reporting: configuration.reporting,
-            eventsPerSecond: configuration.eventsPerSecond.map { max(1, $0 / configuration.threads) }
+            eventsPerSecond: configuration.eventsPerSecond.map { max(1, $0 / configuration.threads) },
+            guards: configuration.guards,
+            threads: configuration.threads
         )
         var workers: [EchoWorker] = []
         do throws(EchoError) {

@@ -18,6 +18,8 @@ final class EchoWorker: @unchecked Sendable {
         var writeTimeout: Duration
         var reporting: EventReporting
         var eventsPerSecond: Int?
+        var guards: GuardConfiguration
+        var threads: Int
     }
 
     private let socket: ServerSocket
@@ -34,6 +36,7 @@ final class EchoWorker: @unchecked Sendable {
     private var batchHasDrops = false
     private var budget: EventBudget
     private var receiveTimeoutArmed = false
+    private var sourceGuard: SourceGuard
 
     init(
         socket: ServerSocket,
@@ -58,6 +61,7 @@ final class EchoWorker: @unchecked Sendable {
         self.errnos = .allocate(capacity: settings.batchSize)
         self.errnos.initialize(repeating: 0, count: settings.batchSize)
         self.budget = EventBudget(perWindow: settings.eventsPerSecond ?? .max)
+        self.sourceGuard = SourceGuard(settings.guards, localAddress: socket.localAddress, threads: settings.threads)
     }
 
     deinit {
@@ -111,6 +115,11 @@ final class EchoWorker: @unchecked Sendable {
             for index in 0..<count where cudpecho_batch_truncated(self.batch, Int32(index)) != 0 {
                 self.drop(index, count, .truncated, errno: 0)
             }
+        }
+        if self.sourceGuard.isActive {
+            self.applyGuards(count)
+        }
+        if self.batchHasDrops {
             var start = 0
             while start < count {
                 while start < count && self.outcomes[start] != 0 { start += 1 }
@@ -140,6 +149,27 @@ final class EchoWorker: @unchecked Sendable {
             self.report(count)
         }
         return count
+    }
+
+    /// Drops the datagrams of the batch that a guard catches.
+    private func applyGuards(_ count: Int) {
+        let now = cudpecho_now_ns()
+        for index in 0..<count where !self.batchHasDrops || self.outcomes[index] == 0 {
+            var length: socklen_t = 0
+            let peer = cudpecho_batch_peer(self.batch, Int32(index), &length)!
+            let reason = self.sourceGuard.check(
+                peer: peer,
+                size: cudpecho_batch_length(self.batch, Int32(index)),
+                arrivedOnLoopback: cudpecho_batch_arrived_on_loopback(self.batch, Int32(index)),
+                now: now,
+                threads: self.settings.threads
+            )
+            if let reason { self.drop(index, count, reason, errno: 0) }
+        }
+        if let table = self.sourceGuard.table {
+            self.counters.set(.rateTableEntries, table.count)
+            self.counters.set(.rateTableEvictions, table.evictions)
+        }
     }
 
     /// Sends slots start..<end of a batch of `count`, dropping (and counting) those that fail.

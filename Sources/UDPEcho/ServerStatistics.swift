@@ -18,6 +18,20 @@ public enum DropReason: String, CaseIterable, Sendable, Hashable, CustomStringCo
     case truncated
     /// Any other error sending the reply.
     case sendError = "send-error"
+    /// Guard: larger than the configured maximum size.
+    case oversize
+    /// Guard: from a well-known or denied source port (a spoofed loop with another service, or a reflection).
+    case sourcePort = "source-port"
+    /// Guard: from a multicast, broadcast or unspecified address, or a loopback address arriving from outside.
+    case sourceAddress = "source-address"
+    /// Guard: from the server's own address and port (a loop with itself).
+    case ownEndpoint = "own-endpoint"
+    /// Guard: from a prefix of the deny list, or outside the allow list.
+    case denied
+    /// Guard: its source prefix used up its token bucket.
+    case rateLimited = "rate-limited"
+    /// Guard: the global reply budget was used up.
+    case overBudget = "over-budget"
 
     public var description: String { self.rawValue }
 }
@@ -34,6 +48,10 @@ public struct EchoServerStatistics: Sendable, Equatable {
     public var echoedBytes = 0
     /// Errors reported by the socket while reading (for example a pending ICMP error); none of them stops the server.
     public var receiveErrors = 0
+    /// Sources in the rate limiter's tables now (bounded by the table size, per thread).
+    public var rateTableEntries = 0
+    /// Sources the rate limiter forgot to make room for new ones.
+    public var rateTableEvictions = 0
     /// Datagrams received but not echoed, by reason.
     public var drops: [DropReason: Int] = [:]
     /// Datagrams received by each worker thread, in thread order.
@@ -49,7 +67,7 @@ public struct EchoServerStatistics: Sendable, Equatable {
 /// readers on other threads see relaxed, eventually-consistent values. The block is padded to its own cache lines.
 final class WorkerCounters: @unchecked Sendable {
     enum Slot: Int, CaseIterable {
-        case received, receivedBytes, echoed, echoedBytes, receiveErrors
+        case received, receivedBytes, echoed, echoedBytes, receiveErrors, rateTableEntries, rateTableEvictions
     }
 
     private static let padding = 16  // 128 bytes either side: no false sharing with a neighbour's block
@@ -78,6 +96,11 @@ final class WorkerCounters: @unchecked Sendable {
         atomic.store(atomic.load(ordering: .relaxed) &+ value, ordering: .relaxed)
     }
 
+    /// Sets a slot that holds a level rather than a running count.
+    func set(_ slot: Slot, _ value: Int) {
+        self.atomic(slot.rawValue).store(value, ordering: .relaxed)
+    }
+
     @inline(__always)
     func addDrop(_ reason: DropReason, _ value: Int = 1) {
         let atomic = self.atomic(Slot.allCases.count + Self.dropIndex(reason))
@@ -101,6 +124,8 @@ final class WorkerCounters: @unchecked Sendable {
         statistics.echoed += self.value(.echoed)
         statistics.echoedBytes += self.value(.echoedBytes)
         statistics.receiveErrors += self.value(.receiveErrors)
+        statistics.rateTableEntries += self.value(.rateTableEntries)
+        statistics.rateTableEvictions += self.value(.rateTableEvictions)
         for reason in DropReason.allCases {
             let count = self.drops(reason)
             if count > 0 { statistics.drops[reason, default: 0] += count }

@@ -10,7 +10,7 @@ import Glibc
 
 @Suite struct EchoClientTests {
     @Test func echoesAndMeasuresTheRoundTrip() async throws {
-        try await withServer { server in
+        try await withServer(.init(address: HostAndPort(host: "127.0.0.1", port: 0))) { server in
             let client = try await EchoClient.connect(
                 to: HostAndPort(host: "localhost", port: server.localAddress.port!)
             )

@@ -3,9 +3,16 @@ import Synchronization
 import TestSupport
 import UDPEcho
 
+/// A loopback address of its own for one test's server (127.0.0.0/8 is all loopback on Linux): tests run in
+/// parallel, and a datagram another test sends to a port it has just closed must not reach this server if the
+/// kernel hands the same port number out again.
+func isolatedLoopback() -> String {
+    "127.\(UInt8.random(in: 1...254)).\(UInt8.random(in: 0...255)).\(UInt8.random(in: 1...254))"
+}
+
 /// Runs `body` against a running server, then stops the server and waits for it to finish.
 func withServer<Result>(
-    _ configuration: EchoServer.Configuration = .init(address: HostAndPort(host: "127.0.0.1", port: 0)),
+    _ configuration: EchoServer.Configuration = .init(address: HostAndPort(host: isolatedLoopback(), port: 0)),
     onEvent: (@Sendable (ServerEvent) -> Void)? = nil,
     _ body: (EchoServer) async throws -> Result
 ) async throws -> Result {
@@ -23,9 +30,12 @@ func withServer<Result>(
     }
 }
 
-/// A loopback address of the server, for clients (the wildcard address itself is not a destination).
+/// The server's address for clients: its own, or, for a wildcard server (the wildcard itself is not a destination),
+/// `host`.
 func clientAddress(of server: EchoServer, host: String = "127.0.0.1") throws -> SocketAddress {
-    try SocketAddress(ipAddress: host, port: server.localAddress.port!)
+    if case .v4(let v4) = server.localAddress, v4.address.sin_addr.s_addr != 0 { return server.localAddress }
+    if case .v6 = server.localAddress, server.localAddress.ipAddress != "::" { return server.localAddress }
+    return try SocketAddress(ipAddress: host, port: server.localAddress.port!)
 }
 
 /// Collects a server's events from its threads.

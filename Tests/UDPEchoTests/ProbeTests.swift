@@ -7,7 +7,7 @@ import Testing
 
 @Suite struct EchoBenchmarkTests {
     @Test func closedLoopCountsExactlyWithNoLoss() async throws {
-        try await withServer { server in
+        let server = try await withServer { server in
             let configuration = EchoBenchmark.Configuration(
                 target: try clientAddress(of: server),
                 duration: .seconds(30),
@@ -22,8 +22,9 @@ import Testing
             #expect(result.counts.lost == 0 && result.counts.corrupt == 0 && result.counts.duplicate == 0)
             #expect(result.times.count == 20_000)
             #expect(result.times.percentile(50) > 0)
-            #expect(server.statistics.echoed == 20_000)
+            return server
         }
+        #expect(server.statistics.echoed == 20_000)  // final: the server has stopped
     }
 
     @Test func openLoopKeepsToItsSchedule() async throws {

@@ -45,6 +45,10 @@ void cudpecho_batch_set_peer(cudpecho_batch *batch, int i, const struct sockaddr
 /// those cut by a too-small slot.
 int cudpecho_batch_prepare_replies(cudpecho_batch *batch, int count, size_t *bytes, int *truncated);
 
+/// After ``cudpecho_batch_prepare_replies``: whether the datagram in slot `i` was sent to a loopback address (1),
+/// to another address (0), or the kernel did not say (-1: the socket is not bound to a wildcard address).
+int cudpecho_batch_arrived_on_loopback(const cudpecho_batch *batch, int i);
+
 /// Sets or clears (0) the socket's receive timeout (SO_RCVTIMEO) in milliseconds. Returns 0 or -errno.
 int cudpecho_set_receive_timeout(int fd, int milliseconds);
 
