@@ -107,22 +107,14 @@ public final class EchoServer: Service, Sendable {
     ///   - logger: Receives start and stop messages (never one per datagram); silent by default.
     ///   - onEvent: Called on the serving threads for each reported ``ServerEvent``; keep it short and non-blocking.
     /// - Throws: ``EchoError`` when the name does not resolve or a socket cannot be bound.
-    public init(
+    public convenience init(
         configuration: Configuration = Configuration(),
         logger: Logger = Logger(label: "udpecho.server", factory: { _ in SwiftLogNoOpLogHandler() }),
         onEvent: (@Sendable (ServerEvent) -> Void)? = nil
     ) throws(EchoError) {
         precondition(configuration.threads >= 1, "an EchoServer needs at least one thread")
-        precondition(configuration.batchSize >= 1, "an EchoServer needs a batch size of at least one")
-        self.configuration = configuration
-        self.logger = logger
-
         let target = try Self.bindAddress(for: configuration.address)
-        let options = ServerSocket.Options(
-            reusePort: configuration.threads > 1,
-            receiveBufferSize: configuration.receiveBufferSize,
-            sendBufferSize: configuration.sendBufferSize
-        )
+        let options = Self.socketOptions(configuration)
         var sockets: [ServerSocket] = []
         do throws(EchoError) {
             let first = try ServerSocket.bind(to: target, options: options)
@@ -136,9 +128,42 @@ public final class EchoServer: Service, Sendable {
             for socket in sockets { socket.close() }
             throw error
         }
+        try self.init(configuration: configuration, sockets: sockets, logger: logger, onEvent: onEvent)
+    }
+
+    /// Serves on UDP sockets that someone else opened and bound, such as those systemd passes to a socket-activated
+    /// service (see ``SocketActivation``), so that the server can use port 7 without running as root. One thread
+    /// serves each socket; the configuration's address and thread count are not used.
+    ///
+    /// - Throws: ``EchoError`` if a descriptor is not a UDP socket.
+    public convenience init(
+        configuration: Configuration = Configuration(),
+        adopting descriptors: [Int32],
+        logger: Logger = Logger(label: "udpecho.server", factory: { _ in SwiftLogNoOpLogHandler() }),
+        onEvent: (@Sendable (ServerEvent) -> Void)? = nil
+    ) throws(EchoError) {
+        precondition(!descriptors.isEmpty, "adopting needs at least one descriptor")
+        let options = Self.socketOptions(configuration)
+        var sockets: [ServerSocket] = []
+        for descriptor in descriptors {
+            sockets.append(try ServerSocket.adopt(descriptor, options: options))
+        }
+        var adopted = configuration
+        adopted.threads = sockets.count
+        try self.init(configuration: adopted, sockets: sockets, logger: logger, onEvent: onEvent)
+    }
+
+    private init(
+        configuration: Configuration,
+        sockets: [ServerSocket],
+        logger: Logger,
+        onEvent: (@Sendable (ServerEvent) -> Void)?
+    ) throws(EchoError) {
+        precondition(configuration.batchSize >= 1, "an EchoServer needs a batch size of at least one")
+        self.configuration = configuration
+        self.logger = logger
         self.sockets = sockets
         self.localAddress = sockets[0].localAddress
-
         let settings = EchoWorker.Settings(
             batchSize: configuration.batchSize,
             slotSize: Self.slotSize,
@@ -152,12 +177,7 @@ public final class EchoServer: Service, Sendable {
         do throws(EchoError) {
             for socket in sockets {
                 workers.append(
-                    try EchoWorker(
-                        socket: socket,
-                        stopping: self.stopping,
-                        settings: settings,
-                        onEvent: onEvent
-                    )
+                    try EchoWorker(socket: socket, stopping: self.stopping, settings: settings, onEvent: onEvent)
                 )
             }
         } catch {
@@ -166,6 +186,17 @@ public final class EchoServer: Service, Sendable {
         }
         self.workers = workers
     }
+
+    private static func socketOptions(_ configuration: Configuration) -> ServerSocket.Options {
+        ServerSocket.Options(
+            reusePort: configuration.threads > 1,
+            receiveBufferSize: configuration.receiveBufferSize,
+            sendBufferSize: configuration.sendBufferSize
+        )
+    }
+
+    /// The addresses of all the server's sockets (several when it adopted several).
+    public var localAddresses: [SocketAddress] { self.sockets.map(\.localAddress) }
 
     deinit {
         let finished = self.state.withLock { $0 == .finished }

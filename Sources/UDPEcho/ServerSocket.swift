@@ -42,16 +42,7 @@ struct ServerSocket {
             if family == AF_INET6 && wildcard {
                 try Self.setOption(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, 0, "IPV6_V6ONLY", address)
             }
-            if wildcard {
-                let result = cudpecho_enable_pktinfo(fd, family)
-                if result < 0 {
-                    throw .socket(operation: "IP_PKTINFO on", address: address.hostPortDescription, errno: -result)
-                }
-            }
-            if let size = options.receiveBufferSize {
-                _ = cudpecho_set_buffer_size(fd, SO_RCVBUF, Int32(clamping: size))
-            }
-            if let size = options.sendBufferSize { _ = cudpecho_set_buffer_size(fd, SO_SNDBUF, Int32(clamping: size)) }
+            try Self.prepare(fd, family: family, address: address, options: options)
             let status = address.withRawAddress { Glibc.bind(fd, $0, $1) }
             guard status == 0 else {
                 throw .socket(operation: "bind", address: address.hostPortDescription, errno: errno)
@@ -61,6 +52,39 @@ struct ServerSocket {
             _ = Glibc.close(fd)
             throw error
         }
+    }
+
+    /// Takes over a socket that another process opened and bound (socket activation).
+    static func adopt(_ fd: Int32, options: Options) throws(EchoError) -> ServerSocket {
+        var type: Int32 = 0
+        var family: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        let name = "descriptor \(fd)"
+        let operation = "adopting (it must be a UDP socket, as ListenDatagram= passes)"
+        guard getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &length) == 0 else {
+            throw .socket(operation: operation, address: name, errno: errno)
+        }
+        length = socklen_t(MemoryLayout<Int32>.size)
+        guard getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &family, &length) == 0,
+            type == Int32(SOCK_DGRAM.rawValue), family == AF_INET || family == AF_INET6
+        else {
+            throw .socket(operation: operation, address: name, errno: EINVAL)
+        }
+        let local = try Self.localAddress(of: fd, asked: try! SocketAddress(ipAddress: "0.0.0.0", port: 0))
+        try Self.prepare(fd, family: family, address: local, options: Options(reusePort: false, receiveBufferSize: options.receiveBufferSize, sendBufferSize: options.sendBufferSize))
+        return ServerSocket(descriptor: fd, localAddress: local)
+    }
+
+    /// Asks for each datagram's destination on a wildcard socket, and sizes the socket's buffers.
+    private static func prepare(_ fd: Int32, family: Int32, address: SocketAddress, options: Options) throws(EchoError) {
+        if address.isUnspecified {
+            let result = cudpecho_enable_pktinfo(fd, family)
+            if result < 0 {
+                throw .socket(operation: "IP_PKTINFO on", address: address.hostPortDescription, errno: -result)
+            }
+        }
+        if let size = options.receiveBufferSize { _ = cudpecho_set_buffer_size(fd, SO_RCVBUF, Int32(clamping: size)) }
+        if let size = options.sendBufferSize { _ = cudpecho_set_buffer_size(fd, SO_SNDBUF, Int32(clamping: size)) }
     }
 
     func close() {

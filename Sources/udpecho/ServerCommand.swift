@@ -1,5 +1,8 @@
 import ArgumentParser
+import FoundationEssentials
 import Logging
+import Metrics
+import Prometheus
 import NIOCore
 import ServiceLifecycle
 import UDPEcho
@@ -86,7 +89,50 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Send buffer of each socket, in bytes (SO_SNDBUF).", valueName: "bytes"))
     var sendBuffer = 4 << 20
 
+    @Option(help: ArgumentHelp("Drop datagrams from source ports below N: well-known services, a spoofed loop or a reflection; 0 turns it off.", valueName: "n"))
+    var minSourcePort = 1024
+
+    @Option(help: ArgumentHelp("More source ports to drop, comma-separated; an empty list drops none.", valueName: "ports"))
+    var denySourcePorts = "2049"
+
+    @Flag(help: "Also answer multicast, broadcast and unspecified sources, the server's own endpoint, and loopback sources arriving from outside.")
+    var noAddressChecks = false
+
+    @Option(help: ArgumentHelp("Answer only sources in this prefix (repeatable), e.g. 192.0.2.0/24.", valueName: "cidr"))
+    var allow: [String] = []
+
+    @Option(help: ArgumentHelp("Never answer sources in this prefix (repeatable).", valueName: "cidr"))
+    var deny: [String] = []
+
+    @Option(help: ArgumentHelp("Drop (never truncate) datagrams larger than this.", valueName: "bytes"))
+    var maxSize: Int?
+
+    @Option(help: ArgumentHelp("Replies per second per source prefix (token bucket); 0 turns it off.", valueName: "pps"))
+    var rateLimit: Double = 10_000
+
+    @Option(help: ArgumentHelp("Burst per source prefix. (default: twice --rate-limit)", valueName: "n"))
+    var rateBurst: Double?
+
+    @Option(help: ArgumentHelp("Prefix length that makes one IPv4 source.", valueName: "bits"))
+    var ratePrefix4 = 32
+
+    @Option(help: ArgumentHelp("Prefix length that makes one IPv6 source.", valueName: "bits"))
+    var ratePrefix6 = 64
+
+    @Option(help: ArgumentHelp("Sources remembered by the rate limiter, per thread (its memory is fixed).", valueName: "n"))
+    var rateTable = 16384
+
+    @Option(help: ArgumentHelp("Replies per second over all sources; 0 for no global budget.", valueName: "pps"))
+    var globalRate: Double = 1_000_000
+
+    @Flag(help: "Rate-limit loopback sources too (they are not by default: local tests must not be throttled).")
+    var limitLoopback = false
+
+    @Option(help: ArgumentHelp("Serve Prometheus metrics at http://HOST:PORT/metrics (off unless given).", valueName: "host:port"), transform: parseAddress)
+    var metrics: HostAndPort?
+
     func validate() throws {
+        _ = try self.guards()
         _ = try self.listenAddress()
         if let threads, !(1...1024).contains(threads) {
             throw ValidationError("--threads \(threads) is out of range; give 1 to 1024")
@@ -95,6 +141,47 @@ struct ServerCommand: AsyncParsableCommand {
         if self.receiveBuffer <= 0 || self.sendBuffer <= 0 {
             throw ValidationError("socket buffer sizes must be positive")
         }
+    }
+
+    private func guards() throws -> GuardConfiguration {
+        var ports = Set<Int>()
+        for text in self.denySourcePorts.split(separator: ",") {
+            guard let port = Int(text.trimmingCharacters(in: .whitespaces)), (1...65535).contains(port) else {
+                throw ValidationError("--deny-source-ports: '\(text)' is not a port from 1 to 65535")
+            }
+            ports.insert(port)
+        }
+        guard (0...65535).contains(self.minSourcePort) else {
+            throw ValidationError("--min-source-port \(self.minSourcePort) is out of range; give 0 to 65535")
+        }
+        guard (0...32).contains(self.ratePrefix4), (0...128).contains(self.ratePrefix6) else {
+            throw ValidationError("--rate-prefix4 goes from 0 to 32 and --rate-prefix6 from 0 to 128")
+        }
+        guard self.rateLimit >= 0, self.globalRate >= 0, self.rateTable >= 4, (self.rateBurst ?? 1) >= 1 else {
+            throw ValidationError("rates cannot be negative, bursts are at least 1, and --rate-table is at least 4")
+        }
+        if let maxSize, maxSize < 0 { throw ValidationError("--max-size cannot be negative") }
+        func prefixes(_ texts: [String], _ flag: String) throws -> [IPPrefix] {
+            try texts.map { text in
+                do { return try IPPrefix(parsing: text) } catch { throw ValidationError("\(flag): \(error)") }
+            }
+        }
+        return GuardConfiguration(
+            minimumSourcePort: self.minSourcePort,
+            deniedSourcePorts: ports,
+            addressChecks: !self.noAddressChecks,
+            allow: try prefixes(self.allow, "--allow"),
+            deny: try prefixes(self.deny, "--deny"),
+            maximumSize: self.maxSize,
+            rateLimit: self.rateLimit == 0
+                ? nil
+                : RateLimit(
+                    perSecond: self.rateLimit, burst: self.rateBurst ?? 2 * self.rateLimit,
+                    ipv4PrefixLength: self.ratePrefix4, ipv6PrefixLength: self.ratePrefix6, tableSize: self.rateTable
+                ),
+            globalRate: self.globalRate == 0 ? nil : self.globalRate,
+            limitLoopback: self.limitLoopback
+        )
     }
 
     private func listenAddress() throws -> HostAndPort {
@@ -117,26 +204,50 @@ struct ServerCommand: AsyncParsableCommand {
             receiveBufferSize: self.receiveBuffer,
             sendBufferSize: self.sendBuffer,
             reporting: self.quiet ? .errors : .all,
-            eventsPerSecond: self.linesPerSecond == 0 ? nil : self.linesPerSecond
+            eventsPerSecond: self.linesPerSecond == 0 ? nil : self.linesPerSecond,
+            guards: try self.guards()
         )
         let server: EchoServer
+        // Started by systemd with its sockets (ListenDatagram=): serve those instead of binding.
+        let activated = SocketActivation.takeDescriptors()
         do {
-            server = try EchoServer(configuration: configuration, logger: logger) { event in
-                lines.enqueue(event.line)
+            if activated.isEmpty {
+                server = try EchoServer(configuration: configuration, logger: logger) { event in
+                    lines.enqueue(event.line)
+                }
+            } else {
+                server = try EchoServer(configuration: configuration, adopting: activated, logger: logger) { event in
+                    lines.enqueue(event.line)
+                }
             }
         } catch {
             Stream.err.line("udpecho: error: \(error)")
             throw ExitCode.failure
         }
-        Stream.out.line("running as a server on \(server.localAddress.hostPortDescription)")
+        let addresses = server.localAddresses.map(\.hostPortDescription).joined(separator: ", ")
+        let origin = activated.isEmpty ? "" : " (socket activation: \(activated.count) socket\(activated.count == 1 ? "" : "s"))"
+        Stream.out.line("running as a server on \(addresses)\(origin)")
+
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: server)]
+        if let metricsAddress = self.metrics {
+            let registry = PrometheusCollectorRegistry()
+            MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+            let metrics = ServerMetrics(server: server)
+            do {
+                let endpoint = try await MetricsEndpoint(
+                    address: try await resolveTarget(metricsAddress), registry: registry, metrics: metrics
+                )
+                Stream.out.line("metrics on http://\(endpoint.localAddress?.hostPortDescription ?? "?")/metrics")
+                services += [.init(service: metrics), .init(service: endpoint)]
+            } catch {
+                Stream.err.line("udpecho: error: cannot serve metrics on \(metricsAddress): \(error)")
+                throw ExitCode.failure
+            }
+        }
 
         let printer = Task { await lines.drain(to: .out) }
         let group = ServiceGroup(
-            configuration: .init(
-                services: [.init(service: server)],
-                gracefulShutdownSignals: [.sigterm, .sigint],
-                logger: logger
-            )
+            configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         )
         try await group.run()
         lines.finish()

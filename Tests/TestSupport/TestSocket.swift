@@ -12,9 +12,9 @@ public final class TestSocket: @unchecked Sendable {
     public let localAddress: SocketAddress
     private var closed = false
 
-    /// Binds a socket to `host` on an ephemeral port, and connects it to `peer` if given.
-    public init(host: String = "127.0.0.1", connectTo peer: SocketAddress? = nil) throws {
-        let bindAddress = try SocketAddress(ipAddress: host, port: 0)
+    /// Binds a socket to `host` on `port` (by default an ephemeral one), and connects it to `peer` if given.
+    public init(host: String = "127.0.0.1", port: Int = 0, connectTo peer: SocketAddress? = nil) throws {
+        let bindAddress = try SocketAddress(ipAddress: host, port: port)
         let family: Int32 = if case .v6 = bindAddress { AF_INET6 } else { AF_INET }
         let fd = socket(family, Int32(SOCK_DGRAM.rawValue), 0)
         precondition(fd >= 0)

@@ -1,0 +1,96 @@
+import Metrics
+import ServiceLifecycle
+import Synchronization
+
+/// Publishes a server's counters through swift-metrics, under Prometheus-style names:
+///
+/// | metric | labels | meaning |
+/// |---|---|---|
+/// | `udpecho_datagrams_total` | `direction`: `received`, `echoed` | datagrams |
+/// | `udpecho_bytes_total` | `direction`: `received`, `echoed` | payload bytes |
+/// | `udpecho_dropped_total` | `reason`: a ``DropReason`` (`write-timeout`, `rate-limited`...) | datagrams not echoed |
+/// | `udpecho_receive_errors_total` | | errors reading the socket |
+/// | `udpecho_thread_datagrams_total` | `thread`: 0, 1... | datagrams received by each serving thread |
+/// | `udpecho_rate_limit_sources` | | sources in the rate limiter's tables (a gauge) |
+/// | `udpecho_rate_limit_evictions_total` | | sources forgotten to make room |
+///
+/// The serving threads count in their own memory, without touching swift-metrics; ``publish()`` adds what they
+/// counted since the last call. Run it as a `Service` to publish every `interval`, and call ``publish()`` before a
+/// scrape so that the numbers are current.
+public final class ServerMetrics: Service, Sendable {
+    private let server: EchoServer
+    private let interval: Duration
+    private let state: Mutex<EchoServerStatistics>
+    private let datagrams: [String: Counter]
+    private let bytes: [String: Counter]
+    private let dropped: [DropReason: Counter]
+    private let receiveErrors: Counter
+    private let perThread: [Counter]
+    private let rateLimitSources: Gauge
+    private let rateLimitEvictions: Counter
+
+    /// - Parameters:
+    ///   - server: The server whose counters to publish.
+    ///   - interval: How often ``run()`` publishes.
+    public init(server: EchoServer, interval: Duration = .seconds(1)) {
+        self.server = server
+        self.interval = interval
+        var empty = EchoServerStatistics()
+        empty.receivedPerThread = Array(repeating: 0, count: server.configuration.threads)
+        self.state = Mutex(empty)
+        self.datagrams = Dictionary(
+            uniqueKeysWithValues: ["received", "echoed"].map {
+                ($0, Counter(label: "udpecho_datagrams_total", dimensions: [("direction", $0)]))
+            }
+        )
+        self.bytes = Dictionary(
+            uniqueKeysWithValues: ["received", "echoed"].map {
+                ($0, Counter(label: "udpecho_bytes_total", dimensions: [("direction", $0)]))
+            }
+        )
+        self.dropped = Dictionary(
+            uniqueKeysWithValues: DropReason.allCases.map {
+                ($0, Counter(label: "udpecho_dropped_total", dimensions: [("reason", $0.rawValue)]))
+            }
+        )
+        self.receiveErrors = Counter(label: "udpecho_receive_errors_total")
+        self.perThread = (0..<server.configuration.threads).map {
+            Counter(label: "udpecho_thread_datagrams_total", dimensions: [("thread", "\($0)")])
+        }
+        self.rateLimitSources = Gauge(label: "udpecho_rate_limit_sources")
+        self.rateLimitEvictions = Counter(label: "udpecho_rate_limit_evictions_total")
+    }
+
+    /// Adds to the metrics what the server counted since the last call.
+    public func publish() {
+        let now = self.server.statistics
+        self.state.withLock { last in
+            self.datagrams["received"]!.increment(by: Int64(now.received - last.received))
+            self.datagrams["echoed"]!.increment(by: Int64(now.echoed - last.echoed))
+            self.bytes["received"]!.increment(by: Int64(now.receivedBytes - last.receivedBytes))
+            self.bytes["echoed"]!.increment(by: Int64(now.echoedBytes - last.echoedBytes))
+            for reason in DropReason.allCases {
+                let delta = now.drops[reason, default: 0] - last.drops[reason, default: 0]
+                if delta > 0 { self.dropped[reason]!.increment(by: Int64(delta)) }
+            }
+            self.receiveErrors.increment(by: Int64(now.receiveErrors - last.receiveErrors))
+            for (thread, counter) in self.perThread.enumerated() where thread < now.receivedPerThread.count {
+                counter.increment(by: Int64(now.receivedPerThread[thread] - last.receivedPerThread[thread]))
+            }
+            self.rateLimitSources.record(now.rateTableEntries)
+            self.rateLimitEvictions.increment(by: Int64(now.rateTableEvictions - last.rateTableEvictions))
+            last = now
+        }
+    }
+
+    /// Publishes every `interval` until graceful shutdown or cancellation, then once more.
+    public func run() async throws {
+        await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                self.publish()
+                try? await Task.sleep(for: self.interval)
+            }
+        }
+        self.publish()
+    }
+}

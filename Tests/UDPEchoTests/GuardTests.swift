@@ -1,0 +1,201 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import NIOCore
+import TestSupport
+import Testing
+@testable import UDPEcho
+
+/// Each guard with a datagram it must drop and one it must let through, over real sockets where the kernel can
+/// deliver such a datagram, and on the guard itself where it cannot (the kernel drops multicast or broadcast
+/// sources, and loopback sources from outside, before any socket sees them: the guard is the second line).
+@Suite struct GuardTests {
+    /// Sends `payload` from `socket`, then a marker from `marker` which must be answered; once the marker's reply is
+    /// back, the server (one thread) has decided about the first datagram too. Returns whether it was answered.
+    func answered(_ socket: TestSocket, _ payload: [UInt8], to server: SocketAddress, marker: TestSocket) async -> Bool {
+        socket.send(payload, to: server)
+        marker.send([0x4d], to: server)
+        _ = await marker.receive()
+        return await socket.receive(timeoutMilliseconds: 50) != nil
+    }
+
+    func server(_ guards: GuardConfiguration, host: String = isolatedLoopback()) throws -> EchoServer.Configuration {
+        EchoServer.Configuration(address: HostAndPort(host: host, port: 0), threads: 1, guards: guards)
+    }
+
+    @Test(.enabled(if: geteuid() == 0, "binding a source port below 1024 needs root"))
+    func dropsWellKnownSourcePorts() async throws {
+        let server = try await withServer(try self.server(GuardConfiguration())) { server in
+            let marker = try TestSocket()
+            let low = try TestSocket(port: 1023)
+            #expect(await !self.answered(low, [1], to: server.localAddress, marker: marker))
+            let ephemeral = try TestSocket()
+            #expect(await self.answered(ephemeral, [2], to: server.localAddress, marker: marker))
+            return server
+        }
+        #expect(server.statistics.drops[.sourcePort] == 1)
+    }
+
+    @Test func dropsDeniedSourcePortsAndThatListCanChange() async throws {
+        let guarded = try await withServer(try self.server(GuardConfiguration(deniedSourcePorts: [2049, 5555]))) { server in
+            let marker = try TestSocket()
+            let nfs = try TestSocket(port: 2049)
+            #expect(await !self.answered(nfs, [1], to: server.localAddress, marker: marker))
+            let other = try TestSocket(port: 5555)
+            #expect(await !self.answered(other, [1], to: server.localAddress, marker: marker))
+            return server
+        }
+        #expect(guarded.statistics.drops[.sourcePort] == 2)
+        _ = try await withServer(try self.server(GuardConfiguration(deniedSourcePorts: []))) { server in
+            let marker = try TestSocket()
+            let nfs = try TestSocket(port: 2049)
+            #expect(await self.answered(nfs, [1], to: server.localAddress, marker: marker))
+        }
+    }
+
+    @Test func dropsDatagramsFromItsOwnEndpoint() async throws {
+        let server = try await withServer(try self.server(GuardConfiguration())) { server in
+            let marker = try TestSocket()
+            // Another loopback address, the server's own port: what a spoofed "reply to ourselves" looks like.
+            let mirror = try TestSocket(host: "127.0.0.1", port: server.localAddress.port!)
+            #expect(await !self.answered(mirror, [1], to: server.localAddress, marker: marker))
+            return server
+        }
+        #expect(server.statistics.drops[.ownEndpoint] == 1)
+    }
+
+    @Test func allowAndDenyLists() async throws {
+        let guards = GuardConfiguration(
+            allow: [try IPPrefix(parsing: "127.0.0.0/24")],
+            deny: [try IPPrefix(parsing: "127.0.0.3")]
+        )
+        let server = try await withServer(try self.server(guards)) { server in
+            let marker = try TestSocket(host: "127.0.0.1")
+            #expect(await self.answered(try TestSocket(host: "127.0.0.2"), [1], to: server.localAddress, marker: marker))
+            #expect(await !self.answered(try TestSocket(host: "127.0.0.3"), [1], to: server.localAddress, marker: marker))
+            #expect(await !self.answered(try TestSocket(host: "127.0.1.1"), [1], to: server.localAddress, marker: marker))
+            return server
+        }
+        #expect(server.statistics.drops[.denied] == 2)
+    }
+
+    @Test func dropsDatagramsOverTheMaximumSizeWhole() async throws {
+        let server = try await withServer(try self.server(GuardConfiguration(maximumSize: 1000))) { server in
+            let marker = try TestSocket()
+            let client = try TestSocket()
+            #expect(await !self.answered(client, pattern(1001), to: server.localAddress, marker: marker))
+            client.send(pattern(1000), to: server.localAddress)
+            #expect(await client.receive()?.bytes == pattern(1000))
+            return server
+        }
+        #expect(server.statistics.drops[.oversize] == 1)
+    }
+
+    @Test func oneFloodingSourceDoesNotSilenceOthers() async throws {
+        let guards = GuardConfiguration(rateLimit: RateLimit(perSecond: 100, burst: 50), limitLoopback: true)
+        let server = try await withServer(try self.server(guards)) { server in
+            let flooder = try TestSocket(host: "127.0.0.2")
+            for index in 0..<1000 { flooder.send(pattern(32, seed: index), to: server.localAddress) }
+            let other = try TestSocket(host: "127.0.0.3")
+            for index in 0..<20 {
+                other.send(pattern(16, seed: index), to: server.localAddress)
+                #expect(await other.receive()?.bytes == pattern(16, seed: index))
+            }
+            var flooderReplies = 0
+            while await flooder.receive(timeoutMilliseconds: 100) != nil { flooderReplies += 1 }
+            #expect(flooderReplies >= 50 && flooderReplies < 200, "the flooder got \(flooderReplies) replies")
+            return server
+        }
+        #expect(server.statistics.drops[.rateLimited, default: 0] >= 800)
+        #expect(server.statistics.rateTableEntries == 2)
+    }
+
+    @Test func loopbackIsNotRateLimitedByDefault() async throws {
+        let guards = GuardConfiguration(rateLimit: RateLimit(perSecond: 1, burst: 1))
+        let server = try await withServer(try self.server(guards)) { server in
+            let client = try TestSocket()
+            for index in 0..<20 {
+                client.send(pattern(8, seed: index), to: server.localAddress)
+                #expect(await client.receive() != nil)
+            }
+            return server
+        }
+        #expect(server.statistics.dropped == 0)
+    }
+
+    @Test func theGlobalBudgetBoundsAFloodFromManySources() async throws {
+        let guards = GuardConfiguration(rateLimit: nil, globalRate: 100, limitLoopback: true)
+        let server = try await withServer(try self.server(guards)) { server in
+            var sockets: [TestSocket] = []
+            for index in 0..<400 {
+                let socket = try TestSocket(host: "127.0.\(1 + index / 200).\(1 + index % 200)")
+                socket.send([1], to: server.localAddress)
+                sockets.append(socket)
+            }
+            let marker = try TestSocket()
+            _ = await self.answered(marker, [1], to: server.localAddress, marker: marker)
+            return server
+        }
+        let budgetDrops = server.statistics.drops[.overBudget, default: 0]
+        #expect(budgetDrops >= 250 && budgetDrops < 400, "dropped over budget: \(budgetDrops)")
+    }
+
+    @Test func theRateTableStaysWithinItsSizeUnderManySources() async throws {
+        let guards = GuardConfiguration(rateLimit: RateLimit(tableSize: 64), limitLoopback: true)
+        let server = try await withServer(try self.server(guards)) { server in
+            for index in 0..<2000 {
+                let source = try TestSocket(host: "127.1.\(index / 250).\(1 + index % 250)")
+                source.send([1], to: server.localAddress)
+            }
+            let marker = try TestSocket()
+            _ = await self.answered(marker, [1], to: server.localAddress, marker: marker)
+            return server
+        }
+        let statistics = server.statistics
+        #expect(statistics.received == 2002)
+        #expect(statistics.rateTableEntries <= 64)
+        #expect(statistics.rateTableEvictions >= 2000 - 64)
+    }
+
+    // MARK: Sources the kernel never delivers, on the guard itself
+
+    func check(_ guardState: inout SourceGuard, _ host: String, port: Int = 40000, arrivedOnLoopback: Int32 = 0) throws
+        -> DropReason?
+    {
+        let address = try SocketAddress(ipAddress: host, port: port)
+        return address.withRawAddress { raw, _ in
+            guardState.check(peer: raw, size: 10, arrivedOnLoopback: arrivedOnLoopback, now: 1, threads: 1)
+        }
+    }
+
+    @Test func impossibleSourcesAreDropped() throws {
+        var guardState = SourceGuard(GuardConfiguration(), localAddress: try SocketAddress(ipAddress: "0.0.0.0", port: 7), threads: 1)
+        for source in ["224.0.0.1", "239.1.2.3", "255.255.255.255", "0.0.0.0", "0.1.2.3", "ff02::1", "::"] {
+            #expect(try self.check(&guardState, source) == .sourceAddress, "\(source)")
+        }
+        #expect(try self.check(&guardState, "127.0.0.1", arrivedOnLoopback: 0) == .sourceAddress)  // spoofed
+        #expect(try self.check(&guardState, "127.0.0.1", arrivedOnLoopback: 1) == nil)
+        #expect(try self.check(&guardState, "::1", arrivedOnLoopback: 1) == nil)
+        #expect(try self.check(&guardState, "192.0.2.10") == nil)
+        #expect(try self.check(&guardState, "2001:db8::10") == nil)
+        #expect(try self.check(&guardState, "192.0.2.10", port: 19) == .sourcePort)  // chargen
+        var open = SourceGuard(.none, localAddress: try SocketAddress(ipAddress: "0.0.0.0", port: 7), threads: 1)
+        #expect(try self.check(&open, "224.0.0.1", port: 7) == nil)
+        #expect(!open.isActive)
+    }
+
+    @Test func prefixesParseAndMatch() throws {
+        let v4 = try IPPrefix(parsing: "192.0.2.0/24")
+        let v6 = try IPPrefix(parsing: "2001:db8::/32")
+        func key(_ host: String) throws -> IPKey {
+            try SocketAddress(ipAddress: host, port: 1).withRawAddress { raw, _ in IPKey(raw)! }
+        }
+        #expect(v4.contains(try key("192.0.2.77")))
+        #expect(!v4.contains(try key("192.0.3.1")))
+        #expect(v4.contains(try key("::ffff:192.0.2.5")))
+        #expect(v6.contains(try key("2001:db8:ffff::1")))
+        #expect(!v6.contains(try key("2001:db9::1")))
+        #expect(throws: EchoError.self) { try IPPrefix(parsing: "192.0.2.0/33") }
+        #expect(throws: EchoError.self) { try IPPrefix(parsing: "not-an-address") }
+    }
+}

@@ -1,0 +1,99 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import NIOCore
+import TestSupport
+import Testing
+
+/// Fetches http://ADDRESS/metrics with Python's standard library (an independent HTTP client).
+func scrape(_ url: String) async throws -> [String: Double] {
+    let result = try await Spawned.run(
+        python, ["python3", "-c", "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())", url]
+    )
+    var samples: [String: Double] = [:]
+    for line in result.lines where !line.hasPrefix("#") && !line.isEmpty {
+        let parts = line.split(separator: " ")
+        if parts.count == 2, let value = Double(parts[1]) { samples[String(parts[0])] = value }
+    }
+    return samples
+}
+
+/// A launcher that passes a bound UDP socket the way systemd does: as descriptor 3, with LISTEN_PID (this process,
+/// which becomes the server by exec) and LISTEN_FDS=1. It prints the socket's port first.
+let pythonSocketActivation = """
+    import os, socket, sys
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    print(s.getsockname()[1], flush=True)
+    if s.fileno() != 3:
+        os.dup2(s.fileno(), 3)
+    os.set_inheritable(3, True)
+    os.environ["LISTEN_PID"] = str(os.getpid())
+    os.environ["LISTEN_FDS"] = "1"
+    os.execv(sys.argv[1], sys.argv[1:])
+    """
+
+@Suite struct OperationsTests {
+    @Test func metricsAgreeWithTheTrafficSent() async throws {
+        let (server, port) = try await startServer([
+            "--address", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--quiet", "--max-size", "1000", "--threads", "1",
+        ])
+        let line = try #require(await server.waitForLine { $0.hasPrefix("metrics on http://") })
+        let url = String(line.dropFirst("metrics on ".count))
+        let client = try TestSocket(connectTo: try SocketAddress(ipAddress: "127.0.0.1", port: port))
+        for index in 0..<50 {
+            client.send(pattern(100, seed: index))
+            #expect(await client.receive() != nil)
+        }
+        client.send(pattern(1001))  // over --max-size: dropped, counted
+        client.send([1, 2, 3])
+        #expect(await client.receive()?.bytes == [1, 2, 3])
+        let samples = try await scrape(url)
+        #expect(samples["udpecho_datagrams_total{direction=\"received\"}"] == 52)
+        #expect(samples["udpecho_datagrams_total{direction=\"echoed\"}"] == 51)
+        #expect(samples["udpecho_bytes_total{direction=\"received\"}"] == Double(5000 + 1001 + 3))
+        #expect(samples["udpecho_bytes_total{direction=\"echoed\"}"] == 5003)
+        #expect(samples["udpecho_dropped_total{reason=\"oversize\"}"] == 1)
+        #expect(samples["udpecho_dropped_total{reason=\"rate-limited\"}"] == 0)
+        #expect(samples["udpecho_thread_datagrams_total{thread=\"0\"}"] == 52)
+        #expect(samples["udpecho_receive_errors_total"] == 0)
+        // A second scrape adds only what came since.
+        client.send([4])
+        _ = await client.receive()
+        #expect(try await scrape(url)["udpecho_datagrams_total{direction=\"received\"}"] == 53)
+        server.signal(SIGTERM)
+        #expect(await server.waitForExit() == 0)
+    }
+
+    @Test func servesASocketPassedTheWaySystemdDoes() async throws {
+        let launched = try Spawned(python, ["python3", "-c", pythonSocketActivation, udpecho, "server", "--address", ":1"])
+        let portLine = try #require(await launched.waitForLine { Int($0) != nil })
+        let port = Int(portLine)!
+        let start = try #require(await launched.waitForLine { $0.hasPrefix("running as a server") }, "\(launched.errorText)")
+        #expect(start == "running as a server on 127.0.0.1:\(port) (socket activation: 1 socket)")
+        let client = try TestSocket(connectTo: try SocketAddress(ipAddress: "127.0.0.1", port: port))
+        client.send(pattern(4097))
+        #expect(await client.receive()?.bytes == pattern(4097))
+        launched.signal(SIGTERM)
+        #expect(await launched.waitForExit() == 0)
+        #expect(launched.outputLines.last?.hasPrefix("summary: received=1 echoed=1") == true)
+    }
+
+    @Test func refusesADescriptorThatIsNotAUDPSocket() async throws {
+        // LISTEN_FDS names descriptor 3, but nothing UDP is there: say so, do not serve something else.
+        let launcher = """
+            import os, sys
+            r, w = os.pipe()
+            os.dup2(r, 3)
+            os.set_inheritable(3, True)
+            os.environ["LISTEN_PID"] = str(os.getpid())
+            os.environ["LISTEN_FDS"] = "1"
+            os.execv(sys.argv[1], sys.argv[1:])
+            """
+        let result = try await Spawned.run(python, ["python3", "-c", launcher, udpecho, "server"])
+        #expect(result.status == 1)
+        #expect(result.error.contains("descriptor 3"))
+        #expect(result.error.contains("UDP socket"))
+    }
+}
