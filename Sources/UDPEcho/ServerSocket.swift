@@ -71,12 +71,22 @@ struct ServerSocket {
             throw .socket(operation: operation, address: name, errno: EINVAL)
         }
         let local = try Self.localAddress(of: fd, asked: try! SocketAddress(ipAddress: "0.0.0.0", port: 0))
-        try Self.prepare(fd, family: family, address: local, options: Options(reusePort: false, receiveBufferSize: options.receiveBufferSize, sendBufferSize: options.sendBufferSize))
+        try Self.prepare(
+            fd,
+            family: family,
+            address: local,
+            options: Options(
+                reusePort: false,
+                receiveBufferSize: options.receiveBufferSize,
+                sendBufferSize: options.sendBufferSize
+            )
+        )
         return ServerSocket(descriptor: fd, localAddress: local)
     }
 
     /// Asks for each datagram's destination on a wildcard socket, and sizes the socket's buffers.
-    private static func prepare(_ fd: Int32, family: Int32, address: SocketAddress, options: Options) throws(EchoError) {
+    private static func prepare(_ fd: Int32, family: Int32, address: SocketAddress, options: Options) throws(EchoError)
+    {
         if address.isUnspecified {
             let result = cudpecho_enable_pktinfo(fd, family)
             if result < 0 {

@@ -2,8 +2,8 @@ import ArgumentParser
 import FoundationEssentials
 import Logging
 import Metrics
-import Prometheus
 import NIOCore
+import Prometheus
 import ServiceLifecycle
 import UDPEcho
 
@@ -89,16 +89,28 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Send buffer of each socket, in bytes (SO_SNDBUF).", valueName: "bytes"))
     var sendBuffer = 4 << 20
 
-    @Option(help: ArgumentHelp("Drop datagrams from source ports below N: well-known services, a spoofed loop or a reflection; 0 turns it off.", valueName: "n"))
+    @Option(
+        help: ArgumentHelp(
+            "Drop datagrams from source ports below N: well-known services, a spoofed loop or a reflection; 0 turns it off.",
+            valueName: "n"
+        )
+    )
     var minSourcePort = 1024
 
-    @Option(help: ArgumentHelp("More source ports to drop, comma-separated; an empty list drops none.", valueName: "ports"))
+    @Option(
+        help: ArgumentHelp("More source ports to drop, comma-separated; an empty list drops none.", valueName: "ports")
+    )
     var denySourcePorts = "2049"
 
-    @Flag(help: "Also answer multicast, broadcast and unspecified sources, the server's own endpoint, and loopback sources arriving from outside.")
+    @Flag(
+        help:
+            "Also answer multicast, broadcast and unspecified sources, the server's own endpoint, and loopback sources arriving from outside."
+    )
     var noAddressChecks = false
 
-    @Option(help: ArgumentHelp("Answer only sources in this prefix (repeatable), e.g. 192.0.2.0/24.", valueName: "cidr"))
+    @Option(
+        help: ArgumentHelp("Answer only sources in this prefix (repeatable), e.g. 192.0.2.0/24.", valueName: "cidr")
+    )
     var allow: [String] = []
 
     @Option(help: ArgumentHelp("Never answer sources in this prefix (repeatable).", valueName: "cidr"))
@@ -107,7 +119,9 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Drop (never truncate) datagrams larger than this.", valueName: "bytes"))
     var maxSize: Int?
 
-    @Option(help: ArgumentHelp("Replies per second per source prefix (token bucket); 0 turns it off.", valueName: "pps"))
+    @Option(
+        help: ArgumentHelp("Replies per second per source prefix (token bucket); 0 turns it off.", valueName: "pps")
+    )
     var rateLimit: Double = 10_000
 
     @Option(help: ArgumentHelp("Burst per source prefix. (default: twice --rate-limit)", valueName: "n"))
@@ -119,7 +133,9 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Prefix length that makes one IPv6 source.", valueName: "bits"))
     var ratePrefix6 = 64
 
-    @Option(help: ArgumentHelp("Sources remembered by the rate limiter, per thread (its memory is fixed).", valueName: "n"))
+    @Option(
+        help: ArgumentHelp("Sources remembered by the rate limiter, per thread (its memory is fixed).", valueName: "n")
+    )
     var rateTable = 16384
 
     @Option(help: ArgumentHelp("Replies per second over all sources; 0 for no global budget.", valueName: "pps"))
@@ -128,7 +144,29 @@ struct ServerCommand: AsyncParsableCommand {
     @Flag(help: "Rate-limit loopback sources too (they are not by default: local tests must not be throttled).")
     var limitLoopback = false
 
-    @Option(help: ArgumentHelp("Serve Prometheus metrics at http://HOST:PORT/metrics (off unless given).", valueName: "host:port"), transform: parseAddress)
+    @Option(
+        help: ArgumentHelp(
+            "Least level shown: trace, debug, info (the per-packet lines), notice (the count of lines not shown), warning (drops and errors), error, critical.",
+            valueName: "level"
+        )
+    )
+    var logLevel: Logger.Level = .info
+
+    @Option(
+        help: ArgumentHelp(
+            "text: the article's lines; json: one JSON object per line, for log collectors.",
+            valueName: "format"
+        )
+    )
+    var logFormat: LogFormat = .text
+
+    @Option(
+        help: ArgumentHelp(
+            "Serve Prometheus metrics at http://HOST:PORT/metrics (off unless given).",
+            valueName: "host:port"
+        ),
+        transform: parseAddress
+    )
     var metrics: HostAndPort?
 
     func validate() throws {
@@ -176,8 +214,11 @@ struct ServerCommand: AsyncParsableCommand {
             rateLimit: self.rateLimit == 0
                 ? nil
                 : RateLimit(
-                    perSecond: self.rateLimit, burst: self.rateBurst ?? 2 * self.rateLimit,
-                    ipv4PrefixLength: self.ratePrefix4, ipv6PrefixLength: self.ratePrefix6, tableSize: self.rateTable
+                    perSecond: self.rateLimit,
+                    burst: self.rateBurst ?? 2 * self.rateLimit,
+                    ipv4PrefixLength: self.ratePrefix4,
+                    ipv6PrefixLength: self.ratePrefix6,
+                    tableSize: self.rateTable
                 ),
             globalRate: self.globalRate == 0 ? nil : self.globalRate,
             limitLoopback: self.limitLoopback
@@ -190,10 +231,17 @@ struct ServerCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        let (format, level) = (self.logFormat, self.logLevel)
         LoggingSystem.bootstrap { label in
+            if format == .json { return JSONLogHandler(logLevel: level, label: label) }
             var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = .warning
+            handler.logLevel = level
             return handler
+        }
+        let render: @Sendable (ServerEvent) -> String? = { event in
+            let record = event.record
+            guard record.level >= level else { return nil }
+            return format == .json ? record.json() : record.text
         }
         let logger = Logger(label: "udpecho")
         let lines = LineQueue()
@@ -203,7 +251,7 @@ struct ServerCommand: AsyncParsableCommand {
             threads: self.threads ?? EchoServer.defaultThreads,
             receiveBufferSize: self.receiveBuffer,
             sendBufferSize: self.sendBuffer,
-            reporting: self.quiet ? .errors : .all,
+            reporting: self.logLevel > .warning ? .none : (self.quiet || self.logLevel > .info ? .errors : .all),
             eventsPerSecond: self.linesPerSecond == 0 ? nil : self.linesPerSecond,
             guards: try self.guards()
         )
@@ -213,11 +261,11 @@ struct ServerCommand: AsyncParsableCommand {
         do {
             if activated.isEmpty {
                 server = try EchoServer(configuration: configuration, logger: logger) { event in
-                    lines.enqueue(event.line)
+                    if let line = render(event) { lines.enqueue(line) }
                 }
             } else {
                 server = try EchoServer(configuration: configuration, adopting: activated, logger: logger) { event in
-                    lines.enqueue(event.line)
+                    if let line = render(event) { lines.enqueue(line) }
                 }
             }
         } catch {
@@ -225,8 +273,9 @@ struct ServerCommand: AsyncParsableCommand {
             throw ExitCode.failure
         }
         let addresses = server.localAddresses.map(\.hostPortDescription).joined(separator: ", ")
-        let origin = activated.isEmpty ? "" : " (socket activation: \(activated.count) socket\(activated.count == 1 ? "" : "s"))"
-        Stream.out.line("running as a server on \(addresses)\(origin)")
+        let origin =
+            activated.isEmpty ? "" : " (socket activation: \(activated.count) socket\(activated.count == 1 ? "" : "s"))"
+        self.say(format, "running", "running as a server on \(addresses)\(origin)", [("address", addresses)])
 
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: server)]
         if let metricsAddress = self.metrics {
@@ -235,9 +284,12 @@ struct ServerCommand: AsyncParsableCommand {
             let metrics = ServerMetrics(server: server)
             do {
                 let endpoint = try await MetricsEndpoint(
-                    address: try await resolveTarget(metricsAddress), registry: registry, metrics: metrics
+                    address: try await resolveTarget(metricsAddress),
+                    registry: registry,
+                    metrics: metrics
                 )
-                Stream.out.line("metrics on http://\(endpoint.localAddress?.hostPortDescription ?? "?")/metrics")
+                let url = "http://\(endpoint.localAddress?.hostPortDescription ?? "?")/metrics"
+                self.say(format, "metrics", "metrics on \(url)", [("url", url)])
                 services += [.init(service: metrics), .init(service: endpoint)]
             } catch {
                 Stream.err.line("udpecho: error: cannot serve metrics on \(metricsAddress): \(error)")
@@ -252,32 +304,35 @@ struct ServerCommand: AsyncParsableCommand {
         try await group.run()
         lines.finish()
         await printer.value
-        Stream.out.line("cancelled")
-        Stream.out.line(server.statistics.summaryLine(lostLines: lines.lostLines))
+        let statistics = server.statistics
+        self.say(format, "cancelled", "cancelled", [])
+        self.say(format, "summary", statistics.summaryLine(lostLines: lines.lostLines), statistics.fields)
     }
 }
 
-extension ServerEvent {
-    /// The line printed for the event, in the article's `name: key=value` form.
-    var line: String {
-        switch self {
-        case .received(let bytes, let from):
-            return "packet-received: bytes=\(bytes) from=\(from.hostPortDescription)"
-        case .echoed(let bytes, let to):
-            return "packet-written: bytes=\(bytes) to=\(to.hostPortDescription)"
-        case .dropped(let bytes, let peer, let reason, let code):
-            let cause = code.map { " error=\"\(String(cString: strerror($0)))\"" } ?? ""
-            return "packet-dropped: bytes=\(bytes) to=\(peer.hostPortDescription) reason=\(reason)\(cause)"
-        case .receiveError(let code):
-            return "receive-error: error=\"\(String(cString: strerror(code)))\" (the server goes on)"
-        case .notShown(let datagrams, let interval):
-            return
-                "packets-not-shown: count=\(datagrams) in=\(interval.shortDescription) (served and counted; --lines-per-second sets the limit)"
+extension ServerCommand {
+    /// A line of the server's own: as text, or as a JSON object with `event` and `fields`.
+    fileprivate func say(_ format: LogFormat, _ event: String, _ text: String, _ fields: [(String, String)]) {
+        if format == .text {
+            Stream.out.line(text)
+        } else {
+            Stream.out.line(EventRecord(level: .notice, name: event, fields: fields).json())
         }
     }
 }
 
 extension EchoServerStatistics {
+    /// Every counter as a field, for the JSON summary.
+    var fields: [(String, String)] {
+        var fields = [
+            ("received", "\(self.received)"), ("echoed", "\(self.echoed)"), ("dropped", "\(self.dropped)"),
+            ("bytes-received", "\(self.receivedBytes)"), ("bytes-echoed", "\(self.echoedBytes)"),
+            ("receive-errors", "\(self.receiveErrors)"),
+        ]
+        for reason in DropReason.allCases { fields.append(("dropped-\(reason)", "\(self.drops[reason, default: 0])")) }
+        return fields
+    }
+
     /// One line with every counter, printed when the server stops.
     func summaryLine(lostLines: Int) -> String {
         var text = "summary: received=\(self.received) echoed=\(self.echoed) dropped=\(self.dropped)"

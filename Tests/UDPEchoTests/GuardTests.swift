@@ -1,10 +1,12 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import NIOCore
 import TestSupport
 import Testing
+
 @testable import UDPEcho
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Each guard with a datagram it must drop and one it must let through, over real sockets where the kernel can
 /// deliver such a datagram, and on the guard itself where it cannot (the kernel drops multicast or broadcast
@@ -12,7 +14,8 @@ import Testing
 @Suite struct GuardTests {
     /// Sends `payload` from `socket`, then a marker from `marker` which must be answered; once the marker's reply is
     /// back, the server (one thread) has decided about the first datagram too. Returns whether it was answered.
-    func answered(_ socket: TestSocket, _ payload: [UInt8], to server: SocketAddress, marker: TestSocket) async -> Bool {
+    func answered(_ socket: TestSocket, _ payload: [UInt8], to server: SocketAddress, marker: TestSocket) async -> Bool
+    {
         socket.send(payload, to: server)
         marker.send([0x4d], to: server)
         _ = await marker.receive()
@@ -37,7 +40,8 @@ import Testing
     }
 
     @Test func dropsDeniedSourcePortsAndThatListCanChange() async throws {
-        let guarded = try await withServer(try self.server(GuardConfiguration(deniedSourcePorts: [2049, 5555]))) { server in
+        let guarded = try await withServer(try self.server(GuardConfiguration(deniedSourcePorts: [2049, 5555]))) {
+            server in
             let marker = try TestSocket()
             let nfs = try TestSocket(port: 2049)
             #expect(await !self.answered(nfs, [1], to: server.localAddress, marker: marker))
@@ -71,9 +75,15 @@ import Testing
         )
         let server = try await withServer(try self.server(guards)) { server in
             let marker = try TestSocket(host: "127.0.0.1")
-            #expect(await self.answered(try TestSocket(host: "127.0.0.2"), [1], to: server.localAddress, marker: marker))
-            #expect(await !self.answered(try TestSocket(host: "127.0.0.3"), [1], to: server.localAddress, marker: marker))
-            #expect(await !self.answered(try TestSocket(host: "127.0.1.1"), [1], to: server.localAddress, marker: marker))
+            #expect(
+                await self.answered(try TestSocket(host: "127.0.0.2"), [1], to: server.localAddress, marker: marker)
+            )
+            #expect(
+                await !self.answered(try TestSocket(host: "127.0.0.3"), [1], to: server.localAddress, marker: marker)
+            )
+            #expect(
+                await !self.answered(try TestSocket(host: "127.0.1.1"), [1], to: server.localAddress, marker: marker)
+            )
             return server
         }
         #expect(server.statistics.drops[.denied] == 2)
@@ -159,7 +169,12 @@ import Testing
 
     // MARK: Sources the kernel never delivers, on the guard itself
 
-    func check(_ guardState: inout SourceGuard, _ host: String, port: Int = 40000, arrivedOnLoopback: Int32 = 0) throws
+    func check(
+        _ guardState: inout SourceGuard,
+        _ host: String,
+        port: Int = 40000,
+        arrivedOnLoopback: Int32 = 0
+    ) throws
         -> DropReason?
     {
         let address = try SocketAddress(ipAddress: host, port: port)
@@ -169,7 +184,11 @@ import Testing
     }
 
     @Test func impossibleSourcesAreDropped() throws {
-        var guardState = SourceGuard(GuardConfiguration(), localAddress: try SocketAddress(ipAddress: "0.0.0.0", port: 7), threads: 1)
+        var guardState = SourceGuard(
+            GuardConfiguration(),
+            localAddress: try SocketAddress(ipAddress: "0.0.0.0", port: 7),
+            threads: 1
+        )
         for source in ["224.0.0.1", "239.1.2.3", "255.255.255.255", "0.0.0.0", "0.1.2.3", "ff02::1", "::"] {
             #expect(try self.check(&guardState, source) == .sourceAddress, "\(source)")
         }

@@ -79,13 +79,16 @@ func startPythonServer(_ mode: String) async throws -> (Spawned, Int) {
     return (server, Int(line)!)
 }
 
-/// Starts `udpecho server` with `arguments` and returns it with the port from its start line.
+/// Starts `udpecho server` with `arguments` and returns it with the port from its start line (text or JSON).
 func startServer(_ arguments: [String]) async throws -> (Spawned, Int) {
     let server = try Spawned(udpecho, ["server"] + arguments)
-    guard let line = await server.waitForLine({ $0.hasPrefix("running as a server on ") }) else {
+    guard let line = await server.waitForLine({ $0.hasPrefix("running as a server on ") || $0.contains("\"running\"") })
+    else {
         throw StartError(output: server.errorText)
     }
-    return (server, Int(line.split(separator: ":").last!)!)
+    let port = line.firstMatch(of: /:(\d+)[\s"(]|:(\d+)$/).flatMap { Int($0.1 ?? $0.2 ?? "") }
+    guard let port else { throw StartError(output: "no port in: \(line)") }
+    return (server, port)
 }
 
 struct StartError: Error, CustomStringConvertible {

@@ -1,15 +1,20 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import NIOCore
 import TestSupport
 import Testing
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Fetches http://ADDRESS/metrics with Python's standard library (an independent HTTP client).
 func scrape(_ url: String) async throws -> [String: Double] {
     let result = try await Spawned.run(
-        python, ["python3", "-c", "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())", url]
+        python,
+        [
+            "python3", "-c", "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())",
+            url,
+        ]
     )
     var samples: [String: Double] = [:]
     for line in result.lines where !line.hasPrefix("#") && !line.isEmpty {
@@ -67,10 +72,16 @@ let pythonSocketActivation = """
     }
 
     @Test func servesASocketPassedTheWaySystemdDoes() async throws {
-        let launched = try Spawned(python, ["python3", "-c", pythonSocketActivation, udpecho, "server", "--address", ":1"])
+        let launched = try Spawned(
+            python,
+            ["python3", "-c", pythonSocketActivation, udpecho, "server", "--address", ":1"]
+        )
         let portLine = try #require(await launched.waitForLine { Int($0) != nil })
         let port = Int(portLine)!
-        let start = try #require(await launched.waitForLine { $0.hasPrefix("running as a server") }, "\(launched.errorText)")
+        let start = try #require(
+            await launched.waitForLine { $0.hasPrefix("running as a server") },
+            "\(launched.errorText)"
+        )
         #expect(start == "running as a server on 127.0.0.1:\(port) (socket activation: 1 socket)")
         let client = try TestSocket(connectTo: try SocketAddress(ipAddress: "127.0.0.1", port: port))
         client.send(pattern(4097))
@@ -95,5 +106,43 @@ let pythonSocketActivation = """
         #expect(result.status == 1)
         #expect(result.error.contains("descriptor 3"))
         #expect(result.error.contains("UDP socket"))
+    }
+
+    @Test func jsonLogsAreOneObjectPerLine() async throws {
+        let (server, port) = try await startServer(["--address", "127.0.0.1:0", "--log-format", "json"])
+        let client = try await Spawned.run(udpecho, ["client", "--address", "127.0.0.1:\(port)"], input: [1, 2, 3, 4])
+        #expect(client.status == 0)
+        #expect(await server.waitForLine { $0.contains("packet-written") } != nil)
+        server.signal(SIGINT)
+        #expect(await server.waitForExit() == 0)
+        let objects = try jsonObjects(server.outputLines)
+        #expect(
+            objects.map { $0["event"] as? String } == [
+                "running", "packet-received", "packet-written", "cancelled", "summary",
+            ]
+        )
+        #expect(objects[1]["bytes"] as? Int == 4)
+        #expect((objects[1]["from"] as? String)?.hasPrefix("127.0.0.1:") == true)
+        #expect(objects[1]["level"] as? String == "info")
+        #expect(objects[4]["received"] as? Int == 1 && objects[4]["echoed"] as? Int == 1)
+        #expect(objects.allSatisfy { ($0["time"] as? String)?.hasPrefix("20") == true })
+    }
+
+    @Test func logLevelWarningHidesPacketLinesButNotDrops() async throws {
+        let (server, port) = try await startServer([
+            "--address", "127.0.0.1:0", "--log-level", "warning", "--max-size", "10",
+        ])
+        let client = try TestSocket(connectTo: try SocketAddress(ipAddress: "127.0.0.1", port: port))
+        client.send([1, 2, 3])
+        #expect(await client.receive()?.bytes == [1, 2, 3])
+        client.send(pattern(11))
+        #expect(
+            await server.waitForLine { $0.hasPrefix("packet-dropped") }
+                == "packet-dropped: bytes=11 to=127.0.0.1:\(client.localAddress.port!) reason=oversize"
+        )
+        server.signal(SIGINT)
+        #expect(await server.waitForExit() == 0)
+        #expect(!server.outputLines.contains { $0.hasPrefix("packet-received") || $0.hasPrefix("packet-written") })
+        #expect(server.outputLines.last?.hasPrefix("summary: received=2 echoed=1 dropped=1 (oversize=1)") == true)
     }
 }
