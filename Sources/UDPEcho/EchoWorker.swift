@@ -154,10 +154,13 @@ final class EchoWorker: @unchecked Sendable {
     /// Drops the datagrams of the batch that a guard catches.
     private func applyGuards(_ count: Int) {
         let now = cudpecho_now_ns()
+        // A local copy for the loop: no exclusivity check on the class's property per datagram.
+        var sourceGuard = self.sourceGuard
+        defer { self.sourceGuard = sourceGuard }
         for index in 0..<count where !self.batchHasDrops || self.outcomes[index] == 0 {
             var length: socklen_t = 0
             let peer = cudpecho_batch_peer(self.batch, Int32(index), &length)!
-            let reason = self.sourceGuard.check(
+            let reason = sourceGuard.check(
                 peer: peer,
                 size: cudpecho_batch_length(self.batch, Int32(index)),
                 arrivedOnLoopback: cudpecho_batch_arrived_on_loopback(self.batch, Int32(index)),
@@ -166,7 +169,7 @@ final class EchoWorker: @unchecked Sendable {
             )
             if let reason { self.drop(index, count, reason, errno: 0) }
         }
-        if let table = self.sourceGuard.table {
+        if let table = sourceGuard.table {
             self.counters.set(.rateTableEntries, table.count)
             self.counters.set(.rateTableEvictions, table.evictions)
         }

@@ -1,5 +1,10 @@
-import Foundation
 import Histogram
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
 
 extension RoundTripTimes {
     /// The percentile distribution in HdrHistogram's text format (`.hgrm`), in milliseconds, which HdrHistogram's
@@ -48,9 +53,11 @@ extension RoundTripTimes {
             """
         for tick in 0...Int(maximumX) {
             let x = px(Double(tick))
+            // 0%, 90%, 99%, 99.9%, 99.99%...
             let label =
                 tick == 0
-                ? "0%" : String(100 - 100 / pow(10, Double(tick))).replacingOccurrences(of: ".0", with: "") + "%"
+                ? "0%"
+                : (tick == 1 ? "90" : "99" + (tick > 2 ? "." + String(repeating: "9", count: tick - 2) : "")) + "%"
             svg += "<line x1=\"\(x)\" y1=\"\(top)\" x2=\"\(x)\" y2=\"\(top + plotHeight)\" stroke=\"#ddd\"/>\n"
             svg += "<text x=\"\(x)\" y=\"\(top + plotHeight + 18)\" text-anchor=\"middle\">\(label)</text>\n"
         }
@@ -83,12 +90,27 @@ extension RoundTripTimes {
         return 10 * magnitude
     }
 
+    /// A number with at most three decimals and no trailing zeros: 412.5, 0.125, 70.
     private static func format(_ value: Double) -> String {
-        String(format: "%.3g", value)
+        let thousandths = Int64((value * 1000).rounded())
+        let whole = thousandths / 1000
+        var fraction = String(abs(thousandths % 1000))
+        fraction = String(repeating: "0", count: 3 - fraction.count) + fraction
+        while fraction.hasSuffix("0") { fraction.removeLast() }
+        let sign = thousandths < 0 && whole == 0 ? "-" : ""
+        return fraction.isEmpty ? "\(sign)\(whole)" : "\(sign)\(whole).\(fraction)"
     }
 
     private static func escape(_ text: String) -> String {
-        text.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;")
-            .replacingOccurrences(of: ">", with: "&gt;")
+        var escaped = ""
+        for character in text {
+            switch character {
+            case "&": escaped += "&amp;"
+            case "<": escaped += "&lt;"
+            case ">": escaped += "&gt;"
+            default: escaped.append(character)
+            }
+        }
+        return escaped
     }
 }

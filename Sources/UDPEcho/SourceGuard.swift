@@ -98,8 +98,10 @@ public struct RateLimit: Sendable, Equatable {
 struct SourceGuard {
     private let configuration: GuardConfiguration
     private let localPort: Int
-    private let localAddresses: Set<IPKey>
-    private let broadcastAddresses: Set<IPKey>
+    private let localAddresses: [IPKey]
+    private let broadcastAddresses: [IPKey]
+    /// One bit per source port: dropped (below the minimum, or denied).
+    private let blockedPorts: [UInt64]
     /// Whether the socket's own address is loopback; nil for a wildcard socket (the kernel then says, per datagram).
     private let boundToLoopback: Bool?
     private(set) var table: RateTable?
@@ -110,8 +112,14 @@ struct SourceGuard {
         self.configuration = configuration
         self.localPort = localAddress.port ?? 0
         let interfaces = InterfaceAddresses.current()
-        self.localAddresses = interfaces.addresses
-        self.broadcastAddresses = interfaces.broadcasts
+        self.localAddresses = Array(interfaces.addresses)
+        self.broadcastAddresses = Array(interfaces.broadcasts)
+        var blocked = [UInt64](repeating: 0, count: 1024)
+        for port in 0..<65536
+        where port < configuration.minimumSourcePort || configuration.deniedSourcePorts.contains(port) {
+            blocked[port >> 6] |= 1 << UInt64(port & 63)
+        }
+        self.blockedPorts = blocked
         self.boundToLoopback = localAddress.isUnspecified ? nil : TargetPolicy.isLoopback(localAddress)
         if let limit = configuration.rateLimit {
             self.table = RateTable(limit)
@@ -142,9 +150,7 @@ struct SourceGuard {
         let port = Int(
             UInt16(bigEndian: peer.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee.sin_port })
         )
-        if port < self.configuration.minimumSourcePort || self.configuration.deniedSourcePorts.contains(port) {
-            return .sourcePort
-        }
+        if self.blockedPorts[port >> 6] & (1 << UInt64(port & 63)) != 0 { return .sourcePort }
         guard let source = IPKey(peer) else { return .sourceAddress }
         let loopback = source.isLoopback
         if self.configuration.addressChecks {

@@ -184,7 +184,7 @@ struct ServerCommand: AsyncParsableCommand {
     private func guards() throws -> GuardConfiguration {
         var ports = Set<Int>()
         for text in self.denySourcePorts.split(separator: ",") {
-            guard let port = Int(text.trimmingCharacters(in: .whitespaces)), (1...65535).contains(port) else {
+            guard let port = Int(text.filter { $0 != " " }), (1...65535).contains(port) else {
                 throw ValidationError("--deny-source-ports: '\(text)' is not a port from 1 to 65535")
             }
             ports.insert(port)
