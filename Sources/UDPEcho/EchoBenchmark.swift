@@ -18,6 +18,7 @@ public enum EchoBenchmark {
         case rate(Double)
     }
 
+    /// What to load, how, and for how long.
     public struct Configuration: Sendable {
         /// The echo server.
         public var target: SocketAddress
@@ -27,6 +28,7 @@ public enum EchoBenchmark {
         public var size: Int
         /// Sockets, each its own source port (and so its own flow through the kernel and the server).
         public var flows: Int
+        /// Closed or open loop, and how much.
         public var load: Load
         /// Stop after this many requests, if that comes before the duration.
         public var count: Int?
@@ -35,6 +37,7 @@ public enum EchoBenchmark {
         /// Allow a target that is neither loopback nor this host's.
         public var allowRemote: Bool
 
+        /// A configuration; see each property. The defaults are a closed loop of 4 flows x 32 for 10 s.
         public init(
             target: SocketAddress,
             duration: Duration = .seconds(10),
@@ -84,8 +87,11 @@ public enum EchoBenchmark {
         }
     }
 
+    /// What a run measured.
     public struct Result: Sendable {
+        /// What happened to the requests.
         public var counts: ProbeCounts
+        /// The round-trip times of the matched replies.
         public var times: RoundTripTimes
         /// Time from the first request to the last reply or loss.
         public var elapsed: Duration

@@ -9,6 +9,7 @@ public import NIOCore
 /// print(result.counts.received, "of", result.counts.sent)
 /// ```
 public enum EchoPinger {
+    /// What to ping, how often and how long to wait.
     public struct Configuration: Sendable {
         /// The echo server.
         public var target: SocketAddress
@@ -21,6 +22,7 @@ public enum EchoPinger {
         /// How long to wait for each reply before counting the probe as lost.
         public var timeout: Duration
 
+        /// A configuration; the defaults are ping's: a probe a second of 64 bytes, until cancelled.
         public init(
             target: SocketAddress,
             count: Int? = nil,

@@ -226,7 +226,7 @@ public final class EchoServer: Service, Sendable {
             guard state == .idle else { throw .alreadyRunning }
             state = .running
         }
-        self.logger.info(
+        self.logger.debug(
             "serving",
             metadata: ["address": "\(self.localAddress.hostPortDescription)", "threads": "\(self.workers.count)"]
         )
@@ -252,7 +252,7 @@ public final class EchoServer: Service, Sendable {
         }
         for socket in self.sockets { socket.close() }
         self.state.withLock { $0 = .finished }
-        self.logger.info("stopped", metadata: ["address": "\(self.localAddress.hostPortDescription)"])
+        self.logger.debug("stopped", metadata: ["address": "\(self.localAddress.hostPortDescription)"])
     }
 
     /// Asks the serving threads to finish: they stop reading and send what they hold. Shutting a socket down for

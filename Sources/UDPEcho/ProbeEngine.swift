@@ -35,16 +35,19 @@ public struct ProbeCounts: Sendable, Equatable, Codable {
 
 /// Round-trip times of a run: an HdrHistogram in nanoseconds, and exact minimum, maximum, mean and deviation.
 public struct RoundTripTimes: Sendable {
-    /// Every matched reply's round-trip time, in nanoseconds, 3 significant digits.
+    /// Every matched reply's round-trip time, in nanoseconds, to 3 significant digits, up to an hour.
     public var histogram = Histogram<UInt64>(
         highestTrackableValue: 3_600_000_000_000,
         numberOfSignificantValueDigits: .three
     )
+    /// The shortest time recorded, in nanoseconds (`Int64.max` before any).
     public private(set) var minimum: Int64 = .max
+    /// The longest time recorded, in nanoseconds.
     public private(set) var maximum: Int64 = 0
     private var sum: Double = 0
     private var sumOfSquares: Double = 0
 
+    /// No times yet.
     public init() {}
 
     mutating func record(_ nanoseconds: Int64) {
@@ -97,6 +100,7 @@ public struct ProbeProgress: Sendable {
     public var elapsed: Duration
     /// Matched replies in the last interval, per second.
     public var echoesPerSecond: Double
+    /// The counts so far.
     public var counts: ProbeCounts
     /// The 99th percentile of the round-trip times so far, in nanoseconds.
     public var p99: Int64

@@ -35,6 +35,7 @@ public struct GuardConfiguration: Sendable {
     /// and local load tests must not be throttled.
     public var limitLoopback: Bool
 
+    /// The guards; the defaults are on and generous (see each property).
     public init(
         minimumSourcePort: Int = 1024,
         deniedSourcePorts: Set<Int> = [2049],
@@ -72,13 +73,18 @@ public struct GuardConfiguration: Sendable {
 /// `burst`. The table of sources has a fixed size: when it is full, the source seen longest ago is forgotten, so a
 /// flood from millions of spoofed sources cannot exhaust memory (the global budget bounds that flood instead).
 public struct RateLimit: Sendable, Equatable {
+    /// Replies per second per source.
     public var perSecond: Double
+    /// Replies a source may get at once after being quiet.
     public var burst: Double
+    /// Bits of an IPv4 address that make one source.
     public var ipv4PrefixLength: Int
+    /// Bits of an IPv6 address that make one source.
     public var ipv6PrefixLength: Int
     /// Sources remembered per serving thread.
     public var tableSize: Int
 
+    /// A rate limit; the default is generous: 10000 replies a second per source, bursts of 20000.
     public init(
         perSecond: Double = 10_000,
         burst: Double = 20_000,

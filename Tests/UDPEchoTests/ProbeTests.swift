@@ -14,7 +14,8 @@ import Testing
                 size: 100,
                 flows: 3,
                 load: .window(8),
-                count: 20_000
+                count: 20_000,
+                lossTimeout: .seconds(10)  // generous: a loaded machine may start the server late
             )
             let result = try await EchoBenchmark.run(configuration)
             #expect(result.counts.sent == 20_000)
@@ -33,7 +34,8 @@ import Testing
                 target: try clientAddress(of: server),
                 duration: .milliseconds(500),
                 flows: 2,
-                load: .rate(2000)
+                load: .rate(2000),
+                lossTimeout: .seconds(10)
             )
             let result = try await EchoBenchmark.run(configuration)
             // 2000/s for 0.5 s: the probes scheduled at 0, 0.5 ms, ... 499.5 ms.
@@ -78,7 +80,13 @@ import Testing
     @Test func percentileDistributionParsesBack() async throws {
         try await withServer { server in
             let result = try await EchoBenchmark.run(
-                .init(target: try clientAddress(of: server), flows: 1, load: .window(4), count: 5000)
+                .init(
+                    target: try clientAddress(of: server),
+                    flows: 1,
+                    load: .window(4),
+                    count: 5000,
+                    lossTimeout: .seconds(10)
+                )
             )
             let rows = result.times.percentileDistribution().split(separator: "\n").compactMap { line -> [Double]? in
                 let fields = line.split(separator: " ").compactMap { Double($0) }
@@ -99,7 +107,13 @@ import Testing
         try await withServer { server in
             let events = Mutex<[ProbeEvent]>([])
             let result = try await EchoPinger.run(
-                .init(target: try clientAddress(of: server), count: 5, interval: .milliseconds(5), size: 100)
+                .init(
+                    target: try clientAddress(of: server),
+                    count: 5,
+                    interval: .milliseconds(5),
+                    size: 100,
+                    timeout: .seconds(10)
+                )
             ) { event in events.withLock { $0.append(event) } }
             let sequences = events.withLock { $0 }.compactMap { event -> UInt64? in
                 if case .reply(let sequence, 100, let roundTrip, false) = event, roundTrip > 0 { sequence } else { nil }
