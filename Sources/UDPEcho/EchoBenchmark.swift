@@ -60,13 +60,7 @@ public enum EchoBenchmark {
 
         /// Checks every setting; throws ``EchoError`` naming the one that is out of range.
         public func validate() throws(EchoError) {
-            let maximum = self.target.maximumDatagramPayload
-            guard (ProbeEngine.headerSize...maximum).contains(self.size) else {
-                throw .invalidConfiguration(
-                    "the size \(self.size) is out of range: a request carries a 16-byte sequence number and timestamp, "
-                        + "and one datagram to \(self.target.hostPortDescription) holds at most \(maximum) bytes"
-                )
-            }
+            try ProbeEngine.validate(size: self.size, target: self.target)
             guard (1...1024).contains(self.flows) else {
                 throw .invalidConfiguration("\(self.flows) flows is out of range: give 1 to 1024")
             }

@@ -39,13 +39,7 @@ public enum EchoPinger {
 
         /// Checks every setting; throws ``EchoError`` naming the one that is out of range.
         public func validate() throws(EchoError) {
-            let maximum = self.target.maximumDatagramPayload
-            guard (ProbeEngine.headerSize...maximum).contains(self.size) else {
-                throw .invalidConfiguration(
-                    "the size \(self.size) is out of range: a probe carries a 16-byte sequence number and timestamp, "
-                        + "and one datagram to \(self.target.hostPortDescription) holds at most \(maximum) bytes"
-                )
-            }
+            try ProbeEngine.validate(size: self.size, target: self.target)
             guard self.interval >= .microseconds(1) else {
                 throw .invalidConfiguration("the interval must be at least 1us")
             }

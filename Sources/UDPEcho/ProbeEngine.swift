@@ -135,6 +135,17 @@ final class ProbeEngine {
     }
 
     static let headerSize = 16
+
+    /// Throws unless `size` holds a probe's header and fits one datagram to `target`.
+    static func validate(size: Int, target: SocketAddress) throws(EchoError) {
+        let maximum = target.maximumDatagramPayload
+        guard (Self.headerSize...maximum).contains(size) else {
+            throw .invalidConfiguration(
+                "the size \(size) is out of range: a probe carries a 16-byte sequence number and timestamp, "
+                    + "and one datagram to \(target.hostPortDescription) holds at most \(maximum) bytes"
+            )
+        }
+    }
     private static let batchSize = 64
     private static let noDeadline = Int64.max
 

@@ -8,7 +8,7 @@ import Glibc
 
 /// Two test hosts of our own: network namespaces joined by a veth pair, made and removed by the test. Traffic
 /// between them never leaves this machine.
-struct TestNetwork {
+struct TestNetwork: NamespaceHosts {
     static let ip = "/usr/sbin/ip"
     static var available: Bool {
         geteuid() == 0 && FileManager.default.isExecutableFile(atPath: ip)
@@ -41,18 +41,37 @@ struct TestNetwork {
                 "burst", "1600", "latency", "60s",
             ],
         ]
-        for command in commands {
-            let result = try await Spawned.run(Self.ip, command)
-            if result.status != 0 {
-                await self.remove()
-                throw SetupError(description: "ip \(command.joined(separator: " ")) failed: \(result.error)")
-            }
-        }
+        try await setUp(commands, namespaces: self.namespaces)
     }
 
+    var namespaces: [String] { [self.server, self.client] }
+}
+
+/// Test hosts made of network namespaces, removed when the test is done with them.
+protocol NamespaceHosts {
+    var namespaces: [String] { get }
+}
+
+extension NamespaceHosts {
     func remove() async {
-        _ = try? await Spawned.run(Self.ip, ["netns", "del", self.server])
-        _ = try? await Spawned.run(Self.ip, ["netns", "del", self.client])
+        await removeNamespaces(self.namespaces)
+    }
+}
+
+/// Runs the `ip` commands that make test hosts; if one fails, removes what was made and says which failed.
+func setUp(_ commands: [[String]], namespaces: [String]) async throws {
+    for command in commands {
+        let result = try await Spawned.run(TestNetwork.ip, command)
+        if result.status != 0 {
+            await removeNamespaces(namespaces)
+            throw SetupError(description: "ip \(command.joined(separator: " ")) failed: \(result.error)")
+        }
+    }
+}
+
+func removeNamespaces(_ namespaces: [String]) async {
+    for namespace in namespaces {
+        _ = try? await Spawned.run(TestNetwork.ip, ["netns", "del", namespace])
     }
 }
 
@@ -63,7 +82,7 @@ struct SetupError: Error, CustomStringConvertible {
 /// One test host of our own with a firewall: a network namespace with only loopback, and an nftables table whose
 /// output chain (drops there fail the sender's call with EPERM) and input chain (drops there are silent, as losses
 /// in a network are) the test fills.
-struct FirewalledHost {
+struct FirewalledHost: NamespaceHosts {
     static var available: Bool {
         TestNetwork.available && FileManager.default.isExecutableFile(atPath: "/usr/sbin/nft")
     }
@@ -84,18 +103,10 @@ struct FirewalledHost {
                 "{ type filter hook input priority 0; }",
             ],
         ]
-        for command in commands {
-            let result = try await Spawned.run(TestNetwork.ip, command)
-            if result.status != 0 {
-                await self.remove()
-                throw SetupError(description: "ip \(command.joined(separator: " ")) failed: \(result.error)")
-            }
-        }
+        try await setUp(commands, namespaces: self.namespaces)
     }
 
-    func remove() async {
-        _ = try? await Spawned.run(TestNetwork.ip, ["netns", "del", self.name])
-    }
+    var namespaces: [String] { [self.name] }
 }
 
 /// Inside the firewalled host: client A's replies are forbidden by a rule made after it bound its port; client B is
@@ -130,7 +141,7 @@ let pythonForbiddenPeer = """
                 ]
             )
             let start = try #require(
-                await server.waitForLine { $0.hasPrefix("running as a server on") },
+                await server.waitForLine { line in line.hasPrefix("running as a server on") },
                 "\(server.errorText)"
             )
             let port = start.split(separator: ":").last!
@@ -142,12 +153,15 @@ let pythonForbiddenPeer = """
                 ]
             )
             #expect(burst.lines == ["sent 40"], "\(burst.error)")
-            let dropped = await server.waitForLine { $0.contains("reason=write-timeout") }
+            let dropped = await server.waitForLine { line in line.contains("reason=write-timeout") }
             #expect(
                 dropped?.wholeMatch(of: /packet-dropped: bytes=1400 to=192\.0\.2\.2:\d+ reason=write-timeout .*/) != nil
             )
             // Every datagram is accounted for, as echoed or dropped; none silently lost in the server.
-            #expect(await server.waitForLine { $0.hasPrefix("packet-received") && $0.contains("bytes=1400") } != nil)
+            #expect(
+                await server.waitForLine { line in line.hasPrefix("packet-received") && line.contains("bytes=1400") }
+                    != nil
+            )
             server.signal(SIGINT)
             #expect(await server.waitForExit() == 0)
             let summary = try #require(server.outputLines.last)
@@ -176,18 +190,19 @@ let pythonForbiddenPeer = """
                 TestNetwork.ip,
                 ["netns", "exec", host.name, udpecho, "server", "--address", "127.0.0.1:0", "--threads", "1"]
             )
-            let start = try #require(await server.waitForLine { $0.hasPrefix("running as a server on") })
+            let start = try #require(await server.waitForLine { line in line.hasPrefix("running as a server on") })
             let port = start.split(separator: ":").last!
             let peer = try await Spawned.run(
                 TestNetwork.ip,
                 ["netns", "exec", host.name, "python3", "-c", pythonForbiddenPeer, "\(port)"]
             )
             #expect(peer.lines == ["B got allowed"], "\(peer.error)")
-            let dropped = await server.waitForLine { $0.hasPrefix("packet-dropped") }
+            let dropped = await server.waitForLine { line in line.hasPrefix("packet-dropped") }
             #expect(
                 dropped?.wholeMatch(
                     of: /packet-dropped: bytes=7 to=127\.0\.0\.1:\d+ reason=forbidden error="Operation not permitted"/
-                ) != nil
+                ) != nil,
+                "\(String(describing: dropped)) \(server.outputLines)"
             )
             server.signal(SIGTERM)
             #expect(await server.waitForExit() == 0)
@@ -209,7 +224,7 @@ let pythonForbiddenPeer = """
                 TestNetwork.ip,
                 ["netns", "exec", host.name, udpecho, "server", "--address", "127.0.0.1:0", "--quiet"]
             )
-            let start = try #require(await server.waitForLine { $0.hasPrefix("running as a server on") })
+            let start = try #require(await server.waitForLine { line in line.hasPrefix("running as a server on") })
             let port = String(start.split(separator: ":").last!)
             let rule = try await Spawned.run(
                 TestNetwork.ip,
