@@ -195,6 +195,22 @@ func jsonObjects(_ lines: [String]) throws -> [[String: Any]] {
         await server.waitForExit()
     }
 
+    /// On a terminal (a pseudo-terminal made by script(1)), a progress line is rewritten once a second.
+    @Test(
+        .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/script"), "needs script(1) for a terminal")
+    )
+    func showsProgressOnATerminal() async throws {
+        let (server, port) = try await startServer(["--address", "127.0.0.1:0", "--quiet"])
+        let command = "\(udpecho) bench 127.0.0.1:\(port) --duration 2500ms --rate 1000"
+        let result = try await Spawned.run("/usr/bin/script", ["-q", "-e", "-c", command, "/dev/null"])
+        #expect(result.status == 0, "\(result.error)")
+        let text = String(decoding: result.output, as: UTF8.self)
+        #expect(text.contains(/\r1s  \d+ echoes\/s  loss 0%  p99 \d+\.\d{3} ms/), "\(text)")
+        #expect(text.contains(/\r2s  \d+ echoes\/s/))
+        server.signal(SIGINT)
+        await server.waitForExit()
+    }
+
     @Test func refusesARemoteTargetWith2() async throws {
         let result = try await Spawned.run(udpecho, ["bench", "192.0.2.1:7", "--duration", "1s"])
         #expect(result.status == 2)
