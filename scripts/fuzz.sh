@@ -11,7 +11,7 @@ ours=$(swift build -c release --package-path "$here" --show-bin-path)/udpecho
 log=$(mktemp)
 "$ours" server --address 127.0.0.1:0 --threads 2 --quiet --metrics 127.0.0.1:0 >"$log" 2>&1 &
 server=$!
-trap 'kill -INT $server 2>/dev/null; wait $server 2>/dev/null; cat "$log"; rm -f "$log"' EXIT
+trap 'kill -INT $server 2>/dev/null || true; wait $server 2>/dev/null || true; tail -n 3 "$log"; rm -f "$log"' EXIT
 for _ in $(seq 50); do grep -q "^metrics on" "$log" && break; sleep 0.1; done
 port=$(sed -n 's/^running as a server on .*:\([0-9]*\)$/\1/p' "$log")
 url=$(sed -n 's/^metrics on //p' "$log")

@@ -16,7 +16,7 @@ log=$(mktemp)
 "$ours" server --address 127.0.0.1:0 --quiet --limit-loopback --rate-limit 1000000 --rate-table 1024 >"$log" 2>&1 &
 server=$!
 pids=()
-trap 'kill "${pids[@]}" 2>/dev/null; kill -INT $server 2>/dev/null; wait $server 2>/dev/null; tail -n 2 "$log"; rm -f "$log"' EXIT
+trap 'kill "${pids[@]}" 2>/dev/null || true; kill -INT $server 2>/dev/null || true; wait $server 2>/dev/null || true; tail -n 2 "$log"; rm -f "$log"' EXIT
 for _ in $(seq 50); do grep -q "^running" "$log" && break; sleep 0.1; done
 port=$(sed -n 's/^running as a server on .*:\([0-9]*\)$/\1/p' "$log")
 
