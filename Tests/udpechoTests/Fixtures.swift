@@ -79,9 +79,15 @@ func startPythonServer(_ mode: String) async throws -> (Spawned, Int) {
     return (server, Int(line)!)
 }
 
-/// Starts `udpecho server` with `arguments` and returns it with the port from its start line (text or JSON).
-func startServer(_ arguments: [String]) async throws -> (Spawned, Int) {
-    let server = try Spawned(udpecho, ["server"] + arguments)
+/// Starts `udpecho server` with `arguments` (inside a network namespace if given) and returns it with the port from
+/// its start line (text or JSON).
+func startServer(_ arguments: [String], inNamespace namespace: String? = nil) async throws -> (Spawned, Int) {
+    let server =
+        if let namespace {
+            try Spawned("/usr/sbin/ip", ["netns", "exec", namespace, udpecho, "server"] + arguments)
+        } else {
+            try Spawned(udpecho, ["server"] + arguments)
+        }
     guard let line = await server.waitForLine({ $0.hasPrefix("running as a server on ") || $0.contains("\"running\"") })
     else {
         throw StartError(output: server.errorText)

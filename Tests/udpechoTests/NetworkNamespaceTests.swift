@@ -133,18 +133,13 @@ let pythonForbiddenPeer = """
     func dropsRepliesPastTheWriteDeadlineAndCountsThem() async throws {
         let network = try await TestNetwork()
         do {
-            let server = try Spawned(
-                TestNetwork.ip,
+            let (server, port) = try await startServer(
                 [
-                    "netns", "exec", network.server, udpecho, "server", "--address", "\(network.serverAddress):0",
-                    "--timeout", "200ms", "--send-buffer", "4096", "--threads", "1", "--lines-per-second", "0",
-                ]
+                    "--address", "\(network.serverAddress):0", "--timeout", "200ms", "--send-buffer", "4096",
+                    "--threads", "1", "--lines-per-second", "0",
+                ],
+                inNamespace: network.server
             )
-            let start = try #require(
-                await server.waitForLine { line in line.hasPrefix("running as a server on") },
-                "\(server.errorText)"
-            )
-            let port = start.split(separator: ":").last!
             let burst = try await Spawned.run(
                 TestNetwork.ip,
                 [
@@ -186,12 +181,10 @@ let pythonForbiddenPeer = """
     func aForbiddenReplyIsDroppedAndCountedAndOthersAreStillServed() async throws {
         let host = try await FirewalledHost()
         do {
-            let server = try Spawned(
-                TestNetwork.ip,
-                ["netns", "exec", host.name, udpecho, "server", "--address", "127.0.0.1:0", "--threads", "1"]
+            let (server, port) = try await startServer(
+                ["--address", "127.0.0.1:0", "--threads", "1"],
+                inNamespace: host.name
             )
-            let start = try #require(await server.waitForLine { line in line.hasPrefix("running as a server on") })
-            let port = start.split(separator: ":").last!
             let peer = try await Spawned.run(
                 TestNetwork.ip,
                 ["netns", "exec", host.name, "python3", "-c", pythonForbiddenPeer, "\(port)"]
@@ -220,16 +213,12 @@ let pythonForbiddenPeer = """
     func pingAndBenchSeeRandomLoss() async throws {
         let host = try await FirewalledHost()
         do {
-            let server = try Spawned(
-                TestNetwork.ip,
-                ["netns", "exec", host.name, udpecho, "server", "--address", "127.0.0.1:0", "--quiet"]
-            )
-            let start = try #require(await server.waitForLine { line in line.hasPrefix("running as a server on") })
-            let port = String(start.split(separator: ":").last!)
+            let (server, port) = try await startServer(["--address", "127.0.0.1:0", "--quiet"], inNamespace: host.name)
             let rule = try await Spawned.run(
                 TestNetwork.ip,
                 [
-                    "netns", "exec", host.name, "nft", "add", "rule", "inet", "udpecho", "in", "udp", "dport", port,
+                    "netns", "exec", host.name, "nft", "add", "rule", "inet", "udpecho", "in", "udp", "dport",
+                    "\(port)",
                     "numgen", "random", "mod", "10", "<", "3", "drop",
                 ]
             )
