@@ -32,6 +32,16 @@ struct ServerCommand: AsyncParsableCommand {
             Ctrl-C (SIGINT) or SIGTERM stops reading, lets the replies in flight go out, and prints "cancelled" \
             and a summary of what was received, echoed and dropped.
 
+            Guards against echo loops, reflection and floods are on by default, each with its flag below: source \
+            ports below 1024 and 2049, impossible sources, the server's own endpoint, --allow/--deny lists, \
+            --max-size, a token bucket per source (loopback exempt unless --limit-loopback) and a global budget. \
+            Every drop is counted under its reason. Started by systemd with sockets (LISTEN_FDS), it serves those.
+
+            Examples:
+              udpecho server
+              udpecho server --address 127.0.0.1:7000 --quiet --metrics 127.0.0.1:9107
+              udpecho server --address :7 --rate-limit 100 --allow 192.0.2.0/24
+
             Exit codes: 0 stopped by a signal; 1 could not start (name not resolved, address in use, permission \
             denied); 64 usage error.
             """
