@@ -84,7 +84,6 @@ void cudpecho_batch_destroy(cudpecho_batch *batch) {
     free(batch);
 }
 
-int cudpecho_batch_count(const cudpecho_batch *batch) { return batch->count; }
 
 int cudpecho_batch_recv(int fd, cudpecho_batch *batch, int max, int wait) {
     if (max > batch->count) {
@@ -117,15 +116,6 @@ void cudpecho_batch_set_length(cudpecho_batch *batch, int i, size_t length) {
 const struct sockaddr *cudpecho_batch_peer(const cudpecho_batch *batch, int i, socklen_t *length) {
     *length = batch->messages[i].msg_hdr.msg_namelen;
     return (const struct sockaddr *)&batch->peers[i];
-}
-
-void cudpecho_batch_set_peer(cudpecho_batch *batch, int i, const struct sockaddr *address, socklen_t length) {
-    if (length > sizeof(struct sockaddr_storage)) {
-        length = sizeof(struct sockaddr_storage);
-    }
-    memcpy(&batch->peers[i], address, length);
-    batch->messages[i].msg_hdr.msg_namelen = length;
-    batch->messages[i].msg_hdr.msg_controllen = 0;
 }
 
 static int is_loopback_v6(const struct in6_addr *a) {

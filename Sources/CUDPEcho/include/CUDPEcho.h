@@ -17,7 +17,6 @@ typedef struct cudpecho_batch cudpecho_batch;
 /// Payload memory is reserved, not touched: small datagrams only ever touch the first page of a slot.
 cudpecho_batch *cudpecho_batch_create(int count, size_t slot_size);
 void cudpecho_batch_destroy(cudpecho_batch *batch);
-int cudpecho_batch_count(const cudpecho_batch *batch);
 
 /// Receives up to `max` datagrams. With `wait`, blocks until the first one arrives (or the socket's SO_RCVTIMEO
 /// passes) and then takes what is queued (MSG_WAITFORONE); without, never blocks. Returns how many messages arrived,
@@ -35,8 +34,6 @@ uint8_t *cudpecho_batch_payload(cudpecho_batch *batch, int i);
 void cudpecho_batch_set_length(cudpecho_batch *batch, int i, size_t length);
 /// Peer address of slot `i` and its length.
 const struct sockaddr *cudpecho_batch_peer(const cudpecho_batch *batch, int i, socklen_t *length);
-/// Sets the peer address of slot `i` (for sending).
-void cudpecho_batch_set_peer(cudpecho_batch *batch, int i, const struct sockaddr *address, socklen_t length);
 
 /// Turns what was received in slots [0, count) into replies: each goes back to its sender with the same payload,
 /// from the address it arrived on when that address is known (a single PKTINFO control message), else with none.
