@@ -303,6 +303,16 @@ final class ProbeEngine {
                 )
             }
         }
+        if !stop.load(ordering: .relaxed) {
+            // Every probe is answered or lost: a short grace period still counts duplicates and late replies that
+            // are on their way.
+            let graceEnd = cudpecho_now_ns() + min(self.lossTimeout, 50_000_000)
+            while case let now = cudpecho_now_ns(), now < graceEnd {
+                let ready = cudpecho_epoll_wait(self.epoll, &tokens, 64, graceEnd - now)
+                guard ready > 0 else { break }
+                for token in tokens[0..<Int(ready)] { self.drain(self.flows[Int(token)], onEvent: onEvent) }
+            }
+        }
         // Stopped: what is still in flight will not be waited for.
         for flow in self.flows {
             self.expire(flow, now: Self.noDeadline, onEvent: onEvent)

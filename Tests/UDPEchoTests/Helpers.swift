@@ -48,3 +48,13 @@ final class EventRecorder: Sendable {
 
     var all: [ServerEvent] { self.events.withLock { $0 } }
 }
+
+/// Guards for a test server on the wildcard address, which every loopback address reaches: only the test's own
+/// clients (on 127.0.0.1 and ::1) are answered. Otherwise a reply that another test's server sends to a client that has
+/// just closed could land here, if this server got the same port, and the two servers would echo it to each other
+/// forever: the loop of CVE-1999-0103, between two ephemeral ports that no guard can tell from clients.
+func ownClientsOnly() -> GuardConfiguration {
+    var guards = GuardConfiguration()
+    guards.allow = [try! IPPrefix(parsing: "127.0.0.1"), try! IPPrefix(parsing: "::1")]
+    return guards
+}
