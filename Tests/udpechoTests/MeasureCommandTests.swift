@@ -103,11 +103,13 @@ func jsonObjects(_ lines: [String]) throws -> [[String: Any]] {
         let (server, port) = try await startServer(["--address", "127.0.0.1:0", "--quiet"])
         let ping = try Spawned(udpecho, ["ping", "127.0.0.1:\(port)", "-i", "10ms"])
         #expect(await ping.waitForLine { $0.contains("seq=2 ") } != nil)
+        // The server goes first, so that no reply is on its way to the closed socket of a stopped ping (which another
+        // test's server might get the port of).
+        server.signal(SIGINT)
+        await server.waitForExit()
         ping.signal(SIGINT)
         #expect(await ping.waitForExit() == 0)
         #expect(ping.outputLines.contains { $0.contains("transmitted") && $0.contains("received") })
-        server.signal(SIGINT)
-        await server.waitForExit()
     }
 }
 
