@@ -255,6 +255,20 @@ import Glibc
         #expect(replies == server.statistics.echoed)
     }
 
+    @Test func sizesItsSocketBuffersAsConfigured() throws {
+        let server = try EchoServer(
+            configuration: .init(
+                address: HostAndPort(host: isolatedLoopback(), port: 0),
+                threads: 1,
+                receiveBufferSize: 1 << 20,
+                sendBufferSize: 256 << 10
+            )
+        )
+        // Linux reports twice the size asked for (its bookkeeping overhead).
+        #expect(server.socketBufferSizes.receive == 2 << 20)
+        #expect(server.socketBufferSizes.send == 512 << 10)
+    }
+
     @Test func bindErrorsSayWhatIsWrong() throws {
         let first = try EchoServer(configuration: .init(address: HostAndPort(host: "127.0.0.1", port: 0), threads: 1))
         let taken = HostAndPort(host: "127.0.0.1", port: first.localAddress.port!)
