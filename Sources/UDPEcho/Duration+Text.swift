@@ -62,13 +62,11 @@ extension Duration {
         return "\(nanoseconds)ns"
     }
 
-    /// The whole duration in nanoseconds (saturating at Int64 bounds).
+    /// The whole duration in nanoseconds (saturating past about 292 years).
     public var nanoseconds: Int64 {
         let (seconds, attoseconds) = self.components
-        let (product, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
-        if overflow { return seconds < 0 ? .min : .max }
-        return product.addingReportingOverflow(attoseconds / 1_000_000_000).overflow
-            ? .max : product + attoseconds / 1_000_000_000
+        guard abs(seconds) < 9_000_000_000 else { return seconds < 0 ? .min : .max }
+        return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
     }
 
     /// The duration in seconds, as a floating-point number.

@@ -213,7 +213,7 @@ final class EchoWorker: @unchecked Sendable {
             self.outcomes.update(repeating: 0, count: count)
             self.batchHasDrops = true
         }
-        self.outcomes[index] = UInt8(DropReason.allCases.firstIndex(of: reason)! + 1)
+        self.outcomes[index] = UInt8(reason.ordinal + 1)
         self.errnos[index] = errno
         self.counters.addDrop(reason)
     }
@@ -260,7 +260,7 @@ final class EchoWorker: @unchecked Sendable {
         }
         if self.settings.reporting == .all { onEvent(.received(bytes: bytes, from: peer)) }
         let code = self.errnos[index]
-        let reason = DropReason.allCases[Int(outcome) - 1]
+        let reason = DropReason.ordered[Int(outcome) - 1]
         onEvent(.dropped(bytes: bytes, peer: peer, reason: reason, errno: code == 0 ? nil : code))
     }
 
