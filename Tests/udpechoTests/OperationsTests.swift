@@ -39,6 +39,39 @@ let pythonSocketActivation = """
     os.execv(sys.argv[1], sys.argv[1:])
     """
 
+/// Scrapers as Prometheus replicas are: `n` keep-alive HTTP connections (Python's http.client, an independent
+/// client), each scraping as fast as it can for `seconds`. Prints the number of scrapes, the first error, and how
+/// often a counter went backwards between two scrapes of one connection.
+let pythonScrapers = """
+    import http.client, sys, threading, time
+    host, port, n, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+    errors, counts, backwards = [], [0] * n, [0]
+    def scrape(i):
+        connection = http.client.HTTPConnection(host, port, timeout=5)
+        last, end = -1.0, time.time() + seconds
+        while time.time() < end:
+            try:
+                connection.request("GET", "/metrics")
+                response = connection.getresponse()
+                body = response.read().decode()
+            except Exception as e:
+                errors.append(repr(e))
+                return
+            if response.status != 200:
+                errors.append(f"status {response.status}")
+                return
+            for line in body.splitlines():
+                if line.startswith('udpecho_datagrams_total{direction="received"}'):
+                    value = float(line.split()[1])
+                    backwards[0] += value < last
+                    last = value
+            counts[i] += 1
+    threads = [threading.Thread(target=scrape, args=(i,)) for i in range(n)]
+    for t in threads: t.start()
+    for t in threads: t.join()
+    print(f"scrapes={sum(counts)} errors={len(errors)} first-error={errors[:1]} backwards={backwards[0]}", flush=True)
+    """
+
 @Suite struct OperationsTests {
     @Test func metricsAgreeWithTheTrafficSent() async throws {
         let (server, port) = try await startServer([
@@ -69,6 +102,29 @@ let pythonSocketActivation = """
         #expect(try await scrape(url)["udpecho_datagrams_total{direction=\"received\"}"] == 53)
         server.signal(SIGTERM)
         #expect(await server.waitForExit() == 0)
+    }
+
+    /// Two Prometheus replicas scraping one server under load used to kill it (a negative delta in swift-metrics:
+    /// SIGILL). Eight keep-alive scrapers for three seconds under 3 s of `bench` load: every scrape answers, no
+    /// counter goes backwards, and the server still stops cleanly.
+    @Test func concurrentScrapesUnderLoadNeverStopTheServer() async throws {
+        let (server, port) = try await startServer([
+            "--address", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--quiet",
+        ])
+        let line = try #require(await server.waitForLine { $0.hasPrefix("metrics on http://") })
+        let endpoint = try #require(line.firstMatch(of: /http:\/\/127\.0\.0\.1:(\d+)\/metrics/)?.1)
+        let load = try Spawned(udpecho, ["bench", "127.0.0.1:\(port)", "--duration", "3s", "--rate", "50000"])
+        let scrapers = try await Spawned.run(
+            python,
+            ["python3", "-c", pythonScrapers, "127.0.0.1", String(endpoint), "8", "3"],
+            timeout: 30
+        )
+        let result = try #require(scrapers.lines.last, "\(scrapers.error)")
+        let counts = try #require(result.wholeMatch(of: /scrapes=(\d+) errors=0 first-error=\[\] backwards=0/), "\(result)")
+        #expect(Int(counts.1)! > 8)
+        #expect(await load.waitForExit(timeout: 30) == 0)
+        server.signal(SIGTERM)
+        #expect(await server.waitForExit() == 0, "\(server.errorText)")
     }
 
     @Test func servesASocketPassedTheWaySystemdDoes() async throws {

@@ -61,24 +61,28 @@ public final class ServerMetrics: Service, Sendable {
         self.rateLimitEvictions = Counter(label: "udpecho_rate_limit_evictions_total")
     }
 
-    /// Adds to the metrics what the server counted since the last call.
+    /// Adds to the metrics what the server counted since the last call. Safe to call from several threads at once
+    /// (concurrent scrapes, and the periodic publication): the counters are read inside the lock, so that each call
+    /// sees at least what the previous one saw and a delta is never negative.
     public func publish() {
-        let now = self.server.statistics
         self.state.withLock { last in
-            self.datagrams["received"]!.increment(by: Int64(now.received - last.received))
-            self.datagrams["echoed"]!.increment(by: Int64(now.echoed - last.echoed))
-            self.bytes["received"]!.increment(by: Int64(now.receivedBytes - last.receivedBytes))
-            self.bytes["echoed"]!.increment(by: Int64(now.echoedBytes - last.echoedBytes))
-            for reason in DropReason.allCases {
-                let delta = now.drops[reason, default: 0] - last.drops[reason, default: 0]
-                if delta > 0 { self.dropped[reason]!.increment(by: Int64(delta)) }
+            let now = self.server.statistics
+            func add(_ counter: Counter, _ current: Int, _ previous: Int) {
+                if current > previous { counter.increment(by: Int64(current - previous)) }
             }
-            self.receiveErrors.increment(by: Int64(now.receiveErrors - last.receiveErrors))
+            add(self.datagrams["received"]!, now.received, last.received)
+            add(self.datagrams["echoed"]!, now.echoed, last.echoed)
+            add(self.bytes["received"]!, now.receivedBytes, last.receivedBytes)
+            add(self.bytes["echoed"]!, now.echoedBytes, last.echoedBytes)
+            for reason in DropReason.allCases {
+                add(self.dropped[reason]!, now.drops[reason, default: 0], last.drops[reason, default: 0])
+            }
+            add(self.receiveErrors, now.receiveErrors, last.receiveErrors)
             for (thread, counter) in self.perThread.enumerated() where thread < now.receivedPerThread.count {
-                counter.increment(by: Int64(now.receivedPerThread[thread] - last.receivedPerThread[thread]))
+                add(counter, now.receivedPerThread[thread], last.receivedPerThread[thread])
             }
             self.rateLimitSources.record(now.rateTableEntries)
-            self.rateLimitEvictions.increment(by: Int64(now.rateTableEvictions - last.rateTableEvictions))
+            add(self.rateLimitEvictions, now.rateTableEvictions, last.rateTableEvictions)
             last = now
         }
     }
