@@ -33,8 +33,10 @@ struct ServerCommand: AsyncParsableCommand {
             and a summary of what was received, echoed and dropped.
 
             Guards against echo loops, reflection and floods are on by default, each with its flag below: source \
-            ports below 1024 and 2049, impossible sources, the server's own endpoint, --allow/--deny lists, \
-            --max-size, a token bucket per source (loopback exempt unless --limit-loopback) and a global budget. \
+            ports below 1024, 1337 (other udpecho servers), 2049 and the server's own port; impossible sources \
+            (multicast, broadcast, this host's own addresses arriving from outside); the server's own endpoint; \
+            the same datagram bouncing back more than --loop-limit times; --allow/--deny lists; --max-size; a \
+            token bucket per source and a global budget (loopback exempt from both unless --limit-loopback). \
             Every drop is counted under its reason. Started by systemd with sockets (LISTEN_FDS), it serves those.
 
             Examples:
@@ -108,9 +110,26 @@ struct ServerCommand: AsyncParsableCommand {
     var minSourcePort = 1024
 
     @Option(
-        help: ArgumentHelp("More source ports to drop, comma-separated; an empty list drops none.", valueName: "ports")
+        help: ArgumentHelp(
+            "More source ports to drop, comma-separated; an empty list drops none. 1337 is where other udpecho servers listen (an echo loop), 2049 is NFS.",
+            valueName: "ports"
+        )
     )
-    var denySourcePorts = "2049"
+    var denySourcePorts = "1337,2049"
+
+    @Flag(
+        help:
+            "Also answer datagrams whose source port is the server's own port (by default they are dropped: another echo service on the same port, such as another udpecho server, would answer the reply for ever)."
+    )
+    var allowOwnPort = false
+
+    @Option(
+        help: ArgumentHelp(
+            "Echo the same datagram from the same address and port at most N times in a row (each within 1s of the one before); the next copies are an echo loop with another echo service, and are dropped. 0 turns it off.",
+            valueName: "n"
+        )
+    )
+    var loopLimit = 4
 
     @Flag(
         help:
@@ -134,7 +153,7 @@ struct ServerCommand: AsyncParsableCommand {
     )
     var rateLimit: Double = 10_000
 
-    @Option(help: ArgumentHelp("Burst per source prefix. (default: twice --rate-limit)", valueName: "n"))
+    @Option(help: ArgumentHelp("Burst per source prefix. (default: twice --rate-limit, at least 1)", valueName: "n"))
     var rateBurst: Double?
 
     @Option(help: ArgumentHelp("Prefix length that makes one IPv4 source.", valueName: "bits"))
@@ -148,10 +167,18 @@ struct ServerCommand: AsyncParsableCommand {
     )
     var rateTable = 16384
 
-    @Option(help: ArgumentHelp("Replies per second over all sources; 0 for no global budget.", valueName: "pps"))
+    @Option(
+        help: ArgumentHelp(
+            "Replies per second over all sources, shared out over the threads (each with a burst of at least 1); 0 for no global budget. Loopback sources are outside it unless --limit-loopback.",
+            valueName: "pps"
+        )
+    )
     var globalRate: Double = 1_000_000
 
-    @Flag(help: "Rate-limit loopback sources too (they are not by default: local tests must not be throttled).")
+    @Flag(
+        help:
+            "Rate-limit loopback sources and count them against --global-rate too (by default they are not: they cannot be forged from outside, and local tests must not be throttled)."
+    )
     var limitLoopback = false
 
     @Option(
@@ -209,6 +236,7 @@ struct ServerCommand: AsyncParsableCommand {
             throw ValidationError("rates cannot be negative, bursts are at least 1, and --rate-table is at least 4")
         }
         if let maxSize, maxSize < 0 { throw ValidationError("--max-size cannot be negative") }
+        guard self.loopLimit >= 0 else { throw ValidationError("--loop-limit cannot be negative; 0 turns it off") }
         func prefixes(_ texts: [String], _ flag: String) throws -> [IPPrefix] {
             try texts.map { text in
                 do { return try IPPrefix(parsing: text) } catch { throw ValidationError("\(flag): \(error)") }
@@ -217,15 +245,17 @@ struct ServerCommand: AsyncParsableCommand {
         return GuardConfiguration(
             minimumSourcePort: self.minSourcePort,
             deniedSourcePorts: ports,
+            denyOwnPort: !self.allowOwnPort,
             addressChecks: !self.noAddressChecks,
             allow: try prefixes(self.allow, "--allow"),
             deny: try prefixes(self.deny, "--deny"),
             maximumSize: self.maxSize,
+            loopLimit: self.loopLimit == 0 ? nil : self.loopLimit,
             rateLimit: self.rateLimit == 0
                 ? nil
                 : RateLimit(
                     perSecond: self.rateLimit,
-                    burst: self.rateBurst ?? 2 * self.rateLimit,
+                    burst: self.rateBurst ?? max(1, 2 * self.rateLimit),
                     ipv4PrefixLength: self.ratePrefix4,
                     ipv6PrefixLength: self.ratePrefix6,
                     tableSize: self.rateTable

@@ -170,19 +170,72 @@ import Glibc
         #expect(statistics.rateTableEvictions >= 2000 - 64)
     }
 
+    /// An echo loop passes one datagram back and forth unchanged; past the loop limit the same bytes from the same
+    /// address and port are dropped, while a client whose datagrams differ (a sequence number) is always answered.
+    @Test func dropsTheSameDatagramBouncingBackPastTheLoopLimit() async throws {
+        let server = try await withServer(try self.server(GuardConfiguration(loopLimit: 4))) { server in
+            let looping = try TestSocket()
+            var answered = 0
+            for _ in 0..<8 {
+                looping.send([7, 7, 7], to: server.localAddress)
+                if await looping.receive(timeoutMilliseconds: 200) != nil { answered += 1 }
+            }
+            #expect(answered == 4)
+            // Other bytes from the same socket: not a loop.
+            looping.send([8], to: server.localAddress)
+            #expect(await looping.receive()?.bytes == [8])
+            let counting = try TestSocket()
+            for index in 0..<50 {
+                counting.send(pattern(64, seed: index), to: server.localAddress)
+                #expect(await counting.receive()?.bytes == pattern(64, seed: index))
+            }
+            return server
+        }
+        #expect(server.statistics.drops[.loop] == 4)
+        _ = try await withServer(try self.server(GuardConfiguration(loopLimit: nil))) { server in
+            let client = try TestSocket()
+            for _ in 0..<8 {
+                client.send([7, 7, 7], to: server.localAddress)
+                #expect(await client.receive() != nil)
+            }
+        }
+    }
+
+    /// Five sources that share one set of the rate table (here the whole table: 4 entries) evict one another in
+    /// turn. A source that comes back must not get a fresh burst: together they get what the table's buckets allow,
+    /// not everything they send.
+    @Test func anEvictedSourceDoesNotComeBackToAFullBurst() async throws {
+        let guards = GuardConfiguration(rateLimit: RateLimit(perSecond: 10, burst: 20, tableSize: 4), limitLoopback: true)
+        let server = try await withServer(try self.server(guards)) { server in
+            let sources = try (1...5).map { try TestSocket(host: "127.0.0.\($0 + 10)") }
+            for round in 0..<100 {
+                for source in sources { source.send(pattern(16, seed: round), to: server.localAddress) }
+            }
+            let marker = try TestSocket(host: "127.0.0.20")
+            _ = await self.answered(marker, [1], to: server.localAddress, marker: marker)
+            return server
+        }
+        let statistics = server.statistics
+        #expect(statistics.received == 502)
+        // Four buckets of 20, a little refill while the test runs, and the marker: far from the 500 sent.
+        #expect(statistics.echoed < 150, "echoed \(statistics.echoed) of \(statistics.received)")
+        #expect(statistics.rateTableEvictions > 100)  // they did evict one another, again and again
+    }
+
     // MARK: Sources the kernel never delivers, on the guard itself
 
     func check(
         _ guardState: inout SourceGuard,
         _ host: String,
         port: Int = 40000,
-        arrivedOnLoopback: Int32 = 0
-    ) throws
-        -> DropReason?
-    {
+        arrivedOnLoopback: Int32 = 0,
+        payload: [UInt8] = Array(repeating: 0, count: 10)
+    ) throws -> DropReason? {
         let address = try SocketAddress(ipAddress: host, port: port)
         return address.withRawAddress { raw, _ in
-            guardState.check(peer: raw, size: 10, arrivedOnLoopback: arrivedOnLoopback, now: 1, threads: 1)
+            payload.withUnsafeBytes {
+                guardState.check(peer: raw, payload: $0, arrivedOnLoopback: arrivedOnLoopback, now: 1)
+            }
         }
     }
 
@@ -201,9 +254,21 @@ import Glibc
         #expect(try self.check(&guardState, "192.0.2.10") == nil)
         #expect(try self.check(&guardState, "2001:db8::10") == nil)
         #expect(try self.check(&guardState, "192.0.2.10", port: 19) == .sourcePort)  // chargen
+        #expect(try self.check(&guardState, "192.0.2.10", port: 1337) == .sourcePort)  // another udpecho server
         var open = SourceGuard(.none, localAddress: try SocketAddress(ipAddress: "0.0.0.0", port: 7), threads: 1)
         #expect(try self.check(&open, "224.0.0.1", port: 7) == nil)
         #expect(!open.isActive)
+    }
+
+    /// Another echo service on the server's own port (another udpecho server of a fleet) is never answered: its
+    /// reply would be answered again, for ever.
+    @Test func dropsItsOwnPortAsASourcePort() throws {
+        let local = try SocketAddress(ipAddress: "0.0.0.0", port: 7000)
+        var guarded = SourceGuard(GuardConfiguration(), localAddress: local, threads: 1)
+        #expect(try self.check(&guarded, "192.0.2.10", port: 7000) == .sourcePort)
+        #expect(try self.check(&guarded, "192.0.2.10", port: 7001) == nil)
+        var allowed = SourceGuard(GuardConfiguration(denyOwnPort: false), localAddress: local, threads: 1)
+        #expect(try self.check(&allowed, "192.0.2.10", port: 7000) == nil)
     }
 
     @Test func prefixesParseAndMatch() throws {

@@ -125,6 +125,24 @@ import Glibc
         #expect(result.error.contains(message), "stderr: \(result.error)")
     }
 
+    /// Limits below one reply per thread used to make a bucket that never held a whole token, so the server
+    /// answered nothing at all; each bucket now holds at least one, and the first datagram is answered.
+    @Test(arguments: [
+        ["--global-rate", "1", "--threads", "2"], ["--global-rate", "3", "--threads", "4"], ["--global-rate", "0.5"],
+        ["--rate-limit", "0.4"],
+    ])
+    func limitsBelowOneAReplyPerThreadStillAnswer(limits: [String]) async throws {
+        let (server, port) = try await startServer(["--address", "127.0.0.1:0", "-q", "--limit-loopback"] + limits)
+        let client = try await Spawned.run(
+            udpecho,
+            ["client", "--address", "127.0.0.1:\(port)", "--timeout", "2s"],
+            input: [1, 2, 3]
+        )
+        #expect(client.status == 0, "\(client.error)")
+        server.signal(SIGINT)
+        #expect(await server.waitForExit() == 0)
+    }
+
     @Test func helpTeachesTheOptionsAndExitCodes() async throws {
         let server = try await Spawned.run(udpecho, ["server", "--help"])
         #expect(server.status == 0)

@@ -17,34 +17,53 @@ struct TestNetwork: NamespaceHosts {
 
     let server: String
     let client: String
-    let serverAddress = "192.0.2.1"  // TEST-NET-1: documentation addresses, only inside these namespaces
+    // Documentation addresses (TEST-NET-1, 2001:db8::/32), only inside these namespaces.
+    let serverAddress = "192.0.2.1"
+    let clientAddress = "192.0.2.2"
+    let serverAddress6 = "2001:db8::1"
+    let clientAddress6 = "2001:db8::2"
 
-    init() async throws {
+    /// - Parameter serverRate: If given, replies leave the server's host at this rate (a `tbf` queue, as `8kbit`):
+    ///   they wait in the queue, charged to the server's send buffer.
+    init(serverRate: String? = nil) async throws {
         let id = "\(getpid())-\(UInt16.random(in: 0...UInt16.max))"
         self.server = "udpecho-s-\(id)"
         self.client = "udpecho-c-\(id)"
         let serverLink = "ues\(id.suffix(6))"
         let clientLink = "uec\(id.suffix(6))"
-        let commands = [
+        var commands = [
             ["netns", "add", self.server],
             ["netns", "add", self.client],
             ["link", "add", serverLink, "type", "veth", "peer", "name", clientLink],
             ["link", "set", serverLink, "netns", self.server],
             ["link", "set", clientLink, "netns", self.client],
+            // Addresses without a broadcast address (no `brd`), as /32 addresses on cloud hosts are.
             ["-n", self.server, "addr", "add", "\(self.serverAddress)/24", "dev", serverLink],
-            ["-n", self.client, "addr", "add", "192.0.2.2/24", "dev", clientLink],
+            ["-n", self.client, "addr", "add", "\(self.clientAddress)/24", "dev", clientLink],
+            ["-n", self.server, "addr", "add", "\(self.serverAddress6)/64", "dev", serverLink, "nodad"],
+            ["-n", self.client, "addr", "add", "\(self.clientAddress6)/64", "dev", clientLink, "nodad"],
             ["-n", self.server, "link", "set", serverLink, "up"],
             ["-n", self.client, "link", "set", clientLink, "up"],
-            // Replies leave the server's host at 1 KB/s: they wait in the queue, charged to the server's send buffer.
-            [
-                "netns", "exec", self.server, "tc", "qdisc", "add", "dev", serverLink, "root", "tbf", "rate", "8kbit",
-                "burst", "1600", "latency", "60s",
-            ],
+            ["-n", self.server, "link", "set", "lo", "up"],
+            ["-n", self.client, "link", "set", "lo", "up"],
         ]
+        if let serverRate {
+            commands.append([
+                "netns", "exec", self.server, "tc", "qdisc", "add", "dev", serverLink, "root", "tbf", "rate",
+                serverRate, "burst", "1600", "latency", "60s",
+            ])
+        }
         try await setUp(commands, namespaces: self.namespaces)
     }
 
     var namespaces: [String] { [self.server, self.client] }
+
+    /// Runs `arguments` inside `namespace` to completion.
+    func run(in namespace: String, _ arguments: [String]) async throws -> (
+        status: Int32, output: Data, lines: [String], error: String
+    ) {
+        try await Spawned.run(Self.ip, ["netns", "exec", namespace] + arguments)
+    }
 }
 
 /// Test hosts made of network namespaces, removed when the test is done with them.
@@ -131,7 +150,7 @@ let pythonForbiddenPeer = """
     /// and the server does not hang on it.
     @Test(.enabled(if: TestNetwork.available, "needs root, ip and tc to make network namespaces"))
     func dropsRepliesPastTheWriteDeadlineAndCountsThem() async throws {
-        let network = try await TestNetwork()
+        let network = try await TestNetwork(serverRate: "8kbit")
         do {
             let (server, port) = try await startServer(
                 [

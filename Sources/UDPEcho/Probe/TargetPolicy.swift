@@ -26,21 +26,8 @@ public enum TargetPolicy {
     /// Whether `address` is loopback or one of the addresses of this host's interfaces.
     public static func isLocal(_ address: SocketAddress) -> Bool {
         if Self.isLoopback(address) { return true }
-        let target = address.unmappingIPv4.ipAddress
-        var list: UnsafeMutablePointer<ifaddrs>?
-        guard getifaddrs(&list) == 0, let first = list else { return false }
-        defer { freeifaddrs(first) }
-        var entry: UnsafeMutablePointer<ifaddrs>? = first
-        while let current = entry {
-            if let raw = current.pointee.ifa_addr,
-                let local = SocketAddress(raw: raw, length: socklen_t(MemoryLayout<sockaddr_in6>.size)),
-                local.ipAddress == target
-            {
-                return true
-            }
-            entry = current.pointee.ifa_next
-        }
-        return false
+        let key = address.unmappingIPv4.withRawAddress { raw, _ in IPKey(raw) }
+        return key.map { InterfaceAddresses.current().isLocal($0) } ?? false
     }
 
     /// Throws ``EchoError/remoteTarget(_:)`` unless `address` is local or `allowRemote` is set.

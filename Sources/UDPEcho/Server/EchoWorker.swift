@@ -154,18 +154,23 @@ final class EchoWorker: @unchecked Sendable {
     /// Drops the datagrams of the batch that a guard catches.
     private func applyGuards(_ count: Int) {
         let now = cudpecho_now_ns()
-        // A local copy for the loop: no exclusivity check on the class's property per datagram.
+        // A local copy for the loop: no exclusivity check on the class's property per datagram. The copy shares the
+        // guard's tables, so storing it back copies no table.
         var sourceGuard = self.sourceGuard
         defer { self.sourceGuard = sourceGuard }
+        sourceGuard.refreshInterfaces(now: now)
         for index in 0..<count where !self.batchHasDrops || self.outcomes[index] == 0 {
             var length: socklen_t = 0
-            let peer = cudpecho_batch_peer(self.batch, Int32(index), &length)!
+            let slot = Int32(index)
+            let peer = cudpecho_batch_peer(self.batch, slot, &length)!
             let reason = sourceGuard.check(
                 peer: peer,
-                size: cudpecho_batch_length(self.batch, Int32(index)),
-                arrivedOnLoopback: cudpecho_batch_arrived_on_loopback(self.batch, Int32(index)),
-                now: now,
-                threads: self.settings.threads
+                payload: UnsafeRawBufferPointer(
+                    start: cudpecho_batch_payload(self.batch, slot),
+                    count: cudpecho_batch_length(self.batch, slot)
+                ),
+                arrivedOnLoopback: cudpecho_batch_arrived_on_loopback(self.batch, slot),
+                now: now
             )
             if let reason { self.drop(index, count, reason, errno: 0) }
         }

@@ -20,14 +20,19 @@ public enum DropReason: String, CaseIterable, Sendable, Hashable, CustomStringCo
     case sendError = "send-error"
     /// Guard: larger than the configured maximum size.
     case oversize
-    /// Guard: from a well-known or denied source port (a spoofed loop with another service, or a reflection).
+    /// Guard: from a well-known or denied source port, or from the server's own port (a spoofed loop with another
+    /// service, or a reflection).
     case sourcePort = "source-port"
-    /// Guard: from a multicast, broadcast or unspecified address, or a loopback address arriving from outside.
+    /// Guard: from a multicast, broadcast or unspecified address, or from a loopback or local address that arrived
+    /// from outside (forged).
     case sourceAddress = "source-address"
     /// Guard: from the server's own address and port (a loop with itself).
     case ownEndpoint = "own-endpoint"
     /// Guard: from a prefix of the deny list, or outside the allow list.
     case denied
+    /// Guard: the same datagram from the same address and port too many times in a row: an echo loop with another
+    /// echo service.
+    case loop
     /// Guard: its source prefix used up its token bucket.
     case rateLimited = "rate-limited"
     /// Guard: the global reply budget was used up.

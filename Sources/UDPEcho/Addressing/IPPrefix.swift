@@ -4,56 +4,6 @@ import Glibc
 import Musl
 #endif
 
-/// An IP address as 128 bits, IPv4 mapped into IPv6 (`::ffff:a.b.c.d`), so that both families compare alike.
-struct IPKey: Hashable {
-    var high: UInt64
-    var low: UInt64
-
-    static let mappedPrefix: UInt64 = 0x0000_ffff_0000_0000
-
-    init(high: UInt64, low: UInt64) {
-        self.high = high
-        self.low = low
-    }
-
-    /// From a raw `sockaddr` (IPv4 or IPv6); nil for other families.
-    init?(_ raw: UnsafePointer<sockaddr>) {
-        switch Int32(raw.pointee.sa_family) {
-        case AF_INET:
-            let v4 = raw.withMemoryRebound(to: sockaddr_in.self, capacity: 1) {
-                UInt32(bigEndian: $0.pointee.sin_addr.s_addr)
-            }
-            self.init(high: 0, low: Self.mappedPrefix | UInt64(v4))
-        case AF_INET6:
-            let words = raw.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { pointer in
-                withUnsafeBytes(of: pointer.pointee.sin6_addr) {
-                    (
-                        UInt64(bigEndian: $0.loadUnaligned(as: UInt64.self)),
-                        UInt64(bigEndian: $0.loadUnaligned(fromByteOffset: 8, as: UInt64.self))
-                    )
-                }
-            }
-            self.init(high: words.0, low: words.1)
-        default:
-            return nil
-        }
-    }
-
-    var isIPv4: Bool { self.high == 0 && self.low >> 32 == 0x0000_ffff }
-    var ipv4: UInt32 { UInt32(truncatingIfNeeded: self.low) }
-
-    /// The first `bits` bits, the rest zero.
-    func masked(_ bits: Int) -> IPKey {
-        switch bits {
-        case ...0: return IPKey(high: 0, low: 0)
-        case 1..<64: return IPKey(high: self.high & ~(UInt64.max >> bits), low: 0)
-        case 64: return IPKey(high: self.high, low: 0)
-        case 65..<128: return IPKey(high: self.high, low: self.low & ~(UInt64.max >> (bits - 64)))
-        default: return self
-        }
-    }
-}
-
 /// An address prefix in CIDR notation: `192.0.2.0/24`, `2001:db8::/32`, or a single address.
 public struct IPPrefix: Sendable, Hashable, CustomStringConvertible {
     let network: IPKey
