@@ -146,7 +146,7 @@ struct ClientCommand: AsyncParsableCommand {
         }
         status.line("packet-received: bytes=\(reply.payload.readableBytes) from=\(reply.from.hostPortDescription)")
         if self.output {
-            reply.payload.withUnsafeReadableBytes { Stream.out.write($0) }
+            _ = reply.payload.withUnsafeReadableBytes { Stream.out.write($0) }
         }
         if let difference = Self.difference(sent: sent, received: reply.payload) {
             throw .mismatch("the reply differs from what was sent: \(difference)")

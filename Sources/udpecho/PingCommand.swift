@@ -93,11 +93,10 @@ struct PingCommand: AsyncParsableCommand {
             throw ExitCode(2)
         }
         let peer = address.hostPortDescription
-        let lines = LineQueue()
+        let lines = LineQueue(to: .out)
         if !self.json && !self.quiet {
             Stream.out.line("PING \(self.target) (\(peer)): \(self.size) bytes of UDP payload")
         }
-        let printer = Task { await lines.drain(to: .out) }
         let (json, quiet, timeout) = (self.json, self.quiet, self.timeout)
         let result = try await runUntilInterrupted {
             try await EchoPinger.run(configuration) { event in
@@ -105,8 +104,7 @@ struct PingCommand: AsyncParsableCommand {
                 lines.enqueue(json ? PingJSON.line(for: event) : event.pingLine(peer: peer, timeout: timeout))
             }
         }
-        lines.finish()
-        await printer.value
+        lines.finish(within: .seconds(2))
         if self.json {
             Stream.out.line(PingJSON.summary(result, target: peer))
         } else {

@@ -271,6 +271,9 @@ struct ServerCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        // A closed standard output (`udpecho server | head -n 1`) must not stop serving: writes then fail with EPIPE
+        // and are counted, instead of a signal killing the process.
+        signal(SIGPIPE, SIG_IGN)
         let (format, level) = (self.logFormat, self.logLevel)
         LoggingSystem.bootstrap { label in
             if format == .json { return JSONLogHandler(logLevel: level, label: label) }
@@ -284,7 +287,9 @@ struct ServerCommand: AsyncParsableCommand {
             return format == .json ? record.json() : record.text
         }
         let logger = Logger(label: "udpecho")
-        let lines = LineQueue()
+        // Lines are formatted on the server's event thread and written by a printer thread: never on a serving
+        // thread.
+        let lines = LineQueue(to: .out)
         let configuration = EchoServer.Configuration(
             address: try self.listenAddress(),
             writeTimeout: self.timeout,
@@ -337,27 +342,34 @@ struct ServerCommand: AsyncParsableCommand {
             }
         }
 
-        let printer = Task { await lines.drain(to: .out) }
         let group = ServiceGroup(
             configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         )
         try await group.run()
-        lines.finish()
-        await printer.value
+        // Stopping never waits long on standard output: a pipe nobody reads gets a bounded wait, and then the last
+        // lines go to standard error.
+        lines.finish(within: .seconds(1))
         let statistics = server.statistics
-        self.say(format, "cancelled", "cancelled", [])
-        self.say(format, "summary", statistics.summaryLine(lostLines: lines.lostLines), statistics.fields)
+        let lostLines = lines.lostLines + statistics.eventsNotDelivered
+        let ending = [
+            self.line(format, "cancelled", "cancelled", []),
+            self.line(format, "summary", statistics.summaryLine(lostLines: lostLines), statistics.fields),
+        ]
+        if !ending.allSatisfy({ Stream.out.line($0, within: .seconds(1)) }) {
+            Stream.err.line("udpecho: standard output is not being read; the last lines follow here")
+            for line in ending { _ = Stream.err.line(line, within: .seconds(1)) }
+        }
     }
 }
 
 extension ServerCommand {
     /// A line of the server's own: as text, or as a JSON object with `event` and `fields`.
+    fileprivate func line(_ format: LogFormat, _ event: String, _ text: String, _ fields: [(String, String)]) -> String {
+        format == .text ? text : EventRecord(level: .notice, name: event, fields: fields).json()
+    }
+
     fileprivate func say(_ format: LogFormat, _ event: String, _ text: String, _ fields: [(String, String)]) {
-        if format == .text {
-            Stream.out.line(text)
-        } else {
-            Stream.out.line(EventRecord(level: .notice, name: event, fields: fields).json())
-        }
+        Stream.out.line(self.line(format, event, text, fields))
     }
 }
 

@@ -68,6 +68,42 @@ let pythonBoundClient = """
         print("no reply", flush=True)
     """
 
+/// Runs `udpecho server` with its standard output on a pipe, the way a shell pipeline does: `closed` closes the
+/// pipe after the first line (`udpecho server | head -n 1`), `stalled` never reads past it (a consumer that hangs).
+/// Then it sends datagrams one at a time, stops the server with SIGINT and prints how many were echoed, whether the
+/// server was still running before the signal, its exit status (or "hung"), and what it wrote on standard error.
+let pythonPipedServer = """
+    import signal, socket, subprocess, sys, time
+    executable, mode, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    server = subprocess.Popen([executable, "server", "--address", "127.0.0.1:0", "--lines-per-second", "0"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    port = int(server.stdout.readline().decode().strip().rsplit(":", 1)[1])
+    if mode == "closed":
+        server.stdout.close()
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.settimeout(2)
+    echoed = 0
+    for i in range(count):
+        if server.poll() is not None:
+            break
+        payload = b"datagram %d" % i
+        client.sendto(payload, ("127.0.0.1", port))
+        try:
+            echoed += client.recv(100) == payload
+        except socket.timeout:
+            pass
+    alive = server.poll() is None
+    server.send_signal(signal.SIGINT)
+    try:
+        status = server.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+        status = "hung"
+    print(f"echoed={echoed} alive={alive} exit={status}", flush=True)
+    print(server.stderr.read().decode(), flush=True)
+    """
+
 /// The counters of a stopped server's summary line: `received`, `echoed`, `dropped` and each drop reason.
 func summaryCounts(_ server: Spawned) throws -> [String: Int] {
     let line = try #require(server.outputLines.last { $0.hasPrefix("summary: ") }, "\(server.outputLines)")
@@ -126,6 +162,29 @@ func summaryCounts(_ server: Spawned) throws -> [String: Int] {
             throw error
         }
         await network.remove()
+    }
+
+    /// `udpecho server | head -n 1`: once the reader is gone, writing a line used to kill the server with SIGPIPE
+    /// (exit 141, no message). It must go on serving, and say how it ended on standard error.
+    @Test func aClosedStandardOutputDoesNotStopServing() async throws {
+        let run = try await Spawned.run(python, ["python3", "-c", pythonPipedServer, udpecho, "closed", "20"])
+        #expect(run.lines.first == "echoed=20 alive=True exit=0", "\(run.lines) \(run.error)")
+        #expect(run.lines.contains { $0.hasPrefix("summary: received=20 echoed=20") }, "\(run.lines)")
+    }
+
+    /// Standard output on a pipe nobody reads: lines pile up until the pipe is full. Serving must not wait for it,
+    /// the lines that cannot be written are counted, and SIGINT must still end the process (it used to hang, writing
+    /// "cancelled").
+    @Test func aStalledStandardOutputNeitherSlowsServingNorBlocksStopping() async throws {
+        let run = try await Spawned.run(
+            python,
+            ["python3", "-c", pythonPipedServer, udpecho, "stalled", "3000"],
+            timeout: 60
+        )
+        #expect(run.lines.first == "echoed=3000 alive=True exit=0", "\(run.lines) \(run.error)")
+        let summary = try #require(run.lines.first { $0.hasPrefix("summary: ") }, "\(run.lines)")
+        #expect(summary.hasPrefix("summary: received=3000 echoed=3000 dropped=0"))
+        #expect(summary.contains(/lines-not-printed=[1-9]\d*/), "\(summary)")
     }
 
     /// A host address added without a broadcast address (as /32 addresses on cloud hosts are) is reported by

@@ -88,4 +88,60 @@ extern const short cudpecho_pollout;
 /// SO_REUSEPORT, which SwiftNIO has no shorthand for.
 extern const int cudpecho_so_reuseport;
 
+// MARK: Events from the serving threads
+
+/// What a serving thread reports about a datagram (or a receive error, or datagrams not shown), as a fixed-size
+/// record that it can write without allocating or formatting anything.
+typedef struct {
+    uint8_t kind;     // CUDPECHO_EVENT_*
+    uint8_t reason;   // for a drop: the reason's ordinal
+    uint16_t unused;
+    int32_t error;    // errno, 0 for none
+    uint64_t value;   // bytes; for CUDPECHO_EVENT_NOT_SHOWN, datagrams
+    union {
+        struct sockaddr_in v4;
+        struct sockaddr_in6 v6;
+    } peer;
+    uint32_t peer_length;
+} cudpecho_event;
+
+enum {
+    CUDPECHO_EVENT_ECHOED = 1,        // received and written back
+    CUDPECHO_EVENT_DROPPED = 2,       // received and not written back, for `reason`
+    CUDPECHO_EVENT_RECEIVE_ERROR = 3, // reading the socket failed with `error`
+    CUDPECHO_EVENT_NOT_SHOWN = 4,     // `value` datagrams of the last second were not reported
+};
+
+/// A single-producer, single-consumer ring of events: one serving thread writes, the event thread reads.
+typedef struct cudpecho_ring cudpecho_ring;
+
+/// A ring of `capacity` events (rounded up to a power of two). Returns NULL when out of memory.
+cudpecho_ring *cudpecho_ring_create(uint32_t capacity);
+void cudpecho_ring_destroy(cudpecho_ring *ring);
+/// Appends an event; returns 0 when the ring is full (the event is not kept).
+int cudpecho_ring_push(cudpecho_ring *ring, const cudpecho_event *event);
+/// Takes the oldest event; returns 0 when the ring is empty.
+int cudpecho_ring_pop(cudpecho_ring *ring, cudpecho_event *event);
+/// Whether the ring holds no event.
+int cudpecho_ring_is_empty(cudpecho_ring *ring);
+/// Fills `event`'s peer from a received datagram's source address.
+void cudpecho_event_set_peer(cudpecho_event *event, const struct sockaddr *peer, socklen_t length);
+
+/// Wakes a consumer that sleeps until producers have news, with a futex: a producer pays a system call only when
+/// the consumer is asleep.
+typedef struct cudpecho_notifier cudpecho_notifier;
+
+cudpecho_notifier *cudpecho_notifier_create(void);
+void cudpecho_notifier_destroy(cudpecho_notifier *notifier);
+
+/// Producer: after publishing, wakes the consumer if it sleeps.
+void cudpecho_notifier_wake(cudpecho_notifier *notifier);
+/// Consumer: announces that it is about to sleep; returns the sequence to pass to ``cudpecho_notifier_wait``. The
+/// consumer must look for news once more after this call, and not sleep if there is any.
+uint32_t cudpecho_notifier_prepare(cudpecho_notifier *notifier);
+/// Consumer: sleeps until woken after `sequence`, or for at most `timeout_ms`.
+void cudpecho_notifier_wait(cudpecho_notifier *notifier, uint32_t sequence, int timeout_ms);
+/// Consumer: found news after preparing; does not sleep.
+void cudpecho_notifier_cancel(cudpecho_notifier *notifier);
+
 #endif

@@ -27,6 +27,7 @@ import Musl
 ///
 /// Each socket is served by a dedicated thread that moves datagrams in batches (`recvmmsg`/`sendmmsg`); with more
 /// than one thread the sockets share the port through `SO_REUSEPORT` and the kernel spreads clients over them.
+/// Events go to the event handler on a thread of their own, so that reporting never slows serving.
 /// Errors about one datagram (a refused or unreachable peer, a full send buffer past the write deadline, no buffer
 /// memory) drop that datagram and are counted in ``statistics``; they never stop the server.
 public final class EchoServer: Service, Sendable {
@@ -92,6 +93,7 @@ public final class EchoServer: Service, Sendable {
 
     private let sockets: [ServerSocket]
     private let workers: [EchoWorker]
+    private let delivery: EventDelivery?
     private let stopping = ManagedAtomic(false)
     private let state = Mutex(State.idle)
     private let logger: Logger
@@ -105,7 +107,10 @@ public final class EchoServer: Service, Sendable {
     /// - Parameters:
     ///   - configuration: Where and how to serve.
     ///   - logger: Receives start and stop messages (never one per datagram); silent by default.
-    ///   - onEvent: Called on the serving threads for each reported ``ServerEvent``; keep it short and non-blocking.
+    ///   - onEvent: Called for each reported ``ServerEvent``, in order per serving thread, on the server's event
+    ///     thread (never on a serving thread). Events it cannot keep up with are counted in
+    ///     ``EchoServerStatistics/eventsNotDelivered``, not waited for. ``run()`` returns after the last call, so
+    ///     keep it from blocking for long.
     /// - Throws: ``EchoError`` when the name does not resolve or a socket cannot be bound.
     public convenience init(
         configuration: Configuration = Configuration(),
@@ -175,9 +180,21 @@ public final class EchoServer: Service, Sendable {
         )
         var workers: [EchoWorker] = []
         do throws(EchoError) {
-            for socket in sockets {
+            let delivery =
+                if let onEvent, configuration.reporting != .none {
+                    try EventDelivery(workers: sockets.count, reporting: configuration.reporting, handler: onEvent)
+                } else {
+                    nil as EventDelivery?
+                }
+            self.delivery = delivery
+            for (index, socket) in sockets.enumerated() {
                 workers.append(
-                    try EchoWorker(socket: socket, stopping: self.stopping, settings: settings, onEvent: onEvent)
+                    try EchoWorker(
+                        socket: socket,
+                        stopping: self.stopping,
+                        settings: settings,
+                        events: delivery?.channel(index)
+                    )
                 )
             }
         } catch {
@@ -233,13 +250,22 @@ public final class EchoServer: Service, Sendable {
         await withTaskCancellationHandler {
             await withGracefulShutdownHandler {
                 await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                    // The event thread finishes after the serving threads, once it has delivered their last events.
+                    let delivery = self.delivery
+                    if let delivery {
+                        WorkerThread.start {
+                            cudpecho_set_thread_name("udpecho-events")
+                            delivery.run()
+                            continuation.resume()
+                        }
+                    }
                     let remaining = ManagedAtomic(self.workers.count)
                     for (index, worker) in self.workers.enumerated() {
                         WorkerThread.start {
                             cudpecho_set_thread_name("udpecho-\(index)")
                             worker.run()
                             if remaining.wrappingDecrementThenLoad(ordering: .acquiringAndReleasing) == 0 {
-                                continuation.resume()
+                                if let delivery { delivery.finish() } else { continuation.resume() }
                             }
                         }
                     }

@@ -9,8 +9,9 @@ import Musl
 #endif
 
 /// The echo loop of one socket, on its own thread: block in one `recvmmsg` until datagrams arrive, send the replies
-/// with one `sendmmsg`, repeat. Nothing on this path allocates, locks, logs or formats, unless an event is to be
-/// reported. The server stops the loop by shutting the socket down for reading, which wakes the blocked call.
+/// with one `sendmmsg`, repeat. Nothing on this path allocates, locks, logs or formats: an event to report is a
+/// fixed-size record written into this thread's ring, which the server's event thread turns into a ``ServerEvent``.
+/// The server stops the loop by shutting the socket down for reading, which wakes the blocked call.
 final class EchoWorker: @unchecked Sendable {
     struct Settings {
         var batchSize: Int
@@ -25,7 +26,10 @@ final class EchoWorker: @unchecked Sendable {
     private let socket: ServerSocket
     private let stopping: ManagedAtomic<Bool>
     private let settings: Settings
-    private let onEvent: (@Sendable (ServerEvent) -> Void)?
+    /// Where events go; nil when none are reported.
+    private let events: EventChannel?
+    /// Whether events were written since the event thread was last woken.
+    private var eventsPending = false
     let counters = WorkerCounters()
 
     // Owned by the worker thread alone once `run()` starts.
@@ -42,7 +46,7 @@ final class EchoWorker: @unchecked Sendable {
         socket: ServerSocket,
         stopping: ManagedAtomic<Bool>,
         settings: Settings,
-        onEvent: (@Sendable (ServerEvent) -> Void)?
+        events: EventChannel?
     ) throws(EchoError) {
         guard let batch = cudpecho_batch_create(Int32(settings.batchSize), settings.slotSize) else {
             throw .socket(
@@ -55,7 +59,7 @@ final class EchoWorker: @unchecked Sendable {
         self.socket = socket
         self.stopping = stopping
         self.settings = settings
-        self.onEvent = settings.reporting == .none ? nil : onEvent
+        self.events = settings.reporting == .none ? nil : events
         self.outcomes = .allocate(capacity: settings.batchSize)
         self.outcomes.initialize(repeating: 0, count: settings.batchSize)
         self.errnos = .allocate(capacity: settings.batchSize)
@@ -84,6 +88,7 @@ final class EchoWorker: @unchecked Sendable {
             case EAGAIN, EWOULDBLOCK:
                 // The receive timeout, armed only while a "not shown" report is due.
                 self.reportSuppressed(now: cudpecho_now_ns())
+                self.wakeEventThread()
             case EINTR:
                 continue
             default:
@@ -98,6 +103,7 @@ final class EchoWorker: @unchecked Sendable {
             guard received > 0, self.serve(Int(received)) == Int(received) else { break }
         }
         self.reportSuppressed(now: .max)
+        self.wakeEventThread()
     }
 
     /// Echoes the datagrams of a received batch; returns how many of the `received` messages were datagrams (fewer
@@ -145,8 +151,9 @@ final class EchoWorker: @unchecked Sendable {
             self.counters.add(.echoed, count)
             self.counters.add(.echoedBytes, bytes)
         }
-        if self.onEvent != nil && (self.batchHasDrops || self.settings.reporting == .all) {
+        if self.events != nil && (self.batchHasDrops || self.settings.reporting == .all) {
             self.report(count)
+            self.wakeEventThread()
         }
         return count
     }
@@ -225,8 +232,12 @@ final class EchoWorker: @unchecked Sendable {
 
     private func receiveFailed(errno code: Int32) {
         self.counters.add(.receiveErrors, 1)
-        if let onEvent = self.onEvent, self.budget.take(now: cudpecho_now_ns()) {
-            onEvent(.receiveError(errno: code))
+        if self.events != nil, self.budget.take(now: cudpecho_now_ns()) {
+            var event = cudpecho_event()
+            event.kind = UInt8(CUDPECHO_EVENT_RECEIVE_ERROR)
+            event.error = code
+            self.push(&event)
+            self.wakeEventThread()
         }
         switch code {
         case ECONNREFUSED, EHOSTUNREACH, ENETUNREACH, ENOBUFS, ENOMEM:
@@ -237,6 +248,7 @@ final class EchoWorker: @unchecked Sendable {
         }
     }
 
+    /// Writes the events of a batch, within the per-second budget.
     private func report(_ count: Int) {
         let now = cudpecho_now_ns()
         if self.batchHasDrops {
@@ -253,27 +265,48 @@ final class EchoWorker: @unchecked Sendable {
     }
 
     private func emit(_ index: Int, outcome: UInt8) {
-        guard let onEvent = self.onEvent else { return }
         var length: socklen_t = 0
         let raw = cudpecho_batch_peer(self.batch, Int32(index), &length)!
-        guard let peer = SocketAddress(raw: raw, length: length)?.unmappingIPv4 else { return }
-        let bytes = cudpecho_batch_length(self.batch, Int32(index))
-        if outcome == 0 {
-            onEvent(.received(bytes: bytes, from: peer))
-            onEvent(.echoed(bytes: bytes, to: peer))
+        var event = cudpecho_event()
+        event.kind = UInt8(outcome == 0 ? CUDPECHO_EVENT_ECHOED : CUDPECHO_EVENT_DROPPED)
+        event.reason = outcome == 0 ? 0 : outcome - 1
+        event.error = outcome == 0 ? 0 : self.errnos[index]
+        event.value = UInt64(cudpecho_batch_length(self.batch, Int32(index)))
+        cudpecho_event_set_peer(&event, raw, length)
+        self.push(&event)
+    }
+
+    /// Writes an event record into this thread's ring, or counts the events it stands for as not delivered when the
+    /// ring is full: a served datagram is two (received, echoed), a dropped one two or one (whether its reception is
+    /// reported too).
+    private func push(_ event: inout cudpecho_event) {
+        if self.events!.push(&event) {
+            self.eventsPending = true
             return
         }
-        if self.settings.reporting == .all { onEvent(.received(bytes: bytes, from: peer)) }
-        let code = self.errnos[index]
-        let reason = DropReason.ordered[Int(outcome) - 1]
-        onEvent(.dropped(bytes: bytes, peer: peer, reason: reason, errno: code == 0 ? nil : code))
+        let events =
+            switch Int32(event.kind) {
+            case Int32(CUDPECHO_EVENT_ECHOED): 2
+            case Int32(CUDPECHO_EVENT_DROPPED): self.settings.reporting == .all ? 2 : 1
+            default: 1
+            }
+        self.counters.add(.eventsNotDelivered, events)
+    }
+
+    private func wakeEventThread() {
+        guard self.eventsPending, let events = self.events else { return }
+        self.eventsPending = false
+        events.wake()
     }
 
     /// Reports how many datagrams the last window did not show, once it is over; keeps a receive timeout armed while
     /// such a report is due, so that it comes out even when the traffic stops.
     private func reportSuppressed(now: Int64) {
-        if let onEvent = self.onEvent, let count = self.budget.collectSuppressed(now: now) {
-            onEvent(.notShown(datagrams: count, interval: .seconds(1)))
+        if self.events != nil, let count = self.budget.collectSuppressed(now: now) {
+            var event = cudpecho_event()
+            event.kind = UInt8(CUDPECHO_EVENT_NOT_SHOWN)
+            event.value = UInt64(count)
+            self.push(&event)
         }
         let due = self.budget.hasSuppressed
         if due != self.receiveTimeoutArmed {

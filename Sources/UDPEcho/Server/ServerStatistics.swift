@@ -64,6 +64,9 @@ public struct EchoServerStatistics: Sendable, Equatable {
     public var rateTableEntries = 0
     /// Sources the rate limiter forgot to make room for new ones.
     public var rateTableEvictions = 0
+    /// Events the event handler could not be given because it was behind (its queue was full); the datagrams
+    /// themselves were served and counted.
+    public var eventsNotDelivered = 0
     /// Datagrams received but not echoed, by reason.
     public var drops: [DropReason: Int] = [:]
     /// Datagrams received by each worker thread, in thread order.
@@ -80,6 +83,7 @@ public struct EchoServerStatistics: Sendable, Equatable {
 final class WorkerCounters: @unchecked Sendable {
     enum Slot: Int, CaseIterable {
         case received, receivedBytes, echoed, echoedBytes, receiveErrors, rateTableEntries, rateTableEvictions
+        case eventsNotDelivered
     }
 
     private static let padding = 16  // 128 bytes either side: no false sharing with a neighbour's block
@@ -135,6 +139,7 @@ final class WorkerCounters: @unchecked Sendable {
         statistics.receiveErrors += self.value(.receiveErrors)
         statistics.rateTableEntries += self.value(.rateTableEntries)
         statistics.rateTableEvictions += self.value(.rateTableEvictions)
+        statistics.eventsNotDelivered += self.value(.eventsNotDelivered)
         for reason in DropReason.allCases {
             let count = self.drops(reason)
             if count > 0 { statistics.drops[reason, default: 0] += count }
