@@ -328,11 +328,11 @@ struct ServerCommand: AsyncParsableCommand {
             MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
             let metrics = ServerMetrics(server: server)
             do {
-                let endpoint = try await MetricsEndpoint(
-                    address: try await resolveTarget(metricsAddress),
-                    registry: registry,
-                    metrics: metrics
-                )
+                // Each scrape first publishes the server's latest counters, so that what it shows is current.
+                let endpoint = try await MetricsEndpoint(address: try await resolveTarget(metricsAddress)) {
+                    metrics.publish()
+                    return registry.emitToString()
+                }
                 let url = "http://\(endpoint.localAddress?.hostPortDescription ?? "?")/metrics"
                 self.say(format, "metrics", "metrics on \(url)", [("url", url)])
                 services += [.init(service: metrics), .init(service: endpoint)]

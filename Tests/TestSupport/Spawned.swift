@@ -4,6 +4,9 @@ import Foundation
 import Glibc
 #endif
 
+/// How tests start Python peers: `Spawned(python, ["python3", "-c", script, ...])`.
+public let python = "/usr/bin/env"
+
 /// A process started by a test, with its output collected as it comes, so that a test can wait for a line.
 public final class Spawned: @unchecked Sendable {
     public let process = Process()

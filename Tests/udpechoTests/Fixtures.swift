@@ -8,8 +8,6 @@ let udpecho: String = {
     return bundle.deletingLastPathComponent().appendingPathComponent("udpecho").path
 }()
 
-let python = "/usr/bin/env"
-
 /// A few lines of Python as an independent UDP peer: an echo server on an ephemeral port that prints its port, and
 /// that can misbehave: never answer (`silent`), flip a byte of each reply (`flip`, the first; `flip-last`, the last),
 /// answer twice (`dup`), swap each pair of replies (`reorder`), or stop answering for 300 ms once, after its 500th

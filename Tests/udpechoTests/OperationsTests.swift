@@ -72,6 +72,36 @@ let pythonScrapers = """
     print(f"scrapes={sum(counts)} errors={len(errors)} first-error={errors[:1]} backwards={backwards[0]}", flush=True)
     """
 
+/// Pipelines `GET /metrics` requests on `n` connections for `seconds` and never reads a response, as a client that
+/// wants the server to pile them up would; prints the requests sent and the server's resident memory (VmRSS, in
+/// KiB, of process `pid`) before and after.
+let pythonPipeliner = """
+    import select, socket, sys, time
+    port, pid, n, seconds = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+    def rss():
+        with open(f"/proc/{pid}/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+    before = rss()
+    request = b"GET /metrics HTTP/1.1\\r\\nHost: t\\r\\n\\r\\n"
+    burst = request * 200
+    connections = [socket.create_connection(("127.0.0.1", port)) for _ in range(n)]
+    for c in connections:
+        c.setblocking(False)
+    sent, end = 0, time.time() + seconds
+    while time.time() < end:
+        _, writable, _ = select.select([], connections, [], 0.1)
+        for c in writable:
+            try:
+                sent += c.send(burst)
+            except (BlockingIOError, ConnectionResetError, BrokenPipeError):
+                pass
+    time.sleep(0.5)
+    after = rss()
+    for c in connections:
+        c.close()
+    print(f"requests={sent // len(request)} rss-before={before} rss-after={after}", flush=True)
+    """
+
 @Suite struct OperationsTests {
     @Test func metricsAgreeWithTheTrafficSent() async throws {
         let (server, port) = try await startServer([
@@ -125,6 +155,29 @@ let pythonScrapers = """
         #expect(await load.waitForExit(timeout: 30) == 0)
         server.signal(SIGTERM)
         #expect(await server.waitForExit() == 0, "\(server.errorText)")
+    }
+
+    /// Pipelined requests whose responses are never read used to pile up in the server (8 connections took it past
+    /// 1 GB): the endpoint now answers only as fast as each client reads, so its memory stays flat, and it still
+    /// answers an ordinary scrape afterwards.
+    @Test func pipelinedScrapesThatAreNeverReadDoNotGrowMemory() async throws {
+        let (server, _) = try await startServer(["--address", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--quiet"])
+        let line = try #require(await server.waitForLine { $0.hasPrefix("metrics on http://") })
+        let port = try #require(line.firstMatch(of: /http:\/\/127\.0\.0\.1:(\d+)\/metrics/)?.1)
+        let pid = server.process.processIdentifier
+        let run = try await Spawned.run(
+            python,
+            ["python3", "-c", pythonPipeliner, String(port), "\(pid)", "8", "3"],
+            timeout: 30
+        )
+        let result = try #require(run.lines.last, "\(run.error)")
+        let figures = try #require(result.wholeMatch(of: /requests=(\d+) rss-before=(\d+) rss-after=(\d+)/), "\(result)")
+        #expect(Int(figures.1)! > 10_000, "\(result)")
+        let growth = Int(figures.3)! - Int(figures.2)!
+        #expect(growth < 64 * 1024, "the server grew by \(growth) KiB: \(result)")
+        #expect(try await scrape("http://127.0.0.1:\(port)/metrics")["udpecho_datagrams_total{direction=\"received\"}"] == 0)
+        server.signal(SIGTERM)
+        #expect(await server.waitForExit() == 0)
     }
 
     @Test func servesASocketPassedTheWaySystemdDoes() async throws {

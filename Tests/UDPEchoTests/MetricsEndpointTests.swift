@@ -1,0 +1,125 @@
+import Foundation
+import NIOCore
+import TestSupport
+import Testing
+import UDPEcho
+
+/// An HTTP client on Python's sockets (an independent peer), speaking raw HTTP so that each test controls exactly
+/// what is sent and when. Each step is `send:TEXT` (with \r\n for line ends), `sleep:SECONDS`, or `read`, which
+/// reads until the server closes the connection or 3 s pass. It prints one line per `read`: `closed after S s,
+/// N responses` or `open after 3 s, N responses`.
+let pythonHTTPSteps = """
+    import socket, sys, time
+    port, steps = int(sys.argv[1]), sys.argv[2:]
+    c = socket.create_connection(("127.0.0.1", port))
+    start = time.time()
+    for step in steps:
+        kind, _, value = step.partition(":")
+        if kind == "send":
+            try:
+                c.sendall(value.replace("\\\\r\\\\n", "\\r\\n").encode())
+            except OSError:
+                pass  # the server closed the connection already: the next read says so
+        elif kind == "sleep":
+            time.sleep(float(value))
+        elif kind == "read":
+            c.settimeout(3)
+            data, closed = b"", False
+            try:
+                while True:
+                    chunk = c.recv(65536)
+                    if not chunk:
+                        closed = True
+                        break
+                    data += chunk
+            except socket.timeout:
+                pass
+            except ConnectionResetError:
+                closed = True
+            responses = data.count(b"HTTP/1.")
+            state = f"closed after {time.time() - start:.1f} s" if closed else "open after 3 s"
+            print(f"{state}, {responses} responses", flush=True)
+    """
+
+@Suite struct MetricsEndpointTests {
+    func withEndpoint(
+        _ configuration: MetricsEndpoint.Configuration = .init(),
+        _ body: (MetricsEndpoint) async throws -> Void
+    ) async throws {
+        let endpoint = try await MetricsEndpoint(
+            address: try SocketAddress(ipAddress: "127.0.0.1", port: 0),
+            configuration: configuration
+        ) { "udpecho_test_metric 1\n" }
+        let running = Task { try await endpoint.run() }
+        do {
+            try await body(endpoint)
+        } catch {
+            running.cancel()
+            throw error
+        }
+        running.cancel()
+        try await running.value
+    }
+
+    func steps(_ port: Int, _ steps: [String]) async throws -> [String] {
+        try await Spawned.run(python, ["python3", "-c", pythonHTTPSteps, "\(port)"] + steps, timeout: 30).lines
+    }
+
+    /// Keep-alive connections stay open across requests; `Connection: close` and HTTP/1.0 get their response and
+    /// then the connection is closed, as HTTP says.
+    @Test func keepsConnectionsOpenOnlyWhenTheClientAsks() async throws {
+        try await self.withEndpoint { endpoint in
+            let port = endpoint.localAddress!.port!
+            let keepAlive = "send:GET /metrics HTTP/1.1\\r\\nHost: t\\r\\n\\r\\n"
+            #expect(try await self.steps(port, [keepAlive, keepAlive, "read"]) == ["open after 3 s, 2 responses"])
+            let close = "send:GET /metrics HTTP/1.1\\r\\nHost: t\\r\\nConnection: close\\r\\n\\r\\n"
+            let closed = try await self.steps(port, [close, "read"])
+            #expect(closed.first?.hasPrefix("closed after 0.") == true && closed.first?.hasSuffix(", 1 responses") == true, "\(closed)")
+            let old = try await self.steps(port, ["send:GET /metrics HTTP/1.0\\r\\n\\r\\n", "read"])
+            #expect(old.first?.hasPrefix("closed after 0.") == true && old.first?.hasSuffix(", 1 responses") == true, "\(old)")
+        }
+    }
+
+    /// At most `maximumConnections` at once: while two connections are open, a third is closed unanswered.
+    @Test func boundsConnections() async throws {
+        let limits = MetricsEndpoint.Configuration(maximumConnections: 2, requestTimeout: .seconds(2))
+        try await self.withEndpoint(limits) { endpoint in
+            let port = endpoint.localAddress!.port!
+            async let first = self.steps(port, ["read"])
+            async let second = self.steps(port, ["read"])
+            let deadline = ContinuousClock.now + .seconds(5)
+            while endpoint.openConnections < 2 && ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            #expect(endpoint.openConnections == 2)
+            let third = try await self.steps(port, ["send:GET /metrics HTTP/1.1\\r\\n\\r\\n", "read"])
+            #expect(third.first?.hasPrefix("closed after 0.") == true, "\(third)")
+            #expect(third.first?.hasSuffix(", 0 responses") == true, "\(third)")
+            // The two that held their connections without a request are closed after the request timeout.
+            for lines in try await [first, second] {
+                #expect(lines.first?.hasPrefix("closed") == true && lines.first?.hasSuffix(", 0 responses") == true, "\(lines)")
+            }
+        }
+    }
+
+    /// A connection that sends no complete request in time (nothing, or a request dribbled a line at a time) is
+    /// closed, and so is one that stays idle after a response.
+    @Test func closesSlowAndIdleConnections() async throws {
+        let limits = MetricsEndpoint.Configuration(requestTimeout: .milliseconds(500), idleTimeout: .milliseconds(1000))
+        try await self.withEndpoint(limits) { endpoint in
+            let port = endpoint.localAddress!.port!
+            let silent = try await self.steps(port, ["read"])
+            #expect(silent == ["closed after 0.5 s, 0 responses"] || silent.first?.hasPrefix("closed after 0.") == true, "\(silent)")
+            let slow = try await self.steps(
+                port,
+                [
+                    "send:GET /metrics HTTP/1.1\\r\\n", "sleep:0.3", "send:Host: t\\r\\n", "sleep:0.3",
+                    "send:X-Slow: 1\\r\\n", "read",
+                ]
+            )
+            #expect(slow.first?.hasPrefix("closed") == true && slow.first?.hasSuffix(", 0 responses") == true, "\(slow)")
+            let idle = try await self.steps(port, ["send:GET /metrics HTTP/1.1\\r\\n\\r\\n", "read"])
+            #expect(idle.first?.hasPrefix("closed after 1.") == true && idle.first?.hasSuffix(", 1 responses") == true, "\(idle)")
+        }
+    }
+}
