@@ -21,7 +21,9 @@ struct BenchCommand: AsyncParsableCommand {
             is measured from each request's scheduled send time, so a server that stalls cannot hide the stall \
             (the coordinated-omission correction that wrk2 made known)
             It reports sent, received, lost (no reply within --loss-timeout), duplicate, corrupt and late replies, \
-            and round-trip percentiles from an HdrHistogram. On a terminal a progress line is updated once a second.
+            and round-trip percentiles from an HdrHistogram. Echoes per second are counted over the time the load \
+            was on (from the first request to the last request sent or reply received), not over the wait at the \
+            end for replies that never come. On a terminal a progress line is updated once a second.
 
             Every run ends by itself. Targets must be loopback or this host's own addresses unless --allow-remote \
             is given: a load tool pointed at someone else's host by mistake floods it.
@@ -174,7 +176,7 @@ extension ProbeProgress {
 extension EchoBenchmark.Result {
     func benchSummary(size: Int) -> [String] {
         let counts = self.counts
-        let seconds = self.elapsed.seconds
+        let seconds = self.activeTime.seconds
         let rate = self.echoesPerSecond
         let megabits = rate * Double(size) * 8 / 1e6
         let times = self.times
@@ -202,6 +204,7 @@ enum BenchJSON {
         var rate: Double?
         var duration_s: Double
         var elapsed_s: Double
+        var active_s: Double
         var echoes_per_second: Double
         var sent, received, lost, duplicate, corrupt, late, reordered, send_errors, refused: Int
         var rtt_ms: [String: Double]
@@ -234,6 +237,7 @@ enum BenchJSON {
                 rate: rate,
                 duration_s: configuration.duration.seconds,
                 elapsed_s: result.elapsed.seconds,
+                active_s: result.activeTime.seconds,
                 echoes_per_second: result.echoesPerSecond,
                 sent: counts.sent,
                 received: counts.received,

@@ -9,7 +9,7 @@ let udpecho: String = {
 }()
 
 /// A few lines of Python as an independent UDP peer: an echo server on an ephemeral port that prints its port, and
-/// that can misbehave: never answer (`silent`), flip a byte of each reply (`flip`, the first; `flip-last`, the last),
+/// that can misbehave: never answer (`silent`), lose every third datagram (`lossy`), flip a byte of each reply (`flip`, the first; `flip-last`, the last),
 /// answer twice (`dup`), swap each pair of replies (`reorder`), or stop answering for 300 ms once, after its 500th
 /// datagram (`stall`).
 let pythonEchoServer = """
@@ -23,7 +23,7 @@ let pythonEchoServer = """
     while True:
         data, peer = s.recvfrom(65535)
         n += 1
-        if mode == "silent":
+        if mode == "silent" or (mode == "lossy" and n % 3 == 0):
             continue
         if mode == "flip" and data:
             data = bytes([data[0] ^ 0xFF]) + data[1:]

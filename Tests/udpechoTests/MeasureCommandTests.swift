@@ -143,6 +143,32 @@ func jsonObjects(_ lines: [String]) throws -> [[String: Any]] {
         }
     }
 
+    /// With loss, the run waits a loss timeout for the last lost replies; echoes per second are counted over the
+    /// time the load was on (1 s here), not over that wait (which used to halve the rate reported here).
+    @Test func echoesPerSecondLeaveOutTheWaitForLostReplies() async throws {
+        let (peer, port) = try await startPythonServer("lossy")
+        let result = try await Spawned.run(
+            udpecho,
+            [
+                "bench", "127.0.0.1:\(port)", "--flows", "1", "--rate", "2000", "--duration", "1s", "--loss-timeout",
+                "1s", "--json",
+            ]
+        )
+        #expect(result.status == 0, "\(result.error)")
+        let object = try #require(try jsonObjects(result.lines).first)
+        let received = Double(try #require(object["received"] as? Int))
+        let lost = try #require(object["lost"] as? Int)
+        #expect(lost > 500, "\(object)")
+        let elapsed = try #require(object["elapsed_s"] as? Double)
+        let active = try #require(object["active_s"] as? Double)
+        let rate = try #require(object["echoes_per_second"] as? Double)
+        #expect(elapsed >= 1.9, "the run waits a loss timeout for the last lost reply: \(object)")
+        #expect((0.95...1.1).contains(active), "\(object)")
+        #expect(abs(rate * active - received) < 2, "\(object)")
+        #expect(rate > received / 1.1, "\(object)")
+        peer.signal(SIGKILL)
+    }
+
     /// Open loop: latency counts from each request's scheduled time, so a 300 ms stall of the server shows in p99
     /// (a closed loop would simply send less while the server stalls, and hide it).
     @Test func openLoopLatencyIncludesAServerStall() async throws {

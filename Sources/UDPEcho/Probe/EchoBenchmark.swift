@@ -87,10 +87,15 @@ public enum EchoBenchmark {
         public var counts: ProbeCounts
         /// The round-trip times of the matched replies.
         public var times: RoundTripTimes
-        /// Time from the first request to the last reply or loss.
+        /// Time from the first request until every request was answered or counted as lost (which includes waiting
+        /// a loss timeout for the last lost ones).
         public var elapsed: Duration
-        /// Matched replies per second over the run.
-        public var echoesPerSecond: Double { Double(self.counts.received) / max(self.elapsed.seconds, 1e-9) }
+        /// The time the load was on: from the first request to the last request sent or the last reply received,
+        /// whichever came later. The wait at the end for replies that never come is not in it.
+        public var activeTime: Duration
+        /// Matched replies per second while the load was on (over ``activeTime``): with loss, dividing by
+        /// ``elapsed`` would count the wait for the lost replies as time the server was too slow.
+        public var echoesPerSecond: Double { Double(self.counts.received) / max(self.activeTime.seconds, 1e-9) }
     }
 
     /// Runs the load; returns when the duration (or count) is reached and every request is answered or lost, or when
@@ -140,7 +145,8 @@ extension ProbeEngine {
                         returning: EchoBenchmark.Result(
                             counts: engine.value.counts,
                             times: engine.value.times,
-                            elapsed: elapsed
+                            elapsed: elapsed,
+                            activeTime: engine.value.activeTime
                         )
                     )
                 }

@@ -159,6 +159,14 @@ final class ProbeEngine {
     private(set) var times = RoundTripTimes()
     /// Probes handed to `sendmmsg`, sent or not: what the count limit counts.
     private var attempted = 0
+    /// When the run started, the last probe left, and the last matched reply came (CLOCK_MONOTONIC, ns).
+    private var startedAt: Int64 = 0
+    private var lastSentAt: Int64 = 0
+    private var lastReplyAt: Int64 = 0
+
+    /// The time the load was on: from the start to the last probe sent or the last reply received, whichever came
+    /// later. The wait at the end for replies that never come is not in it.
+    var activeTime: Duration { .nanoseconds(max(self.lastSentAt, self.lastReplyAt, self.startedAt) - self.startedAt) }
 
     /// Opens and connects the flows' sockets.
     init(_ configuration: Configuration) throws(EchoError) {
@@ -235,6 +243,7 @@ final class ProbeEngine {
         onProgress: ((ProbeProgress) -> Void)?
     ) {
         let start = cudpecho_now_ns()
+        self.startedAt = start
         let sendUntil = self.configuration.duration.map { start + $0.nanoseconds } ?? Self.noDeadline
         let limit = self.configuration.count ?? .max
         var nextProgress = start + 1_000_000_000
@@ -376,6 +385,7 @@ final class ProbeEngine {
             let sent = cudpecho_batch_send(flow.descriptor, self.transmit, Int32(next), Int32(count - next))
             if sent > 0 {
                 next += Int(sent)
+                self.lastSentAt = cudpecho_now_ns()
                 continue
             }
             switch -sent {
@@ -455,6 +465,7 @@ final class ProbeEngine {
             let outOfOrder = flow.markReceived(sequence)
             let roundTrip = now - scheduledAt
             self.counts.received += 1
+            self.lastReplyAt = now
             if outOfOrder { self.counts.reordered += 1 }
             self.times.record(roundTrip)
             onEvent?(.reply(sequence: sequence, bytes: reply.count, roundTrip: roundTrip, outOfOrder: outOfOrder))
