@@ -66,6 +66,9 @@ struct ClientCommand: AsyncParsableCommand {
         guard try self.serverAddress() != nil else {
             throw ValidationError("give the server with --address HOST:PORT, for example --address 127.0.0.1:1337")
         }
+        guard self.timeout > .zero else {
+            throw ValidationError("--timeout 0 gives up before any reply can come; give a deadline such as 2s")
+        }
     }
 
     private func serverAddress() throws -> HostAndPort? {

@@ -157,8 +157,8 @@ extension ProbeEvent {
             let time = roundTrip >= 0 ? " time=\(milliseconds(roundTrip)) ms" : ""
             return "\(bytes) bytes from \(peer): seq=\(sequence)\(time) (late: already counted as lost)"
         case .corrupt(let sequence, let bytes, let reason):
-            let which = sequence.map { " seq=\($0)" } ?? ""
-            return "corrupt reply: \(bytes) bytes from \(peer):\(which): \(reason)"
+            let which = sequence.map { ": seq=\($0)" } ?? ""
+            return "corrupt reply: \(bytes) bytes from \(peer)\(which): \(reason)"
         case .refused:
             return "refused: \(peer) answered ICMP port unreachable (nothing listens there)"
         case .sendError(let code):

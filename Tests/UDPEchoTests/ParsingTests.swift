@@ -45,6 +45,17 @@ import Testing
         #expect(AddressError.unbracketedIPv6("::1:7").description.contains("[::1]:1337"))
         #expect(AddressError.portOutOfRange("h:70000", 70000).description.contains("0 to 65535"))
     }
+
+    /// The suggestion completes what was written, without doubling brackets or colons.
+    @Test(arguments: [
+        ("[::1]", "[::1]:1337"), ("host:", "host:1337"), ("[::1]:", "[::1]:1337"), ("localhost", "localhost:1337"),
+    ])
+    func suggestsTheAddressAsMeant(text: String, suggestion: String) throws {
+        let error = #expect(throws: AddressError.self) { try HostAndPort(parsing: text) }
+        let description = try #require(error?.description)
+        #expect(description.contains("for example \(suggestion)"), "\(description)")
+        #expect(!description.contains("[[") && !description.contains(":]:"), "\(description)")
+    }
 }
 
 @Suite struct DurationTests {
@@ -58,14 +69,29 @@ import Testing
         ("250µs", .microseconds(250)),
         ("10ns", .nanoseconds(10)),
         ("1h", .seconds(3600)),
+        ("0", .zero),
+        (".5s", .milliseconds(500)),
+        ("1.s", .seconds(1)),
+        ("+5s", .seconds(5)),
+        ("1.000000001s", .nanoseconds(1_000_000_001)),
+        ("1h1m1s1ms1us1ns", .nanoseconds(3_661_001_001_001)),
+        ("2562047h47m16.854775807s", .nanoseconds(Int64.max)),
+        ("9223372036854775807ns", .nanoseconds(Int64.max)),
     ])
     func parsesGoDurations(text: String, expected: Duration) throws {
         #expect(try Duration(parsing: text) == expected)
     }
 
-    @Test(arguments: ["", "15", "s", "5 minutes", "-1s", "1x", "1.2.3s"])
+    @Test(arguments: ["", "15", "s", "5 minutes", "-1s", "1x", "1.2.3s", ".s", "00", "1s 2"])
     func rejectsBadDurations(text: String) {
         #expect(throws: DurationParseError.self) { try Duration(parsing: text) }
+    }
+
+    /// Go's limit, 2^63 - 1 nanoseconds (about 292 years), and not a nanosecond more.
+    @Test(arguments: ["2562047h47m16.854775808s", "2562048h", "9223372036854775808ns", "99999999999999999999ns"])
+    func rejectsDurationsLongerThanGoAllows(text: String) {
+        let error = #expect(throws: DurationParseError.self) { try Duration(parsing: text) }
+        #expect(error?.description.contains("2562047h47m16.854775807s") == true, "\(String(describing: error))")
     }
 
     @Test func missingUnitIsExplained() {

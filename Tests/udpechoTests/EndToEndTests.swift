@@ -118,6 +118,10 @@ import Glibc
         (["--timeout", "15"], "has no unit"),
         (["--address", ":1", "--port", "2"], "not both"),
         (["--threads", "0"], "out of range"),
+        (["--address", "[::1]"], "for example [::1]:1337"),
+        (["--address", "localhost:"], "for example localhost:1337"),
+        (["--timeout", "2562048h"], "longer than 2562047h47m16.854775807s"),
+        (["--loop-limit=-1"], "cannot be negative"),
     ])
     func rejectsBadArguments(arguments: [String], message: String) async throws {
         let result = try await Spawned.run(udpecho, ["server"] + arguments)
@@ -254,6 +258,7 @@ import Glibc
         (["--address", "[::1:7"], "unbalanced brackets"),
         (["--address", "127.0.0.1:99999"], "out of range"),
         (["--address", "127.0.0.1:7", "--timeout", "soon"], "expected a number"),
+        (["--address", "127.0.0.1:7", "--timeout", "0"], "gives up before any reply can come"),
         ([], "give the server with --address"),
     ])
     func rejectsBadArgumentsWithExitCode64(arguments: [String], message: String) async throws {

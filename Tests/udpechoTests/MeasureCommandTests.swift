@@ -99,6 +99,20 @@ func jsonObjects(_ lines: [String]) throws -> [[String: Any]] {
         }
     }
 
+    /// A damaged sequence number: the line says what the bytes read and that no such probe had been sent (the
+    /// first byte flipped turns probe 0 into 255), with one colon after the address.
+    @Test func explainsAReplyWhoseSequenceNumberIsDamaged() async throws {
+        let (peer, port) = try await startPythonServer("flip")
+        let result = try await Spawned.run(udpecho, ["ping", "127.0.0.1:\(port)", "-c", "1", "-W", "300ms"])
+        #expect(
+            result.lines.contains(
+                "corrupt reply: 64 bytes from 127.0.0.1:\(port): its sequence number (bytes 0-7) reads 255, which had not been sent yet"
+            ),
+            "\(result.lines)"
+        )
+        peer.signal(SIGKILL)
+    }
+
     @Test func ctrlCEndsWithTheSummary() async throws {
         let (server, port) = try await startServer(["--address", "127.0.0.1:0", "--quiet"])
         let ping = try Spawned(udpecho, ["ping", "127.0.0.1:\(port)", "-i", "10ms"])

@@ -83,7 +83,13 @@ public enum AddressError: Error, Equatable, CustomStringConvertible {
         }
     }
 
+    /// `text` completed with a port, as the user most likely meant it: `[::1]` -> `[::1]:1337`, `host:` ->
+    /// `host:1337`, `::1` -> `[::1]:1337`, `host` -> `host:1337`.
     private static func example(for text: String) -> String {
+        if text.hasPrefix("[") && text.hasSuffix("]") { return "\(text):1337" }
+        if text.hasSuffix(":") && (text.hasPrefix("[") || text.dropLast().allSatisfy { $0 != ":" }) {
+            return "\(text)1337"
+        }
         if text.contains(":") { return "[\(text)]:1337" }
         return "\(text):1337"
     }

@@ -447,10 +447,24 @@ final class ProbeEngine {
         let sequence = UInt64(littleEndian: reply.loadUnaligned(as: UInt64.self))
         let stamp = Int64(littleEndian: reply.loadUnaligned(fromByteOffset: 8, as: Int64.self))
         switch flow.lookUp(sequence) {
-        case .unknown:
+        case .notYetSent:
+            // Bytes 0-7 were damaged (or the reply is not an echo of ours): which probe it was cannot be known.
             self.counts.corrupt += 1
             onEvent?(
-                .corrupt(sequence: nil, bytes: reply.count, reason: "its sequence number \(sequence) was never sent")
+                .corrupt(
+                    sequence: nil,
+                    bytes: reply.count,
+                    reason: "its sequence number (bytes 0-7) reads \(sequence), which had not been sent yet"
+                )
+            )
+        case .notSent:
+            self.counts.corrupt += 1
+            onEvent?(
+                .corrupt(
+                    sequence: nil,
+                    bytes: reply.count,
+                    reason: "its sequence number (bytes 0-7) reads \(sequence), a probe the kernel refused to send"
+                )
             )
         case .forgotten:
             self.counts.late += 1
@@ -497,7 +511,12 @@ private final class Flow {
     }
 
     enum LookUp {
-        case unknown, forgotten
+        /// A sequence number beyond the last one sent.
+        case notYetSent
+        /// A probe that the kernel would not send.
+        case notSent
+        /// Older than the ring remembers.
+        case forgotten
         case outstanding(Int64)
         case answered
         case lost(Int64)
@@ -589,14 +608,14 @@ private final class Flow {
     }
 
     func lookUp(_ sequence: UInt64) -> LookUp {
-        guard sequence < self.nextSequence else { return .unknown }
+        guard sequence < self.nextSequence else { return .notYetSent }
         let position = Int(sequence) & self.mask
         guard self.sequences[position] == sequence else { return .forgotten }
         switch State(rawValue: self.states[position]) {
         case .outstanding: return .outstanding(self.scheduled[position])
         case .answered: return .answered
         case .lost: return .lost(self.scheduled[position])
-        case .some(.none), nil: return .unknown
+        case .some(.none), nil: return .notSent
         }
     }
 

@@ -11,35 +11,70 @@ public struct DurationParseError: Error, CustomStringConvertible, Equatable {
 }
 
 extension Duration {
-    private static let units: [(suffix: String, nanoseconds: Double)] = [
-        ("ns", 1), ("us", 1e3), ("µs", 1e3), ("μs", 1e3), ("ms", 1e6), ("s", 1e9), ("m", 60e9), ("h", 3600e9),
+    private static let units: [(suffix: String, nanoseconds: UInt64)] = [
+        ("ns", 1), ("us", 1000), ("µs", 1000), ("μs", 1000), ("ms", 1_000_000), ("s", 1_000_000_000),
+        ("m", 60_000_000_000), ("h", 3_600_000_000_000),
     ]
 
+    /// The longest duration Go can represent, and so the longest accepted: 2^63 - 1 nanoseconds.
+    public static let maximumParsable = Duration.nanoseconds(Int64.max)
+
     /// Parses a duration as Go's `time.ParseDuration` reads it: one or more decimal numbers, each with a unit
-    /// (`ns`, `us`/`µs`, `ms`, `s`, `m`, `h`), such as `500ms`, `2s`, `1.5s`, `1m30s`.
+    /// (`ns`, `us`/`µs`, `ms`, `s`, `m`, `h`), such as `500ms`, `2s`, `1.5s`, `.5s`, `1m30s`; `0` needs no unit. The
+    /// result is exact to the nanosecond, up to 2562047h47m16.854775807s. Negative durations are refused.
     ///
     /// - Throws: ``DurationParseError`` saying what is wrong.
     public init(parsing text: String) throws(DurationParseError) {
         var rest = Substring(text.trimmingSpaces())
         guard !rest.isEmpty else { throw DurationParseError(text: text, reason: "it is empty") }
-        if rest.hasPrefix("-") { throw DurationParseError(text: text, reason: "it is negative") }
-        var total = 0.0
+        if rest.hasPrefix("-") && rest != "-0" { throw DurationParseError(text: text, reason: "it is negative") }
+        if rest.hasPrefix("-") || rest.hasPrefix("+") { rest = rest.dropFirst() }
+        if rest == "0" {
+            self = .zero
+            return
+        }
+        var total: UInt64 = 0
+        let tooLong = DurationParseError(text: text, reason: "it is longer than 2562047h47m16.854775807s, the most Go allows")
         while !rest.isEmpty {
-            let number = rest.prefix { $0.isASCII && ($0.isNumber || $0 == ".") }
-            guard !number.isEmpty, let value = Double(number) else {
+            let integerText = rest.prefix { $0.isASCII && $0.isNumber }
+            rest = rest.dropFirst(integerText.count)
+            var fractionText = Substring("")
+            if rest.hasPrefix(".") {
+                rest = rest.dropFirst()
+                fractionText = rest.prefix { $0.isASCII && $0.isNumber }
+                rest = rest.dropFirst(fractionText.count)
+            }
+            guard !integerText.isEmpty || !fractionText.isEmpty else {
                 throw DurationParseError(text: text, reason: "expected a number at '\(rest)'")
             }
-            rest = rest.dropFirst(number.count)
             let unitText = rest.prefix { !($0.isASCII && ($0.isNumber || $0 == ".")) }
+            let number = integerText + (fractionText.isEmpty ? "" : "." + fractionText)
             guard !unitText.isEmpty else { throw DurationParseError(text: text, reason: "'\(number)' has no unit") }
-            guard let unit = Self.units.first(where: { $0.suffix == unitText }) else {
+            guard let unit = Self.units.first(where: { $0.suffix == unitText })?.nanoseconds else {
                 throw DurationParseError(text: text, reason: "'\(unitText)' is not a unit (ns, us, ms, s, m, h)")
             }
             rest = rest.dropFirst(unitText.count)
-            total += value * unit.nanoseconds
+            // Whole units, exactly; too many digits is too long.
+            guard integerText.count <= 19, let integer = UInt64(integerText.isEmpty ? "0" : integerText) else {
+                throw tooLong
+            }
+            let (whole, overflow) = integer.multipliedReportingOverflow(by: unit)
+            guard !overflow else { throw tooLong }
+            // The fraction of a unit, to the nanosecond (digits past the 18th cannot matter and are ignored, as Go
+            // ignores them).
+            let digits = fractionText.prefix(18)
+            var fraction: UInt64 = 0
+            if let value = UInt64(digits), !digits.isEmpty {
+                var scale: UInt64 = 1
+                for _ in 0..<digits.count { scale *= 10 }
+                fraction = scale.dividingFullWidth(unit.multipliedFullWidth(by: value)).quotient
+            }
+            let (sum, overflowSum) = total.addingReportingOverflow(whole)
+            let (next, overflowNext) = sum.addingReportingOverflow(fraction)
+            guard !overflowSum, !overflowNext, next <= UInt64(Int64.max) else { throw tooLong }
+            total = next
         }
-        guard total < 1e18 else { throw DurationParseError(text: text, reason: "it is too long") }
-        self = .nanoseconds(Int64(total.rounded()))
+        self = .nanoseconds(Int64(total))
     }
 
     /// The duration written as ``init(parsing:)`` reads it, in the largest unit that keeps it short:
