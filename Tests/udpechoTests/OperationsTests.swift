@@ -217,6 +217,25 @@ let pythonPipeliner = """
         #expect(result.error.contains("UDP socket"))
     }
 
+    /// LISTEN_FDS names a UDP socket that nobody bound: nothing could reach it, so the server must say so and not
+    /// start (it used to print "running as a server on 0.0.0.0:0").
+    @Test func refusesAnUnboundSocket() async throws {
+        let launcher = """
+            import os, socket, sys
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            if s.fileno() != 3:
+                os.dup2(s.fileno(), 3)
+            os.set_inheritable(3, True)
+            os.environ["LISTEN_PID"] = str(os.getpid())
+            os.environ["LISTEN_FDS"] = "1"
+            os.execv(sys.argv[1], sys.argv[1:])
+            """
+        let result = try await Spawned.run(python, ["python3", "-c", launcher, udpecho, "server"])
+        #expect(result.status == 1)
+        #expect(result.error.contains("descriptor 3 is a UDP socket that is not bound to a port"), "\(result.error)")
+        #expect(!result.lines.contains { $0.hasPrefix("running") })
+    }
+
     @Test func jsonLogsAreOneObjectPerLine() async throws {
         let (server, port) = try await startServer(["--address", "127.0.0.1:0", "--log-format", "json"])
         let client = try await Spawned.run(udpecho, ["client", "--address", "127.0.0.1:\(port)"], input: [1, 2, 3, 4])

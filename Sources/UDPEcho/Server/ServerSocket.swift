@@ -71,6 +71,13 @@ struct ServerSocket {
             throw .socket(operation: operation, address: name, errno: EINVAL)
         }
         let local = try Self.localAddress(of: fd, asked: try! SocketAddress(ipAddress: "0.0.0.0", port: 0))
+        guard local.port != 0 else {
+            // Nothing can reach a socket without a port; serving it would only look like serving.
+            throw .invalidConfiguration(
+                "\(name) is a UDP socket that is not bound to a port, so no datagram could reach it; "
+                    + "the service manager must bind it (systemd: ListenDatagram= in the .socket unit)"
+            )
+        }
         try Self.prepare(
             fd,
             family: family,
