@@ -5,8 +5,8 @@ usage: scripts/fuzz.py HOST:PORT METRICS_URL [--count N] [--seed S]
 
 Sends COUNT datagrams (default 10000) of random sizes from 0 to 65507 bytes with random contents, each from one of
 several sources (distinct loopback addresses and ports, and, when run as root, a source on port 1023 and one on port
-2049, which the server's loop guard must drop). Each datagram must come back byte for byte, or, from a guarded
-source, not at all. At the end the server's Prometheus counters must agree with what was sent. Loopback only;
+2049, which the server's port guard must drop). Each datagram must come back byte for byte, or, from a guarded
+source (or the fifth identical datagram in a row from one source: the loop guard), not at all. At the end the server's Prometheus counters must agree with what was sent. Loopback only;
 bounded in count and time (every wait is at most 2 s, the whole run at most 10 minutes).
 """
 import argparse
@@ -54,8 +54,14 @@ def main():
         s.settimeout(0.05)
         sources.append((s, False))
 
+    # The server's loop guard: the same bytes from the same source more than LOOP_LIMIT times in a row, each within
+    # a second of the one before, are an echo loop and dropped. Random sizes include 0 one time in five, so a source
+    # sometimes sends five empty datagrams in a row: those must be dropped, and counted under reason "loop".
+    LOOP_LIMIT = 4
+    runs = {}  # source socket -> (last payload, identical in a row, time of the last)
+
     before = metrics(args.metrics)
-    echoed = dropped = failures = 0
+    echoed = dropped = looped = failures = 0
     sent_bytes = echoed_bytes = 0
     deadline = time.monotonic() + 600
     for n in range(args.count):
@@ -65,13 +71,25 @@ def main():
         sock, answered = rng.choice(sources)
         size = rng.choice([0, 1, rng.randint(0, 1500), rng.randint(0, 65507), 65507])
         payload = rng.randbytes(size)
+        now = time.monotonic()
+        last, run, then = runs.get(sock, (None, 0, 0.0))
+        run = run + 1 if payload == last and now - then <= 1 else 1
+        runs[sock] = (payload, run, now)
+        loop = answered and run > LOOP_LIMIT
+        sock.settimeout(0.05 if loop or not answered else 2)
         sock.sendto(payload, target)
         sent_bytes += size
         try:
             reply, peer = sock.recvfrom(65536)
         except socket.timeout:
             reply = None
-        if answered:
+        if loop:
+            if reply is None:
+                looped += 1
+            else:
+                failures += 1
+                print(f"datagram {n}: the same {size} bytes for the {run}th time in a row was answered", flush=True)
+        elif answered:
             if reply == payload:
                 echoed += 1
                 echoed_bytes += size
@@ -85,7 +103,7 @@ def main():
                 failures += 1
                 print(f"datagram {n} from guarded port {sock.getsockname()[1]} was answered", flush=True)
 
-    sent = echoed + dropped + failures
+    sent = echoed + dropped + looped + failures
     after = metrics(args.metrics)
 
     def delta(name):
@@ -97,12 +115,14 @@ def main():
         ("bytes received", delta('udpecho_bytes_total{direction="received"}'), sent_bytes),
         ("bytes echoed", delta('udpecho_bytes_total{direction="echoed"}'), echoed_bytes),
         ("dropped by the source-port guard", delta('udpecho_dropped_total{reason="source-port"}'), dropped),
+        ("dropped by the loop guard", delta('udpecho_dropped_total{reason="loop"}'), looped),
     ]
     for label, got, want in checks:
         ok = got == want
         failures += 0 if ok else 1
         print(f"metrics {label}: {got:.0f} (expected {want}) {'ok' if ok else 'MISMATCH'}", flush=True)
-    print(f"{echoed} echoed byte for byte, {dropped} dropped by guards, from {len(sources)} sources")
+    print(f"{echoed} echoed byte for byte, {dropped} dropped by the port guards, {looped} by the loop guard, "
+          f"from {len(sources)} sources")
     print(f"{sent - failures} passed, {failures} failed")
     sys.exit(1 if failures else 0)
 
