@@ -183,6 +183,38 @@ import Glibc
         #expect(shown + notShown == 100)
     }
 
+    /// The event handler runs on a thread of the server's own: a handler that blocks (a terminal that stopped
+    /// reading, slow formatting) cannot hold up serving. Events it cannot take are counted, and once it is released
+    /// it gets the ones that were waiting, in order.
+    @Test func aBlockedEventHandlerDoesNotHoldUpServing() async throws {
+        let released = Atomic<Bool>(false)
+        let events = EventRecorder()
+        let configuration = EchoServer.Configuration(
+            address: HostAndPort(host: isolatedLoopback(), port: 0),
+            threads: 1,
+            eventsPerSecond: nil
+        )
+        let server = try EchoServer(configuration: configuration) { event in
+            while !released.load(ordering: .acquiring) { usleep(1000) }
+            events.record(event)
+        }
+        let running = Task { try await server.run() }
+        let client = try TestSocket(host: "127.0.0.1", connectTo: try clientAddress(of: server))
+        for index in 0..<3000 {
+            client.send(pattern(16, seed: index))
+            #expect(await client.receive(timeoutMilliseconds: 2000)?.bytes == pattern(16, seed: index))
+        }
+        let statistics = server.statistics
+        #expect(statistics.echoed == 3000)
+        // The ring holds about a thousand records; the rest could not be given to the blocked handler.
+        #expect(statistics.eventsNotDelivered > 0)
+        released.store(true, ordering: .releasing)
+        running.cancel()
+        try await running.value
+        let received = events.all.compactMap { if case .received(let bytes, _) = $0 { bytes } else { nil } }
+        #expect(received.count * 2 + server.statistics.eventsNotDelivered == 6000)
+    }
+
     @Test func quietReportingStillReportsNothingForGoodTraffic() async throws {
         let events = EventRecorder()
         let configuration = EchoServer.Configuration(
