@@ -24,19 +24,27 @@ func scrape(_ url: String) async throws -> [String: Double] {
     return samples
 }
 
-/// A launcher that passes a bound UDP socket the way systemd does: as descriptor 3, with LISTEN_PID (this process,
-/// which becomes the server by exec) and LISTEN_FDS=1. It prints the socket's port first.
+/// A launcher that passes a descriptor the way systemd does: as descriptor 3, with LISTEN_PID (this process, which
+/// becomes the server by exec) and LISTEN_FDS=1. `launch.py MODE PROGRAM ARGS...`, where MODE is `bound` (a UDP
+/// socket bound to 127.0.0.1, whose port it prints first), `unbound` (a UDP socket nobody bound) or `pipe` (not a
+/// socket at all).
 let pythonSocketActivation = """
     import os, socket, sys
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    print(s.getsockname()[1], flush=True)
-    if s.fileno() != 3:
-        os.dup2(s.fileno(), 3)
+    mode = sys.argv[1]
+    if mode == "pipe":
+        descriptor, _ = os.pipe()
+    else:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        if mode == "bound":
+            s.bind(("127.0.0.1", 0))
+            print(s.getsockname()[1], flush=True)
+        descriptor = s.fileno()
+    if descriptor != 3:
+        os.dup2(descriptor, 3)
     os.set_inheritable(3, True)
     os.environ["LISTEN_PID"] = str(os.getpid())
     os.environ["LISTEN_FDS"] = "1"
-    os.execv(sys.argv[1], sys.argv[1:])
+    os.execv(sys.argv[2], sys.argv[2:])
     """
 
 /// Scrapers as Prometheus replicas are: `n` keep-alive HTTP connections (Python's http.client, an independent
@@ -183,7 +191,7 @@ let pythonPipeliner = """
     @Test func servesASocketPassedTheWaySystemdDoes() async throws {
         let launched = try Spawned(
             python,
-            ["python3", "-c", pythonSocketActivation, udpecho, "server", "--address", ":1"]
+            ["python3", "-c", pythonSocketActivation, "bound", udpecho, "server", "--address", ":1"]
         )
         let portLine = try #require(await launched.waitForLine { Int($0) != nil })
         let port = Int(portLine)!
@@ -202,16 +210,7 @@ let pythonPipeliner = """
 
     @Test func refusesADescriptorThatIsNotAUDPSocket() async throws {
         // LISTEN_FDS names descriptor 3, but nothing UDP is there: say so, do not serve something else.
-        let launcher = """
-            import os, sys
-            r, w = os.pipe()
-            os.dup2(r, 3)
-            os.set_inheritable(3, True)
-            os.environ["LISTEN_PID"] = str(os.getpid())
-            os.environ["LISTEN_FDS"] = "1"
-            os.execv(sys.argv[1], sys.argv[1:])
-            """
-        let result = try await Spawned.run(python, ["python3", "-c", launcher, udpecho, "server"])
+        let result = try await Spawned.run(python, ["python3", "-c", pythonSocketActivation, "pipe", udpecho, "server"])
         #expect(result.status == 1)
         #expect(result.error.contains("descriptor 3"))
         #expect(result.error.contains("UDP socket"))
@@ -220,17 +219,7 @@ let pythonPipeliner = """
     /// LISTEN_FDS names a UDP socket that nobody bound: nothing could reach it, so the server must say so and not
     /// start (it used to print "running as a server on 0.0.0.0:0").
     @Test func refusesAnUnboundSocket() async throws {
-        let launcher = """
-            import os, socket, sys
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            if s.fileno() != 3:
-                os.dup2(s.fileno(), 3)
-            os.set_inheritable(3, True)
-            os.environ["LISTEN_PID"] = str(os.getpid())
-            os.environ["LISTEN_FDS"] = "1"
-            os.execv(sys.argv[1], sys.argv[1:])
-            """
-        let result = try await Spawned.run(python, ["python3", "-c", launcher, udpecho, "server"])
+        let result = try await Spawned.run(python, ["python3", "-c", pythonSocketActivation, "unbound", udpecho, "server"])
         #expect(result.status == 1)
         #expect(result.error.contains("descriptor 3 is a UDP socket that is not bound to a port"), "\(result.error)")
         #expect(!result.lines.contains { $0.hasPrefix("running") })
