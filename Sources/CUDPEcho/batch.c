@@ -302,3 +302,79 @@ int cudpecho_epoll_wait(int epoll, uint32_t *tokens, int max, int64_t timeout_ns
 }
 
 int cudpecho_batch_arrived_on_loopback(const cudpecho_batch *batch, int i) { return batch->arrived_on_loopback[i]; }
+
+// MARK: Timestamps and the error queue
+
+#include <linux/errqueue.h>
+
+#ifndef SCM_TS_OPT_ID
+#define SCM_TS_OPT_ID 81
+#endif
+
+void cudpecho_batch_set_timestamp_id(cudpecho_batch *batch, int i, uint32_t id) {
+    struct msghdr *h = &batch->messages[i].msg_hdr;
+    h->msg_control = batch->control[i];
+    h->msg_controllen = CMSG_SPACE(sizeof(uint32_t));
+    memset(batch->control[i], 0, h->msg_controllen);
+    struct cmsghdr *c = CMSG_FIRSTHDR(h);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_TS_OPT_ID;
+    c->cmsg_len = CMSG_LEN(sizeof(uint32_t));
+    memcpy(CMSG_DATA(c), &id, sizeof(id));
+}
+
+// The timestamp of an SCM_TIMESTAMPING message: [0] software, [2] raw hardware, as CLOCK_REALTIME (or the NIC's
+// clock) nanoseconds; 0 if absent.
+static int64_t timestamp_of(struct msghdr *h, int hardware) {
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c != NULL; c = CMSG_NXTHDR(h, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SO_TIMESTAMPING_OLD) {
+            struct timespec ts[3];
+            memcpy(ts, CMSG_DATA(c), sizeof(ts));
+            struct timespec *chosen = hardware ? &ts[2] : &ts[0];
+            return (int64_t)chosen->tv_sec * 1000000000 + chosen->tv_nsec;
+        }
+    }
+    return 0;
+}
+
+int64_t cudpecho_batch_timestamp(const cudpecho_batch *batch, int i, int hardware) {
+    return timestamp_of(&((cudpecho_batch *)batch)->messages[i].msg_hdr, hardware);
+}
+
+int cudpecho_batch_recv_errors(int fd, cudpecho_batch *batch, int max) {
+    if (max > batch->count) {
+        max = batch->count;
+    }
+    for (int i = 0; i < max; i++) {
+        struct msghdr *h = &batch->messages[i].msg_hdr;
+        batch->iovecs[i].iov_len = batch->slot_size;
+        h->msg_namelen = sizeof(struct sockaddr_storage);
+        h->msg_name = &batch->peers[i];
+        h->msg_control = batch->control[i];
+        h->msg_controllen = CONTROL_SIZE;
+        h->msg_flags = 0;
+    }
+    int n = recvmmsg(fd, batch->messages, (unsigned int)max, MSG_ERRQUEUE | MSG_DONTWAIT, NULL);
+    return n < 0 ? -errno : n;
+}
+
+int cudpecho_batch_error(const cudpecho_batch *batch, int i, int hardware, cudpecho_error_info *info) {
+    struct msghdr *h = &((cudpecho_batch *)batch)->messages[i].msg_hdr;
+    memset(info, 0, sizeof(*info));
+    int found = 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c != NULL; c = CMSG_NXTHDR(h, c)) {
+        if ((c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_RECVERR)
+            || (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_RECVERR)) {
+            struct sock_extended_err error;
+            memcpy(&error, CMSG_DATA(c), sizeof(error));
+            info->error = (int32_t)error.ee_errno;
+            info->origin = error.ee_origin;
+            info->type = error.ee_type;
+            info->code = error.ee_code;
+            info->data = error.ee_data;
+            found = 1;
+        }
+    }
+    info->timestamp = timestamp_of(h, hardware);
+    return found;
+}

@@ -19,7 +19,10 @@ struct BenchCommand: AsyncParsableCommand {
               --window W   closed loop: W requests in flight per flow; each reply releases the next (throughput)
               --rate PPS   open loop: PPS requests a second on a fixed schedule, whatever the server does; latency \
             is measured from each request's scheduled send time, so a server that stalls cannot hide the stall \
-            (the coordinated-omission correction that wrk2 made known)
+            (the coordinated-omission correction that wrk2 made known); beside it, the round trip from each \
+            request's actual departure (the service time), and how late the requests left
+            Times come from the kernel's timestamps (--timestamps kernel, the default) where it has them, so the \
+            load thread's own delays are not counted; the output says which clock measured them.
             It reports sent, received, lost (no reply within --loss-timeout), duplicate, corrupt and late replies, \
             and round-trip percentiles from an HdrHistogram. Echoes per second are counted over the time the load \
             was on (from the first request to the last request sent or reply received), not over the wait at the \
@@ -77,16 +80,36 @@ struct BenchCommand: AsyncParsableCommand {
 
     @Option(
         help: ArgumentHelp(
-            "Write the latency percentile distribution (HdrHistogram .hgrm text) to FILE.",
+            "Write the percentile distribution (HdrHistogram .hgrm text) to FILE: the round trip in closed loop; in open loop the latency from the schedule, and the round trip to FILE with -rtt before its extension.",
             valueName: "file"
         )
     )
     var histogram: String?
 
     @Option(
-        help: ArgumentHelp("Draw latency by percentile (log percentile axis) as an SVG to FILE.", valueName: "file.svg")
+        help: ArgumentHelp(
+            "Draw the times by percentile (log percentile axis) as an SVG to FILE: the round trip, and in open loop the latency from the schedule beside it.",
+            valueName: "file.svg"
+        )
     )
     var plot: String?
+
+    @Option(
+        help: ArgumentHelp(
+            "What measures the times: kernel (SO_TIMESTAMPING, the default), user (clock reads around the system calls) or hardware (the network card's clock).",
+            valueName: "source"
+        )
+    )
+    var timestamps: TimestampSource = .kernel
+
+    @Option(
+        help: ArgumentHelp(
+            "Open loop: stop sleeping this long before each request is due and poll instead, so that a late wake-up does not delay it (costs up to that much CPU per request). (default: 50us)",
+            valueName: "duration"
+        ),
+        transform: parseDuration
+    )
+    var spin: Duration = EchoBenchmark.defaultSpin
 
     @Flag(help: "Print the result as one JSON object.")
     var json = false
@@ -112,7 +135,9 @@ struct BenchCommand: AsyncParsableCommand {
                 load: load,
                 count: self.count,
                 lossTimeout: self.lossTimeout,
-                allowRemote: self.allowRemote
+                allowRemote: self.allowRemote,
+                timestamps: self.timestamps,
+                spin: self.spin
             )
             try configuration.validate()
         } catch {
@@ -120,28 +145,43 @@ struct BenchCommand: AsyncParsableCommand {
             throw ExitCode(2)
         }
         let showProgress = isatty(2) == 1 && !self.json
-        let result = try await runUntilInterrupted {
-            try await EchoBenchmark.run(configuration) { progress in
-                if showProgress { Stream.err.write("\r\(progress.line)   ") }
+        let result = try await exitOnSetupError {
+            try await runUntilInterrupted {
+                try await EchoBenchmark.run(configuration) { progress in
+                    if showProgress { Stream.err.write("\r\(progress.line)   ") }
+                }
             }
         }
         if showProgress { Stream.err.write("\n") }
 
         let peer = configuration.target.hostPortDescription
+        let openLoop = self.rate != nil
+        let clock = result.timestamps.label
         if let path = self.histogram {
-            try self.write(result.times.percentileDistribution(), to: path)
+            let roundTrip = "udpecho bench: round trip, from each request's departure to its reply; \(clock)"
+            if openLoop {
+                let latency = "udpecho bench: latency, from each request's scheduled send time to its reply; \(clock)"
+                try self.write(result.latencies.percentileDistribution(comment: latency), to: path)
+                try self.write(result.times.percentileDistribution(comment: roundTrip), to: Self.rttPath(path))
+            } else {
+                try self.write(result.times.percentileDistribution(comment: roundTrip), to: path)
+            }
         }
         if let path = self.plot {
             let title = "udpecho bench \(peer): \(self.flows) flows, \(self.describe(load)), \(self.size)-byte requests"
-            try self.write(result.times.percentilePlot(title: title), to: path)
+            var curves: [(label: String, times: RoundTripTimes)] = []
+            if openLoop { curves.append(("latency from the schedule", result.latencies)) }
+            curves.append(("round trip from the departure (\(result.timestamps) timestamps)", result.times))
+            try self.write(RoundTripTimes.percentilePlot(title: title, curves: curves), to: path)
         }
         if self.json {
             Stream.out.line(BenchJSON.encode(result, target: peer, configuration: configuration))
         } else {
             Stream.out.line(
-                "bench \(self.target) (\(peer)): \(self.flows) flows, \(self.describe(load)), \(self.size)-byte requests"
+                "bench \(self.target) (\(peer)): \(self.flows) flows, \(self.describe(load)), \(self.size)-byte requests, "
+                    + clock
             )
-            for line in result.benchSummary(size: self.size) { Stream.out.line(line) }
+            for line in result.benchSummary(size: self.size, openLoop: openLoop) { Stream.out.line(line) }
         }
         if result.counts.corrupt > 0 || result.counts.duplicate > 0 { throw ExitCode(1) }
         if result.counts.received == 0 { throw ExitCode(3) }
@@ -152,6 +192,15 @@ struct BenchCommand: AsyncParsableCommand {
         case .window(let window): return "\(window) in flight each (closed loop)"
         case .rate(let rate): return "\(Int(rate)) requests/s (open loop, latency from scheduled send times)"
         }
+    }
+
+    /// `out.hgrm` -> `out-rtt.hgrm`, `out` -> `out-rtt`.
+    static func rttPath(_ path: String) -> String {
+        let slash = path.lastIndex(of: "/")
+        if let dot = path.lastIndex(of: "."), dot > (slash ?? path.startIndex), dot != path.startIndex {
+            return String(path[..<dot]) + "-rtt" + String(path[dot...])
+        }
+        return path + "-rtt"
     }
 
     private func write(_ text: String, to path: String) throws {
@@ -174,23 +223,41 @@ extension ProbeProgress {
 }
 
 extension EchoBenchmark.Result {
-    func benchSummary(size: Int) -> [String] {
+    func benchSummary(size: Int, openLoop: Bool) -> [String] {
         let counts = self.counts
         let seconds = self.activeTime.seconds
         let rate = self.echoesPerSecond
         let megabits = rate * Double(size) * 8 / 1e6
         let times = self.times
-        return [
+        func row(_ name: String, _ times: RoundTripTimes, _ note: String) -> String {
+            name + "p50 \(milliseconds(times.percentile(50)))  p90 \(milliseconds(times.percentile(90)))  "
+                + "p99 \(milliseconds(times.percentile(99)))  p99.9 \(milliseconds(times.percentile(99.9)))  "
+                + "max \(milliseconds(times.count == 0 ? 0 : times.maximum))" + note
+        }
+        var lines = [
             "echoes     \(counts.received) in \(milliseconds(Int64(seconds * 1e6))) s = \(Int(rate))/s "
                 + "(\(Double(Int(megabits * 10)) / 10) Mbit/s payload)",
             "sent \(counts.sent)  received \(counts.received)  lost \(counts.lost)  duplicate \(counts.duplicate)  "
                 + "corrupt \(counts.corrupt)  late \(counts.late)  reordered \(counts.reordered)"
                 + (counts.sendErrors > 0 ? "  send-errors \(counts.sendErrors)" : "")
                 + (counts.refused > 0 ? "  refused \(counts.refused)" : ""),
-            "rtt ms     p50 \(milliseconds(times.percentile(50)))  p90 \(milliseconds(times.percentile(90)))  "
-                + "p99 \(milliseconds(times.percentile(99)))  p99.9 \(milliseconds(times.percentile(99.9)))  "
-                + "max \(milliseconds(times.count == 0 ? 0 : times.maximum))",
         ]
+        if openLoop {
+            lines.append(row("latency ms ", self.latencies, "  (from each request's scheduled send time)"))
+        }
+        lines.append(row("rtt ms     ", times, "  (from each request's departure)"))
+        let ipdv = self.jitter.ipdv
+        lines.append(
+            "jitter ms  ipdv mean \(milliseconds(Int64(ipdv.mean)))  p50 \(milliseconds(ipdv.percentile(50)))  "
+                + "p99 \(milliseconds(ipdv.percentile(99)))  rfc3550 \(milliseconds(Int64(self.jitter.rfc3550)))"
+        )
+        if openLoop {
+            lines.append(
+                "lateness ms p50 \(milliseconds(self.lateness.percentile(50)))  p99 "
+                    + "\(milliseconds(self.lateness.percentile(99)))  (how late requests left against the schedule)"
+            )
+        }
+        return lines
     }
 }
 
@@ -207,7 +274,13 @@ enum BenchJSON {
         var active_s: Double
         var echoes_per_second: Double
         var sent, received, lost, duplicate, corrupt, late, reordered, send_errors, refused: Int
+        var timestamps: String
+        var timestamp_fallbacks: Int
         var rtt_ms: [String: Double]
+        var latency_ms: [String: Double]?
+        var send_lateness_ms: [String: Double]?
+        var ipdv_ms: [String: Double]
+        var jitter_rfc3550_ms: Double
     }
 
     static func encode(
@@ -223,11 +296,12 @@ enum BenchJSON {
         case .window(let value): window = value
         case .rate(let value): rate = value
         }
-        var rtt: [String: Double] = [:]
-        for (name, percentile) in [("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99.9", 99.9)] {
-            rtt[name] = Double(times.percentile(percentile)) / 1e6
+        func percentiles(_ times: RoundTripTimes) -> [String: Double] {
+            var values = times.milliseconds([50, 90, 99, 99.9])
+            values["max"] = times.count == 0 ? 0 : Double(times.maximum) / 1e6
+            return values
         }
-        rtt["max"] = times.count == 0 ? 0 : Double(times.maximum) / 1e6
+        let rtt = percentiles(times)
         return jsonLine(
             Output(
                 target: target,
@@ -248,7 +322,13 @@ enum BenchJSON {
                 reordered: counts.reordered,
                 send_errors: counts.sendErrors,
                 refused: counts.refused,
-                rtt_ms: rtt
+                timestamps: result.timestamps.rawValue,
+                timestamp_fallbacks: result.timestampFallbacks,
+                rtt_ms: rtt,
+                latency_ms: rate == nil ? nil : percentiles(result.latencies),
+                send_lateness_ms: rate == nil ? nil : result.lateness.milliseconds([50, 99]),
+                ipdv_ms: result.jitter.ipdvMilliseconds,
+                jitter_rfc3550_ms: result.jitter.rfc3550 / 1e6
             )
         )
     }

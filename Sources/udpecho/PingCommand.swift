@@ -20,7 +20,14 @@ struct PingCommand: AsyncParsableCommand {
             Each probe carries its sequence number, its send time and a pattern that the reply must match, so \
             replies that are lost (no reply within -W), duplicated, out of order, late or corrupted are each \
             shown and counted. Ctrl-C (or -c) ends it with a summary: transmitted, received, loss, duplicates, \
-            reordered, corrupt; round-trip min/avg/max/mdev and p50/p90/p99.
+            reordered, corrupt; round-trip min/avg/max/mdev and p50/p90/p99; jitter (IPDV, RFC 3393/5481: the \
+            difference of consecutive round trips, its mean and p50/p99; RFC 3550's interarrival jitter); and how \
+            late the probes left against their schedule.
+
+            The round trip runs from the moment a probe left to the moment its reply arrived, both as the kernel \
+            saw them (--timestamps kernel, the default), so ping's own timer and wake-ups are not counted as \
+            network time. The header and the JSON say which clock measured it. A probe answered with ICMP "port \
+            unreachable" is shown once, as refused.
 
             --json prints one JSON object per line: one per event ("type": "reply", "duplicate", "lost", "late", \
             "corrupt", "refused", "send-error"), unless -q, and a final "summary".
@@ -59,6 +66,14 @@ struct PingCommand: AsyncParsableCommand {
     )
     var timeout: Duration = .seconds(1)
 
+    @Option(
+        help: ArgumentHelp(
+            "What measures the round trips: kernel (SO_TIMESTAMPING: when the probe left and its reply arrived, without the client's own delays), user (clock reads around the system calls), or hardware (the network card's clock, where it has one).",
+            valueName: "source"
+        )
+    )
+    var timestamps: TimestampSource = .kernel
+
     @Flag(name: [.short, .long], help: "Print only the summary.")
     var quiet = false
 
@@ -86,7 +101,8 @@ struct PingCommand: AsyncParsableCommand {
             count: self.count,
             interval: self.interval,
             size: self.size,
-            timeout: self.timeout
+            timeout: self.timeout,
+            timestamps: self.timestamps
         )
         do { try configuration.validate() } catch {
             Stream.err.line("udpecho: error: \(error)")
@@ -94,14 +110,16 @@ struct PingCommand: AsyncParsableCommand {
         }
         let peer = address.hostPortDescription
         let lines = LineQueue(to: .out)
-        if !self.json && !self.quiet {
-            Stream.out.line("PING \(self.target) (\(peer)): \(self.size) bytes of UDP payload")
-        }
         let (json, quiet, timeout) = (self.json, self.quiet, self.timeout)
-        let result = try await runUntilInterrupted {
-            try await EchoPinger.run(configuration) { event in
-                guard !quiet else { return }
-                lines.enqueue(json ? PingJSON.line(for: event) : event.pingLine(peer: peer, timeout: timeout))
+        let header = "PING \(self.target) (\(peer)): \(self.size) bytes of UDP payload"
+        let result = try await exitOnSetupError {
+            try await runUntilInterrupted {
+                try await EchoPinger.run(configuration) { timestamps in
+                    if !json && !quiet { lines.enqueue("\(header), \(timestamps.label)") }
+                } onEvent: { event in
+                    guard !quiet else { return }
+                    lines.enqueue(json ? PingJSON.line(for: event) : event.pingLine(peer: peer, timeout: timeout))
+                }
             }
         }
         lines.finish(within: .seconds(2))
@@ -119,6 +137,17 @@ struct PingCommand: AsyncParsableCommand {
 /// Resolves a target name off the cooperative threads, preferring IPv4 as Go does.
 func resolveTarget(_ target: HostAndPort) async throws -> SocketAddress {
     try await NameResolver.resolvePreferringIPv4(target)
+}
+
+/// Runs `work`; a library error (a socket that cannot be opened, timestamps the interface does not have) is a setup
+/// error: said on standard error, exit code 2.
+func exitOnSetupError<Result: Sendable>(_ work: () async throws -> Result) async throws -> Result {
+    do {
+        return try await work()
+    } catch let error as EchoError {
+        Stream.err.line("udpecho: error: \(error)")
+        throw ExitCode(2)
+    }
 }
 
 /// Runs `work`, cancelling it on Ctrl-C (SIGINT) or SIGTERM, and returns its result either way.
@@ -146,7 +175,7 @@ func milliseconds(_ nanoseconds: Int64) -> String {
 extension ProbeEvent {
     func pingLine(peer: String, timeout: Duration) -> String {
         switch self {
-        case .reply(let sequence, let bytes, let roundTrip, let outOfOrder):
+        case .reply(let sequence, let bytes, let roundTrip, _, let outOfOrder):
             return "\(bytes) bytes from \(peer): seq=\(sequence) time=\(milliseconds(roundTrip)) ms"
                 + (outOfOrder ? " (out of order)" : "")
         case .duplicate(let sequence, let bytes):
@@ -159,8 +188,9 @@ extension ProbeEvent {
         case .corrupt(let sequence, let bytes, let reason):
             let which = sequence.map { ": seq=\($0)" } ?? ""
             return "corrupt reply: \(bytes) bytes from \(peer)\(which): \(reason)"
-        case .refused:
-            return "refused: \(peer) answered ICMP port unreachable (nothing listens there)"
+        case .refused(let sequence):
+            let which = sequence.map { " seq=\($0):" } ?? ""
+            return "refused:\(which) \(peer) answered ICMP port unreachable (nothing listens there)"
         case .sendError(let code):
             return "send failed: \(String(cString: strerror(code)))"
         }
@@ -191,6 +221,11 @@ extension EchoBenchmark.Result {
                 "rtt p50/p90/p99 = \(milliseconds(times.percentile(50)))/\(milliseconds(times.percentile(90)))/"
                     + "\(milliseconds(times.percentile(99))) ms"
             )
+            lines.append(self.jitterLine)
+            lines.append(
+                "send lateness p50/p99 = \(milliseconds(self.lateness.percentile(50)))/"
+                    + "\(milliseconds(self.lateness.percentile(99))) ms (how late probes left against the schedule)"
+            )
         }
         return lines
     }
@@ -207,6 +242,7 @@ enum PingJSON {
         var seq: UInt64?
         var bytes: Int?
         var rtt_ms: Double?
+        var late_ms: Double?
         var out_of_order: Bool?
         var reason: String?
     }
@@ -216,18 +252,24 @@ enum PingJSON {
         var target: String
         var transmitted, received, lost, duplicates, reordered, corrupt, late, refused: Int
         var loss_percent: Double
+        var timestamps: String
+        var timestamp_fallbacks: Int
         var rtt_ms: [String: Double]?
+        var send_lateness_ms: [String: Double]?
+        var ipdv_ms: [String: Double]?
+        var jitter_rfc3550_ms: Double?
     }
 
     static func line(for event: ProbeEvent) -> String {
         let value: Event
         switch event {
-        case .reply(let sequence, let bytes, let roundTrip, let outOfOrder):
+        case .reply(let sequence, let bytes, let roundTrip, let lateness, let outOfOrder):
             value = Event(
                 type: "reply",
                 seq: sequence,
                 bytes: bytes,
                 rtt_ms: Double(roundTrip) / 1e6,
+                late_ms: Double(lateness) / 1e6,
                 out_of_order: outOfOrder
             )
         case .duplicate(let sequence, let bytes):
@@ -243,8 +285,8 @@ enum PingJSON {
             )
         case .corrupt(let sequence, let bytes, let reason):
             value = Event(type: "corrupt", seq: sequence, bytes: bytes, reason: reason)
-        case .refused:
-            value = Event(type: "refused")
+        case .refused(let sequence):
+            value = Event(type: "refused", seq: sequence)
         case .sendError(let code):
             value = Event(type: "send-error", reason: String(cString: strerror(code)))
         }
@@ -274,7 +316,12 @@ enum PingJSON {
                 late: counts.late,
                 refused: counts.refused,
                 loss_percent: counts.sent == 0 ? 0 : Double(counts.sent - counts.received) / Double(counts.sent) * 100,
-                rtt_ms: rtt
+                timestamps: result.timestamps.rawValue,
+                timestamp_fallbacks: result.timestampFallbacks,
+                rtt_ms: rtt,
+                send_lateness_ms: times.count == 0 ? nil : result.lateness.milliseconds([50, 99]),
+                ipdv_ms: result.jitter.ipdv.count == 0 ? nil : result.jitter.ipdvMilliseconds,
+                jitter_rfc3550_ms: result.jitter.ipdv.count == 0 ? nil : result.jitter.rfc3550 / 1e6
             )
         )
     }

@@ -3,6 +3,10 @@ import Synchronization
 import TestSupport
 import Testing
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 @testable import UDPEcho
 
 @Suite struct EchoBenchmarkTests {
@@ -116,7 +120,7 @@ import Testing
                 )
             ) { event in events.withLock { $0.append(event) } }
             let sequences = events.withLock { $0 }.compactMap { event -> UInt64? in
-                if case .reply(let sequence, 100, let roundTrip, false) = event, roundTrip > 0 { sequence } else { nil }
+                if case .reply(let sequence, 100, let roundTrip, _, false) = event, roundTrip > 0 { sequence } else { nil }
             }
             #expect(sequences == [0, 1, 2, 3, 4])
             #expect(result.counts.sent == 5 && result.counts.received == 5 && result.counts.lost == 0)
@@ -125,19 +129,58 @@ import Testing
         }
     }
 
-    @Test func seesRefusalAndCountsTheProbesLost() async throws {
+    /// ICMP "port unreachable" comes back quoting the probe (read from the error queue), so each refused probe is
+    /// reported once, as refused, and never again as lost.
+    @Test func eachRefusedProbeIsReportedOnce() async throws {
         let closed = try TestSocket(host: "127.0.0.1")
         let address = closed.localAddress
         closed.close()
         let events = Mutex<[ProbeEvent]>([])
         let result = try await EchoPinger.run(
-            .init(target: address, count: 2, interval: .milliseconds(10), timeout: .milliseconds(100))
+            .init(target: address, count: 3, interval: .milliseconds(20), timeout: .milliseconds(100))
         ) { event in events.withLock { $0.append(event) } }
         #expect(result.counts.received == 0)
-        #expect(result.counts.lost == 2)
-        #expect(result.counts.refused >= 1)
-        #expect(events.withLock { $0 }.contains(.refused))
-        #expect(events.withLock { $0 }.contains(.lost(sequence: 1)))
+        #expect(result.counts.refused == 3)
+        #expect(result.counts.lost == 0)
+        #expect(events.withLock { $0 } == [.refused(sequence: 0), .refused(sequence: 1), .refused(sequence: 2)])
+    }
+
+    /// The round trip runs from the probe's actual departure: a departure that the test holds back 50 ms (as a
+    /// late timer would) leaves the round trip as it is, and shows as the probe's lateness instead.
+    @Test(arguments: [TimestampSource.kernel, .user])
+    func aLateDepartureIsLatenessNotRoundTrip(timestamps: TimestampSource) async throws {
+        try await withServer { server in
+            let failure = try await firstPassingAttempt {
+                let events = Mutex<[ProbeEvent]>([])
+                let result = try await EchoPinger.run(
+                    .init(
+                        target: try clientAddress(of: server),
+                        count: 4,
+                        interval: .milliseconds(100),
+                        timeout: .seconds(2),
+                        timestamps: timestamps
+                    ),
+                    beforeSend: { sequence in if sequence == 2 { usleep(50_000) } }
+                ) { event in events.withLock { $0.append(event) } }
+                // Bounds no load can break: the held probe left at least 50 ms late, and the run says its clock.
+                #expect(result.timestamps == timestamps)
+                #expect(result.timestampFallbacks == 0)
+                #expect(result.counts.received == 4)
+                #expect(result.lateness.maximum >= 50_000_000)
+                for event in events.withLock({ $0 }) {
+                    guard case .reply(2, _, _, let lateness, _) = event else { continue }
+                    #expect(lateness >= 50_000_000, "seq 2 left \(lateness) ns late")
+                }
+                // The held probe's round trip does not contain the 50 ms (measured from the schedule, it would).
+                for event in events.withLock({ $0 }) {
+                    guard case .reply(let sequence, _, let roundTrip, let lateness, _) = event else { continue }
+                    if roundTrip >= 20_000_000 { return "seq \(sequence): round trip \(roundTrip) ns" }
+                    if sequence != 2 && lateness >= 20_000_000 { return "seq \(sequence) left \(lateness) ns late" }
+                }
+                return nil
+            }
+            #expect(failure == nil, "\(failure ?? "")")
+        }
     }
 
     @Test func cancellationEndsAPingWithoutCount() async throws {

@@ -9,7 +9,8 @@ let udpecho: String = {
 }()
 
 /// A few lines of Python as an independent UDP peer: an echo server on an ephemeral port that prints its port, and
-/// that can misbehave: never answer (`silent`), lose every third datagram (`lossy`), flip a byte of each reply (`flip`, the first; `flip-last`, the last),
+/// that can misbehave: never answer (`silent`), lose every third datagram (`lossy`),
+/// hold every reply 50 ms (`hold50`), or every second one 20 ms (`alternate20`), flip a byte of each reply (`flip`, the first; `flip-last`, the last),
 /// answer twice (`dup`), swap each pair of replies (`reorder`), or stop answering for 300 ms once, after its 500th
 /// datagram (`stall`).
 let pythonEchoServer = """
@@ -31,6 +32,10 @@ let pythonEchoServer = """
             data = data[:-1] + bytes([data[-1] ^ 0xFF])
         if mode == "stall" and n == 500:
             time.sleep(0.3)
+        if mode == "hold50":
+            time.sleep(0.05)
+        if mode == "alternate20" and n % 2 == 0:
+            time.sleep(0.02)
         if mode == "reorder":
             if held is None:
                 held = (data, peer)

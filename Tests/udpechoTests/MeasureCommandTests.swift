@@ -19,7 +19,10 @@ func jsonObjects(_ lines: [String]) throws -> [[String: Any]] {
         let result = try await Spawned.run(udpecho, ["ping", "127.0.0.1:\(port)", "-c", "3", "-i", "20ms"])
         #expect(result.status == 0, "\(result.error)")
         let lines = result.lines
-        #expect(lines.first == "PING 127.0.0.1:\(port) (127.0.0.1:\(port)): 64 bytes of UDP payload")
+        #expect(
+            lines.first
+                == "PING 127.0.0.1:\(port) (127.0.0.1:\(port)): 64 bytes of UDP payload, kernel timestamps (SO_TIMESTAMPING, software)"
+        )
         for sequence in 0..<3 {
             #expect(
                 lines.contains {
@@ -37,6 +40,12 @@ func jsonObjects(_ lines: [String]) throws -> [[String: Any]] {
             lines.contains { $0.wholeMatch(of: /rtt min\/avg\/max\/mdev = [\d.]+\/[\d.]+\/[\d.]+\/[\d.]+ ms/) != nil }
         )
         #expect(lines.contains { $0.wholeMatch(of: /rtt p50\/p90\/p99 = [\d.]+\/[\d.]+\/[\d.]+ ms/) != nil })
+        #expect(
+            lines.contains {
+                $0.wholeMatch(of: /ipdv mean\/p50\/p99 = [\d.]+\/[\d.]+\/[\d.]+ ms, jitter \(RFC 3550\) [\d.]+ ms/) != nil
+            }
+        )
+        #expect(lines.contains { $0.hasPrefix("send lateness p50/p99 = ") })
         server.signal(SIGINT)
         await server.waitForExit()
     }
@@ -53,9 +62,15 @@ func jsonObjects(_ lines: [String]) throws -> [[String: Any]] {
         #expect(objects.prefix(4).map { $0["type"] as? String } == Array(repeating: "reply", count: 4))
         #expect(objects.prefix(4).map { $0["seq"] as? Int } == [0, 1, 2, 3])
         #expect(objects.prefix(4).allSatisfy { $0["bytes"] as? Int == 200 })
+        #expect(objects.prefix(4).allSatisfy { ($0["rtt_ms"] as? Double ?? -1) > 0 && $0["late_ms"] is Double })
         let summary = try #require(objects.last)
         #expect(summary["type"] as? String == "summary")
         #expect(summary["transmitted"] as? Int == 4 && summary["received"] as? Int == 4)
+        #expect(summary["timestamps"] as? String == "kernel")
+        #expect(summary["timestamp_fallbacks"] as? Int == 0)
+        #expect((summary["ipdv_ms"] as? [String: Double])?["mean"] != nil)
+        #expect(summary["jitter_rfc3550_ms"] is Double)
+        #expect((summary["send_lateness_ms"] as? [String: Double])?["p99"] != nil)
         let quiet = try await Spawned.run(
             udpecho,
             ["ping", "127.0.0.1:\(port)", "-c", "2", "-i", "5ms", "-q", "--json"]
@@ -85,6 +100,69 @@ func jsonObjects(_ lines: [String]) throws -> [[String: Any]] {
         let result = try await Spawned.run(udpecho, ["ping"] + arguments)
         #expect(result.status == 2, "\(result.error)")
         #expect(!result.error.isEmpty)
+    }
+
+    /// A Python server that holds every reply exactly 50 ms: every round trip is at least 50 ms and, measured by
+    /// the kernel, adds less than 5 ms to it.
+    @Test func aServerThatHoldsEachReply50msShowsRoundTripsOf50ms() async throws {
+        let (peer, port) = try await startPythonServer("hold50")
+        let failure = try await firstPassingAttempt {
+            let result = try await Spawned.run(
+                udpecho,
+                ["ping", "127.0.0.1:\(port)", "-c", "10", "-i", "100ms", "--json"]
+            )
+            #expect(result.status == 0, "\(result.error)")
+            let replies = try jsonObjects(result.lines).filter { $0["type"] as? String == "reply" }
+            #expect(replies.count == 10)
+            let rtts = replies.compactMap { $0["rtt_ms"] as? Double }
+            #expect(rtts.allSatisfy { $0 >= 50 }, "\(rtts)")  // never less than the server held it
+            return rtts.allSatisfy { $0 < 55 } ? nil : "round trips \(rtts) ms"
+        }
+        #expect(failure == nil, "\(failure ?? "")")
+        peer.signal(SIGKILL)
+    }
+
+    /// Replies held 0 and 20 ms in turn: consecutive round trips differ by 20 ms, so IPDV's mean is 20 ms.
+    @Test func ipdvOfAlternatingDelaysIsTheirDifference() async throws {
+        let (peer, port) = try await startPythonServer("alternate20")
+        let failure = try await firstPassingAttempt {
+            let result = try await Spawned.run(
+                udpecho,
+                ["ping", "127.0.0.1:\(port)", "-c", "21", "-i", "60ms", "-q", "--json"]
+            )
+            #expect(result.status == 0, "\(result.error)")
+            let summary = try #require(try jsonObjects(result.lines).last)
+            let ipdv = try #require(summary["ipdv_ms"] as? [String: Double])
+            let jitter = try #require(summary["jitter_rfc3550_ms"] as? Double)
+            let mean = try #require(ipdv["mean"])
+            let median = try #require(ipdv["p50"])
+            return mean > 19 && mean < 22 && median > 19 && jitter > 10 && jitter < 22
+                ? nil : "ipdv \(ipdv), RFC 3550 jitter \(jitter) ms"
+        }
+        #expect(failure == nil, "\(failure ?? "")")
+        peer.signal(SIGKILL)
+    }
+
+    /// Loopback has no hardware timestamps: asking for them is a setup error that says why, not a silent fallback.
+    @Test func hardwareTimestampsOnLoopbackFailClearly() async throws {
+        let result = try await Spawned.run(udpecho, ["ping", "127.0.0.1:7", "-c", "1", "--timestamps", "hardware"])
+        #expect(result.status == 2)
+        #expect(result.error.contains("interface lo cannot timestamp in hardware"), "\(result.error)")
+        let bench = try await Spawned.run(udpecho, ["bench", "127.0.0.1:7", "-d", "1s", "--timestamps", "hardware"])
+        #expect(bench.status == 2)
+        #expect(bench.error.contains("cannot timestamp in hardware"), "\(bench.error)")
+    }
+
+    /// A refused probe prints one line, and no "no reply" after it.
+    @Test func aRefusedProbeIsShownOnce() async throws {
+        let closed = try TestSocket(host: "127.0.0.1")
+        let port = closed.localAddress.port!
+        closed.close()
+        let result = try await Spawned.run(udpecho, ["ping", "127.0.0.1:\(port)", "-c", "3", "-i", "50ms", "-W", "200ms"])
+        #expect(result.status == 1)
+        #expect(result.lines.filter { $0.hasPrefix("refused: seq=") }.count == 3, "\(result.lines)")
+        #expect(!result.lines.contains { $0.hasPrefix("no reply") }, "\(result.lines)")
+        #expect(result.lines.contains { $0.hasPrefix("3 transmitted, 0 received, 100% loss") && $0.contains("3 refused") })
     }
 
     @Test func showsDuplicatesCorruptionAndReordering() async throws {
@@ -193,10 +271,15 @@ func jsonObjects(_ lines: [String]) throws -> [[String: Any]] {
         )
         #expect(result.status == 0, "\(result.error)")
         let object = try #require(try jsonObjects(result.lines).first)
+        let latency = try #require(object["latency_ms"] as? [String: Double])
+        #expect(try #require(latency["p99"]) >= 200)
+        #expect(try #require(latency["p50"]) < 100)
+        // Requests that left on time and waited in the stalled server: their round trips show it too.
         let rtt = try #require(object["rtt_ms"] as? [String: Double])
         #expect(try #require(rtt["p99"]) >= 200)
-        #expect(try #require(rtt["p50"]) < 100)
         #expect(object["lost"] as? Int == 0)
+        #expect(object["timestamps"] as? String == "kernel")
+        #expect((object["send_lateness_ms"] as? [String: Double])?["p50"] != nil)
         peer.signal(SIGKILL)
     }
 
@@ -206,13 +289,26 @@ func jsonObjects(_ lines: [String]) throws -> [[String: Any]] {
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
         let hgrm = directory.appendingPathComponent("latency.hgrm").path
+        let rttHgrm = directory.appendingPathComponent("latency-rtt.hgrm").path
         let svg = directory.appendingPathComponent("latency.svg").path
         let result = try await Spawned.run(
             udpecho,
-            ["bench", "127.0.0.1:\(port)", "--count", "3000", "--histogram", hgrm, "--plot", svg]
+            [
+                "bench", "127.0.0.1:\(port)", "--count", "3000", "--rate", "5000", "--histogram", hgrm, "--plot",
+                svg,
+            ]
         )
         #expect(result.status == 0, "\(result.error)")
         #expect(result.lines.contains { $0.hasPrefix("sent 3000  received 3000  lost 0") })
+        #expect(result.lines.first?.hasSuffix("kernel timestamps (SO_TIMESTAMPING, software)") == true)
+        #expect(result.lines.contains { $0.hasPrefix("latency ms p50 ") })
+        #expect(result.lines.contains { $0.hasPrefix("rtt ms     p50 ") })
+        // The open loop's headline (latency from the schedule) and the round trip, each naming what it is and the
+        // clock that measured it.
+        let comments = try String(contentsOfFile: hgrm, encoding: .utf8).split(separator: "\n").last ?? ""
+        #expect(comments.contains("latency, from each request's scheduled send time") && comments.contains("kernel timestamps"))
+        let rttComments = try String(contentsOfFile: rttHgrm, encoding: .utf8).split(separator: "\n").last ?? ""
+        #expect(rttComments.contains("round trip, from each request's departure") && rttComments.contains("kernel"))
         // Parsed by Python, as HdrHistogram's plotters and browsers would read them.
         let check = try await Spawned.run(
             python,
@@ -226,9 +322,11 @@ func jsonObjects(_ lines: [String]) throws -> [[String: Any]] {
                 assert rows[-1][1] == 1.0 and rows[-1][2] == 3000, rows[-1]
                 root = ET.parse(sys.argv[2]).getroot()
                 assert root.tag == "{http://www.w3.org/2000/svg}svg"
-                assert root.find("{http://www.w3.org/2000/svg}polyline") is not None
+                assert len(root.findall("{http://www.w3.org/2000/svg}polyline")) == 2
+                rows = [l.split() for l in open(sys.argv[3]) if not l.startswith("#")]
+                assert [r for r in rows if len(r) >= 3 and r[0][0].isdigit()][-1][2] == "3000"
                 print("ok", len(rows))
-                """, hgrm, svg,
+                """, hgrm, svg, rttHgrm,
             ]
         )
         #expect(check.status == 0, "\(check.error) \(check.lines)")

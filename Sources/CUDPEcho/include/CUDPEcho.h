@@ -144,4 +144,46 @@ void cudpecho_notifier_wait(cudpecho_notifier *notifier, uint32_t sequence, int 
 /// Consumer: found news after preparing; does not sleep.
 void cudpecho_notifier_cancel(cudpecho_notifier *notifier);
 
+// MARK: Timestamps (SO_TIMESTAMPING) and the error queue
+
+/// What the error queue said about one message: an ICMP error about a datagram sent (`origin` 2 or 3, `error` such
+/// as ECONNREFUSED, its payload in the slot), or a transmit timestamp (`origin` 4, SO_EE_ORIGIN_TIMESTAMPING,
+/// `data` the send's ID).
+typedef struct {
+    int32_t error;
+    uint8_t origin;
+    uint8_t type;
+    uint8_t code;
+    uint8_t unused;
+    uint32_t data;
+    int64_t timestamp;  // CLOCK_REALTIME ns (software) or the NIC's clock (hardware); 0 if none
+} cudpecho_error_info;
+
+/// Asks for errors on the error queue (IP_RECVERR / IPV6_RECVERR) and, unless `hardware` is -1, for software (0)
+/// or hardware (1) transmit and receive timestamps, with IDs and without the payload on transmit. Returns 0 or
+/// -errno.
+int cudpecho_enable_timestamps(int fd, int family, int hardware);
+/// Whether the kernel takes a transmit timestamp's ID with each send (SCM_TS_OPT_ID, Linux 6.13); without it, IDs
+/// count the datagrams the socket sent.
+int cudpecho_timestamp_ids_supported(void);
+/// Whether the interface that the route to `target` leaves by timestamps in hardware, turning it on if so (needs
+/// CAP_NET_ADMIN). Writes the interface's name. Returns 0, -EOPNOTSUPP when it cannot, or another -errno.
+int cudpecho_hardware_timestamping(const struct sockaddr *target, socklen_t length, char *interface,
+                                   size_t interface_size);
+/// Sets the calling thread's timer slack (PR_SET_TIMERSLACK): how late the kernel may wake it, at most.
+void cudpecho_set_timer_slack(unsigned long nanoseconds);
+/// Current CLOCK_REALTIME time in nanoseconds, the clock of software timestamps.
+int64_t cudpecho_realtime_ns(void);
+
+/// Gives the send of slot `i` a transmit timestamp ID (SCM_TS_OPT_ID) in its control message.
+void cudpecho_batch_set_timestamp_id(cudpecho_batch *batch, int i, uint32_t id);
+/// The kernel's receive timestamp of slot `i` after a receive: software or (`hardware`) raw hardware, in ns; 0 if
+/// none.
+int64_t cudpecho_batch_timestamp(const cudpecho_batch *batch, int i, int hardware);
+/// Receives up to `max` messages from the socket's error queue without blocking. Returns how many, or -errno
+/// (-EAGAIN when it is empty).
+int cudpecho_batch_recv_errors(int fd, cudpecho_batch *batch, int max);
+/// Reads the error of slot `i` after ``cudpecho_batch_recv_errors``; returns 0 if it carries none.
+int cudpecho_batch_error(const cudpecho_batch *batch, int i, int hardware, cudpecho_error_info *info);
+
 #endif

@@ -36,6 +36,12 @@ public enum EchoBenchmark {
         public var lossTimeout: Duration
         /// Allow a target that is neither loopback nor this host's.
         public var allowRemote: Bool
+        /// Which clock measures the times: the kernel's where it can (the default), the program's, or the network
+        /// card's.
+        public var timestamps: TimestampSource
+        /// Open loop: how long before a request is due the load thread stops sleeping and polls, so that a late
+        /// wake-up does not make the request late (it costs that much CPU per request at most).
+        public var spin: Duration
 
         /// A configuration; see each property. The defaults are a closed loop of 4 flows x 32 for 10 s.
         public init(
@@ -46,7 +52,9 @@ public enum EchoBenchmark {
             load: Load = .window(32),
             count: Int? = nil,
             lossTimeout: Duration = .seconds(1),
-            allowRemote: Bool = false
+            allowRemote: Bool = false,
+            timestamps: TimestampSource = .kernel,
+            spin: Duration = EchoBenchmark.defaultSpin
         ) {
             self.target = target
             self.duration = duration
@@ -56,6 +64,8 @@ public enum EchoBenchmark {
             self.count = count
             self.lossTimeout = lossTimeout
             self.allowRemote = allowRemote
+            self.timestamps = timestamps
+            self.spin = spin
         }
 
         /// Checks every setting; throws ``EchoError`` naming the one that is out of range.
@@ -76,17 +86,36 @@ public enum EchoBenchmark {
                 throw .invalidConfiguration("the duration must be more than 0 and at most 1h, so that every run ends")
             }
             guard self.lossTimeout > .zero else { throw .invalidConfiguration("the loss timeout must be more than 0") }
+            guard self.spin >= .zero && self.spin <= .milliseconds(10) else {
+                throw .invalidConfiguration("the spin must be from 0 to 10ms")
+            }
             if let count = self.count, count < 1 { throw .invalidConfiguration("the count must be at least 1") }
             try TargetPolicy.check(self.target, allowRemote: self.allowRemote)
         }
     }
 
+    /// How long before each request is due an open-loop run stops sleeping, by default: see BENCHMARKS.md for what
+    /// it gives.
+    public static let defaultSpin: Duration = .microseconds(50)
+
     /// What a run measured.
     public struct Result: Sendable {
         /// What happened to the requests.
         public var counts: ProbeCounts
-        /// The round-trip times of the matched replies.
+        /// The round trips of the matched replies: from each request's departure to its reply.
         public var times: RoundTripTimes
+        /// Latency from each request's scheduled send time to its reply: the open-loop figure, which includes any
+        /// delay in sending.
+        public var latencies: RoundTripTimes
+        /// How late each answered request left against its schedule.
+        public var lateness: RoundTripTimes
+        /// The round trips' variation.
+        public var jitter: Jitter
+        /// The clock that measured the times.
+        public var timestamps: TimestampSource
+        /// Round trips measured with the program's clock in a kernel-timestamped run because a kernel timestamp was
+        /// missing (0 normally).
+        public var timestampFallbacks: Int
         /// Time from the first request until every request was answered or counted as lost (which includes waiting
         /// a loss timeout for the last lost ones).
         public var elapsed: Duration
@@ -120,7 +149,9 @@ public enum EchoBenchmark {
                 pacing: pacing,
                 duration: configuration.duration,
                 count: configuration.count,
-                lossTimeout: configuration.lossTimeout
+                lossTimeout: configuration.lossTimeout,
+                timestamps: configuration.timestamps,
+                spin: configuration.spin
             )
         )
         return await engine.runOnThread(onEvent: nil, onProgress: onProgress)
@@ -145,6 +176,11 @@ extension ProbeEngine {
                         returning: EchoBenchmark.Result(
                             counts: engine.value.counts,
                             times: engine.value.times,
+                            latencies: engine.value.latencies,
+                            lateness: engine.value.lateness,
+                            jitter: engine.value.jitter,
+                            timestamps: engine.value.timestamps,
+                            timestampFallbacks: engine.value.timestampFallbacks,
                             elapsed: elapsed,
                             activeTime: engine.value.activeTime
                         )

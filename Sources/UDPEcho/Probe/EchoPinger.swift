@@ -9,6 +9,9 @@ public import NIOCore
 /// print(result.counts.received, "of", result.counts.sent)
 /// ```
 public enum EchoPinger {
+    /// How long before each probe is due the pinging thread stops sleeping and polls.
+    static let spin: Duration = .microseconds(200)
+
     /// What to ping, how often and how long to wait.
     public struct Configuration: Sendable {
         /// The echo server.
@@ -21,6 +24,9 @@ public enum EchoPinger {
         public var size: Int
         /// How long to wait for each reply before counting the probe as lost.
         public var timeout: Duration
+        /// Which clock measures the round trips: the kernel's where it can (the default), the program's, or the
+        /// network card's.
+        public var timestamps: TimestampSource
 
         /// A configuration; the defaults are ping's: a probe a second of 64 bytes, until cancelled.
         public init(
@@ -28,13 +34,15 @@ public enum EchoPinger {
             count: Int? = nil,
             interval: Duration = .seconds(1),
             size: Int = 64,
-            timeout: Duration = .seconds(1)
+            timeout: Duration = .seconds(1),
+            timestamps: TimestampSource = .kernel
         ) {
             self.target = target
             self.count = count
             self.interval = interval
             self.size = size
             self.timeout = timeout
+            self.timestamps = timestamps
         }
 
         /// Checks every setting; throws ``EchoError`` naming the one that is out of range.
@@ -51,9 +59,24 @@ public enum EchoPinger {
     /// Pings until `count` probes are answered or lost, or until the task is cancelled (the probe then in flight
     /// counts as lost, as ping's does).
     ///
-    /// - Parameter onEvent: Called for each probe's outcome, from the pinging thread.
+    /// - Parameters:
+    ///   - onStart: Called once, before the first probe, with the clock that measures the run (the kernel's unless
+    ///     it could not be had).
+    ///   - onEvent: Called for each probe's outcome, from the pinging thread.
     public static func run(
         _ configuration: Configuration,
+        onStart: (@Sendable (TimestampSource) -> Void)? = nil,
+        onEvent: @escaping @Sendable (ProbeEvent) -> Void
+    ) async throws -> EchoBenchmark.Result {
+        try await self.run(configuration, beforeSend: nil, onStart: onStart, onEvent: onEvent)
+    }
+
+    /// ``run(_:onStart:onEvent:)`` with a hook called just before each probe is sent (tests delay a departure with
+    /// it).
+    static func run(
+        _ configuration: Configuration,
+        beforeSend: ((UInt64) -> Void)?,
+        onStart: (@Sendable (TimestampSource) -> Void)? = nil,
         onEvent: @escaping @Sendable (ProbeEvent) -> Void
     ) async throws -> EchoBenchmark.Result {
         try configuration.validate()
@@ -65,9 +88,16 @@ public enum EchoPinger {
                 pacing: .rate(1e9 / Double(configuration.interval.nanoseconds)),
                 duration: nil,
                 count: configuration.count,
-                lossTimeout: configuration.timeout
+                lossTimeout: configuration.timeout,
+                timestamps: configuration.timestamps,
+                // The last stretch before each probe is polled rather than slept, so that a late wake-up does not
+                // make the probe late: 200us takes the send lateness here from ~0.1-0.2 ms to ~5 us (BENCHMARKS.md),
+                // at a cost of at most 200us of CPU per probe.
+                spin: min(Self.spin, configuration.interval / 2),
+                beforeSend: beforeSend
             )
         )
+        onStart?(engine.timestamps)
         return await engine.runOnThread(onEvent: onEvent, onProgress: nil)
     }
 }

@@ -8,16 +8,25 @@ import Musl
 
 extension RoundTripTimes {
     /// The percentile distribution in HdrHistogram's text format (`.hgrm`), in milliseconds, which HdrHistogram's
-    /// plotters read: `Value Percentile TotalCount 1/(1-Percentile)` rows, then mean, deviation, maximum and count.
-    public func percentileDistribution() -> String {
+    /// plotters read: `Value Percentile TotalCount 1/(1-Percentile)` rows, then mean, deviation, maximum and count,
+    /// and, if given, `comment` as a last `#[...]` line (what was measured, and with which clock).
+    public func percentileDistribution(comment: String? = nil) -> String {
         var text = ""
         self.histogram.outputPercentileDistribution(to: &text, outputValueUnitScalingRatio: 1e6)
+        if let comment { text += "#[\(comment)]\n" }
         return text
     }
 
     /// An SVG drawing of latency by percentile, with a logarithmic percentile axis (0%, 90%, 99%, 99.9%, ...) as
     /// HdrHistogram's plots have, so that the tail is as visible as the median.
     public func percentilePlot(title: String) -> String {
+        Self.percentilePlot(title: title, curves: [("", self)])
+    }
+
+    /// Several distributions in one drawing (as ``percentilePlot(title:)``), each a curve with its label in a
+    /// legend: for example latency from the schedule and round trip from the departure.
+    public static func percentilePlot(title: String, curves: [(label: String, times: RoundTripTimes)]) -> String {
+        let colors = ["#1f5fbf", "#d0662c", "#2c9a4a", "#8a3fb0"]
         let width = 800.0
         let height = 480.0
         let left = 70.0
@@ -28,18 +37,23 @@ extension RoundTripTimes {
         let plotHeight = height - top - bottom
 
         // x = log10(1 / (1 - p)): 0 at 0%, 1 at 90%, 2 at 99%... up to what the sample count can show.
-        let count = max(1, self.count)
+        let count = max(1, curves.map(\.times.count).max() ?? 1)
         let maximumX = max(1.0, min(6.0, (log10(Double(count))).rounded(.up)))
-        var points: [(x: Double, milliseconds: Double)] = []
-        if self.count > 0 {
-            for step in self.histogram.percentiles(ticksPerHalfDistance: 5) {
-                let fraction = step.percentileLevelIteratedTo / 100
-                let x = fraction >= 1 ? maximumX : min(maximumX, log10(1 / (1 - fraction)))
-                points.append((x, Double(step.value) / 1e6))
-                if fraction >= 1 { break }
+        var lines: [[(x: Double, milliseconds: Double)]] = []
+        for curve in curves {
+            var points: [(x: Double, milliseconds: Double)] = []
+            if curve.times.count > 0 {
+                for step in curve.times.histogram.percentiles(ticksPerHalfDistance: 5) {
+                    let fraction = step.percentileLevelIteratedTo / 100
+                    let x = fraction >= 1 ? maximumX : min(maximumX, log10(1 / (1 - fraction)))
+                    points.append((x, Double(step.value) / 1e6))
+                    if fraction >= 1 { break }
+                }
             }
+            lines.append(points)
         }
-        let maximumMilliseconds = Self.niceCeiling(max(points.map(\.milliseconds).max() ?? 1, 1e-3))
+        let highest = lines.flatMap { $0.map(\.milliseconds) }.max() ?? 1
+        let maximumMilliseconds = Self.niceCeiling(max(highest, 1e-3))
         func px(_ x: Double) -> Double { left + x / maximumX * plotWidth }
         func py(_ milliseconds: Double) -> Double { top + plotHeight - milliseconds / maximumMilliseconds * plotHeight }
 
@@ -69,15 +83,24 @@ extension RoundTripTimes {
         }
         svg += "<text x=\"\(left + plotWidth / 2)\" y=\"\(height - 10)\" text-anchor=\"middle\">percentile</text>\n"
         svg += "<text x=\"16\" y=\"\(top + plotHeight / 2)\" text-anchor=\"middle\" "
-        svg += "transform=\"rotate(-90 16 \(top + plotHeight / 2))\">round-trip time (ms)</text>\n"
+        svg += "transform=\"rotate(-90 16 \(top + plotHeight / 2))\">time (ms)</text>\n"
         svg +=
             "<rect x=\"\(left)\" y=\"\(top)\" width=\"\(plotWidth)\" height=\"\(plotHeight)\" fill=\"none\" stroke=\"#333\"/>\n"
-        if !points.isEmpty {
+        for (index, points) in lines.enumerated() where !points.isEmpty {
+            let color = colors[index % colors.count]
             let path = points.map { "\(Self.format(px($0.x))),\(Self.format(py($0.milliseconds)))" }.joined(
                 separator: " "
             )
-            svg += "<polyline fill=\"none\" stroke=\"#1f5fbf\" stroke-width=\"2\" points=\"\(path)\"/>\n"
-        } else {
+            svg += "<polyline fill=\"none\" stroke=\"\(color)\" stroke-width=\"2\" points=\"\(path)\"/>\n"
+            let label = curves[index].label
+            if !label.isEmpty {
+                let y = top + 16 + Double(index) * 16
+                svg += "<line x1=\"\(left + 12)\" y1=\"\(y - 4)\" x2=\"\(left + 32)\" y2=\"\(y - 4)\" "
+                svg += "stroke=\"\(color)\" stroke-width=\"2\"/>\n"
+                svg += "<text x=\"\(left + 38)\" y=\"\(y)\">\(Self.escape(label))</text>\n"
+            }
+        }
+        if lines.allSatisfy(\.isEmpty) {
             svg += "<text x=\"\(width / 2)\" y=\"\(height / 2)\" text-anchor=\"middle\">no replies</text>\n"
         }
         svg += "</svg>\n"

@@ -1,6 +1,5 @@
 import Atomics
 import CUDPEcho
-public import Histogram
 import NIOCore
 
 #if canImport(Glibc)
@@ -9,116 +8,24 @@ import Glibc
 import Musl
 #endif
 
-/// What happened to the probes of a run, counted.
-public struct ProbeCounts: Sendable, Equatable, Codable {
-    /// Probes handed to the kernel.
-    public var sent = 0
-    /// Replies that matched their probe byte for byte, in time.
-    public var received = 0
-    /// Probes with no reply within the loss timeout (or still unanswered when the run was stopped).
-    public var lost = 0
-    /// Replies to a probe that had already been answered.
-    public var duplicate = 0
-    /// Replies that differ from every probe sent: wrong length, wrong bytes, a sequence number never sent.
-    public var corrupt = 0
-    /// Correct replies that came after their probe was counted as lost.
-    public var late = 0
-    /// Replies that came after a reply to a later probe of the same flow.
-    public var reordered = 0
-    /// Probes the kernel would not send (the run goes on).
-    public var sendErrors = 0
-    /// ICMP "port unreachable" reports: nothing listens at the target.
-    public var refused = 0
-
-    public init() {}
-}
-
-/// Round-trip times of a run: an HdrHistogram in nanoseconds, and exact minimum, maximum, mean and deviation.
-public struct RoundTripTimes: Sendable {
-    /// Every matched reply's round-trip time, in nanoseconds, to 3 significant digits, up to an hour.
-    public var histogram = Histogram<UInt64>(
-        highestTrackableValue: 3_600_000_000_000,
-        numberOfSignificantValueDigits: .three
-    )
-    /// The shortest time recorded, in nanoseconds (`Int64.max` before any).
-    public private(set) var minimum: Int64 = .max
-    /// The longest time recorded, in nanoseconds.
-    public private(set) var maximum: Int64 = 0
-    private var sum: Double = 0
-    private var sumOfSquares: Double = 0
-
-    /// No times yet.
-    public init() {}
-
-    mutating func record(_ nanoseconds: Int64) {
-        let value = max(1, nanoseconds)
-        _ = self.histogram.record(UInt64(value))
-        self.minimum = min(self.minimum, value)
-        self.maximum = max(self.maximum, value)
-        let asDouble = Double(value)
-        self.sum += asDouble
-        self.sumOfSquares += asDouble * asDouble
-    }
-
-    /// How many times were recorded.
-    public var count: Int { Int(self.histogram.totalCount) }
-    /// Mean, in nanoseconds.
-    public var mean: Double { self.count == 0 ? 0 : self.sum / Double(self.count) }
-    /// Standard deviation (ping's "mdev"), in nanoseconds.
-    public var deviation: Double {
-        guard self.count > 0 else { return 0 }
-        let mean = self.mean
-        return (max(0, self.sumOfSquares / Double(self.count) - mean * mean)).squareRoot()
-    }
-    /// The time at `percentile` (0...100), in nanoseconds.
-    public func percentile(_ percentile: Double) -> Int64 {
-        self.count == 0 ? 0 : Int64(self.histogram.valueAtPercentile(percentile))
-    }
-}
-
-/// Something that happened to one probe, for tools that show each (ping).
-public enum ProbeEvent: Sendable, Equatable {
-    /// The reply to probe `sequence` came back intact after `roundTrip` nanoseconds.
-    case reply(sequence: UInt64, bytes: Int, roundTrip: Int64, outOfOrder: Bool)
-    /// Another reply to probe `sequence`, which had been answered already.
-    case duplicate(sequence: UInt64, bytes: Int)
-    /// Probe `sequence` got no reply in time.
-    case lost(sequence: UInt64)
-    /// The reply to probe `sequence` came, intact, after it had been counted as lost.
-    case late(sequence: UInt64, bytes: Int, roundTrip: Int64)
-    /// A reply that matches no probe: `sequence` when it names one that was sent, and where it first differs.
-    case corrupt(sequence: UInt64?, bytes: Int, reason: String)
-    /// The target's host reported that nothing listens there.
-    case refused
-    /// The kernel would not send a probe.
-    case sendError(errno: Int32)
-}
-
-/// A snapshot taken once a second during a run.
-public struct ProbeProgress: Sendable {
-    /// Time since the run started.
-    public var elapsed: Duration
-    /// Matched replies in the last interval, per second.
-    public var echoesPerSecond: Double
-    /// The counts so far.
-    public var counts: ProbeCounts
-    /// The 99th percentile of the round-trip times so far, in nanoseconds.
-    public var p99: Int64
-}
-
 /// Sends probes to an echo server over one connected UDP socket per flow and checks every reply, on one thread with
 /// batched system calls (`sendmmsg`/`recvmmsg`, `epoll`).
 ///
 /// A probe is `size` bytes: its sequence number (8 bytes), its scheduled send time (8 bytes, nanoseconds of
 /// CLOCK_MONOTONIC) and a pattern of its flow. A reply is matched to its probe by the sequence number and must be
 /// identical to it. Each flow keeps a ring of the probes it has sent; a reply older than the ring counts as late.
+///
+/// Three times are kept apart. The **round trip** is from the moment a probe actually left to the moment its reply
+/// arrived, both taken by the kernel (`SO_TIMESTAMPING`) where it can, so that the client's own scheduling and
+/// wake-ups are not counted as network time. The **latency** is from the probe's scheduled time to its reply, as an
+/// open-loop load test must count it (a server that stalls cannot hide the stall by holding the sender back). The
+/// **lateness** is how long after its scheduled time a probe left.
 final class ProbeEngine {
     struct Configuration {
         enum Pacing {
             /// Closed loop: keep this many probes in flight per flow; a reply (or a loss) releases the next.
             case window(Int)
-            /// Open loop: this many probes per second over all flows, on a fixed schedule; round-trip times are
-            /// measured from each probe's scheduled time, so a stalled server cannot hide its stall.
+            /// Open loop: this many probes per second over all flows, on a fixed schedule.
             case rate(Double)
         }
 
@@ -130,8 +37,15 @@ final class ProbeEngine {
         var duration: Duration?
         /// Stop sending after this many probes over all flows.
         var count: Int?
-        /// A probe without a reply after this long is lost.
+        /// A probe without a reply after this long (after it left) is lost.
         var lossTimeout: Duration = .seconds(1)
+        /// Which clock measures the times.
+        var timestamps = TimestampSource.kernel
+        /// Open loop: how long before a probe is due the engine stops sleeping and waits by polling, so that a late
+        /// wake-up does not make the probe late.
+        var spin: Duration = .zero
+        /// Called with each probe's sequence number just before it is sent (tests use it to delay a departure).
+        var beforeSend: ((UInt64) -> Void)? = nil
     }
 
     static let headerSize = 16
@@ -150,15 +64,33 @@ final class ProbeEngine {
     private static let noDeadline = Int64.max
 
     private let configuration: Configuration
-    private var flows: [Flow] = []
+    private var flows: [ProbeFlow] = []
     private let epoll: Int32
     private let transmit: OpaquePointer
     private let receive: OpaquePointer
     private let lossTimeout: Int64
     private(set) var counts = ProbeCounts()
+    /// Round trips, from each probe's departure.
     private(set) var times = RoundTripTimes()
+    /// Latency from each probe's scheduled time to its reply.
+    private(set) var latencies = RoundTripTimes()
+    /// How late each answered probe left against its schedule.
+    private(set) var lateness = RoundTripTimes()
+    private(set) var jitter = Jitter()
+    /// The clock that measured the times.
+    private(set) var timestamps = TimestampSource.kernel
+    /// Round trips measured with user-space clocks in a kernel-timestamped run, because a kernel timestamp was
+    /// missing.
+    private(set) var timestampFallbacks = 0
+    /// Whether the kernel takes each send's timestamp ID (SCM_TS_OPT_ID); else IDs count the datagrams sent.
+    private let explicitKeys: Bool
+    private let hardware: Int32
+    /// CLOCK_REALTIME minus CLOCK_MONOTONIC, to place kernel timestamps on the schedule's clock; renewed each second.
+    private var realtimeOffset: Int64 = 0
     /// Probes handed to `sendmmsg`, sent or not: what the count limit counts.
     private var attempted = 0
+    /// The sequence numbers in the transmit batch, by slot.
+    private var batchSequences = [UInt64](repeating: 0, count: ProbeEngine.batchSize)
     /// When the run started, the last probe left, and the last matched reply came (CLOCK_MONOTONIC, ns).
     private var startedAt: Int64 = 0
     private var lastSentAt: Int64 = 0
@@ -168,11 +100,19 @@ final class ProbeEngine {
     /// later. The wait at the end for replies that never come is not in it.
     var activeTime: Duration { .nanoseconds(max(self.lastSentAt, self.lastReplyAt, self.startedAt) - self.startedAt) }
 
-    /// Opens and connects the flows' sockets.
+    /// Opens and connects the flows' sockets, and asks for the timestamps configured.
+    ///
+    /// - Throws: ``EchoError`` when a socket cannot be opened, or hardware timestamps are asked for and the interface
+    ///   towards the target has none.
     init(_ configuration: Configuration) throws(EchoError) {
         precondition(configuration.size >= Self.headerSize && configuration.flows >= 1)
         self.configuration = configuration
         self.lossTimeout = configuration.lossTimeout.nanoseconds
+        self.hardware = configuration.timestamps == .hardware ? 1 : 0
+        if configuration.timestamps == .hardware {
+            try Self.checkHardware(configuration.target)
+        }
+        self.explicitKeys = configuration.timestamps != .user && cudpecho_timestamp_ids_supported() != 0
         guard let transmit = cudpecho_batch_create(Int32(Self.batchSize), configuration.size),
             let receive = cudpecho_batch_create(Int32(Self.batchSize), 65536)
         else {
@@ -187,6 +127,7 @@ final class ProbeEngine {
         self.receive = receive
         self.epoll = cudpecho_epoll_create()
         let capacity = Self.ringCapacity(configuration)
+        var source = configuration.timestamps
         do throws(EchoError) {
             guard self.epoll >= 0 else {
                 throw .socket(
@@ -195,8 +136,9 @@ final class ProbeEngine {
                     errno: -self.epoll
                 )
             }
+            let family: Int32 = if case .v6 = configuration.target { AF_INET6 } else { AF_INET }
             for index in 0..<configuration.flows {
-                let flow = try Flow(
+                let flow = try ProbeFlow(
                     index: index,
                     target: configuration.target,
                     size: configuration.size,
@@ -204,11 +146,24 @@ final class ProbeEngine {
                 )
                 self.flows.append(flow)
                 _ = cudpecho_epoll_add(self.epoll, flow.descriptor, UInt32(index))
+                // ICMP errors come on the error queue in every mode (so that a refusal is tied to its probe);
+                // timestamps as asked, falling back to user-space clocks where the kernel will not.
+                let mode: Int32 = source == .user ? -1 : self.hardware
+                if cudpecho_enable_timestamps(flow.descriptor, family, mode) != 0 {
+                    if source == .hardware {
+                        throw .invalidConfiguration(
+                            "hardware timestamps: the socket refused SO_TIMESTAMPING with hardware flags"
+                        )
+                    }
+                    source = .user
+                    _ = cudpecho_enable_timestamps(flow.descriptor, family, -1)
+                }
             }
         } catch {
             self.closeAll()
             throw error
         }
+        self.timestamps = source
     }
 
     deinit {
@@ -223,6 +178,32 @@ final class ProbeEngine {
         if self.epoll >= 0 { close(self.epoll) }
     }
 
+    /// Throws unless the interface that the route to `target` leaves by timestamps in hardware.
+    private static func checkHardware(_ target: SocketAddress) throws(EchoError) {
+        var name = [CChar](repeating: 0, count: Int(IF_NAMESIZE) + 1)
+        let result = target.withRawAddress { raw, length in
+            cudpecho_hardware_timestamping(raw, length, &name, name.count)
+        }
+        guard result != 0 else { return }
+        let interface = String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        let via = interface.isEmpty ? "the interface towards \(target.hostPortDescription)" : "interface \(interface)"
+        switch -result {
+        case EOPNOTSUPP:
+            throw .invalidConfiguration(
+                "hardware timestamps: \(via) cannot timestamp in hardware (`ethtool -T \(interface.isEmpty ? "IFACE" : interface)` "
+                    + "lists what it can); use --timestamps kernel"
+            )
+        case EPERM, EACCES:
+            throw .invalidConfiguration(
+                "hardware timestamps: turning them on for \(via) needs CAP_NET_ADMIN (root); use --timestamps kernel"
+            )
+        default:
+            throw .invalidConfiguration(
+                "hardware timestamps: \(via): \(String(cString: strerror(-result))); use --timestamps kernel"
+            )
+        }
+    }
+
     /// Enough slots to remember every probe for a loss timeout at the expected rate, within bounds.
     private static func ringCapacity(_ configuration: Configuration) -> Int {
         let wanted: Double
@@ -235,6 +216,18 @@ final class ProbeEngine {
         return capacity
     }
 
+    /// CLOCK_REALTIME minus CLOCK_MONOTONIC, from the closest of three pairs of reads.
+    private static func measureRealtimeOffset() -> Int64 {
+        var best: (gap: Int64, offset: Int64) = (.max, 0)
+        for _ in 0..<3 {
+            let before = cudpecho_now_ns()
+            let realtime = cudpecho_realtime_ns()
+            let after = cudpecho_now_ns()
+            if after - before < best.gap { best = (after - before, realtime - (before + after) / 2) }
+        }
+        return best.offset
+    }
+
     /// Runs until the configured duration or count is reached and every probe is answered or lost, or until `stop`
     /// is set (probes still in flight then count as lost).
     func run(
@@ -242,10 +235,14 @@ final class ProbeEngine {
         onEvent: ((ProbeEvent) -> Void)?,
         onProgress: ((ProbeProgress) -> Void)?
     ) {
+        // Wake-ups as close to the deadlines asked for as the kernel can: no timer slack.
+        cudpecho_set_timer_slack(1)
+        self.realtimeOffset = Self.measureRealtimeOffset()
         let start = cudpecho_now_ns()
         self.startedAt = start
         let sendUntil = self.configuration.duration.map { start + $0.nanoseconds } ?? Self.noDeadline
         let limit = self.configuration.count ?? .max
+        let spin = self.configuration.spin.nanoseconds
         var nextProgress = start + 1_000_000_000
         var receivedAtLastProgress = 0
         var tokens = [UInt32](repeating: 0, count: 64)
@@ -268,30 +265,34 @@ final class ProbeEngine {
             if sending, case .window(let window) = self.configuration.pacing {
                 for flow in self.flows where flow.outstanding < window {
                     let budget = limit - self.attempted
-                    self.send(flow, count: min(window - flow.outstanding, budget), now: now, onEvent: onEvent)
+                    self.send(flow, count: min(window - flow.outstanding, budget), onEvent: onEvent)
                 }
             } else if !sending && self.flows.allSatisfy({ $0.outstanding == 0 }) {
                 break
             }
 
-            // Wait for replies, no longer than the next send, loss check or progress report.
+            // Wait for replies, no longer than the next send, loss check or progress report. Just before a send is
+            // due, poll instead of sleeping: a wake-up comes late, a poll does not.
+            now = cudpecho_now_ns()
             var wake = nextProgress
+            var poll = false
             if sending, case .rate(let rate) = self.configuration.pacing {
-                wake = min(wake, start + Int64(Double(totalScheduled) * 1e9 / rate))
+                let nextSend = start + Int64((Double(totalScheduled) * 1e9 / rate).rounded(.up))
+                if nextSend - now <= spin { poll = true }
+                wake = min(wake, nextSend - spin)
             }
             if sending && self.configuration.duration != nil { wake = min(wake, sendUntil) }
             if let oldest = self.flows.lazy.compactMap({ $0.oldestDeadline(self.lossTimeout) }).min() {
                 wake = min(wake, oldest)
             }
-            let ready = cudpecho_epoll_wait(self.epoll, &tokens, 64, max(0, wake - now))
+            let ready = cudpecho_epoll_wait(self.epoll, &tokens, 64, poll ? 0 : max(0, wake - now))
             if ready > 0 {
                 for token in tokens[0..<Int(ready)] {
                     let flow = self.flows[Int(token)]
                     self.drain(flow, onEvent: onEvent)
                     if sending, case .window(let window) = self.configuration.pacing, flow.outstanding < window {
                         let budget = limit - self.attempted
-                        let now = cudpecho_now_ns()
-                        self.send(flow, count: min(window - flow.outstanding, budget), now: now, onEvent: onEvent)
+                        self.send(flow, count: min(window - flow.outstanding, budget), onEvent: onEvent)
                     }
                 }
             }
@@ -302,6 +303,7 @@ final class ProbeEngine {
                 let echoes = Double(self.counts.received - receivedAtLastProgress)
                 receivedAtLastProgress = self.counts.received
                 nextProgress += 1_000_000_000
+                self.realtimeOffset = Self.measureRealtimeOffset()
                 onProgress?(
                     ProbeProgress(
                         elapsed: .nanoseconds(elapsed),
@@ -326,17 +328,24 @@ final class ProbeEngine {
         for flow in self.flows {
             self.expire(flow, now: Self.noDeadline, onEvent: onEvent)
         }
+        let flowsWithJitter = self.flows.filter { $0.jitterSamples > 0 }
+        if !flowsWithJitter.isEmpty {
+            self.jitter.rfc3550 = flowsWithJitter.reduce(0) { $0 + $1.rfc3550 } / Double(flowsWithJitter.count)
+        }
     }
 
     // MARK: Sending
 
     /// Closed loop: sends `count` probes on `flow`, scheduled now.
-    private func send(_ flow: Flow, count: Int, now: Int64, onEvent: ((ProbeEvent) -> Void)?) {
+    private func send(_ flow: ProbeFlow, count: Int, onEvent: ((ProbeEvent) -> Void)?) {
         var remaining = count
         while remaining > 0 {
             let batch = min(remaining, Self.batchSize)
+            let now = cudpecho_now_ns()
             for slot in 0..<batch {
-                flow.prepare(into: self.transmit, slot: slot, scheduledAt: now) { self.countLost($0, onEvent) }
+                self.batchSequences[slot] = flow.prepare(into: self.transmit, slot: slot, scheduledAt: now) {
+                    self.countLost($0, onEvent)
+                }
             }
             self.transmitBatch(flow, count: batch)
             remaining -= batch
@@ -362,8 +371,8 @@ final class ProbeEngine {
             var k = first + ((flow.index - first % flowCount) + flowCount) % flowCount
             var filled = 0
             while k < end {
-                let scheduledAt = start + Int64(Double(k) * 1e9 / rate)
-                flow.prepare(into: self.transmit, slot: filled, scheduledAt: scheduledAt) {
+                let scheduledAt = start + Int64((Double(k) * 1e9 / rate).rounded(.up))
+                self.batchSequences[filled] = flow.prepare(into: self.transmit, slot: filled, scheduledAt: scheduledAt) {
                     self.countLost($0, onEvent)
                 }
                 filled += 1
@@ -377,13 +386,34 @@ final class ProbeEngine {
         }
     }
 
-    /// Sends the `count` probes prepared in the transmit batch; those the kernel refuses are unmarked and counted.
-    private func transmitBatch(_ flow: Flow, count: Int) {
+    /// Sends the `count` probes prepared in the transmit batch, noting when they left; those the kernel refuses are
+    /// unmarked and counted.
+    private func transmitBatch(_ flow: ProbeFlow, count: Int) {
         self.attempted += count
+        if let beforeSend = self.configuration.beforeSend {
+            for slot in 0..<count { beforeSend(self.batchSequences[slot]) }
+        }
+        let timestamped = self.timestamps != .user
+        if timestamped && self.explicitKeys {
+            for slot in 0..<count {
+                cudpecho_batch_set_timestamp_id(
+                    self.transmit,
+                    Int32(slot),
+                    flow.assignKey(to: self.batchSequences[slot])
+                )
+            }
+        }
+        var departure = cudpecho_now_ns()
+        for slot in 0..<count { flow.departure[flow.position(self.batchSequences[slot])] = departure }
         var next = 0
+        var retriedRefusal = false
         while next < count {
             let sent = cudpecho_batch_send(flow.descriptor, self.transmit, Int32(next), Int32(count - next))
             if sent > 0 {
+                if timestamped && !self.explicitKeys {
+                    // The kernel numbers the timestamps of the datagrams it took, in order.
+                    for slot in next..<next + Int(sent) { _ = flow.assignKey(to: self.batchSequences[slot]) }
+                }
                 next += Int(sent)
                 self.lastSentAt = cudpecho_now_ns()
                 continue
@@ -391,18 +421,23 @@ final class ProbeEngine {
             switch -sent {
             case EINTR:
                 continue
+            case ECONNREFUSED where !retriedRefusal:
+                // An ICMP error about an earlier probe, reported on this send, which did not happen; the error
+                // queue ties the refusal to its probe. Send again.
+                retriedRefusal = true
+                continue
             case EAGAIN, EWOULDBLOCK:
                 // The socket's send buffer is full: wait a little for room, then count the rest as not sent.
-                if cudpecho_wait(flow.descriptor, cudpecho_pollout, 100) > 0 { continue }
-                for slot in next..<count { flow.unsend(self.transmit, slot: slot) }
+                if cudpecho_wait(flow.descriptor, cudpecho_pollout, 100) > 0 {
+                    departure = cudpecho_now_ns()
+                    for slot in next..<count { flow.departure[flow.position(self.batchSequences[slot])] = departure }
+                    continue
+                }
+                for slot in next..<count { flow.unsend(self.batchSequences[slot]) }
                 self.counts.sendErrors += count - next
                 next = count
-            case ECONNREFUSED:
-                flow.unsend(self.transmit, slot: next)
-                self.counts.refused += 1
-                next += 1
             default:
-                flow.unsend(self.transmit, slot: next)
+                flow.unsend(self.batchSequences[next])
                 self.counts.sendErrors += 1
                 next += 1
             }
@@ -412,16 +447,14 @@ final class ProbeEngine {
 
     // MARK: Receiving
 
-    private func drain(_ flow: Flow, onEvent: ((ProbeEvent) -> Void)?) {
+    private func drain(_ flow: ProbeFlow, onEvent: ((ProbeEvent) -> Void)?) {
+        // Transmit timestamps first, so that the replies that follow find their probe's departure.
+        self.drainErrors(flow, onEvent: onEvent)
         while true {
             let received = cudpecho_batch_recv(flow.descriptor, self.receive, Int32(Self.batchSize), 0)
             if received < 0 {
                 switch -received {
-                case EINTR: continue
-                case ECONNREFUSED:
-                    self.counts.refused += 1
-                    onEvent?(.refused)
-                    continue
+                case EINTR, ECONNREFUSED: continue  // a refusal is read from the error queue, with its probe
                 default: return  // EAGAIN: nothing more for now
                 }
             }
@@ -432,13 +465,58 @@ final class ProbeEngine {
                     start: cudpecho_batch_payload(self.receive, Int32(slot)),
                     count: length
                 )
-                self.match(bytes, on: flow, now: now, onEvent: onEvent)
+                let kernelArrival =
+                    self.timestamps == .user ? 0 : cudpecho_batch_timestamp(self.receive, Int32(slot), self.hardware)
+                self.match(bytes, on: flow, now: now, kernelArrival: kernelArrival, onEvent: onEvent)
             }
             if received < Self.batchSize { return }
         }
     }
 
-    private func match(_ reply: UnsafeRawBufferPointer, on flow: Flow, now: Int64, onEvent: ((ProbeEvent) -> Void)?) {
+    /// Reads the error queue of `flow`: transmit timestamps, and ICMP errors about probes.
+    private func drainErrors(_ flow: ProbeFlow, onEvent: ((ProbeEvent) -> Void)?) {
+        var info = cudpecho_error_info()
+        while true {
+            let received = cudpecho_batch_recv_errors(flow.descriptor, self.receive, Int32(Self.batchSize))
+            guard received > 0 else { return }
+            for slot in 0..<Int(received) where cudpecho_batch_error(self.receive, Int32(slot), self.hardware, &info) != 0 {
+                if info.origin == 4 {  // SO_EE_ORIGIN_TIMESTAMPING
+                    if info.timestamp != 0 { flow.recordDeparture(key: info.data, at: info.timestamp) }
+                } else if info.error == ECONNREFUSED {
+                    // The ICMP error quotes the probe: its sequence number says which one was refused.
+                    let length = cudpecho_batch_length(self.receive, Int32(slot))
+                    var sequence: UInt64? = nil
+                    if length >= 8 {
+                        sequence = UInt64(
+                            littleEndian: UnsafeRawPointer(cudpecho_batch_payload(self.receive, Int32(slot))!)
+                                .loadUnaligned(as: UInt64.self)
+                        )
+                    }
+                    self.refused(sequence, on: flow, onEvent: onEvent)
+                }
+            }
+            if received < Self.batchSize { return }
+        }
+    }
+
+    private func refused(_ sequence: UInt64?, on flow: ProbeFlow, onEvent: ((ProbeEvent) -> Void)?) {
+        if let sequence, case .outstanding = flow.lookUp(sequence) {
+            flow.resolve(sequence, as: .refused)
+            self.counts.refused += 1
+            onEvent?(.refused(sequence: sequence))
+        } else if sequence == nil {
+            self.counts.refused += 1
+            onEvent?(.refused(sequence: nil))
+        }
+    }
+
+    private func match(
+        _ reply: UnsafeRawBufferPointer,
+        on flow: ProbeFlow,
+        now: Int64,
+        kernelArrival: Int64,
+        onEvent: ((ProbeEvent) -> Void)?
+    ) {
         guard reply.count >= Self.headerSize else {
             self.counts.corrupt += 1
             onEvent?(.corrupt(sequence: nil, bytes: reply.count, reason: "shorter than a probe's header"))
@@ -469,206 +547,98 @@ final class ProbeEngine {
         case .forgotten:
             self.counts.late += 1
             onEvent?(.late(sequence: sequence, bytes: reply.count, roundTrip: -1))
-        case .outstanding(let scheduledAt):
-            if let difference = flow.difference(reply, scheduledAt: scheduledAt, stamp: stamp) {
+        case .outstanding(let position):
+            if let difference = flow.difference(reply, scheduledAt: flow.scheduled[position], stamp: stamp) {
                 flow.resolve(sequence, as: .answered)
                 self.counts.corrupt += 1
                 onEvent?(.corrupt(sequence: sequence, bytes: reply.count, reason: difference))
                 return
             }
+            let times = self.times(of: position, on: flow, now: now, kernelArrival: kernelArrival)
             let outOfOrder = flow.markReceived(sequence)
-            let roundTrip = now - scheduledAt
             self.counts.received += 1
-            self.lastReplyAt = now
             if outOfOrder { self.counts.reordered += 1 }
-            self.times.record(roundTrip)
-            onEvent?(.reply(sequence: sequence, bytes: reply.count, roundTrip: roundTrip, outOfOrder: outOfOrder))
+            self.lastReplyAt = now
+            self.times.record(times.roundTrip)
+            self.latencies.record(times.latency)
+            self.lateness.record(times.lateness)
+            self.recordJitter(sequence, roundTrip: times.roundTrip, position: position, on: flow)
+            onEvent?(
+                .reply(
+                    sequence: sequence,
+                    bytes: reply.count,
+                    roundTrip: times.roundTrip,
+                    lateness: times.lateness,
+                    outOfOrder: outOfOrder
+                )
+            )
         case .answered:
             self.counts.duplicate += 1
             onEvent?(.duplicate(sequence: sequence, bytes: reply.count))
-        case .lost(let scheduledAt):
-            if flow.difference(reply, scheduledAt: scheduledAt, stamp: stamp) == nil {
+        case .lost(let position):
+            if flow.difference(reply, scheduledAt: flow.scheduled[position], stamp: stamp) == nil {
                 self.counts.late += 1
-                onEvent?(.late(sequence: sequence, bytes: reply.count, roundTrip: now - scheduledAt))
+                let times = self.times(of: position, on: flow, now: now, kernelArrival: kernelArrival)
+                onEvent?(.late(sequence: sequence, bytes: reply.count, roundTrip: times.roundTrip))
             } else {
                 self.counts.corrupt += 1
                 onEvent?(.corrupt(sequence: sequence, bytes: reply.count, reason: "it differs from the probe"))
             }
+        case .refused:
+            // A reply after all (the ICMP error was about an earlier datagram, or the server came up): late.
+            self.counts.late += 1
+            onEvent?(.late(sequence: sequence, bytes: reply.count, roundTrip: -1))
         }
+    }
+
+    /// The round trip, the latency from the schedule, and the lateness of the probe at `position`, whose reply
+    /// arrived `now` (CLOCK_MONOTONIC) or, as the kernel says, at `kernelArrival`.
+    private func times(
+        of position: Int,
+        on flow: ProbeFlow,
+        now: Int64,
+        kernelArrival: Int64
+    ) -> (roundTrip: Int64, latency: Int64, lateness: Int64) {
+        let scheduled = flow.scheduled[position]
+        var kernelDeparture = flow.kernelDeparture[position]
+        if self.timestamps != .user && kernelDeparture == 0 && kernelArrival != 0 {
+            // The transmit timestamp may still be on the error queue behind the reply.
+            self.drainErrors(flow, onEvent: nil)
+            kernelDeparture = flow.kernelDeparture[position]
+        }
+        if self.timestamps != .user && kernelDeparture != 0 && kernelArrival != 0 {
+            let roundTrip = kernelArrival - kernelDeparture
+            if self.timestamps == .hardware {
+                // The card's clock is not the system's: the schedule is compared with the program's clock reads.
+                return (roundTrip, now - scheduled, flow.departure[position] - scheduled)
+            }
+            return (roundTrip, kernelArrival - self.realtimeOffset - scheduled,
+                kernelDeparture - self.realtimeOffset - scheduled)
+        }
+        if self.timestamps != .user { self.timestampFallbacks += 1 }
+        let departure = flow.departure[position]
+        return (now - departure, now - scheduled, departure - scheduled)
+    }
+
+    /// IPDV with the neighbouring probes of the flow (each pair counted once, when its second reply comes), and
+    /// RFC 3550's jitter in the order replies arrive.
+    private func recordJitter(_ sequence: UInt64, roundTrip: Int64, position: Int, on flow: ProbeFlow) {
+        flow.roundTrip[position] = roundTrip
+        if sequence > 0, let previous = flow.roundTrip(of: sequence - 1) {
+            self.jitter.ipdv.record(abs(roundTrip - previous))
+        }
+        if let next = flow.roundTrip(of: sequence + 1) {
+            self.jitter.ipdv.record(abs(next - roundTrip))
+        }
+        if let last = flow.lastArrivalRoundTrip {
+            flow.rfc3550 += (Double(abs(roundTrip - last)) - flow.rfc3550) / 16
+            flow.jitterSamples += 1
+        }
+        flow.lastArrivalRoundTrip = roundTrip
     }
 
     /// Counts as lost the probes of `flow` whose loss timeout passed by `now`.
-    private func expire(_ flow: Flow, now: Int64, onEvent: ((ProbeEvent) -> Void)?) {
+    private func expire(_ flow: ProbeFlow, now: Int64, onEvent: ((ProbeEvent) -> Void)?) {
         flow.expire(before: now == Self.noDeadline ? now : now - self.lossTimeout) { self.countLost($0, onEvent) }
-    }
-}
-
-/// One flow: a connected socket and the ring of probes it sent.
-private final class Flow {
-    enum State: UInt8 {
-        case none = 0
-        case outstanding, answered, lost
-    }
-
-    enum LookUp {
-        /// A sequence number beyond the last one sent.
-        case notYetSent
-        /// A probe that the kernel would not send.
-        case notSent
-        /// Older than the ring remembers.
-        case forgotten
-        case outstanding(Int64)
-        case answered
-        case lost(Int64)
-    }
-
-    let index: Int
-    let descriptor: Int32
-    private let size: Int
-    private let mask: Int
-    private let scheduled: UnsafeMutablePointer<Int64>
-    private let sequences: UnsafeMutablePointer<UInt64>
-    private let states: UnsafeMutablePointer<UInt8>
-    private let pattern: [UInt8]
-    private var nextSequence: UInt64 = 0
-    private var oldest: UInt64 = 0
-    private var highestReceived: UInt64? = nil
-    private(set) var outstanding = 0
-    private(set) var sent = 0
-
-    init(index: Int, target: SocketAddress, size: Int, capacity: Int) throws(EchoError) {
-        self.index = index
-        self.size = size
-        self.mask = capacity - 1
-        let family: Int32 = if case .v6 = target { AF_INET6 } else { AF_INET }
-        let fd = socket(family, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), Int32(IPPROTO_UDP))
-        guard fd >= 0 else { throw .socket(operation: "socket for", address: target.hostPortDescription, errno: errno) }
-        _ = cudpecho_set_buffer_size(fd, SO_RCVBUF, 4 << 20)
-        _ = cudpecho_set_buffer_size(fd, SO_SNDBUF, 4 << 20)
-        guard target.withRawAddress({ connect(fd, $0, $1) }) == 0 else {
-            let code = errno
-            Glibc.close(fd)
-            throw .socket(operation: "connect to", address: target.hostPortDescription, errno: code)
-        }
-        self.descriptor = fd
-        self.scheduled = .allocate(capacity: capacity)
-        self.scheduled.initialize(repeating: 0, count: capacity)
-        self.sequences = .allocate(capacity: capacity)
-        self.sequences.initialize(repeating: .max, count: capacity)
-        self.states = .allocate(capacity: capacity)
-        self.states.initialize(repeating: 0, count: capacity)
-        self.pattern = (0..<(size - ProbeEngine.headerSize)).map {
-            UInt8(truncatingIfNeeded: $0 &* 7 &+ index &* 13 &+ 1)
-        }
-    }
-
-    deinit {
-        self.scheduled.deallocate()
-        self.sequences.deallocate()
-        self.states.deallocate()
-    }
-
-    func close() {
-        _ = Glibc.close(self.descriptor)
-    }
-
-    /// Writes the next probe into `slot` of `batch` and remembers it as outstanding. When the ring is full, the
-    /// oldest probes are given up on early and reported to `lost`.
-    func prepare(into batch: OpaquePointer, slot: Int, scheduledAt: Int64, lost: (UInt64) -> Void) {
-        if self.nextSequence - self.oldest > UInt64(self.mask) {
-            self.expire(before: .max, upTo: self.nextSequence - UInt64(self.mask), lost)
-        }
-        let sequence = self.nextSequence
-        self.nextSequence += 1
-        let position = Int(sequence) & self.mask
-        self.scheduled[position] = scheduledAt
-        self.sequences[position] = sequence
-        self.states[position] = State.outstanding.rawValue
-        self.outstanding += 1
-        self.sent += 1
-        let payload = UnsafeMutableRawPointer(cudpecho_batch_payload(batch, Int32(slot))!)
-        payload.storeBytes(of: sequence.littleEndian, as: UInt64.self)
-        payload.storeBytes(of: scheduledAt.littleEndian, toByteOffset: 8, as: Int64.self)
-        self.pattern.withUnsafeBytes {
-            (payload + ProbeEngine.headerSize).copyMemory(from: $0.baseAddress!, byteCount: $0.count)
-        }
-        cudpecho_batch_set_length(batch, Int32(slot), self.size)
-    }
-
-    /// Forgets the probe in `slot` of `batch`, which the kernel did not send.
-    func unsend(_ batch: OpaquePointer, slot: Int) {
-        let payload = UnsafeRawPointer(cudpecho_batch_payload(batch, Int32(slot))!)
-        let sequence = UInt64(littleEndian: payload.loadUnaligned(as: UInt64.self))
-        let position = Int(sequence) & self.mask
-        if self.states[position] == State.outstanding.rawValue {
-            self.states[position] = State.none.rawValue
-            self.outstanding -= 1
-            self.sent -= 1
-        }
-    }
-
-    func lookUp(_ sequence: UInt64) -> LookUp {
-        guard sequence < self.nextSequence else { return .notYetSent }
-        let position = Int(sequence) & self.mask
-        guard self.sequences[position] == sequence else { return .forgotten }
-        switch State(rawValue: self.states[position]) {
-        case .outstanding: return .outstanding(self.scheduled[position])
-        case .answered: return .answered
-        case .lost: return .lost(self.scheduled[position])
-        case .some(.none), nil: return .notSent
-        }
-    }
-
-    /// Where `reply` differs from the probe it names, in words; nil when it is the probe.
-    func difference(_ reply: UnsafeRawBufferPointer, scheduledAt: Int64, stamp: Int64) -> String? {
-        if reply.count != self.size { return "\(reply.count) bytes, the probe had \(self.size)" }
-        if stamp != scheduledAt { return "its timestamp (bytes 8-15) differs" }
-        let body = UnsafeRawBufferPointer(rebasing: reply[ProbeEngine.headerSize...])
-        let same = self.pattern.withUnsafeBytes { memcmp($0.baseAddress!, body.baseAddress!, body.count) == 0 }
-        if same { return nil }
-        let offset = zip(self.pattern, body).prefix { $0 == $1 }.count
-        return "first difference at byte \(ProbeEngine.headerSize + offset)"
-    }
-
-    /// Marks `sequence` answered; returns whether a later probe had been answered before it.
-    func markReceived(_ sequence: UInt64) -> Bool {
-        self.resolve(sequence, as: .answered)
-        defer { self.highestReceived = max(self.highestReceived ?? 0, sequence) }
-        return (self.highestReceived ?? 0) > sequence
-    }
-
-    func resolve(_ sequence: UInt64, as state: State) {
-        let position = Int(sequence) & self.mask
-        if self.states[position] == State.outstanding.rawValue { self.outstanding -= 1 }
-        self.states[position] = state.rawValue
-    }
-
-    /// The time at which the oldest outstanding probe will be lost, if any is outstanding.
-    func oldestDeadline(_ timeout: Int64) -> Int64? {
-        guard self.outstanding > 0 else { return nil }
-        var sequence = self.oldest
-        while sequence < self.nextSequence {
-            let position = Int(sequence) & self.mask
-            if self.states[position] == State.outstanding.rawValue {
-                return self.scheduled[position] + timeout
-            }
-            sequence += 1
-        }
-        return nil
-    }
-
-    /// Marks lost, in order, the outstanding probes scheduled before `limit`, and steps past resolved ones, up to
-    /// sequence `end` (exclusive).
-    func expire(before limit: Int64, upTo end: UInt64 = .max, _ lost: (UInt64) -> Void) {
-        while self.oldest < min(end, self.nextSequence) {
-            let position = Int(self.oldest) & self.mask
-            if self.states[position] == State.outstanding.rawValue {
-                guard self.scheduled[position] < limit else { return }
-                self.states[position] = State.lost.rawValue
-                self.outstanding -= 1
-                lost(self.oldest)
-            }
-            self.oldest += 1
-        }
     }
 }
