@@ -311,16 +311,31 @@ int cudpecho_batch_arrived_on_loopback(const cudpecho_batch *batch, int i) { ret
 #define SCM_TS_OPT_ID 81
 #endif
 
-void cudpecho_batch_set_timestamp_id(cudpecho_batch *batch, int i, uint32_t id) {
+#include <linux/net_tstamp.h>
+
+void cudpecho_batch_request_timestamp(cudpecho_batch *batch, int i, int hardware, int with_id, uint32_t id) {
     struct msghdr *h = &batch->messages[i].msg_hdr;
     h->msg_control = batch->control[i];
-    h->msg_controllen = CMSG_SPACE(sizeof(uint32_t));
+    h->msg_controllen = CMSG_SPACE(sizeof(int)) + (with_id ? CMSG_SPACE(sizeof(uint32_t)) : 0);
     memset(batch->control[i], 0, h->msg_controllen);
     struct cmsghdr *c = CMSG_FIRSTHDR(h);
     c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_TS_OPT_ID;
-    c->cmsg_len = CMSG_LEN(sizeof(uint32_t));
-    memcpy(CMSG_DATA(c), &id, sizeof(id));
+    c->cmsg_type = SO_TIMESTAMPING_OLD;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    int flags = hardware ? SOF_TIMESTAMPING_TX_HARDWARE : SOF_TIMESTAMPING_TX_SOFTWARE;
+    memcpy(CMSG_DATA(c), &flags, sizeof(flags));
+    if (with_id) {
+        c = CMSG_NXTHDR(h, c);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_TS_OPT_ID;
+        c->cmsg_len = CMSG_LEN(sizeof(uint32_t));
+        memcpy(CMSG_DATA(c), &id, sizeof(id));
+    }
+}
+
+void cudpecho_batch_clear_control(cudpecho_batch *batch, int i) {
+    batch->messages[i].msg_hdr.msg_control = NULL;
+    batch->messages[i].msg_hdr.msg_controllen = 0;
 }
 
 // The timestamp of an SCM_TIMESTAMPING message: [0] software, [2] raw hardware, as CLOCK_REALTIME (or the NIC's

@@ -19,11 +19,12 @@
 #define SCM_TS_OPT_ID 81
 #endif
 
-static const int software_flags = SOF_TIMESTAMPING_TX_SOFTWARE | SOF_TIMESTAMPING_RX_SOFTWARE
-                                  | SOF_TIMESTAMPING_SOFTWARE | SOF_TIMESTAMPING_OPT_ID | SOF_TIMESTAMPING_OPT_TSONLY;
-static const int hardware_flags = SOF_TIMESTAMPING_TX_HARDWARE | SOF_TIMESTAMPING_RX_HARDWARE
-                                  | SOF_TIMESTAMPING_RAW_HARDWARE | SOF_TIMESTAMPING_OPT_ID
+// Receive timestamps for every datagram; transmit timestamps only for the sends that ask (a control message per
+// send, see cudpecho_batch_request_timestamp): each costs the kernel a queued error message and a wake-up.
+static const int software_flags = SOF_TIMESTAMPING_RX_SOFTWARE | SOF_TIMESTAMPING_SOFTWARE | SOF_TIMESTAMPING_OPT_ID
                                   | SOF_TIMESTAMPING_OPT_TSONLY;
+static const int hardware_flags = SOF_TIMESTAMPING_RX_HARDWARE | SOF_TIMESTAMPING_RAW_HARDWARE
+                                  | SOF_TIMESTAMPING_OPT_ID | SOF_TIMESTAMPING_OPT_TSONLY;
 
 int cudpecho_enable_timestamps(int fd, int family, int hardware) {
     int on = 1;

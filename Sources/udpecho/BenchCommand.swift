@@ -104,12 +104,12 @@ struct BenchCommand: AsyncParsableCommand {
 
     @Option(
         help: ArgumentHelp(
-            "Open loop: stop sleeping this long before each request is due and poll instead, so that a late wake-up does not delay it (costs up to that much CPU per request). (default: 50us)",
+            "Open loop: stop sleeping this long before each request is due and poll instead, so that a late wake-up does not delay it (costs up to that much CPU per request). (default: what keeps polling under 5% of a core, at most 200us)",
             valueName: "duration"
         ),
         transform: parseDuration
     )
-    var spin: Duration = EchoBenchmark.defaultSpin
+    var spin: Duration?
 
     @Flag(help: "Print the result as one JSON object.")
     var json = false
@@ -245,7 +245,8 @@ extension EchoBenchmark.Result {
         if openLoop {
             lines.append(row("latency ms ", self.latencies, "  (from each request's scheduled send time)"))
         }
-        lines.append(row("rtt ms     ", times, "  (from each request's departure)"))
+        let sample = self.roundTripSampling > 1 ? ", every \(self.roundTripSampling)th request" : ""
+        lines.append(row("rtt ms     ", times, "  (from each request's departure\(sample))"))
         let ipdv = self.jitter.ipdv
         lines.append(
             "jitter ms  ipdv mean \(milliseconds(Int64(ipdv.mean)))  p50 \(milliseconds(ipdv.percentile(50)))  "
@@ -276,6 +277,7 @@ enum BenchJSON {
         var sent, received, lost, duplicate, corrupt, late, reordered, send_errors, refused: Int
         var timestamps: String
         var timestamp_fallbacks: Int
+        var rtt_sampling: Int
         var rtt_ms: [String: Double]
         var latency_ms: [String: Double]?
         var send_lateness_ms: [String: Double]?
@@ -324,6 +326,7 @@ enum BenchJSON {
                 refused: counts.refused,
                 timestamps: result.timestamps.rawValue,
                 timestamp_fallbacks: result.timestampFallbacks,
+                rtt_sampling: result.roundTripSampling,
                 rtt_ms: rtt,
                 latency_ms: rate == nil ? nil : percentiles(result.latencies),
                 send_lateness_ms: rate == nil ? nil : result.lateness.milliseconds([50, 99]),

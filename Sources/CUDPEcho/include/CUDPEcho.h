@@ -160,8 +160,8 @@ typedef struct {
 } cudpecho_error_info;
 
 /// Asks for errors on the error queue (IP_RECVERR / IPV6_RECVERR) and, unless `hardware` is -1, for software (0)
-/// or hardware (1) transmit and receive timestamps, with IDs and without the payload on transmit. Returns 0 or
-/// -errno.
+/// or hardware (1) receive timestamps, and transmit timestamps with IDs and without the payload for the sends that
+/// ask (``cudpecho_batch_request_timestamp``). Returns 0 or -errno.
 int cudpecho_enable_timestamps(int fd, int family, int hardware);
 /// Whether the kernel takes a transmit timestamp's ID with each send (SCM_TS_OPT_ID, Linux 6.13); without it, IDs
 /// count the datagrams the socket sent.
@@ -175,8 +175,11 @@ void cudpecho_set_timer_slack(unsigned long nanoseconds);
 /// Current CLOCK_REALTIME time in nanoseconds, the clock of software timestamps.
 int64_t cudpecho_realtime_ns(void);
 
-/// Gives the send of slot `i` a transmit timestamp ID (SCM_TS_OPT_ID) in its control message.
-void cudpecho_batch_set_timestamp_id(cudpecho_batch *batch, int i, uint32_t id);
+/// Asks for a software (or `hardware`) transmit timestamp of the send of slot `i`, with the ID `id` when `with_id`
+/// (SCM_TS_OPT_ID; without it the kernel counts the timestamped sends).
+void cudpecho_batch_request_timestamp(cudpecho_batch *batch, int i, int hardware, int with_id, uint32_t id);
+/// Sends slot `i` without a control message.
+void cudpecho_batch_clear_control(cudpecho_batch *batch, int i);
 /// The kernel's receive timestamp of slot `i` after a receive: software or (`hardware`) raw hardware, in ns; 0 if
 /// none.
 int64_t cudpecho_batch_timestamp(const cudpecho_batch *batch, int i, int hardware);

@@ -40,8 +40,9 @@ public enum EchoBenchmark {
         /// card's.
         public var timestamps: TimestampSource
         /// Open loop: how long before a request is due the load thread stops sleeping and polls, so that a late
-        /// wake-up does not make the request late (it costs that much CPU per request at most).
-        public var spin: Duration
+        /// wake-up does not make the request late (it costs that much CPU per request at most). nil chooses
+        /// ``automaticSpin(rate:)``.
+        public var spin: Duration?
 
         /// A configuration; see each property. The defaults are a closed loop of 4 flows x 32 for 10 s.
         public init(
@@ -54,7 +55,7 @@ public enum EchoBenchmark {
             lossTimeout: Duration = .seconds(1),
             allowRemote: Bool = false,
             timestamps: TimestampSource = .kernel,
-            spin: Duration = EchoBenchmark.defaultSpin
+            spin: Duration? = nil
         ) {
             self.target = target
             self.duration = duration
@@ -86,7 +87,7 @@ public enum EchoBenchmark {
                 throw .invalidConfiguration("the duration must be more than 0 and at most 1h, so that every run ends")
             }
             guard self.lossTimeout > .zero else { throw .invalidConfiguration("the loss timeout must be more than 0") }
-            guard self.spin >= .zero && self.spin <= .milliseconds(10) else {
+            if let spin = self.spin, !(spin >= .zero && spin <= .milliseconds(10)) {
                 throw .invalidConfiguration("the spin must be from 0 to 10ms")
             }
             if let count = self.count, count < 1 { throw .invalidConfiguration("the count must be at least 1") }
@@ -94,9 +95,12 @@ public enum EchoBenchmark {
         }
     }
 
-    /// How long before each request is due an open-loop run stops sleeping, by default: see BENCHMARKS.md for what
-    /// it gives.
-    public static let defaultSpin: Duration = .microseconds(50)
+    /// How long before each request is due an open-loop run stops sleeping, unless told: as much as keeps the polling
+    /// under 5% of a core, and at most 200us. Polling takes a send's lateness from ~25 us to ~3 us here, but at
+    /// high rates it would take a whole core from the server under test (BENCHMARKS.md).
+    public static func automaticSpin(rate: Double) -> Duration {
+        .nanoseconds(Int64(min(200_000, 0.05e9 / max(rate, 1))))
+    }
 
     /// What a run measured.
     public struct Result: Sendable {
@@ -116,6 +120,11 @@ public enum EchoBenchmark {
         /// Round trips measured with the program's clock in a kernel-timestamped run because a kernel timestamp was
         /// missing (0 normally).
         public var timestampFallbacks: Int
+        /// Every how many requests of a flow the round trip (and lateness, and jitter) was measured: 1, or a sample
+        /// where a transmit timestamp for every request would cost the load a notable share (closed loop: every
+        /// 16th; open loop past 20000 requests a second). Counts and the latency from the schedule cover every
+        /// request.
+        public var roundTripSampling: Int
         /// Time from the first request until every request was answered or counted as lost (which includes waiting
         /// a loss timeout for the last lost ones).
         public var elapsed: Duration
@@ -151,7 +160,10 @@ public enum EchoBenchmark {
                 count: configuration.count,
                 lossTimeout: configuration.lossTimeout,
                 timestamps: configuration.timestamps,
-                spin: configuration.spin
+                spin: configuration.spin ?? {
+                    if case .rate(let rate) = configuration.load { return Self.automaticSpin(rate: rate) }
+                    return .zero
+                }()
             )
         )
         return await engine.runOnThread(onEvent: nil, onProgress: onProgress)
@@ -181,6 +193,7 @@ extension ProbeEngine {
                             jitter: engine.value.jitter,
                             timestamps: engine.value.timestamps,
                             timestampFallbacks: engine.value.timestampFallbacks,
+                            roundTripSampling: Int(engine.value.roundTripStride),
                             elapsed: elapsed,
                             activeTime: engine.value.activeTime
                         )

@@ -61,6 +61,11 @@ final class ProbeEngine {
         }
     }
     private static let batchSize = 64
+    /// Closed loop runs as fast as it can: a round trip is measured for every 16th request, which takes what
+    /// transmit timestamps cost from about a third of the generator's capacity to a few percent (BENCHMARKS.md).
+    static let closedLoopStride: UInt64 = 16
+    /// Open loop: every request is measured up to this rate, a sample beyond it.
+    static let timestampsPerSecond: Double = 20_000
     private static let noDeadline = Int64.max
 
     private let configuration: Configuration
@@ -84,6 +89,10 @@ final class ProbeEngine {
     private(set) var timestampFallbacks = 0
     /// Whether the kernel takes each send's timestamp ID (SCM_TS_OPT_ID); else IDs count the datagrams sent.
     private let explicitKeys: Bool
+    /// Every how many probes of a flow (by sequence number) a transmit timestamp is taken and the round trip
+    /// measured: 1 for ping and moderate rates; more where each timestamp would cost the load generator a notable
+    /// share of its capacity (a queued error message and a wake-up in the kernel per send).
+    let roundTripStride: UInt64
     private let hardware: Int32
     /// CLOCK_REALTIME minus CLOCK_MONOTONIC, to place kernel timestamps on the schedule's clock; renewed each second.
     private var realtimeOffset: Int64 = 0
@@ -113,6 +122,11 @@ final class ProbeEngine {
             try Self.checkHardware(configuration.target)
         }
         self.explicitKeys = configuration.timestamps != .user && cudpecho_timestamp_ids_supported() != 0
+        switch (configuration.timestamps, configuration.pacing) {
+        case (.user, _): self.roundTripStride = 1
+        case (_, .window): self.roundTripStride = Self.closedLoopStride
+        case (_, .rate(let rate)): self.roundTripStride = UInt64(max(1, rate / Self.timestampsPerSecond))
+        }
         guard let transmit = cudpecho_batch_create(Int32(Self.batchSize), configuration.size),
             let receive = cudpecho_batch_create(Int32(Self.batchSize), 65536)
         else {
@@ -394,13 +408,15 @@ final class ProbeEngine {
             for slot in 0..<count { beforeSend(self.batchSequences[slot]) }
         }
         let timestamped = self.timestamps != .user
-        if timestamped && self.explicitKeys {
+        if timestamped {
             for slot in 0..<count {
-                cudpecho_batch_set_timestamp_id(
-                    self.transmit,
-                    Int32(slot),
-                    flow.assignKey(to: self.batchSequences[slot])
-                )
+                let sequence = self.batchSequences[slot]
+                if sequence % self.roundTripStride == 0 {
+                    let key = self.explicitKeys ? flow.assignKey(to: sequence) : 0
+                    cudpecho_batch_request_timestamp(self.transmit, Int32(slot), self.hardware, self.explicitKeys ? 1 : 0, key)
+                } else {
+                    cudpecho_batch_clear_control(self.transmit, Int32(slot))
+                }
             }
         }
         var departure = cudpecho_now_ns()
@@ -411,8 +427,10 @@ final class ProbeEngine {
             let sent = cudpecho_batch_send(flow.descriptor, self.transmit, Int32(next), Int32(count - next))
             if sent > 0 {
                 if timestamped && !self.explicitKeys {
-                    // The kernel numbers the timestamps of the datagrams it took, in order.
-                    for slot in next..<next + Int(sent) { _ = flow.assignKey(to: self.batchSequences[slot]) }
+                    // The kernel numbers the timestamps of the timestamped datagrams it took, in order.
+                    for slot in next..<next + Int(sent) where self.batchSequences[slot] % self.roundTripStride == 0 {
+                        _ = flow.assignKey(to: self.batchSequences[slot])
+                    }
                 }
                 next += Int(sent)
                 self.lastSentAt = cudpecho_now_ns()
@@ -554,15 +572,17 @@ final class ProbeEngine {
                 onEvent?(.corrupt(sequence: sequence, bytes: reply.count, reason: difference))
                 return
             }
-            let times = self.times(of: position, on: flow, now: now, kernelArrival: kernelArrival)
+            let times = self.times(of: sequence, at: position, on: flow, now: now, kernelArrival: kernelArrival)
             let outOfOrder = flow.markReceived(sequence)
             self.counts.received += 1
             if outOfOrder { self.counts.reordered += 1 }
             self.lastReplyAt = now
-            self.times.record(times.roundTrip)
             self.latencies.record(times.latency)
-            self.lateness.record(times.lateness)
-            self.recordJitter(sequence, roundTrip: times.roundTrip, position: position, on: flow)
+            if times.measured {
+                self.times.record(times.roundTrip)
+                self.lateness.record(times.lateness)
+                self.recordJitter(sequence, roundTrip: times.roundTrip, position: position, on: flow)
+            }
             onEvent?(
                 .reply(
                     sequence: sequence,
@@ -578,7 +598,7 @@ final class ProbeEngine {
         case .lost(let position):
             if flow.difference(reply, scheduledAt: flow.scheduled[position], stamp: stamp) == nil {
                 self.counts.late += 1
-                let times = self.times(of: position, on: flow, now: now, kernelArrival: kernelArrival)
+                let times = self.times(of: sequence, at: position, on: flow, now: now, kernelArrival: kernelArrival)
                 onEvent?(.late(sequence: sequence, bytes: reply.count, roundTrip: times.roundTrip))
             } else {
                 self.counts.corrupt += 1
@@ -591,15 +611,23 @@ final class ProbeEngine {
         }
     }
 
-    /// The round trip, the latency from the schedule, and the lateness of the probe at `position`, whose reply
-    /// arrived `now` (CLOCK_MONOTONIC) or, as the kernel says, at `kernelArrival`.
+    /// The round trip, the latency from the schedule, and the lateness of the probe `sequence` at `position`, whose
+    /// reply arrived `now` (CLOCK_MONOTONIC) or, as the kernel says, at `kernelArrival`. `measured` is false for a
+    /// probe outside the round-trip sample (its round trip and lateness are then the program's clock reads, for
+    /// its event only, and its latency uses the kernel's arrival time).
     private func times(
-        of position: Int,
+        of sequence: UInt64,
+        at position: Int,
         on flow: ProbeFlow,
         now: Int64,
         kernelArrival: Int64
-    ) -> (roundTrip: Int64, latency: Int64, lateness: Int64) {
+    ) -> (roundTrip: Int64, latency: Int64, lateness: Int64, measured: Bool) {
         let scheduled = flow.scheduled[position]
+        let departure = flow.departure[position]
+        if sequence % self.roundTripStride != 0 {
+            let arrival = self.timestamps == .kernel && kernelArrival != 0 ? kernelArrival - self.realtimeOffset : now
+            return (now - departure, arrival - scheduled, departure - scheduled, false)
+        }
         var kernelDeparture = flow.kernelDeparture[position]
         if self.timestamps != .user && kernelDeparture == 0 && kernelArrival != 0 {
             // The transmit timestamp may still be on the error queue behind the reply.
@@ -610,24 +638,26 @@ final class ProbeEngine {
             let roundTrip = kernelArrival - kernelDeparture
             if self.timestamps == .hardware {
                 // The card's clock is not the system's: the schedule is compared with the program's clock reads.
-                return (roundTrip, now - scheduled, flow.departure[position] - scheduled)
+                return (roundTrip, now - scheduled, departure - scheduled, true)
             }
-            return (roundTrip, kernelArrival - self.realtimeOffset - scheduled,
-                kernelDeparture - self.realtimeOffset - scheduled)
+            return (
+                roundTrip, kernelArrival - self.realtimeOffset - scheduled,
+                kernelDeparture - self.realtimeOffset - scheduled, true
+            )
         }
         if self.timestamps != .user { self.timestampFallbacks += 1 }
-        let departure = flow.departure[position]
-        return (now - departure, now - scheduled, departure - scheduled)
+        return (now - departure, now - scheduled, departure - scheduled, true)
     }
 
-    /// IPDV with the neighbouring probes of the flow (each pair counted once, when its second reply comes), and
-    /// RFC 3550's jitter in the order replies arrive.
+    /// IPDV with the neighbouring measured probes of the flow (each pair counted once, when its second reply comes),
+    /// and RFC 3550's jitter in the order replies arrive.
     private func recordJitter(_ sequence: UInt64, roundTrip: Int64, position: Int, on flow: ProbeFlow) {
         flow.roundTrip[position] = roundTrip
-        if sequence > 0, let previous = flow.roundTrip(of: sequence - 1) {
+        let stride = self.roundTripStride
+        if sequence >= stride, let previous = flow.roundTrip(of: sequence - stride) {
             self.jitter.ipdv.record(abs(roundTrip - previous))
         }
-        if let next = flow.roundTrip(of: sequence + 1) {
+        if let next = flow.roundTrip(of: sequence + stride) {
             self.jitter.ipdv.record(abs(next - roundTrip))
         }
         if let last = flow.lastArrivalRoundTrip {
