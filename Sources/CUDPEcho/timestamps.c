@@ -147,3 +147,21 @@ int64_t cudpecho_realtime_ns(void) {
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
+
+#include <sys/timerfd.h>
+
+int cudpecho_timer_create(void) {
+    int fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+    return fd < 0 ? -errno : fd;
+}
+
+int cudpecho_timer_set(int fd, int64_t deadline_ns) {
+    struct itimerspec spec = {0};
+    if (deadline_ns > 0) {
+        spec.it_value.tv_sec = deadline_ns / 1000000000;
+        spec.it_value.tv_nsec = deadline_ns % 1000000000;
+    }
+    uint64_t expirations;
+    (void)read(fd, &expirations, sizeof(expirations));  // a past expiry no longer counts
+    return timerfd_settime(fd, TFD_TIMER_ABSTIME, &spec, NULL) == 0 ? 0 : -errno;
+}

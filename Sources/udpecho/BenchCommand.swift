@@ -245,7 +245,7 @@ extension EchoBenchmark.Result {
         if openLoop {
             lines.append(row("latency ms ", self.latencies, "  (from each request's scheduled send time)"))
         }
-        let sample = self.roundTripSampling > 1 ? ", every \(self.roundTripSampling)th request" : ""
+        let sample = self.roundTripSampling > 1 ? "; 1 request in \(self.roundTripSampling) measured" : ""
         lines.append(row("rtt ms     ", times, "  (from each request's departure\(sample))"))
         let ipdv = self.jitter.ipdv
         lines.append(

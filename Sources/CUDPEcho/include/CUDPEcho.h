@@ -172,6 +172,12 @@ int cudpecho_hardware_timestamping(const struct sockaddr *target, socklen_t leng
                                    size_t interface_size);
 /// Sets the calling thread's timer slack (PR_SET_TIMERSLACK): how late the kernel may wake it, at most.
 void cudpecho_set_timer_slack(unsigned long nanoseconds);
+/// A timer on CLOCK_MONOTONIC that can be watched with epoll (timerfd, non-blocking). Returns it or -errno.
+int cudpecho_timer_create(void);
+/// Arms the timer to fire at the absolute CLOCK_MONOTONIC time `deadline_ns` (0 disarms), clearing a past expiry.
+/// Unlike a poll or epoll timeout, which the kernel may stretch by 0.1% of its length, an absolute timer fires on
+/// time (within the thread's timer slack). Returns 0 or -errno.
+int cudpecho_timer_set(int fd, int64_t deadline_ns);
 /// Current CLOCK_REALTIME time in nanoseconds, the clock of software timestamps.
 int64_t cudpecho_realtime_ns(void);
 

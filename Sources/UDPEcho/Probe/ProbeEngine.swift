@@ -71,6 +71,11 @@ final class ProbeEngine {
     private let configuration: Configuration
     private var flows: [ProbeFlow] = []
     private let epoll: Int32
+    /// Fires when the next open-loop probe is due (an absolute deadline), watched by `epoll` as ``timerToken``.
+    private let timer: Int32
+    private static let timerToken = UInt32.max
+    /// The deadline the timer is armed for (0: disarmed).
+    private var timerDeadline: Int64 = 0
     private let transmit: OpaquePointer
     private let receive: OpaquePointer
     private let lossTimeout: Int64
@@ -140,6 +145,8 @@ final class ProbeEngine {
         self.transmit = transmit
         self.receive = receive
         self.epoll = cudpecho_epoll_create()
+        self.timer = cudpecho_timer_create()
+        if self.epoll >= 0 && self.timer >= 0 { _ = cudpecho_epoll_add(self.epoll, self.timer, Self.timerToken) }
         let capacity = Self.ringCapacity(configuration)
         var source = configuration.timestamps
         do throws(EchoError) {
@@ -190,6 +197,7 @@ final class ProbeEngine {
         for flow in self.flows { flow.close() }
         self.flows.removeAll()
         if self.epoll >= 0 { close(self.epoll) }
+        if self.timer >= 0 { close(self.timer) }
     }
 
     /// Throws unless the interface that the route to `target` leaves by timestamps in hardware.
@@ -285,16 +293,24 @@ final class ProbeEngine {
                 break
             }
 
-            // Wait for replies, no longer than the next send, loss check or progress report. Just before a send is
-            // due, poll instead of sleeping: a wake-up comes late, a poll does not.
+            // Wait for replies, no longer than the next send, loss check or progress report. The next send is an
+            // absolute timer (an epoll timeout may be stretched by 0.1% of its length); just before it is due, poll
+            // instead of sleeping: a wake-up comes late, a poll does not.
             now = cudpecho_now_ns()
             var wake = nextProgress
             var poll = false
+            var sendTimer: Int64 = 0
             if sending, case .rate(let rate) = self.configuration.pacing {
                 let nextSend = start + Int64((Double(totalScheduled) * 1e9 / rate).rounded(.up))
-                if nextSend - now <= spin { poll = true }
-                wake = min(wake, nextSend - spin)
+                if nextSend - now <= spin {
+                    poll = true
+                } else if self.timer >= 0 {
+                    sendTimer = nextSend - spin
+                } else {
+                    wake = min(wake, nextSend - spin)
+                }
             }
+            self.armTimer(sendTimer)
             if sending && self.configuration.duration != nil { wake = min(wake, sendUntil) }
             if let oldest = self.flows.lazy.compactMap({ $0.oldestDeadline(self.lossTimeout) }).min() {
                 wake = min(wake, oldest)
@@ -302,6 +318,10 @@ final class ProbeEngine {
             let ready = cudpecho_epoll_wait(self.epoll, &tokens, 64, poll ? 0 : max(0, wake - now))
             if ready > 0 {
                 for token in tokens[0..<Int(ready)] {
+                    guard token != Self.timerToken else {
+                        self.armTimer(0, fired: true)
+                        continue
+                    }
                     let flow = self.flows[Int(token)]
                     self.drain(flow, onEvent: onEvent)
                     if sending, case .window(let window) = self.configuration.pacing, flow.outstanding < window {
@@ -328,6 +348,7 @@ final class ProbeEngine {
                 )
             }
         }
+        self.armTimer(0)
         if !stop.load(ordering: .relaxed) {
             // Every probe is answered or lost: a short grace period still counts duplicates and late replies that
             // are on their way.
@@ -335,7 +356,9 @@ final class ProbeEngine {
             while case let now = cudpecho_now_ns(), now < graceEnd {
                 let ready = cudpecho_epoll_wait(self.epoll, &tokens, 64, graceEnd - now)
                 guard ready > 0 else { break }
-                for token in tokens[0..<Int(ready)] { self.drain(self.flows[Int(token)], onEvent: onEvent) }
+                for token in tokens[0..<Int(ready)] where token != Self.timerToken {
+                    self.drain(self.flows[Int(token)], onEvent: onEvent)
+                }
             }
         }
         // Stopped: what is still in flight will not be waited for.
@@ -346,6 +369,14 @@ final class ProbeEngine {
         if !flowsWithJitter.isEmpty {
             self.jitter.rfc3550 = flowsWithJitter.reduce(0) { $0 + $1.rfc3550 } / Double(flowsWithJitter.count)
         }
+    }
+
+    /// Arms the send timer for `deadline` (0: disarmed), with a system call only when that changes or it `fired`
+    /// (which must be read, or epoll keeps reporting it).
+    private func armTimer(_ deadline: Int64, fired: Bool = false) {
+        guard self.timer >= 0, fired || deadline != self.timerDeadline else { return }
+        _ = cudpecho_timer_set(self.timer, deadline)
+        self.timerDeadline = deadline
     }
 
     // MARK: Sending
