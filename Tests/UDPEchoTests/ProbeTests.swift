@@ -135,8 +135,9 @@ import Glibc
 
     /// ICMP "port unreachable" comes back quoting the probe (read from the error queue), so each refused probe is
     /// reported once, as refused, and never again as lost.
-    @Test func eachRefusedProbeIsReportedOnce() async throws {
-        let closed = try TestSocket(host: "127.0.0.1")
+    @Test(arguments: ["127.0.0.1", "::1"])
+    func eachRefusedProbeIsReportedOnce(host: String) async throws {
+        let closed = try TestSocket(host: host)
         let address = closed.localAddress
         closed.close()
         let events = Mutex<[ProbeEvent]>([])
@@ -147,6 +148,20 @@ import Glibc
         #expect(result.counts.refused == 3)
         #expect(result.counts.lost == 0)
         #expect(events.withLock { $0 } == [.refused(sequence: 0), .refused(sequence: 1), .refused(sequence: 2)])
+    }
+
+    /// Over IPv6 the timestamps come back the same way (IPV6_RECVERR's error queue).
+    @Test func kernelTimestampsOverIPv6() async throws {
+        let configuration = EchoServer.Configuration(address: HostAndPort(host: "::1", port: 0), guards: ownClientsOnly())
+        try await withServer(configuration) { server in
+            let result = try await EchoPinger.run(
+                .init(target: server.localAddress, count: 5, interval: .milliseconds(10), timeout: .seconds(2))
+            ) { _ in }
+            #expect(result.counts.received == 5)
+            #expect(result.timestamps == .kernel)
+            #expect(result.timestampFallbacks == 0)
+            #expect(result.times.count == 5)
+        }
     }
 
     /// The round trip runs from the probe's actual departure: a departure that the test holds back 50 ms (as a
