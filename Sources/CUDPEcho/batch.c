@@ -85,18 +85,26 @@ void cudpecho_batch_destroy(cudpecho_batch *batch) {
 }
 
 
-int cudpecho_batch_recv(int fd, cudpecho_batch *batch, int max, int wait) {
+// Makes slots [0, max) ready to receive into (whole slot, room for the peer and control messages); returns max,
+// capped at the batch's size.
+static int prepare_receive(cudpecho_batch *batch, int max) {
     if (max > batch->count) {
         max = batch->count;
     }
     for (int i = 0; i < max; i++) {
         struct msghdr *h = &batch->messages[i].msg_hdr;
         batch->iovecs[i].iov_len = batch->slot_size;
+        h->msg_name = &batch->peers[i];
         h->msg_namelen = sizeof(struct sockaddr_storage);
         h->msg_control = batch->control[i];
         h->msg_controllen = CONTROL_SIZE;
         h->msg_flags = 0;
     }
+    return max;
+}
+
+int cudpecho_batch_recv(int fd, cudpecho_batch *batch, int max, int wait) {
+    max = prepare_receive(batch, max);
     int n = recvmmsg(fd, batch->messages, (unsigned int)max, wait ? MSG_WAITFORONE : MSG_DONTWAIT, NULL);
     return n < 0 ? -errno : n;
 }
@@ -357,18 +365,7 @@ int64_t cudpecho_batch_timestamp(const cudpecho_batch *batch, int i, int hardwar
 }
 
 int cudpecho_batch_recv_errors(int fd, cudpecho_batch *batch, int max) {
-    if (max > batch->count) {
-        max = batch->count;
-    }
-    for (int i = 0; i < max; i++) {
-        struct msghdr *h = &batch->messages[i].msg_hdr;
-        batch->iovecs[i].iov_len = batch->slot_size;
-        h->msg_namelen = sizeof(struct sockaddr_storage);
-        h->msg_name = &batch->peers[i];
-        h->msg_control = batch->control[i];
-        h->msg_controllen = CONTROL_SIZE;
-        h->msg_flags = 0;
-    }
+    max = prepare_receive(batch, max);
     int n = recvmmsg(fd, batch->messages, (unsigned int)max, MSG_ERRQUEUE | MSG_DONTWAIT, NULL);
     return n < 0 ? -errno : n;
 }

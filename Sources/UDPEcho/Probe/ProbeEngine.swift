@@ -575,24 +575,9 @@ final class ProbeEngine {
         let stamp = Int64(littleEndian: reply.loadUnaligned(fromByteOffset: 8, as: Int64.self))
         switch flow.lookUp(sequence) {
         case .notYetSent:
-            // Bytes 0-7 were damaged (or the reply is not an echo of ours): which probe it was cannot be known.
-            self.counts.corrupt += 1
-            onEvent?(
-                .corrupt(
-                    sequence: nil,
-                    bytes: reply.count,
-                    reason: "its sequence number (bytes 0-7) reads \(sequence), which had not been sent yet"
-                )
-            )
+            self.damagedSequence(sequence, bytes: reply.count, "which had not been sent yet", onEvent)
         case .notSent:
-            self.counts.corrupt += 1
-            onEvent?(
-                .corrupt(
-                    sequence: nil,
-                    bytes: reply.count,
-                    reason: "its sequence number (bytes 0-7) reads \(sequence), a probe the kernel refused to send"
-                )
-            )
+            self.damagedSequence(sequence, bytes: reply.count, "a probe the kernel refused to send", onEvent)
         case .forgotten:
             self.counts.late += 1
             onEvent?(.late(sequence: sequence, bytes: reply.count, roundTrip: -1))
@@ -640,6 +625,14 @@ final class ProbeEngine {
             self.counts.late += 1
             onEvent?(.late(sequence: sequence, bytes: reply.count, roundTrip: -1))
         }
+    }
+
+    /// A reply whose bytes 0-7 were damaged (or that is not an echo of ours): which probe it was cannot be known.
+    private func damagedSequence(_ sequence: UInt64, bytes: Int, _ which: String, _ onEvent: ((ProbeEvent) -> Void)?) {
+        self.counts.corrupt += 1
+        onEvent?(
+            .corrupt(sequence: nil, bytes: bytes, reason: "its sequence number (bytes 0-7) reads \(sequence), \(which)")
+        )
     }
 
     /// The round trip, the latency from the schedule, and the lateness of the probe `sequence` at `position`, whose
