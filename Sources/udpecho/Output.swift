@@ -39,7 +39,8 @@ struct Stream: Sendable {
     /// Returns whether all of it was written.
     func line(_ text: String, within timeout: Duration) -> Bool {
         var text = text + "\n"
-        let deadline = Self.now() + Int64(timeout.components.seconds) * 1_000_000_000
+        let deadline =
+            Self.now() + Int64(timeout.components.seconds) * 1_000_000_000
             + timeout.components.attoseconds / 1_000_000_000
         return text.withUTF8 { self.write(UnsafeRawBufferPointer($0), deadline: deadline) }
     }
@@ -130,7 +131,8 @@ final class LineQueue: Sendable {
     func finish(within timeout: Duration) -> Bool {
         self.state.withLock { $0.finished = true }
         self.ready.signal()
-        let nanoseconds = Int(timeout.components.seconds) * 1_000_000_000
+        let nanoseconds =
+            Int(timeout.components.seconds) * 1_000_000_000
             + Int(timeout.components.attoseconds / 1_000_000_000)
         if self.done.wait(timeout: .now() + .nanoseconds(nanoseconds)) == .success { return true }
         let left = self.state.withLock { state in

@@ -364,7 +364,8 @@ struct ServerCommand: AsyncParsableCommand {
 
 extension ServerCommand {
     /// A line of the server's own: as text, or as a JSON object with `event` and `fields`.
-    fileprivate func line(_ format: LogFormat, _ event: String, _ text: String, _ fields: [(String, String)]) -> String {
+    fileprivate func line(_ format: LogFormat, _ event: String, _ text: String, _ fields: [(String, String)]) -> String
+    {
         format == .text ? text : EventRecord(level: .notice, name: event, fields: fields).json()
     }
 

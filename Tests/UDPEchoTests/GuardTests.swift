@@ -205,7 +205,10 @@ import Glibc
     /// turn. A source that comes back must not get a fresh burst: together they get what the table's buckets allow,
     /// not everything they send.
     @Test func anEvictedSourceDoesNotComeBackToAFullBurst() async throws {
-        let guards = GuardConfiguration(rateLimit: RateLimit(perSecond: 10, burst: 20, tableSize: 4), limitLoopback: true)
+        let guards = GuardConfiguration(
+            rateLimit: RateLimit(perSecond: 10, burst: 20, tableSize: 4),
+            limitLoopback: true
+        )
         let server = try await withServer(try self.server(guards)) { server in
             let sources = try (1...5).map { try TestSocket(host: "127.0.0.\($0 + 10)") }
             for round in 0..<100 {

@@ -74,9 +74,15 @@ let pythonHTTPSteps = """
             #expect(try await self.steps(port, [keepAlive, keepAlive, "read"]) == ["open after 3 s, 2 responses"])
             let close = "send:GET /metrics HTTP/1.1\\r\\nHost: t\\r\\nConnection: close\\r\\n\\r\\n"
             let closed = try await self.steps(port, [close, "read"])
-            #expect(closed.first?.hasPrefix("closed after 0.") == true && closed.first?.hasSuffix(", 1 responses") == true, "\(closed)")
+            #expect(
+                closed.first?.hasPrefix("closed after 0.") == true && closed.first?.hasSuffix(", 1 responses") == true,
+                "\(closed)"
+            )
             let old = try await self.steps(port, ["send:GET /metrics HTTP/1.0\\r\\n\\r\\n", "read"])
-            #expect(old.first?.hasPrefix("closed after 0.") == true && old.first?.hasSuffix(", 1 responses") == true, "\(old)")
+            #expect(
+                old.first?.hasPrefix("closed after 0.") == true && old.first?.hasSuffix(", 1 responses") == true,
+                "\(old)"
+            )
         }
     }
 
@@ -97,7 +103,10 @@ let pythonHTTPSteps = """
             #expect(third.first?.hasSuffix(", 0 responses") == true, "\(third)")
             // The two that held their connections without a request are closed after the request timeout.
             for lines in try await [first, second] {
-                #expect(lines.first?.hasPrefix("closed") == true && lines.first?.hasSuffix(", 0 responses") == true, "\(lines)")
+                #expect(
+                    lines.first?.hasPrefix("closed") == true && lines.first?.hasSuffix(", 0 responses") == true,
+                    "\(lines)"
+                )
             }
         }
     }
@@ -109,7 +118,10 @@ let pythonHTTPSteps = """
         try await self.withEndpoint(limits) { endpoint in
             let port = endpoint.localAddress!.port!
             let silent = try await self.steps(port, ["read"])
-            #expect(silent == ["closed after 0.5 s, 0 responses"] || silent.first?.hasPrefix("closed after 0.") == true, "\(silent)")
+            #expect(
+                silent == ["closed after 0.5 s, 0 responses"] || silent.first?.hasPrefix("closed after 0.") == true,
+                "\(silent)"
+            )
             let slow = try await self.steps(
                 port,
                 [
@@ -117,9 +129,15 @@ let pythonHTTPSteps = """
                     "send:X-Slow: 1\\r\\n", "read",
                 ]
             )
-            #expect(slow.first?.hasPrefix("closed") == true && slow.first?.hasSuffix(", 0 responses") == true, "\(slow)")
+            #expect(
+                slow.first?.hasPrefix("closed") == true && slow.first?.hasSuffix(", 0 responses") == true,
+                "\(slow)"
+            )
             let idle = try await self.steps(port, ["send:GET /metrics HTTP/1.1\\r\\n\\r\\n", "read"])
-            #expect(idle.first?.hasPrefix("closed after 1.") == true && idle.first?.hasSuffix(", 1 responses") == true, "\(idle)")
+            #expect(
+                idle.first?.hasPrefix("closed after 1.") == true && idle.first?.hasSuffix(", 1 responses") == true,
+                "\(idle)"
+            )
         }
     }
 }

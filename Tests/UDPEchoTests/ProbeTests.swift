@@ -3,11 +3,11 @@ import Synchronization
 import TestSupport
 import Testing
 
+@testable import UDPEcho
+
 #if canImport(Glibc)
 import Glibc
 #endif
-
-@testable import UDPEcho
 
 @Suite struct EchoBenchmarkTests {
     @Test func closedLoopCountsExactlyWithNoLoss() async throws {
@@ -124,7 +124,11 @@ import Glibc
                 )
             ) { event in events.withLock { $0.append(event) } }
             let sequences = events.withLock { $0 }.compactMap { event -> UInt64? in
-                if case .reply(let sequence, 100, let roundTrip, _, false) = event, roundTrip > 0 { sequence } else { nil }
+                if case .reply(let sequence, 100, let roundTrip, _, false) = event, roundTrip > 0 {
+                    sequence
+                } else {
+                    nil
+                }
             }
             #expect(sequences == [0, 1, 2, 3, 4])
             #expect(result.counts.sent == 5 && result.counts.received == 5 && result.counts.lost == 0)
@@ -152,7 +156,10 @@ import Glibc
 
     /// Over IPv6 the timestamps come back the same way (IPV6_RECVERR's error queue).
     @Test func kernelTimestampsOverIPv6() async throws {
-        let configuration = EchoServer.Configuration(address: HostAndPort(host: "::1", port: 0), guards: ownClientsOnly())
+        let configuration = EchoServer.Configuration(
+            address: HostAndPort(host: "::1", port: 0),
+            guards: ownClientsOnly()
+        )
         try await withServer(configuration) { server in
             let result = try await EchoPinger.run(
                 .init(target: server.localAddress, count: 5, interval: .milliseconds(10), timeout: .seconds(2))

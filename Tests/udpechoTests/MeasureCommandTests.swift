@@ -42,7 +42,8 @@ func jsonObjects(_ lines: [String]) throws -> [[String: Any]] {
         #expect(lines.contains { $0.wholeMatch(of: /rtt p50\/p90\/p99 = [\d.]+\/[\d.]+\/[\d.]+ ms/) != nil })
         #expect(
             lines.contains {
-                $0.wholeMatch(of: /ipdv mean\/p50\/p99 = [\d.]+\/[\d.]+\/[\d.]+ ms, jitter \(RFC 3550\) [\d.]+ ms/) != nil
+                $0.wholeMatch(of: /ipdv mean\/p50\/p99 = [\d.]+\/[\d.]+\/[\d.]+ ms, jitter \(RFC 3550\) [\d.]+ ms/)
+                    != nil
             }
         )
         #expect(lines.contains { $0.hasPrefix("send lateness p50/p99 = ") })
@@ -160,11 +161,16 @@ func jsonObjects(_ lines: [String]) throws -> [[String: Any]] {
         let closed = try TestSocket(host: "127.0.0.1")
         let port = closed.localAddress.port!
         closed.close()
-        let result = try await Spawned.run(udpecho, ["ping", "127.0.0.1:\(port)", "-c", "3", "-i", "50ms", "-W", "200ms"])
+        let result = try await Spawned.run(
+            udpecho,
+            ["ping", "127.0.0.1:\(port)", "-c", "3", "-i", "50ms", "-W", "200ms"]
+        )
         #expect(result.status == 1)
         #expect(result.lines.filter { $0.hasPrefix("refused: seq=") }.count == 3, "\(result.lines)")
         #expect(!result.lines.contains { $0.hasPrefix("no reply") }, "\(result.lines)")
-        #expect(result.lines.contains { $0.hasPrefix("3 transmitted, 0 received, 100% loss") && $0.contains("3 refused") })
+        #expect(
+            result.lines.contains { $0.hasPrefix("3 transmitted, 0 received, 100% loss") && $0.contains("3 refused") }
+        )
     }
 
     @Test func showsDuplicatesCorruptionAndReordering() async throws {
@@ -308,7 +314,10 @@ func jsonObjects(_ lines: [String]) throws -> [[String: Any]] {
         // The open loop's headline (latency from the schedule) and the round trip, each naming what it is and the
         // clock that measured it.
         let comments = try String(contentsOfFile: hgrm, encoding: .utf8).split(separator: "\n").last ?? ""
-        #expect(comments.contains("latency, from each request's scheduled send time") && comments.contains("kernel timestamps"))
+        #expect(
+            comments.contains("latency, from each request's scheduled send time")
+                && comments.contains("kernel timestamps")
+        )
         let rttComments = try String(contentsOfFile: rttHgrm, encoding: .utf8).split(separator: "\n").last ?? ""
         #expect(rttComments.contains("round trip, from each request's departure") && rttComments.contains("kernel"))
         // Parsed by Python, as HdrHistogram's plotters and browsers would read them.

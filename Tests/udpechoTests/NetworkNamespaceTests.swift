@@ -59,7 +59,10 @@ struct TestNetwork: NamespaceHosts {
     var namespaces: [String] { [self.server, self.client] }
 
     /// Runs `arguments` inside `namespace` to completion.
-    func run(in namespace: String, _ arguments: [String]) async throws -> (
+    func run(
+        in namespace: String,
+        _ arguments: [String]
+    ) async throws -> (
         status: Int32, output: Data, lines: [String], error: String
     ) {
         try await Spawned.run(Self.ip, ["netns", "exec", namespace] + arguments)

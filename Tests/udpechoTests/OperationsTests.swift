@@ -158,7 +158,10 @@ let pythonPipeliner = """
             timeout: 30
         )
         let result = try #require(scrapers.lines.last, "\(scrapers.error)")
-        let counts = try #require(result.wholeMatch(of: /scrapes=(\d+) errors=0 first-error=\[\] backwards=0/), "\(result)")
+        let counts = try #require(
+            result.wholeMatch(of: /scrapes=(\d+) errors=0 first-error=\[\] backwards=0/),
+            "\(result)"
+        )
         #expect(Int(counts.1)! > 8)
         #expect(await load.waitForExit(timeout: 30) == 0)
         server.signal(SIGTERM)
@@ -179,11 +182,16 @@ let pythonPipeliner = """
             timeout: 30
         )
         let result = try #require(run.lines.last, "\(run.error)")
-        let figures = try #require(result.wholeMatch(of: /requests=(\d+) rss-before=(\d+) rss-after=(\d+)/), "\(result)")
+        let figures = try #require(
+            result.wholeMatch(of: /requests=(\d+) rss-before=(\d+) rss-after=(\d+)/),
+            "\(result)"
+        )
         #expect(Int(figures.1)! > 10_000, "\(result)")
         let growth = Int(figures.3)! - Int(figures.2)!
         #expect(growth < 64 * 1024, "the server grew by \(growth) KiB: \(result)")
-        #expect(try await scrape("http://127.0.0.1:\(port)/metrics")["udpecho_datagrams_total{direction=\"received\"}"] == 0)
+        #expect(
+            try await scrape("http://127.0.0.1:\(port)/metrics")["udpecho_datagrams_total{direction=\"received\"}"] == 0
+        )
         server.signal(SIGTERM)
         #expect(await server.waitForExit() == 0)
     }
@@ -210,7 +218,10 @@ let pythonPipeliner = """
 
     @Test func refusesADescriptorThatIsNotAUDPSocket() async throws {
         // LISTEN_FDS names descriptor 3, but nothing UDP is there: say so, do not serve something else.
-        let result = try await Spawned.run(python, ["python3", "-c", pythonSocketActivation, "pipe", udpecho, "server"])
+        let result = try await Spawned.run(
+            python,
+            ["python3", "-c", pythonSocketActivation, "pipe", udpecho, "server"]
+        )
         #expect(result.status == 1)
         #expect(result.error.contains("descriptor 3"))
         #expect(result.error.contains("UDP socket"))
@@ -219,7 +230,10 @@ let pythonPipeliner = """
     /// LISTEN_FDS names a UDP socket that nobody bound: nothing could reach it, so the server must say so and not
     /// start (it used to print "running as a server on 0.0.0.0:0").
     @Test func refusesAnUnboundSocket() async throws {
-        let result = try await Spawned.run(python, ["python3", "-c", pythonSocketActivation, "unbound", udpecho, "server"])
+        let result = try await Spawned.run(
+            python,
+            ["python3", "-c", pythonSocketActivation, "unbound", udpecho, "server"]
+        )
         #expect(result.status == 1)
         #expect(result.error.contains("descriptor 3 is a UDP socket that is not bound to a port"), "\(result.error)")
         #expect(!result.lines.contains { $0.hasPrefix("running") })

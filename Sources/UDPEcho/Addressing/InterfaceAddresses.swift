@@ -23,7 +23,8 @@ struct InterfaceAddresses {
             entry = current.pointee.ifa_next
             guard let raw = current.pointee.ifa_addr, let key = IPKey(UnsafePointer(raw)) else { continue }
             if !result.addresses.contains(key) { result.addresses.append(key) }
-            if key.isIPv4, current.pointee.ifa_flags & UInt32(IFF_BROADCAST) != 0, let broadcast = current.pointee.ifa_ifu.ifu_broadaddr,
+            if key.isIPv4, current.pointee.ifa_flags & UInt32(IFF_BROADCAST) != 0,
+                let broadcast = current.pointee.ifa_ifu.ifu_broadaddr,
                 let broadcastKey = IPKey(UnsafePointer(broadcast))
             {
                 candidates.append(broadcastKey)
@@ -51,8 +52,10 @@ enum EphemeralPorts {
         var buffer = [UInt8](repeating: 0, count: 64)
         let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
         guard count > 0 else { return fallback }
-        let numbers = String(decoding: buffer[0..<count], as: UTF8.self).split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" })
-            .compactMap { Int($0) }
+        let numbers = String(decoding: buffer[0..<count], as: UTF8.self).split(whereSeparator: {
+            $0 == " " || $0 == "\t" || $0 == "\n"
+        })
+        .compactMap { Int($0) }
         guard numbers.count == 2, 0 < numbers[0], numbers[0] <= numbers[1], numbers[1] <= 65535 else { return fallback }
         return numbers[0]...numbers[1]
     }

@@ -107,8 +107,7 @@ struct SourceGuard {
             let prefix = source.masked(source.isIPv4 ? 96 + limit.ipv4PrefixLength : limit.ipv6PrefixLength)
             if !self.table!.allow(prefix, now: now) { return .rateLimited }
         }
-        if self.global != nil && !self.global!.take(now: now, rate: self.globalShare, burst: max(1, self.globalShare))
-        {
+        if self.global != nil && !self.global!.take(now: now, rate: self.globalShare, burst: max(1, self.globalShare)) {
             return .overBudget
         }
         return nil

@@ -163,13 +163,18 @@ private final class ScrapeHandler: ChannelInboundHandler {
         headers.add(name: "Connection", value: keepAlive ? "keep-alive" : "close")
         let response = HTTPResponseHead(version: head.version, status: found ? .ok : .notFound, headers: headers)
         context.write(self.wrapOutboundOut(.head(response)), promise: nil)
-        context.write(self.wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: text)))), promise: nil)
+        context.write(
+            self.wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: text)))),
+            promise: nil
+        )
         if keepAlive {
             context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: nil)
             self.arm(context, self.configuration.idleTimeout)
         } else {
             let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
-            context.writeAndFlush(self.wrapOutboundOut(.end(nil))).whenComplete { _ in loopBound.value.close(promise: nil) }
+            context.writeAndFlush(self.wrapOutboundOut(.end(nil))).whenComplete { _ in
+                loopBound.value.close(promise: nil)
+            }
         }
     }
 

@@ -160,10 +160,11 @@ public enum EchoBenchmark {
                 count: configuration.count,
                 lossTimeout: configuration.lossTimeout,
                 timestamps: configuration.timestamps,
-                spin: configuration.spin ?? {
-                    if case .rate(let rate) = configuration.load { return Self.automaticSpin(rate: rate) }
-                    return .zero
-                }()
+                spin: configuration.spin
+                    ?? {
+                        if case .rate(let rate) = configuration.load { return Self.automaticSpin(rate: rate) }
+                        return .zero
+                    }()
             )
         )
         return await engine.runOnThread(onEvent: nil, onProgress: onProgress)

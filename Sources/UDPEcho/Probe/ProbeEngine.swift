@@ -417,7 +417,8 @@ final class ProbeEngine {
             var filled = 0
             while k < end {
                 let scheduledAt = start + Int64((Double(k) * 1e9 / rate).rounded(.up))
-                self.batchSequences[filled] = flow.prepare(into: self.transmit, slot: filled, scheduledAt: scheduledAt) {
+                self.batchSequences[filled] = flow.prepare(into: self.transmit, slot: filled, scheduledAt: scheduledAt)
+                {
                     self.countLost($0, onEvent)
                 }
                 filled += 1
@@ -444,7 +445,13 @@ final class ProbeEngine {
                 let sequence = self.batchSequences[slot]
                 if sequence % self.roundTripStride == 0 {
                     let key = self.explicitKeys ? flow.assignKey(to: sequence) : 0
-                    cudpecho_batch_request_timestamp(self.transmit, Int32(slot), self.hardware, self.explicitKeys ? 1 : 0, key)
+                    cudpecho_batch_request_timestamp(
+                        self.transmit,
+                        Int32(slot),
+                        self.hardware,
+                        self.explicitKeys ? 1 : 0,
+                        key
+                    )
                 } else {
                     cudpecho_batch_clear_control(self.transmit, Int32(slot))
                 }
@@ -528,7 +535,8 @@ final class ProbeEngine {
         while true {
             let received = cudpecho_batch_recv_errors(flow.descriptor, self.receive, Int32(Self.batchSize))
             guard received > 0 else { return }
-            for slot in 0..<Int(received) where cudpecho_batch_error(self.receive, Int32(slot), self.hardware, &info) != 0 {
+            for slot in 0..<Int(received)
+            where cudpecho_batch_error(self.receive, Int32(slot), self.hardware, &info) != 0 {
                 if info.origin == 4 {  // SO_EE_ORIGIN_TIMESTAMPING
                     if info.timestamp != 0 { flow.recordDeparture(key: info.data, at: info.timestamp) }
                 } else if info.error == ECONNREFUSED {

@@ -26,7 +26,8 @@ final class EventDelivery: @unchecked Sendable {
     private let handler: @Sendable (ServerEvent) -> Void
     private let finishing = ManagedAtomic(false)
 
-    init(workers: Int, reporting: EventReporting, handler: @escaping @Sendable (ServerEvent) -> Void) throws(EchoError) {
+    init(workers: Int, reporting: EventReporting, handler: @escaping @Sendable (ServerEvent) -> Void) throws(EchoError)
+    {
         var rings: [OpaquePointer] = []
         for _ in 0..<workers {
             guard let ring = cudpecho_ring_create(Self.ringCapacity) else {
@@ -98,7 +99,9 @@ final class EventDelivery: @unchecked Sendable {
             let bytes = Int(record.value)
             if self.reporting == .all { self.handler(.received(bytes: bytes, from: peer)) }
             let reason = DropReason.ordered[Int(record.reason)]
-            self.handler(.dropped(bytes: bytes, peer: peer, reason: reason, errno: record.error == 0 ? nil : record.error))
+            self.handler(
+                .dropped(bytes: bytes, peer: peer, reason: reason, errno: record.error == 0 ? nil : record.error)
+            )
         case Int32(CUDPECHO_EVENT_RECEIVE_ERROR):
             self.handler(.receiveError(errno: record.error))
         case Int32(CUDPECHO_EVENT_NOT_SHOWN):

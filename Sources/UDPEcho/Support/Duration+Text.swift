@@ -34,7 +34,10 @@ extension Duration {
             return
         }
         var total: UInt64 = 0
-        let tooLong = DurationParseError(text: text, reason: "it is longer than 2562047h47m16.854775807s, the most Go allows")
+        let tooLong = DurationParseError(
+            text: text,
+            reason: "it is longer than 2562047h47m16.854775807s, the most Go allows"
+        )
         while !rest.isEmpty {
             let integerText = rest.prefix { $0.isASCII && $0.isNumber }
             rest = rest.dropFirst(integerText.count)
