@@ -2,6 +2,7 @@
 #include "CUDPEcho.h"
 
 #include <arpa/inet.h>
+#include <linux/net_tstamp.h>
 #include <errno.h>
 #include <poll.h>
 #include <stdlib.h>
@@ -11,8 +12,9 @@
 #include <sys/mman.h>
 #include <time.h>
 
-// Room for one IPv6 PKTINFO message (the larger one) plus slack for anything else the kernel adds.
-#define CONTROL_SIZE 128
+// Room for an IPv6 PKTINFO message (40 bytes with its header), the TTL or hop limit and the TOS or traffic class
+// (16 each) and a timestamp (64), with slack.
+#define CONTROL_SIZE 192
 
 struct cudpecho_batch {
     int count;
@@ -24,6 +26,7 @@ struct cudpecho_batch {
     struct sockaddr_storage *peers;
     uint8_t (*control)[CONTROL_SIZE];
     int8_t *arrived_on_loopback;  // per slot: 1, 0, or -1 when the destination was not reported
+    cudpecho_datagram_info *info; // per slot: receive timestamp, TTL and TOS, where the socket asked for them
 };
 
 const short cudpecho_pollin = POLLIN;
@@ -50,8 +53,9 @@ cudpecho_batch *cudpecho_batch_create(int count, size_t slot_size) {
     batch->peers = calloc((size_t)count, sizeof(struct sockaddr_storage));
     batch->control = calloc((size_t)count, CONTROL_SIZE);
     batch->arrived_on_loopback = calloc((size_t)count, 1);
+    batch->info = calloc((size_t)count, sizeof(cudpecho_datagram_info));
     if (!batch->payload || !batch->messages || !batch->iovecs || !batch->peers || !batch->control
-        || !batch->arrived_on_loopback) {
+        || !batch->arrived_on_loopback || !batch->info) {
         cudpecho_batch_destroy(batch);
         return NULL;
     }
@@ -81,6 +85,7 @@ void cudpecho_batch_destroy(cudpecho_batch *batch) {
     free(batch->peers);
     free(batch->control);
     free(batch->arrived_on_loopback);
+    free(batch->info);
     free(batch);
 }
 
@@ -142,7 +147,7 @@ static int is_loopback_v6(const struct in6_addr *a) {
 // Rewrites the received control messages of one slot into a single PKTINFO message naming the source address for
 // the reply (the address the request was sent to). Anything else the kernel reported is not sent back. Returns
 // whether the request arrived on a loopback address (-1: not reported).
-static int prepare_reply_control(struct msghdr *h) {
+static int prepare_reply_control(struct msghdr *h, cudpecho_datagram_info *info) {
     struct in_pktinfo v4;
     struct in6_pktinfo v6;
     int have_v4 = 0, have_v6 = 0;
@@ -153,7 +158,29 @@ static int prepare_reply_control(struct msghdr *h) {
         } else if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_PKTINFO) {
             memcpy(&v6, CMSG_DATA(c), sizeof(v6));
             have_v6 = 1;
+        } else if ((c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_TTL)
+                   || (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_HOPLIMIT)) {
+            int value;
+            memcpy(&value, CMSG_DATA(c), sizeof(value));
+            info->ttl = (int16_t)value;
+        } else if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_TOS) {
+            info->tos = *(uint8_t *)CMSG_DATA(c);
+        } else if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_TCLASS) {
+            int value;
+            memcpy(&value, CMSG_DATA(c), sizeof(value));
+            info->tos = (int16_t)value;
+        } else if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SO_TIMESTAMPING_OLD) {
+            struct timespec ts[3];
+            memcpy(ts, CMSG_DATA(c), sizeof(ts));
+            info->timestamp = (int64_t)ts[0].tv_sec * 1000000000 + ts[0].tv_nsec;
         }
+    }
+    if (have_v4) {
+        info->family = AF_INET;
+        memcpy(info->destination, &v4.ipi_addr, 4);
+    } else if (have_v6) {
+        info->family = AF_INET6;
+        memcpy(info->destination, &v6.ipi6_addr, 16);
     }
     uint8_t *buffer = h->msg_control;
     int loopback = -1;
@@ -197,8 +224,9 @@ int cudpecho_batch_prepare_replies(cudpecho_batch *batch, int count, size_t *byt
         total += m->msg_len;
         cut += (m->msg_hdr.msg_flags & MSG_TRUNC) != 0;
         batch->iovecs[i].iov_len = m->msg_len;
+        batch->info[i] = (cudpecho_datagram_info){.timestamp = 0, .ttl = -1, .tos = -1, .family = 0};
         if (m->msg_hdr.msg_controllen > 0) {
-            batch->arrived_on_loopback[i] = (int8_t)prepare_reply_control(&m->msg_hdr);
+            batch->arrived_on_loopback[i] = (int8_t)prepare_reply_control(&m->msg_hdr, &batch->info[i]);
         } else {
             m->msg_hdr.msg_control = NULL;
             batch->arrived_on_loopback[i] = -1;
@@ -319,7 +347,6 @@ int cudpecho_batch_arrived_on_loopback(const cudpecho_batch *batch, int i) { ret
 #define SCM_TS_OPT_ID 81
 #endif
 
-#include <linux/net_tstamp.h>
 
 void cudpecho_batch_request_timestamp(cudpecho_batch *batch, int i, int hardware, int with_id, uint32_t id) {
     struct msghdr *h = &batch->messages[i].msg_hdr;
@@ -389,4 +416,37 @@ int cudpecho_batch_error(const cudpecho_batch *batch, int i, int hardware, cudpe
     }
     info->timestamp = timestamp_of(h, hardware);
     return found;
+}
+
+const cudpecho_datagram_info *cudpecho_batch_info(const cudpecho_batch *batch, int i) { return &batch->info[i]; }
+
+int cudpecho_enable_datagram_info(int fd, int family) {
+    int on = 1;
+    int flags = SOF_TIMESTAMPING_RX_SOFTWARE | SOF_TIMESTAMPING_SOFTWARE;
+    if (setsockopt(fd, IPPROTO_IP, IP_RECVTTL, &on, sizeof(on)) != 0
+        || setsockopt(fd, IPPROTO_IP, IP_RECVTOS, &on, sizeof(on)) != 0
+        || setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPING_OLD, &flags, sizeof(flags)) != 0) {
+        return -errno;
+    }
+    if (family == AF_INET6 && (setsockopt(fd, IPPROTO_IPV6, IPV6_RECVHOPLIMIT, &on, sizeof(on)) != 0
+                               || setsockopt(fd, IPPROTO_IPV6, IPV6_RECVTCLASS, &on, sizeof(on)) != 0)) {
+        return -errno;
+    }
+    return 0;
+}
+
+void cudpecho_batch_set_reply_tos(cudpecho_batch *batch, int i, int ipv6, int tos) {
+    struct msghdr *h = &batch->messages[i].msg_hdr;
+    size_t used = h->msg_control ? h->msg_controllen : 0;
+    if (used + CMSG_SPACE(sizeof(int)) > CONTROL_SIZE) {
+        return;
+    }
+    h->msg_control = batch->control[i];
+    h->msg_controllen = used + CMSG_SPACE(sizeof(int));
+    struct cmsghdr *c = (struct cmsghdr *)((uint8_t *)batch->control[i] + used);
+    memset(c, 0, CMSG_SPACE(sizeof(int)));
+    c->cmsg_level = ipv6 ? IPPROTO_IPV6 : IPPROTO_IP;
+    c->cmsg_type = ipv6 ? IPV6_TCLASS : IP_TOS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &tos, sizeof(tos));
 }

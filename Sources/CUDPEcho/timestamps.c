@@ -165,3 +165,13 @@ int cudpecho_timer_set(int fd, int64_t deadline_ns) {
     (void)read(fd, &expirations, sizeof(expirations));  // a past expiry no longer counts
     return timerfd_settime(fd, TFD_TIMER_ABSTIME, &spec, NULL) == 0 ? 0 : -errno;
 }
+
+#include <sys/timex.h>
+
+void cudpecho_clock_state(int *synchronized, long *error_us, int *tai) {
+    struct timex state = {0};
+    int status = adjtimex(&state);
+    *synchronized = status >= 0 && status != TIME_ERROR && !(state.status & STA_UNSYNC);
+    *error_us = state.esterror;
+    *tai = state.tai;
+}

@@ -183,6 +183,36 @@ struct ServerCommand: AsyncParsableCommand {
 
     @Option(
         help: ArgumentHelp(
+            "echo: write every datagram back; stamp: answer as a STAMP Session-Reflector (RFC 8762, RFC 8972; TWAMP-Light senders too), on port 862 unless --address says otherwise.",
+            valueName: "protocol"
+        )
+    )
+    var `protocol`: ServerProtocol = .echo
+
+    @Option(
+        help: ArgumentHelp(
+            "STAMP authenticated mode (HMAC-SHA-256): the shared key is this file's contents (without a trailing newline). Test packets whose HMAC does not verify are dropped and counted as auth.",
+            valueName: "file"
+        )
+    )
+    var stampKeyFile: String?
+
+    @Flag(
+        help:
+            "STAMP: keep a sequence counter per session (sender address, port and SSID), so that senders can tell forward from backward loss; by default the sender's number is copied (stateless)."
+    )
+    var stampStateful = false
+
+    @Option(
+        help: ArgumentHelp(
+            "STAMP: the reflector's timestamp format, ntp or ptp (PTPv2 truncated).",
+            valueName: "format"
+        )
+    )
+    var stampTimestamp: StampTimestampFormat = .ntp
+
+    @Option(
+        help: ArgumentHelp(
             "Least level shown: trace, debug, info (the per-packet lines), notice (the count of lines not shown), warning (drops and errors), error, critical.",
             valueName: "level"
         )
@@ -209,6 +239,7 @@ struct ServerCommand: AsyncParsableCommand {
     func validate() throws {
         _ = try self.guards()
         _ = try self.listenAddress()
+        _ = try self.stampConfiguration()
         if let threads, !(1...1024).contains(threads) {
             throw ValidationError("--threads \(threads) is out of range; give 1 to 1024")
         }
@@ -265,9 +296,30 @@ struct ServerCommand: AsyncParsableCommand {
         )
     }
 
+    private func stampConfiguration() throws -> StampReflectorConfiguration? {
+        guard self.protocol == .stamp else {
+            if self.stampKeyFile != nil || self.stampStateful {
+                throw ValidationError("--stamp-key-file and --stamp-stateful need --protocol stamp")
+            }
+            return nil
+        }
+        var key: StampKey?
+        if let path = self.stampKeyFile {
+            do { key = try StampKey(contentsOfFile: path) } catch { throw ValidationError("\(error)") }
+        }
+        return StampReflectorConfiguration(key: key, stateful: self.stampStateful, timestampFormat: self.stampTimestamp)
+    }
+
+    private static func describe(_ stamp: StampReflectorConfiguration) -> String {
+        [
+            stamp.key == nil ? "unauthenticated" : "authenticated", stamp.stateful ? "stateful" : "stateless",
+            "\(stamp.timestampFormat.rawValue.uppercased()) timestamps",
+        ].joined(separator: ", ")
+    }
+
     private func listenAddress() throws -> HostAndPort {
         try chooseAddress(address: self.address, host: self.host, port: self.port, defaultHost: nil)
-            ?? HostAndPort(host: nil, port: 1337)
+            ?? HostAndPort(host: nil, port: self.protocol == .stamp ? StampReflectorConfiguration.defaultPort : 1337)
     }
 
     func run() async throws {
@@ -298,7 +350,8 @@ struct ServerCommand: AsyncParsableCommand {
             sendBufferSize: self.sendBuffer,
             reporting: self.logLevel > .warning ? .none : (self.quiet || self.logLevel > .info ? .errors : .all),
             eventsPerSecond: self.linesPerSecond == 0 ? nil : self.linesPerSecond,
-            guards: try self.guards()
+            guards: try self.guards(),
+            stamp: try self.stampConfiguration()
         )
         let server: EchoServer
         // Started by systemd with its sockets (ListenDatagram=): serve those instead of binding.
@@ -320,7 +373,8 @@ struct ServerCommand: AsyncParsableCommand {
         let addresses = server.localAddresses.map(\.hostPortDescription).joined(separator: ", ")
         let origin =
             activated.isEmpty ? "" : " (socket activation: \(activated.count) socket\(activated.count == 1 ? "" : "s"))"
-        self.say(format, "running", "running as a server on \(addresses)\(origin)", [("address", addresses)])
+        let role = configuration.stamp.map { "a STAMP reflector (\(Self.describe($0)))" } ?? "a server"
+        self.say(format, "running", "running as \(role) on \(addresses)\(origin)", [("address", addresses)])
 
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: server)]
         if let metricsAddress = self.metrics {
@@ -401,3 +455,10 @@ extension EchoServerStatistics {
         return text
     }
 }
+
+/// What `udpecho server` speaks.
+enum ServerProtocol: String, ExpressibleByArgument, CaseIterable {
+    case echo, stamp
+}
+
+extension StampTimestampFormat: ExpressibleByArgument {}

@@ -91,7 +91,7 @@ func startServer(_ arguments: [String], inNamespace namespace: String? = nil) as
         } else {
             try Spawned(udpecho, ["server"] + arguments)
         }
-    guard let line = await server.waitForLine({ $0.hasPrefix("running as a server on ") || $0.contains("\"running\"") })
+    guard let line = await server.waitForLine({ $0.hasPrefix("running as ") || $0.contains("\"running\"") })
     else {
         throw StartError(output: server.errorText)
     }

@@ -6,6 +6,15 @@
 #include <sys/socket.h>
 #include <netinet/in.h>
 
+/// What the kernel reported about one received datagram, where the socket asked (``cudpecho_enable_datagram_info``).
+typedef struct {
+    int64_t timestamp;  // the kernel's receive timestamp, CLOCK_REALTIME ns; 0 if none
+    int16_t ttl;        // the IPv4 TTL or IPv6 hop limit it arrived with; -1 if not reported
+    int16_t tos;        // the IPv4 TOS or IPv6 traffic class byte (DSCP and ECN); -1 if not reported
+    int32_t family;     // AF_INET or AF_INET6: the address it was sent to, from PKTINFO; 0 if not reported
+    uint8_t destination[16];
+} cudpecho_datagram_info;
+
 /// A batch of datagram slots for recvmmsg(2)/sendmmsg(2).
 ///
 /// Each slot owns a payload buffer of `slot_size` bytes, a peer address and a small control buffer that holds the
@@ -45,6 +54,17 @@ int cudpecho_batch_prepare_replies(cudpecho_batch *batch, int count, size_t *byt
 /// After ``cudpecho_batch_prepare_replies``: whether the datagram in slot `i` was sent to a loopback address (1),
 /// to another address (0), or the kernel did not say (-1: the socket is not bound to a wildcard address).
 int cudpecho_batch_arrived_on_loopback(const cudpecho_batch *batch, int i);
+
+/// After ``cudpecho_batch_prepare_replies``: the receive timestamp, TTL and TOS of slot `i`.
+const cudpecho_datagram_info *cudpecho_batch_info(const cudpecho_batch *batch, int i);
+
+/// Sends the reply in slot `i` with this TOS (IPv4) or traffic class (IPv6) byte: DSCP and ECN, appended to its
+/// control messages.
+void cudpecho_batch_set_reply_tos(cudpecho_batch *batch, int i, int ipv6, int tos);
+
+/// Asks the kernel to report each datagram's receive timestamp (software), TTL or hop limit, and TOS or traffic
+/// class. Returns 0 or -errno.
+int cudpecho_enable_datagram_info(int fd, int family);
 
 /// Sets or clears (0) the socket's receive timeout (SO_RCVTIMEO) in milliseconds. Returns 0 or -errno.
 int cudpecho_set_receive_timeout(int fd, int milliseconds);
@@ -178,6 +198,9 @@ int cudpecho_timer_create(void);
 /// Unlike a poll or epoll timeout, which the kernel may stretch by 0.1% of its length, an absolute timer fires on
 /// time (within the thread's timer slack). Returns 0 or -errno.
 int cudpecho_timer_set(int fd, int64_t deadline_ns);
+/// What adjtimex(2) says about the system clock: whether it is synchronized to an external source (not TIME_ERROR,
+/// no STA_UNSYNC), its estimated error in microseconds, and TAI - UTC in seconds (0 when unknown).
+void cudpecho_clock_state(int *synchronized, long *error_us, int *tai);
 /// Current CLOCK_REALTIME time in nanoseconds, the clock of software timestamps.
 int64_t cudpecho_realtime_ns(void);
 

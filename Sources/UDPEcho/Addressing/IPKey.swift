@@ -78,3 +78,12 @@ extension IPKey {
         return hasher.finalize()
     }
 }
+
+extension IPKey {
+    /// The address as it is on the wire: 4 bytes for IPv4 (mapped or not), 16 for IPv6.
+    var bytes: [UInt8] {
+        self.isIPv4
+            ? withUnsafeBytes(of: self.ipv4.bigEndian) { Array($0) }
+            : withUnsafeBytes(of: (self.high.bigEndian, self.low.bigEndian)) { Array($0) }
+    }
+}

@@ -53,6 +53,8 @@ public final class EchoServer: Service, Sendable {
         public var eventsPerSecond: Int?
         /// The guards against loops, reflection and floods (all on by default).
         public var guards: GuardConfiguration
+        /// Answer as a STAMP Session-Reflector (RFC 8762) instead of echoing; nil echoes.
+        public var stamp: StampReflectorConfiguration?
 
         /// Creates a configuration; see each property for its meaning.
         public init(
@@ -64,7 +66,8 @@ public final class EchoServer: Service, Sendable {
             sendBufferSize: Int? = 4 << 20,
             reporting: EventReporting = .all,
             eventsPerSecond: Int? = 50,
-            guards: GuardConfiguration = GuardConfiguration()
+            guards: GuardConfiguration = GuardConfiguration(),
+            stamp: StampReflectorConfiguration? = nil
         ) {
             self.address = address
             self.writeTimeout = writeTimeout
@@ -75,6 +78,7 @@ public final class EchoServer: Service, Sendable {
             self.reporting = reporting
             self.eventsPerSecond = eventsPerSecond
             self.guards = guards
+            self.stamp = stamp
         }
     }
 
@@ -176,7 +180,8 @@ public final class EchoServer: Service, Sendable {
             reporting: configuration.reporting,
             eventsPerSecond: configuration.eventsPerSecond.map { max(1, $0 / configuration.threads) },
             guards: configuration.guards,
-            threads: configuration.threads
+            threads: configuration.threads,
+            stamp: configuration.stamp
         )
         var workers: [EchoWorker] = []
         do throws(EchoError) {
@@ -208,7 +213,8 @@ public final class EchoServer: Service, Sendable {
         ServerSocket.Options(
             reusePort: configuration.threads > 1,
             receiveBufferSize: configuration.receiveBufferSize,
-            sendBufferSize: configuration.sendBufferSize
+            sendBufferSize: configuration.sendBufferSize,
+            datagramInfo: configuration.stamp != nil
         )
     }
 

@@ -21,6 +21,8 @@ final class EchoWorker: @unchecked Sendable {
         var eventsPerSecond: Int?
         var guards: GuardConfiguration
         var threads: Int
+        /// Reflect STAMP test packets instead of echoing.
+        var stamp: StampReflectorConfiguration?
     }
 
     private let socket: ServerSocket
@@ -41,6 +43,7 @@ final class EchoWorker: @unchecked Sendable {
     private var budget: EventBudget
     private var receiveTimeoutArmed = false
     private var sourceGuard: SourceGuard
+    private var reflector: StampReflector?
 
     init(
         socket: ServerSocket,
@@ -66,6 +69,7 @@ final class EchoWorker: @unchecked Sendable {
         self.errnos.initialize(repeating: 0, count: settings.batchSize)
         self.budget = EventBudget(perWindow: settings.eventsPerSecond ?? .max)
         self.sourceGuard = SourceGuard(settings.guards, localAddress: socket.localAddress, threads: settings.threads)
+        self.reflector = settings.stamp.map { StampReflector($0, localAddress: socket.localAddress) }
     }
 
     deinit {
@@ -125,6 +129,9 @@ final class EchoWorker: @unchecked Sendable {
         if self.sourceGuard.isActive {
             self.applyGuards(count)
         }
+        if self.reflector != nil {
+            self.reflectStamp(count)
+        }
         if self.batchHasDrops {
             var start = 0
             while start < count {
@@ -138,10 +145,10 @@ final class EchoWorker: @unchecked Sendable {
             self.send(0, count, count)
         }
 
-        if self.batchHasDrops {
+        if self.batchHasDrops || self.reflector != nil {
             var echoedBytes = 0
             var echoed = 0
-            for index in 0..<count where self.outcomes[index] == 0 {
+            for index in 0..<count where !self.batchHasDrops || self.outcomes[index] == 0 {
                 echoed += 1
                 echoedBytes &+= cudpecho_batch_length(self.batch, Int32(index))
             }
@@ -184,6 +191,42 @@ final class EchoWorker: @unchecked Sendable {
         if let table = sourceGuard.table {
             self.counters.set(.rateTableEntries, table.count)
             self.counters.set(.rateTableEvictions, table.evictions)
+        }
+    }
+
+    /// Turns the STAMP test packets of the batch into reflected packets, in place; drops (and counts) what is not a
+    /// valid test packet.
+    private func reflectStamp(_ count: Int) {
+        let now = cudpecho_now_ns()
+        let transmitTime = cudpecho_realtime_ns()
+        var reflector = self.reflector!
+        defer { self.reflector = reflector }
+        reflector.refreshClock(now: now)
+        let ipv6 = self.socket.localAddress.protocol == .inet6
+        for index in 0..<count where !self.batchHasDrops || self.outcomes[index] == 0 {
+            let slot = Int32(index)
+            var length: socklen_t = 0
+            let info = cudpecho_batch_info(self.batch, slot)!.pointee
+            let outcome = reflector.reflect(
+                UnsafeMutableRawPointer(cudpecho_batch_payload(self.batch, slot)!),
+                length: cudpecho_batch_length(self.batch, slot),
+                capacity: self.settings.slotSize,
+                peer: cudpecho_batch_peer(self.batch, slot, &length)!,
+                info: info,
+                transmitTime: transmitTime,
+                now: now
+            )
+            switch outcome {
+            case .drop(let reason):
+                self.drop(index, count, reason, errno: 0)
+            case .reply(let replyLength, let tos):
+                cudpecho_batch_set_length(self.batch, slot, replyLength)
+                if let tos {
+                    // A v4-mapped peer on a dual-stack socket gets an IPv4 packet: IP_TOS, not IPV6_TCLASS.
+                    let mapped = info.family == AF_INET
+                    cudpecho_batch_set_reply_tos(self.batch, slot, ipv6 && !mapped ? 1 : 0, Int32(tos))
+                }
+            }
         }
     }
 

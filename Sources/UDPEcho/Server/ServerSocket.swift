@@ -16,6 +16,8 @@ struct ServerSocket {
         var reusePort: Bool
         var receiveBufferSize: Int?
         var sendBufferSize: Int?
+        /// Ask for each datagram's receive timestamp, TTL and TOS (a STAMP reflector needs them).
+        var datagramInfo = false
     }
 
     /// Opens a UDP socket and binds it to `address`.
@@ -85,7 +87,8 @@ struct ServerSocket {
             options: Options(
                 reusePort: false,
                 receiveBufferSize: options.receiveBufferSize,
-                sendBufferSize: options.sendBufferSize
+                sendBufferSize: options.sendBufferSize,
+                datagramInfo: options.datagramInfo
             )
         )
         return ServerSocket(descriptor: fd, localAddress: local)
@@ -98,6 +101,12 @@ struct ServerSocket {
             let result = cudpecho_enable_pktinfo(fd, family)
             if result < 0 {
                 throw .socket(operation: "IP_PKTINFO on", address: address.hostPortDescription, errno: -result)
+            }
+        }
+        if options.datagramInfo {
+            let result = cudpecho_enable_datagram_info(fd, family)
+            if result < 0 {
+                throw .socket(operation: "timestamps and TTLs on", address: address.hostPortDescription, errno: -result)
             }
         }
         if let size = options.receiveBufferSize { _ = cudpecho_set_buffer_size(fd, SO_RCVBUF, Int32(clamping: size)) }

@@ -37,6 +37,10 @@ public enum DropReason: String, CaseIterable, Sendable, Hashable, CustomStringCo
     case rateLimited = "rate-limited"
     /// Guard: the global reply budget was used up.
     case overBudget = "over-budget"
+    /// STAMP: an authenticated test packet whose HMAC does not verify (a wrong key, or a forgery).
+    case auth
+    /// STAMP: not a test packet: shorter than a TWAMP-Light sender's 14-byte header, or, authenticated, than 112.
+    case malformed
 
     public var description: String { self.rawValue }
 

@@ -1,0 +1,173 @@
+/// The TLVs of RFC 8972 §4 that follow a STAMP base packet: a flags byte (U: unrecognized, M: malformed, I: failed
+/// integrity), a type, a 16-bit length and the value. A reflector returns every TLV it was sent, in place and at the
+/// same length, filling in those it knows and flagging the others.
+public enum StampTLVType: UInt8, Sendable {
+    /// Extra Padding: returned as it came.
+    case extraPadding = 1
+    /// Location: the ports and addresses the reflector saw (NAT on the way shows).
+    case location = 2
+    /// Timestamp Information: how each side's clock is synchronized and where it takes its timestamps.
+    case timestampInformation = 3
+    /// Class of Service: the DSCP and ECN the sender asks the reply to carry (DSCP1/ECN1), and those the test packet
+    /// arrived with (DSCP2/ECN2).
+    case classOfService = 4
+    /// HMAC over the base packet's sequence number and the TLVs before it.
+    case hmac = 8
+}
+
+enum StampTLVFlag {
+    static let unrecognized: UInt8 = 0x80
+    static let malformed: UInt8 = 0x40
+    static let integrity: UInt8 = 0x20
+}
+
+/// Location sub-TLVs (RFC 8972 §4.2).
+enum StampLocationSubTLV {
+    static let ipv4Source: UInt8 = 1
+    static let ipv4Destination: UInt8 = 2
+    static let ipv6Source: UInt8 = 3
+    static let ipv6Destination: UInt8 = 4
+}
+
+/// What a reflector knows about one test packet, to fill the TLVs in.
+struct StampPacketContext {
+    /// The test packet's source and destination: addresses as 4 or 16 bytes, and ports.
+    var sourceAddress: [UInt8]
+    var sourcePort: UInt16
+    var destinationAddress: [UInt8]
+    var destinationPort: UInt16
+    /// The TOS or traffic class byte it arrived with (DSCP << 2 | ECN); nil if not reported.
+    var receivedTOS: UInt8?
+    /// Whether this host's clock is synchronized to an external source.
+    var synchronized: Bool
+}
+
+enum StampTLVs {
+    /// Reflects the TLVs in `packet[start..<end]` in place. Returns the TOS byte a Class of Service TLV asked the
+    /// reply to carry, if one did. Nothing is ever written past `end`; a TLV whose length runs past it is flagged
+    /// malformed and it and what follows are returned as they came.
+    static func reflect(
+        _ packet: UnsafeMutableRawPointer,
+        from start: Int,
+        to end: Int,
+        context: StampPacketContext,
+        key: StampKey?
+    ) -> UInt8? {
+        var requestedTOS: UInt8?
+        var offset = start
+        while end - offset >= 4 {
+            let type = packet.load(fromByteOffset: offset + 1, as: UInt8.self)
+            let length = Int(UnsafeRawPointer(packet).loadBigEndian(UInt16.self, at: offset + 2))
+            let value = offset + 4
+            guard value + length <= end else {
+                Self.flag(packet, offset, StampTLVFlag.malformed)
+                return requestedTOS
+            }
+            switch StampTLVType(rawValue: type) {
+            case .extraPadding:
+                break
+            case .location:
+                if !Self.fillLocation(packet, value: value, length: length, context: context) {
+                    Self.flag(packet, offset, StampTLVFlag.malformed)
+                }
+            case .timestampInformation:
+                if length == 4 {
+                    // Ours: NTP-synchronized (1) or the local clock (8); software timestamps in the kernel (2).
+                    packet.storeBytes(of: context.synchronized ? 1 : 8, toByteOffset: value + 2, as: UInt8.self)
+                    packet.storeBytes(of: 2, toByteOffset: value + 3, as: UInt8.self)
+                } else {
+                    Self.flag(packet, offset, StampTLVFlag.malformed)
+                }
+            case .classOfService:
+                if length == 4 {
+                    requestedTOS = packet.load(fromByteOffset: value, as: UInt8.self)
+                    // DSCP2 and ECN2: what the test packet arrived with; RP (reverse path) 0: the request is honoured.
+                    packet.storeBytes(of: context.receivedTOS ?? 0, toByteOffset: value + 1, as: UInt8.self)
+                    packet.storeBytes(of: 0, toByteOffset: value + 2, as: UInt8.self)
+                } else {
+                    Self.flag(packet, offset, StampTLVFlag.malformed)
+                }
+            case .hmac:
+                if length != StampKey.macLength {
+                    Self.flag(packet, offset, StampTLVFlag.malformed)
+                } else if let key {
+                    let covered = Self.hmacInput(packet, start: start, tlv: offset)
+                    let valid = covered.withUnsafeBytes {
+                        key.verify($0, mac: UnsafeRawPointer(packet + value))
+                    }
+                    if !valid { Self.flag(packet, offset, StampTLVFlag.integrity) }
+                } else {
+                    Self.flag(packet, offset, StampTLVFlag.unrecognized)
+                }
+            case nil:
+                Self.flag(packet, offset, StampTLVFlag.unrecognized)
+            }
+            offset = value + length
+        }
+        return requestedTOS
+    }
+
+    /// After the reflected packet is complete: the HMAC TLVs signed again, over what the reply carries.
+    static func sign(_ packet: UnsafeMutableRawPointer, from start: Int, to end: Int, key: StampKey) {
+        var offset = start
+        while end - offset >= 4 {
+            let type = packet.load(fromByteOffset: offset + 1, as: UInt8.self)
+            let length = Int(UnsafeRawPointer(packet).loadBigEndian(UInt16.self, at: offset + 2))
+            guard offset + 4 + length <= end else { return }
+            if type == StampTLVType.hmac.rawValue && length == StampKey.macLength {
+                let covered = Self.hmacInput(packet, start: start, tlv: offset)
+                covered.withUnsafeBytes { key.sign($0, into: packet + offset + 4) }
+            }
+            offset += 4 + length
+        }
+    }
+
+    /// What an HMAC TLV at `tlv` covers (RFC 8972 §4.8): the base packet's sequence number and the TLVs before it.
+    private static func hmacInput(_ packet: UnsafeMutableRawPointer, start: Int, tlv: Int) -> [UInt8] {
+        var bytes = [UInt8](UnsafeRawBufferPointer(start: packet, count: 4))
+        bytes += UnsafeRawBufferPointer(start: packet + start, count: tlv - start)
+        return bytes
+    }
+
+    private static func flag(_ packet: UnsafeMutableRawPointer, _ offset: Int, _ flag: UInt8) {
+        packet.storeBytes(
+            of: packet.load(fromByteOffset: offset, as: UInt8.self) | flag,
+            toByteOffset: offset,
+            as: UInt8.self
+        )
+    }
+
+    /// Fills a Location TLV's ports and the address sub-TLVs the sender left room for; false when malformed.
+    private static func fillLocation(
+        _ packet: UnsafeMutableRawPointer,
+        value: Int,
+        length: Int,
+        context: StampPacketContext
+    ) -> Bool {
+        guard length >= 4 else { return false }
+        packet.storeBigEndian(context.destinationPort, at: value)
+        packet.storeBigEndian(context.sourcePort, at: value + 2)
+        var offset = value + 4
+        let end = value + length
+        while end - offset >= 2 {
+            let type = packet.load(fromByteOffset: offset, as: UInt8.self)
+            let size = Int(packet.load(fromByteOffset: offset + 1, as: UInt8.self))
+            guard offset + 2 + size <= end else { return false }
+            let address: [UInt8]? =
+                switch type {
+                case StampLocationSubTLV.ipv4Source where context.sourceAddress.count == 4: context.sourceAddress
+                case StampLocationSubTLV.ipv4Destination where context.destinationAddress.count == 4:
+                    context.destinationAddress
+                case StampLocationSubTLV.ipv6Source where context.sourceAddress.count == 16: context.sourceAddress
+                case StampLocationSubTLV.ipv6Destination where context.destinationAddress.count == 16:
+                    context.destinationAddress
+                default: nil
+                }
+            if let address, address.count == size {
+                address.withUnsafeBytes { (packet + offset + 2).copyMemory(from: $0.baseAddress!, byteCount: size) }
+            }
+            offset += 2 + size
+        }
+        return offset == end
+    }
+}
