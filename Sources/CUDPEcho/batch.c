@@ -450,3 +450,29 @@ void cudpecho_batch_set_reply_tos(cudpecho_batch *batch, int i, int ipv6, int to
     c->cmsg_len = CMSG_LEN(sizeof(int));
     memcpy(CMSG_DATA(c), &tos, sizeof(tos));
 }
+
+int cudpecho_enable_receive_tos(int fd, int family) {
+    int on = 1;
+    if (setsockopt(fd, IPPROTO_IP, IP_RECVTOS, &on, sizeof(on)) != 0) {
+        return -errno;
+    }
+    if (family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_RECVTCLASS, &on, sizeof(on)) != 0) {
+        return -errno;
+    }
+    return 0;
+}
+
+int cudpecho_batch_received_tos(const cudpecho_batch *batch, int i) {
+    struct msghdr *h = &((cudpecho_batch *)batch)->messages[i].msg_hdr;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c != NULL; c = CMSG_NXTHDR(h, c)) {
+        if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_TOS) {
+            return *(uint8_t *)CMSG_DATA(c);
+        }
+        if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_TCLASS) {
+            int value;
+            memcpy(&value, CMSG_DATA(c), sizeof(value));
+            return value;
+        }
+    }
+    return -1;
+}

@@ -38,10 +38,12 @@ struct PingCommand: AsyncParsableCommand {
     )
 
     @Argument(
-        help: ArgumentHelp("The echo server, as HOST:PORT or [IPV6]:PORT.", valueName: "host:port"),
-        transform: parseAddress
+        help: ArgumentHelp(
+            "The echo server, as HOST:PORT or [IPV6]:PORT; with --stamp, a STAMP reflector, HOST alone meaning port 862.",
+            valueName: "host:port"
+        )
     )
-    var target: HostAndPort
+    var targetText: String
 
     @Option(name: [.short, .long], help: ArgumentHelp("Stop after N probes. (default: until Ctrl-C)", valueName: "n"))
     var count: Int?
@@ -55,9 +57,40 @@ struct PingCommand: AsyncParsableCommand {
 
     @Option(
         name: [.short, .long],
-        help: ArgumentHelp("Payload bytes per probe, 16 to the datagram maximum.", valueName: "bytes")
+        help: ArgumentHelp(
+            "Payload bytes per probe, 16 to the datagram maximum. (default: 64; with --stamp, the test packet and its TLVs: 44, 112 authenticated)",
+            valueName: "bytes"
+        )
     )
-    var size = 64
+    var sizeOption: Int?
+
+    @Flag(
+        help:
+            "Send STAMP test packets (RFC 8762) to a STAMP or TWAMP-Light reflector: besides the round trip, the reflector's time, forward and backward delay, TTL at the reflector, and loss by direction when the reflector is stateful."
+    )
+    var stamp = false
+
+    @Option(
+        help: ArgumentHelp(
+            "STAMP authenticated mode (HMAC-SHA-256): the shared key is this file's contents (without a trailing newline).",
+            valueName: "file"
+        )
+    )
+    var stampKeyFile: String?
+
+    @Flag(help: "STAMP: ask the reflector for the addresses and ports it saw (a Location TLV; NAT on the way shows).")
+    var stampLocation = false
+
+    @Option(
+        help: ArgumentHelp(
+            "STAMP: ask the reflector to reply with this DSCP, and to say which DSCP and ECN the test packets arrived with (a Class of Service TLV).",
+            valueName: "dscp"
+        )
+    )
+    var stampCos: UInt8?
+
+    @Option(help: ArgumentHelp("STAMP: our timestamps' format, ntp or ptp.", valueName: "format"))
+    var stampTimestamp: StampTimestampFormat = .ntp
 
     @Option(
         name: [.customShort("W"), .long],
@@ -82,27 +115,63 @@ struct PingCommand: AsyncParsableCommand {
 
     func validate() throws {
         if let count, count < 1 { throw ValidationError("-c/--count must be at least 1") }
-        if self.size < 16 {
+        _ = try self.target()
+        if !self.stamp && (self.stampKeyFile != nil || self.stampLocation || self.stampCos != nil) {
+            throw ValidationError("--stamp-key-file, --stamp-location and --stamp-cos need --stamp")
+        }
+        if let dscp = self.stampCos, dscp > 63 { throw ValidationError("--stamp-cos: a DSCP goes from 0 to 63") }
+        if let size = self.sizeOption, size < 16 {
             throw ValidationError("-s/--size must be at least 16: a probe carries its sequence number and send time")
         }
         if self.interval < .microseconds(1) { throw ValidationError("-i/--interval must be at least 1us") }
     }
 
+    /// The target; with --stamp a host alone means STAMP's port 862.
+    private func target() throws -> HostAndPort {
+        guard self.stamp, (try? HostAndPort(parsing: self.targetText)) == nil else {
+            return try parseAddress(self.targetText)
+        }
+        var host = Substring(self.targetText)
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = host.dropFirst().dropLast() }
+        guard !host.isEmpty, !host.contains("[") else { return try parseAddress(self.targetText) }
+        return HostAndPort(host: String(host), port: StampReflectorConfiguration.defaultPort)
+    }
+
+
     func run() async throws {
         let address: SocketAddress
+        let target = try self.target()
+        var stamp: StampSenderConfiguration?
+        if self.stamp {
+            do {
+                stamp = StampSenderConfiguration(
+                    key: try self.stampKeyFile.map { path throws(EchoError) in try StampKey(contentsOfFile: path) },
+                    classOfService: self.stampCos,
+                    timestampFormat: self.stampTimestamp
+                )
+                stamp?.location = self.stampLocation
+            } catch {
+                Stream.err.line("udpecho: error: \(error)")
+                throw ExitCode(2)
+            }
+        }
         do {
-            address = try await resolveTarget(self.target)
+            address = try await resolveTarget(target)
         } catch {
             Stream.err.line("udpecho: error: \(error)")
             throw ExitCode(2)
         }
+        // The probe's size: as given, or the STAMP test packet's own (its TLVs' size depends on the family).
+        let size =
+            self.sizeOption ?? stamp.map { $0.minimumSize(ipv6: address.protocol == .inet6) } ?? 64
         let configuration = EchoPinger.Configuration(
             target: address,
             count: self.count,
             interval: self.interval,
-            size: self.size,
+            size: size,
             timeout: self.timeout,
-            timestamps: self.timestamps
+            timestamps: self.timestamps,
+            stamp: stamp
         )
         do { try configuration.validate() } catch {
             Stream.err.line("udpecho: error: \(error)")
@@ -111,7 +180,8 @@ struct PingCommand: AsyncParsableCommand {
         let peer = address.hostPortDescription
         let lines = LineQueue(to: .out)
         let (json, quiet, timeout) = (self.json, self.quiet, self.timeout)
-        let header = "PING \(self.target) (\(peer)): \(self.size) bytes of UDP payload"
+        let what = self.stamp ? "STAMP test packets" : "UDP payload"
+        let header = "PING \(target) (\(peer)): \(size) bytes of \(what)"
         let result = try await exitOnSetupError {
             try await runUntilInterrupted {
                 try await EchoPinger.run(configuration) { timestamps in
@@ -127,7 +197,7 @@ struct PingCommand: AsyncParsableCommand {
             Stream.out.line(PingJSON.summary(result, target: peer))
         } else {
             Stream.out.line("")
-            Stream.out.line("--- \(self.target) udpecho ping statistics ---")
+            Stream.out.line("--- \(target) udpecho ping statistics ---")
             for line in result.pingSummary() { Stream.out.line(line) }
         }
         if result.counts.received == 0 { throw ExitCode(1) }
@@ -165,6 +235,11 @@ func runUntilInterrupted<Result: Sendable>(_ work: @escaping @Sendable () async 
     return try await task.value
 }
 
+/// Nanoseconds as milliseconds with three decimals and a sign: -142000 → "-0.142".
+func signedMilliseconds(_ nanoseconds: Int64) -> String {
+    nanoseconds < 0 ? "-" + milliseconds(-nanoseconds) : milliseconds(nanoseconds)
+}
+
 /// Nanoseconds as milliseconds with three decimals: 142000 → "0.142".
 func milliseconds(_ nanoseconds: Int64) -> String {
     let microseconds = (max(0, nanoseconds) + 500) / 1000
@@ -178,6 +253,17 @@ extension ProbeEvent {
         case .reply(let sequence, let bytes, let roundTrip, _, let outOfOrder):
             return "\(bytes) bytes from \(peer): seq=\(sequence) time=\(milliseconds(roundTrip)) ms"
                 + (outOfOrder ? " (out of order)" : "")
+        case .stampReply(let reply):
+            var line = "\(reply.bytes) bytes from \(peer): seq=\(reply.sequence) time=\(milliseconds(reply.roundTrip)) ms"
+            if reply.plainEcho {
+                line += " (echoed unchanged: not a STAMP reflector)"
+            } else {
+                line += " reflector=\(milliseconds(reply.reflectorTime)) ms forward=\(signedMilliseconds(reply.forwardDelay)) ms"
+                line += " backward=\(signedMilliseconds(reply.backwardDelay)) ms ttl=\(reply.ttlAtReflector)"
+                if let tos = reply.tosAtReflector { line += " dscp-there=\(tos >> 2)" }
+                if let tos = reply.tosHere { line += " dscp-here=\(tos >> 2)" }
+            }
+            return line + (reply.outOfOrder ? " (out of order)" : "")
         case .duplicate(let sequence, let bytes):
             return "\(bytes) bytes from \(peer): seq=\(sequence) (DUP!)"
         case .lost(let sequence):
@@ -227,6 +313,7 @@ extension EchoBenchmark.Result {
                     + "\(milliseconds(self.lateness.percentile(99))) ms (how late probes left against the schedule)"
             )
         }
+        if let stamp = self.stamp { lines += stamp.summaryLines(lost: counts.lost, received: counts.received) }
         return lines
     }
 
@@ -245,6 +332,17 @@ enum PingJSON {
         var late_ms: Double?
         var out_of_order: Bool?
         var reason: String?
+        var stamp: StampEvent?
+    }
+
+    /// A STAMP reply's fields in a `reply` event.
+    struct StampEvent: Encodable {
+        var reflector_ms, forward_ms, backward_ms: Double?
+        var ttl, reflector_seq: Int?
+        var reflector_synchronized: Bool?
+        var dscp_at_reflector, ecn_at_reflector, dscp_here, ecn_here: Int?
+        var source_seen_by_reflector: String?
+        var plain_echo: Bool
     }
 
     struct Summary: Encodable {
@@ -254,6 +352,7 @@ enum PingJSON {
         var loss_percent: Double
         var timestamps: String
         var timestamp_fallbacks: Int
+        var stamp: StampSummary?
         var rtt_ms: [String: Double]?
         var send_lateness_ms: [String: Double]?
         var ipdv_ms: [String: Double]?
@@ -271,6 +370,31 @@ enum PingJSON {
                 rtt_ms: Double(roundTrip) / 1e6,
                 late_ms: Double(lateness) / 1e6,
                 out_of_order: outOfOrder
+            )
+        case .stampReply(let reply):
+            value = Event(
+                type: "reply",
+                seq: reply.sequence,
+                bytes: reply.bytes,
+                rtt_ms: Double(reply.roundTrip) / 1e6,
+                late_ms: Double(reply.lateness) / 1e6,
+                out_of_order: reply.outOfOrder,
+                stamp: reply.plainEcho
+                    ? StampEvent(plain_echo: true)
+                    : StampEvent(
+                        reflector_ms: Double(reply.reflectorTime) / 1e6,
+                        forward_ms: Double(reply.forwardDelay) / 1e6,
+                        backward_ms: Double(reply.backwardDelay) / 1e6,
+                        ttl: Int(reply.ttlAtReflector),
+                        reflector_seq: Int(reply.reflectorSequence),
+                        reflector_synchronized: reply.reflectorErrorEstimate.synchronized,
+                        dscp_at_reflector: reply.tosAtReflector.map { Int($0 >> 2) },
+                        ecn_at_reflector: reply.tosAtReflector.map { Int($0 & 3) },
+                        dscp_here: reply.tosHere.map { Int($0 >> 2) },
+                        ecn_here: reply.tosHere.map { Int($0 & 3) },
+                        source_seen_by_reflector: reply.sourceSeenByReflector,
+                        plain_echo: false
+                    )
             )
         case .duplicate(let sequence, let bytes):
             value = Event(type: "duplicate", seq: sequence, bytes: bytes)
@@ -318,6 +442,7 @@ enum PingJSON {
                 loss_percent: counts.sent == 0 ? 0 : Double(counts.sent - counts.received) / Double(counts.sent) * 100,
                 timestamps: result.timestamps.rawValue,
                 timestamp_fallbacks: result.timestampFallbacks,
+                stamp: result.stamp.map { StampSummary($0, lost: counts.lost) },
                 rtt_ms: rtt,
                 send_lateness_ms: times.count == 0 ? nil : result.lateness.milliseconds([50, 99]),
                 ipdv_ms: result.jitter.ipdv.count == 0 ? nil : result.jitter.ipdvMilliseconds,
@@ -332,4 +457,102 @@ func jsonLine(_ value: some Encodable) -> String {
     let encoder = JSONEncoder()
     encoder.outputFormatting = [.sortedKeys]
     return String(decoding: (try? encoder.encode(value)) ?? Data("{}".utf8), as: UTF8.self)
+}
+
+/// The STAMP part of ping's JSON summary.
+struct StampSummary: Encodable {
+    var replies_from_reflector: Int
+    var plain_echoes: Int
+    var reflector_ms: [String: Double]?
+    var forward_ms: [String: Double]?
+    var backward_ms: [String: Double]?
+    var implied_clock_offset_ms: Double?
+    var reflector_synchronized: Bool?
+    var reflector_timestamp_format: String?
+    var ttl_at_reflector: [String: Int]
+    var dscp_at_reflector: [String: Int]
+    var dscp_here: [String: Int]
+    var lost_forward: Int?
+    var lost_backward: Int?
+    var source_seen_by_reflector: String?
+
+    init(_ stamp: StampStatistics, lost: Int) {
+        let count = stamp.reflectorTime.count
+        self.replies_from_reflector = count
+        self.plain_echoes = stamp.plainEchoes
+        func signed(_ times: SignedTimes) -> [String: Double] {
+            ["p50": Double(times.percentile(50)) / 1e6, "p99": Double(times.percentile(99)) / 1e6, "mean": times.mean / 1e6]
+        }
+        if count > 0 {
+            self.reflector_ms = stamp.reflectorTime.milliseconds([50, 99])
+            self.forward_ms = signed(stamp.forwardDelay)
+            self.backward_ms = signed(stamp.backwardDelay)
+            self.implied_clock_offset_ms = stamp.impliedClockOffset / 1e6
+        }
+        self.reflector_synchronized = stamp.reflectorErrorEstimate?.synchronized
+        self.reflector_timestamp_format = stamp.reflectorErrorEstimate?.format.rawValue
+        self.ttl_at_reflector = Dictionary(uniqueKeysWithValues: stamp.ttlAtReflector.map { ("\($0)", $1) })
+        self.dscp_at_reflector = Dictionary(stamp.tosAtReflector.map { ("\($0 >> 2)", $1) }, uniquingKeysWith: +)
+        self.dscp_here = Dictionary(stamp.tosHere.map { ("\($0 >> 2)", $1) }, uniquingKeysWith: +)
+        self.lost_forward = stamp.forwardLoss
+        self.lost_backward = stamp.forwardLoss.map { max(0, lost - $0) }
+        self.source_seen_by_reflector = stamp.sourceSeenByReflector
+    }
+}
+
+extension StampStatistics {
+    /// ping's summary lines for a STAMP run.
+    func summaryLines(lost: Int, received: Int) -> [String] {
+        guard self.reflectorTime.count > 0 else {
+            return self.plainEchoes > 0
+                ? ["stamp: every reply was our test packet unchanged: an echo server, not a STAMP reflector; round trips only"]
+                : []
+        }
+        var lines = [
+            "stamp: reflector time p50/p99 = \(milliseconds(self.reflectorTime.percentile(50)))/"
+                + "\(milliseconds(self.reflectorTime.percentile(99))) ms (left out of the round trips above)"
+        ]
+        let synchronized = self.reflectorErrorEstimate?.synchronized == true ? "synchronized" : "not synchronized"
+        lines.append(
+            "stamp: forward p50/p99 = \(signedMilliseconds(self.forwardDelay.percentile(50)))/"
+                + "\(signedMilliseconds(self.forwardDelay.percentile(99))) ms, backward p50/p99 = "
+                + "\(signedMilliseconds(self.backwardDelay.percentile(50)))/"
+                + "\(signedMilliseconds(self.backwardDelay.percentile(99))) ms"
+        )
+        lines.append(
+            "stamp: one-way delays compare two clocks and hold only if both are synchronized (the reflector's says "
+                + "\(synchronized)); they imply the reflector's clock is \(signedMilliseconds(Int64(self.impliedClockOffset))) ms "
+                + "ahead of ours"
+        )
+        let ttls = self.ttlAtReflector.keys.sorted().filter { $0 > 0 }
+        var reflector =
+            ttls.isEmpty
+            ? "stamp: ttl at the reflector not reported (a TWAMP-Light responder leaves it out)"
+            : "stamp: ttl at the reflector "
+                + ttls.map { ttl in
+                    // From the nearest initial TTL at or above it (32, 64, 128, 255).
+                    let initial = [32, 64, 128, 255].first { $0 >= Int(ttl) } ?? 255
+                    return "\(ttl) (about \(initial - Int(ttl)) hops out)"
+                }.joined(separator: ", ")
+        if !self.tosAtReflector.isEmpty {
+            reflector += "; dscp/ecn at the reflector "
+                + self.tosAtReflector.keys.sorted().map { "\($0 >> 2)/\($0 & 3)" }.joined(separator: ", ")
+        }
+        if !self.tosHere.isEmpty {
+            reflector += ", back here " + self.tosHere.keys.sorted().map { "\($0 >> 2)/\($0 & 3)" }.joined(separator: ", ")
+        }
+        lines.append(reflector)
+        if let forward = self.forwardLoss {
+            lines.append(
+                "stamp: lost on the way there \(forward), on the way back \(max(0, lost - forward)) (the reflector counts what it receives)"
+            )
+        } else if lost > 0 {
+            lines.append(
+                "stamp: which way the \(lost) lost went is unknown: the reflector copies our sequence numbers (stateless), "
+                    + "or every loss was on the way back"
+            )
+        }
+        if let source = self.sourceSeenByReflector { lines.append("stamp: the reflector saw us as \(source)") }
+        return lines
+    }
 }

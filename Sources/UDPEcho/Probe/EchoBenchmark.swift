@@ -125,6 +125,8 @@ public enum EchoBenchmark {
         /// 16th; open loop past 20000 requests a second). Counts and the latency from the schedule cover every
         /// request.
         public var roundTripSampling: Int
+        /// What the reflected packets said, in a STAMP run (`ping --stamp`); nil otherwise.
+        public var stamp: StampStatistics?
         /// Time from the first request until every request was answered or counted as lost (which includes waiting
         /// a loss timeout for the last lost ones).
         public var elapsed: Duration
@@ -195,6 +197,7 @@ extension ProbeEngine {
                             timestamps: engine.value.timestamps,
                             timestampFallbacks: engine.value.timestampFallbacks,
                             roundTripSampling: Int(engine.value.roundTripStride),
+                            stamp: engine.value.stampStatistics,
                             elapsed: elapsed,
                             activeTime: engine.value.activeTime
                         )

@@ -27,6 +27,9 @@ public enum EchoPinger {
         /// Which clock measures the round trips: the kernel's where it can (the default), the program's, or the
         /// network card's.
         public var timestamps: TimestampSource
+        /// Send STAMP test packets to a STAMP reflector (RFC 8762) instead of echo probes; `size` is then the test
+        /// packet's size (the base packet, its TLVs, and Extra Padding past them).
+        public var stamp: StampSenderConfiguration?
 
         /// A configuration; the defaults are ping's: a probe a second of 64 bytes, until cancelled.
         public init(
@@ -35,7 +38,8 @@ public enum EchoPinger {
             interval: Duration = .seconds(1),
             size: Int = 64,
             timeout: Duration = .seconds(1),
-            timestamps: TimestampSource = .kernel
+            timestamps: TimestampSource = .kernel,
+            stamp: StampSenderConfiguration? = nil
         ) {
             self.target = target
             self.count = count
@@ -43,6 +47,7 @@ public enum EchoPinger {
             self.size = size
             self.timeout = timeout
             self.timestamps = timestamps
+            self.stamp = stamp
         }
 
         /// Checks every setting; throws ``EchoError`` naming the one that is out of range.
@@ -94,7 +99,8 @@ public enum EchoPinger {
                 // make the probe late: 200us takes the send lateness here from ~0.1-0.2 ms to ~5 us (BENCHMARKS.md),
                 // at a cost of at most 200us of CPU per probe.
                 spin: min(Self.spin, configuration.interval / 2),
-                beforeSend: beforeSend
+                beforeSend: beforeSend,
+                stamp: configuration.stamp
             )
         )
         onStart?(engine.timestamps)

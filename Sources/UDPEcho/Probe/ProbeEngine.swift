@@ -46,6 +46,8 @@ final class ProbeEngine {
         var spin: Duration = .zero
         /// Called with each probe's sequence number just before it is sent (tests use it to delay a departure).
         var beforeSend: ((UInt64) -> Void)? = nil
+        /// Send STAMP test packets (a Session-Sender) instead of echo probes.
+        var stamp: StampSenderConfiguration? = nil
     }
 
     static let headerSize = 16
@@ -87,6 +89,8 @@ final class ProbeEngine {
     /// How late each answered probe left against its schedule.
     private(set) var lateness = RoundTripTimes()
     private(set) var jitter = Jitter()
+    /// What the reflected packets said, in a STAMP run.
+    private(set) var stampStatistics: StampStatistics?
     /// The clock that measured the times.
     private(set) var timestamps = TimestampSource.kernel
     /// Round trips measured with user-space clocks in a kernel-timestamped run, because a kernel timestamp was
@@ -158,12 +162,17 @@ final class ProbeEngine {
                 )
             }
             let family: Int32 = if case .v6 = configuration.target { AF_INET6 } else { AF_INET }
+            let writer = try configuration.stamp.map { stamp throws(EchoError) in
+                try StampProbeWriter(stamp, size: configuration.size, ipv6: family == AF_INET6)
+            }
+            self.stampStatistics = writer == nil ? nil : StampStatistics()
             for index in 0..<configuration.flows {
                 let flow = try ProbeFlow(
                     index: index,
                     target: configuration.target,
                     size: configuration.size,
-                    capacity: capacity
+                    capacity: capacity,
+                    stamp: writer
                 )
                 self.flows.append(flow)
                 _ = cudpecho_epoll_add(self.epoll, flow.descriptor, UInt32(index))
@@ -523,7 +532,19 @@ final class ProbeEngine {
                 )
                 let kernelArrival =
                     self.timestamps == .user ? 0 : cudpecho_batch_timestamp(self.receive, Int32(slot), self.hardware)
-                self.match(bytes, on: flow, now: now, kernelArrival: kernelArrival, onEvent: onEvent)
+                if flow.stamp != nil {
+                    let tos = cudpecho_batch_received_tos(self.receive, Int32(slot))
+                    self.matchStamp(
+                        bytes,
+                        on: flow,
+                        now: now,
+                        kernelArrival: kernelArrival,
+                        tos: tos >= 0 ? UInt8(tos) : nil,
+                        onEvent: onEvent
+                    )
+                } else {
+                    self.match(bytes, on: flow, now: now, kernelArrival: kernelArrival, onEvent: onEvent)
+                }
             }
             if received < Self.batchSize { return }
         }
@@ -632,6 +653,109 @@ final class ProbeEngine {
             // A reply after all (the ICMP error was about an earlier datagram, or the server came up): late.
             self.counts.late += 1
             onEvent?(.late(sequence: sequence, bytes: reply.count, roundTrip: -1))
+        }
+    }
+
+    /// A reply to a STAMP test packet: a reflected packet (or, from an echo server, the test packet itself),
+    /// matched by the sender sequence number the reflector copied, checked by its copy of T1 (and the HMAC).
+    private func matchStamp(
+        _ reply: UnsafeRawBufferPointer,
+        on flow: ProbeFlow,
+        now: Int64,
+        kernelArrival: Int64,
+        tos: UInt8?,
+        onEvent: ((ProbeEvent) -> Void)?
+    ) {
+        let writer = flow.stamp!
+        let fields: StampReplyDecoder.Fields
+        switch StampReplyDecoder.decode(reply, writer.configuration) {
+        case .failure(let error):
+            self.counts.corrupt += 1
+            onEvent?(.corrupt(sequence: nil, bytes: reply.count, reason: error.description))
+            return
+        case .success(let decoded):
+            fields = decoded
+        }
+        let sequence = flow.sequence(fromLow: fields.senderSequence)
+        switch flow.lookUp(sequence) {
+        case .notYetSent:
+            self.damagedSequence(sequence, bytes: reply.count, "which had not been sent yet", onEvent)
+        case .notSent:
+            self.damagedSequence(sequence, bytes: reply.count, "a probe the kernel refused to send", onEvent)
+        case .forgotten, .refused:
+            self.counts.late += 1
+            onEvent?(.late(sequence: sequence, bytes: reply.count, roundTrip: -1))
+        case .answered:
+            self.counts.duplicate += 1
+            onEvent?(.duplicate(sequence: sequence, bytes: reply.count))
+        case .lost(let position):
+            guard fields.senderTimestamp == flow.stampTimestamp[position] else {
+                self.counts.corrupt += 1
+                onEvent?(.corrupt(sequence: sequence, bytes: reply.count, reason: "its copy of our timestamp differs"))
+                return
+            }
+            self.counts.late += 1
+            let times = self.times(of: sequence, at: position, on: flow, now: now, kernelArrival: kernelArrival)
+            onEvent?(.late(sequence: sequence, bytes: reply.count, roundTrip: times.roundTrip))
+        case .outstanding(let position):
+            guard fields.senderTimestamp == flow.stampTimestamp[position] else {
+                flow.resolve(sequence, as: .answered)
+                self.counts.corrupt += 1
+                onEvent?(
+                    .corrupt(sequence: sequence, bytes: reply.count, reason: "its copy of our timestamp (T1) differs")
+                )
+                return
+            }
+            let times = self.times(of: sequence, at: position, on: flow, now: now, kernelArrival: kernelArrival)
+            let outOfOrder = flow.markReceived(sequence)
+            self.counts.received += 1
+            if outOfOrder { self.counts.reordered += 1 }
+            self.lastReplyAt = now
+            // The four timestamps on CLOCK_REALTIME: ours from the kernel where it gave them.
+            let kernel = self.timestamps == .kernel
+            let t1 =
+                kernel && flow.kernelDeparture[position] != 0
+                ? flow.kernelDeparture[position] : flow.departure[position] + self.realtimeOffset
+            let t4 = kernel && kernelArrival != 0 ? kernelArrival : now + self.realtimeOffset
+            var reflectorTime: Int64 = 0
+            var forward: Int64 = 0
+            var backward: Int64 = 0
+            if !fields.plainEcho {
+                let format = fields.errorEstimate.format
+                let t2 = format.decode(fields.receiveTimestamp, taiOffset: writer.taiOffset)
+                let t3 = format.decode(fields.transmitTimestamp, taiOffset: writer.taiOffset)
+                reflectorTime = t3 - t2
+                forward = t2 - t1
+                backward = t4 - t3
+            }
+            // The round trip without the time the reflector held the packet: (T4 - T1) - (T3 - T2).
+            let roundTrip = times.roundTrip - max(0, reflectorTime)
+            self.latencies.record(times.latency)
+            if times.measured {
+                self.times.record(roundTrip)
+                self.lateness.record(times.lateness)
+                self.recordJitter(sequence, roundTrip: roundTrip, position: position, on: flow)
+            }
+            let tlvs = StampReplyDecoder.tlvs(reply, from: writer.layout.size)
+            let stampReply = StampReply(
+                sequence: sequence,
+                bytes: reply.count,
+                roundTrip: roundTrip,
+                lateness: times.lateness,
+                outOfOrder: outOfOrder,
+                reflectorSequence: fields.reflectorSequence,
+                reflectorTime: reflectorTime,
+                forwardDelay: forward,
+                backwardDelay: backward,
+                ttlAtReflector: fields.ttl,
+                reflectorErrorEstimate: fields.errorEstimate,
+                tosAtReflector: tlvs.tos,
+                tosHere: tos,
+                sourceSeenByReflector: tlvs.source,
+                plainEcho: fields.plainEcho
+            )
+            self.stampStatistics?.record(stampReply)
+            onEvent?(.stampReply(stampReply))
         }
     }
 

@@ -38,6 +38,10 @@ final class ProbeFlow {
     let departure: UnsafeMutablePointer<Int64>
     let kernelDeparture: UnsafeMutablePointer<Int64>
     let roundTrip: UnsafeMutablePointer<Int64>
+    /// STAMP: T1 as written into each test packet.
+    let stampTimestamp: UnsafeMutablePointer<UInt64>
+    /// Writes STAMP test packets instead of echo probes.
+    let stamp: StampProbeWriter?
     private let sequences: UnsafeMutablePointer<UInt64>
     private let states: UnsafeMutablePointer<UInt8>
     /// Transmit timestamp IDs to sequence numbers, by `ID & mask`.
@@ -55,7 +59,7 @@ final class ProbeFlow {
     var rfc3550: Double = 0
     var jitterSamples = 0
 
-    init(index: Int, target: SocketAddress, size: Int, capacity: Int) throws(EchoError) {
+    init(index: Int, target: SocketAddress, size: Int, capacity: Int, stamp: StampProbeWriter?) throws(EchoError) {
         self.index = index
         self.size = size
         self.mask = capacity - 1
@@ -70,6 +74,8 @@ final class ProbeFlow {
             throw .socket(operation: "connect to", address: target.hostPortDescription, errno: code)
         }
         self.descriptor = fd
+        self.stamp = stamp
+        if stamp != nil { _ = cudpecho_enable_receive_tos(fd, family) }
         func ring<T>(_ value: T) -> UnsafeMutablePointer<T> {
             let pointer = UnsafeMutablePointer<T>.allocate(capacity: capacity)
             pointer.initialize(repeating: value, count: capacity)
@@ -79,6 +85,7 @@ final class ProbeFlow {
         self.departure = ring(0)
         self.kernelDeparture = ring(0)
         self.roundTrip = ring(-1)
+        self.stampTimestamp = ring(0)
         self.sequences = ring(.max)
         self.states = ring(0)
         self.keys = ring(.max)
@@ -92,6 +99,7 @@ final class ProbeFlow {
         self.departure.deallocate()
         self.kernelDeparture.deallocate()
         self.roundTrip.deallocate()
+        self.stampTimestamp.deallocate()
         self.sequences.deallocate()
         self.states.deallocate()
         self.keys.deallocate()
@@ -121,6 +129,11 @@ final class ProbeFlow {
         self.outstanding += 1
         self.sent += 1
         let payload = UnsafeMutableRawPointer(cudpecho_batch_payload(batch, Int32(slot))!)
+        if let stamp = self.stamp {
+            self.stampTimestamp[position] = stamp.write(into: payload, sequence: sequence, realtime: cudpecho_realtime_ns())
+            cudpecho_batch_set_length(batch, Int32(slot), self.size)
+            return sequence
+        }
         payload.storeBytes(of: sequence.littleEndian, as: UInt64.self)
         payload.storeBytes(of: scheduledAt.littleEndian, toByteOffset: 8, as: Int64.self)
         self.pattern.withUnsafeBytes {
@@ -167,6 +180,12 @@ final class ProbeFlow {
         case .refused: return .refused
         case .some(.none), nil: return .notSent
         }
+    }
+
+    /// The full sequence number whose low 32 bits are `low` (STAMP carries 32): the latest one sent so far.
+    func sequence(fromLow low: UInt32) -> UInt64 {
+        let candidate = (self.nextSequence & ~0xFFFF_FFFF) | UInt64(low)
+        return candidate >= self.nextSequence && candidate >= 1 << 32 ? candidate - (1 << 32) : candidate
     }
 
     /// The round trip of probe `sequence`, if it was answered and is still in the ring.

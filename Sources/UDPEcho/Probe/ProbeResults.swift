@@ -114,6 +114,8 @@ public enum ProbeEvent: Sendable, Equatable {
     case duplicate(sequence: UInt64, bytes: Int)
     /// Probe `sequence` got no reply in time.
     case lost(sequence: UInt64)
+    /// A STAMP reflector's reply to a test packet, with what it said (``StampReply``).
+    case stampReply(StampReply)
     /// The reply to probe `sequence` came, intact, after it had been counted as lost.
     case late(sequence: UInt64, bytes: Int, roundTrip: Int64)
     /// A reply that matches no probe: `sequence` when it names one that was sent, and where it first differs.

@@ -1,0 +1,81 @@
+/// A distribution of times that may be negative (one-way delays between two clocks that disagree): every sample
+/// kept, in nanoseconds.
+public struct SignedTimes: Sendable {
+    private var samples: [Int64] = []
+    private var sorted = true
+
+    public init() {}
+
+    mutating func record(_ nanoseconds: Int64) {
+        if let last = self.samples.last, nanoseconds < last { self.sorted = false }
+        self.samples.append(nanoseconds)
+    }
+
+    public var count: Int { self.samples.count }
+    public var mean: Double { self.samples.isEmpty ? 0 : Double(self.samples.reduce(0, &+)) / Double(self.samples.count) }
+
+    /// The time at `percentile` (0...100), nanoseconds; 0 without samples.
+    public func percentile(_ percentile: Double) -> Int64 {
+        guard !self.samples.isEmpty else { return 0 }
+        let ordered = self.sorted ? self.samples : self.samples.sorted()
+        let rank = Int((percentile / 100 * Double(ordered.count - 1)).rounded())
+        return ordered[min(max(0, rank), ordered.count - 1)]
+    }
+}
+
+/// What the reflected packets of a `ping --stamp` run said, over the run.
+public struct StampStatistics: Sendable {
+    /// T3 - T2 of each reply: how long the reflector held the packet.
+    public var reflectorTime = RoundTripTimes()
+    /// T2 - T1 and T4 - T3: forward and backward delay, meaningful only between synchronized clocks.
+    public var forwardDelay = SignedTimes()
+    public var backwardDelay = SignedTimes()
+    /// How many replies reported each TTL at the reflector, each TOS byte at the reflector (Class of Service TLV) and
+    /// here.
+    public var ttlAtReflector: [UInt8: Int] = [:]
+    public var tosAtReflector: [UInt8: Int] = [:]
+    public var tosHere: [UInt8: Int] = [:]
+    /// The reflector's last error estimate: its clock's synchronization and its timestamp format.
+    public var reflectorErrorEstimate: StampErrorEstimate?
+    /// Replies that were our own test packet unchanged (an echo server, not a reflector).
+    public var plainEchoes = 0
+    /// The source address and port the reflector saw (Location TLV).
+    public var sourceSeenByReflector: String?
+    /// The highest sender and reflector sequence numbers answered, and whether they ever differed (then the reflector
+    /// is stateful: it counts what it received, so the difference is what was lost on the way there).
+    var highestSenderSequence: Int64 = -1
+    var highestReflectorSequence: Int64 = -1
+    public private(set) var reflectorCounts = false
+
+    public init() {}
+
+    mutating func record(_ reply: StampReply) {
+        if reply.plainEcho {
+            self.plainEchoes += 1
+            return
+        }
+        self.reflectorTime.record(reply.reflectorTime)
+        self.forwardDelay.record(reply.forwardDelay)
+        self.backwardDelay.record(reply.backwardDelay)
+        self.ttlAtReflector[reply.ttlAtReflector, default: 0] += 1
+        if let tos = reply.tosAtReflector { self.tosAtReflector[tos, default: 0] += 1 }
+        if let tos = reply.tosHere { self.tosHere[tos, default: 0] += 1 }
+        self.reflectorErrorEstimate = reply.reflectorErrorEstimate
+        if let source = reply.sourceSeenByReflector { self.sourceSeenByReflector = source }
+        if UInt64(reply.reflectorSequence) != reply.sequence & 0xFFFF_FFFF { self.reflectorCounts = true }
+        self.highestSenderSequence = max(self.highestSenderSequence, Int64(reply.sequence))
+        self.highestReflectorSequence = max(self.highestReflectorSequence, Int64(reply.reflectorSequence))
+    }
+
+    /// Probes lost on the way to the reflector, where a stateful reflector's counter shows it (nil otherwise): the
+    /// test packets sent up to the last one answered that the reflector never counted.
+    public var forwardLoss: Int? {
+        guard self.reflectorCounts, self.highestReflectorSequence >= 0 else { return nil }
+        return Int(max(0, self.highestSenderSequence - self.highestReflectorSequence))
+    }
+
+    /// The clock offset the one-way delays imply (reflector minus sender, nanoseconds): half their difference.
+    public var impliedClockOffset: Double {
+        (self.forwardDelay.mean - self.backwardDelay.mean) / 2
+    }
+}
