@@ -190,7 +190,8 @@ final class ProbeEngine {
                 }
             }
         } catch {
-            self.closeAll()
+            // The instance is whole by now: its deinit closes what was opened (closing here too would close the
+            // descriptors twice, and the second time perhaps someone else's).
             throw error
         }
         self.timestamps = source
