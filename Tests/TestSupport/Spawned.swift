@@ -133,11 +133,13 @@ public final class Spawned: @unchecked Sendable {
 }
 
 /// Runs a measurement whose upper bounds a loaded machine can spoil (the test suite runs in parallel on 2 cores):
-/// `attempt` returns nil when every bound held, or what did not. Up to `times` attempts; the last failure is
-/// returned (nil: one attempt passed). A measurement that is wrong fails every attempt.
-public func firstPassingAttempt(_ times: Int = 3, _ attempt: () async throws -> String?) async rethrows -> String? {
+/// `attempt` returns nil when every bound held, or what did not. Up to `times` attempts, with a pause growing from
+/// half a second between them so that a later attempt falls outside the burst of load in which the suite starts; the
+/// last failure is returned (nil: one attempt passed). A measurement that is wrong fails every attempt.
+public func firstPassingAttempt(_ times: Int = 4, _ attempt: () async throws -> String?) async rethrows -> String? {
     var failure: String?
-    for _ in 0..<times {
+    for index in 0..<times {
+        if index > 0 { try? await Task.sleep(for: .milliseconds(500 << (index - 1))) }
         failure = try await attempt()
         if failure == nil { return nil }
     }

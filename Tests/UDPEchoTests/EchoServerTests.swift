@@ -202,7 +202,7 @@ import Glibc
         let client = try TestSocket(host: "127.0.0.1", connectTo: try clientAddress(of: server))
         for index in 0..<3000 {
             client.send(pattern(16, seed: index))
-            #expect(await client.receive(timeoutMilliseconds: 2000)?.bytes == pattern(16, seed: index))
+            #expect(await client.receive(timeoutMilliseconds: 10_000)?.bytes == pattern(16, seed: index))
         }
         let statistics = server.statistics
         #expect(statistics.echoed == 3000)

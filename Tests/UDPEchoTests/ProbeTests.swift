@@ -162,7 +162,7 @@ import Glibc
         )
         try await withServer(configuration) { server in
             let result = try await EchoPinger.run(
-                .init(target: server.localAddress, count: 5, interval: .milliseconds(10), timeout: .seconds(2))
+                .init(target: server.localAddress, count: 5, interval: .milliseconds(10), timeout: .seconds(10))
             ) { _ in }
             #expect(result.counts.received == 5)
             #expect(result.timestamps == .kernel)
