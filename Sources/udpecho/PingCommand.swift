@@ -137,7 +137,6 @@ struct PingCommand: AsyncParsableCommand {
         return HostAndPort(host: String(host), port: StampReflectorConfiguration.defaultPort)
     }
 
-
     func run() async throws {
         let address: SocketAddress
         let target = try self.target()
@@ -254,11 +253,13 @@ extension ProbeEvent {
             return "\(bytes) bytes from \(peer): seq=\(sequence) time=\(milliseconds(roundTrip)) ms"
                 + (outOfOrder ? " (out of order)" : "")
         case .stampReply(let reply):
-            var line = "\(reply.bytes) bytes from \(peer): seq=\(reply.sequence) time=\(milliseconds(reply.roundTrip)) ms"
+            var line =
+                "\(reply.bytes) bytes from \(peer): seq=\(reply.sequence) time=\(milliseconds(reply.roundTrip)) ms"
             if reply.plainEcho {
                 line += " (echoed unchanged: not a STAMP reflector)"
             } else {
-                line += " reflector=\(milliseconds(reply.reflectorTime)) ms forward=\(signedMilliseconds(reply.forwardDelay)) ms"
+                line +=
+                    " reflector=\(milliseconds(reply.reflectorTime)) ms forward=\(signedMilliseconds(reply.forwardDelay)) ms"
                 line += " backward=\(signedMilliseconds(reply.backwardDelay)) ms ttl=\(reply.ttlAtReflector)"
                 if let tos = reply.tosAtReflector { line += " dscp-there=\(tos >> 2)" }
                 if let tos = reply.tosHere { line += " dscp-here=\(tos >> 2)" }
@@ -481,7 +482,10 @@ struct StampSummary: Encodable {
         self.replies_from_reflector = count
         self.plain_echoes = stamp.plainEchoes
         func signed(_ times: SignedTimes) -> [String: Double] {
-            ["p50": Double(times.percentile(50)) / 1e6, "p99": Double(times.percentile(99)) / 1e6, "mean": times.mean / 1e6]
+            [
+                "p50": Double(times.percentile(50)) / 1e6, "p99": Double(times.percentile(99)) / 1e6,
+                "mean": times.mean / 1e6,
+            ]
         }
         if count > 0 {
             self.reflector_ms = stamp.reflectorTime.milliseconds([50, 99])
@@ -505,7 +509,9 @@ extension StampStatistics {
     func summaryLines(lost: Int, received: Int) -> [String] {
         guard self.reflectorTime.count > 0 else {
             return self.plainEchoes > 0
-                ? ["stamp: every reply was our test packet unchanged: an echo server, not a STAMP reflector; round trips only"]
+                ? [
+                    "stamp: every reply was our test packet unchanged: an echo server, not a STAMP reflector; round trips only"
+                ]
                 : []
         }
         var lines = [
@@ -535,11 +541,13 @@ extension StampStatistics {
                     return "\(ttl) (about \(initial - Int(ttl)) hops out)"
                 }.joined(separator: ", ")
         if !self.tosAtReflector.isEmpty {
-            reflector += "; dscp/ecn at the reflector "
+            reflector +=
+                "; dscp/ecn at the reflector "
                 + self.tosAtReflector.keys.sorted().map { "\($0 >> 2)/\($0 & 3)" }.joined(separator: ", ")
         }
         if !self.tosHere.isEmpty {
-            reflector += ", back here " + self.tosHere.keys.sorted().map { "\($0 >> 2)/\($0 & 3)" }.joined(separator: ", ")
+            reflector +=
+                ", back here " + self.tosHere.keys.sorted().map { "\($0 >> 2)/\($0 & 3)" }.joined(separator: ", ")
         }
         lines.append(reflector)
         if let forward = self.forwardLoss {

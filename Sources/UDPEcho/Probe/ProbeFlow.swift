@@ -130,7 +130,11 @@ final class ProbeFlow {
         self.sent += 1
         let payload = UnsafeMutableRawPointer(cudpecho_batch_payload(batch, Int32(slot))!)
         if let stamp = self.stamp {
-            self.stampTimestamp[position] = stamp.write(into: payload, sequence: sequence, realtime: cudpecho_realtime_ns())
+            self.stampTimestamp[position] = stamp.write(
+                into: payload,
+                sequence: sequence,
+                realtime: cudpecho_realtime_ns()
+            )
             cudpecho_batch_set_length(batch, Int32(slot), self.size)
             return sequence
         }

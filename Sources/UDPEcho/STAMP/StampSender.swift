@@ -107,7 +107,10 @@ enum StampReplyDecoder {
 
     /// Reads a reply of `configuration`'s mode. A reply shorter than the base packet is read as zero-padded (a
     /// TWAMP-Light responder's is 38 bytes and more), down to 36 bytes, the end of the sender's timestamp copy.
-    static func decode(_ reply: UnsafeRawBufferPointer, _ configuration: StampSenderConfiguration) -> Result<
+    static func decode(
+        _ reply: UnsafeRawBufferPointer,
+        _ configuration: StampSenderConfiguration
+    ) -> Result<
         Fields, StampReplyError
     > {
         let layout = configuration.layout
@@ -121,7 +124,8 @@ enum StampReplyDecoder {
             return .failure(.tooShort(reply.count, layout.senderTimestamp + 8))
         }
         // Our own test packet, unchanged: where a reflector writes T2 and copies our T1 there are only zeros.
-        let zeros = base.loadUnaligned(fromByteOffset: layout.receiveTimestamp, as: UInt64.self) == 0
+        let zeros =
+            base.loadUnaligned(fromByteOffset: layout.receiveTimestamp, as: UInt64.self) == 0
             && base.loadUnaligned(fromByteOffset: layout.senderTimestamp, as: UInt64.self) == 0
             && base.loadUnaligned(fromByteOffset: layout.senderSequence, as: UInt32.self) == 0
         if zeros {

@@ -12,7 +12,9 @@ public struct SignedTimes: Sendable {
     }
 
     public var count: Int { self.samples.count }
-    public var mean: Double { self.samples.isEmpty ? 0 : Double(self.samples.reduce(0, &+)) / Double(self.samples.count) }
+    public var mean: Double {
+        self.samples.isEmpty ? 0 : Double(self.samples.reduce(0, &+)) / Double(self.samples.count)
+    }
 
     /// The time at `percentile` (0...100), nanoseconds; 0 without samples.
     public func percentile(_ percentile: Double) -> Int64 {
