@@ -66,6 +66,8 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                // The fuzzer signs its authenticated test packets itself.
+                .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
         .testTarget(
