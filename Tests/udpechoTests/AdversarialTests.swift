@@ -8,11 +8,13 @@ import Glibc
 #endif
 
 /// Sends one UDP datagram with a forged source, through a raw socket (the header written by hand, as an attacker
-/// does): `forge.py SOURCE SOURCE-PORT DESTINATION DESTINATION-PORT [PAYLOAD]`, IPv4 or IPv6.
+/// does): `forge.py SOURCE SOURCE-PORT DESTINATION DESTINATION-PORT [PAYLOAD]`, IPv4 or IPv6; a payload `hex:…` is
+/// those bytes.
 let pythonForge = """
     import socket, struct, sys
     src, sport, dst, dport = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
     payload = sys.argv[5].encode() if len(sys.argv) > 5 else b"forged"
+    if payload.startswith(b"hex:"): payload = bytes.fromhex(payload[4:].decode())
     def checksum(data):
         if len(data) % 2: data += b"\\0"
         total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
@@ -156,6 +158,51 @@ func summaryCounts(_ server: Spawned) throws -> [String: Int] {
                 #expect(a["echoed"] == 1 && a["source-port"] == 1, "\(a)")
             } else {
                 #expect(a["loop", default: 0] + b["loop", default: 0] >= 1, "\(a) \(b)")
+            }
+        } catch {
+            await network.remove()
+            throw error
+        }
+        await network.remove()
+    }
+
+    /// The same attack on two STAMP reflectors (RFC 8762 §4.1 puts reflectors on port 862, senders on others): a
+    /// forged test packet "from" a reflector on port 862 is dropped at once (a source port below 1024, as every
+    /// reflector's port 862 is), and between reflectors on arbitrary ports the first reflector recognises its own
+    /// reply coming back (its T3, copied into the sender-timestamp field) and ends the loop.
+    @Test(
+        .enabled(if: TestNetwork.available, "needs root and ip to make network namespaces"),
+        arguments: [(862, 862), (7000, 862), (7000, 7001)]
+    )
+    func oneForgedTestPacketCannotStartALoopBetweenTwoReflectors(ports: (Int, Int)) async throws {
+        let network = try await TestNetwork()
+        do {
+            let reflector = ["--protocol", "stamp", "-q", "--address"]
+            let (first, _) = try await startServer(reflector + [":\(ports.0)"], inNamespace: network.server)
+            let (second, _) = try await startServer(reflector + [":\(ports.1)"], inNamespace: network.client)
+            // A test packet as a sender writes it: sequence number 7, a timestamp, the rest zero.
+            let testPacket = "hex:00000007" + "e9b0c0de00000000" + String(repeating: "00", count: 32)
+            let forged = try await network.run(
+                in: network.client,
+                [
+                    "python3", "-c", pythonForge, network.clientAddress, "\(ports.1)", network.serverAddress,
+                    "\(ports.0)", testPacket,
+                ]
+            )
+            #expect(forged.lines == ["forged"], "\(forged.error)")
+            try await Task.sleep(for: .milliseconds(500))
+            first.signal(SIGINT)
+            second.signal(SIGINT)
+            #expect(await first.waitForExit() == 0)
+            #expect(await second.waitForExit() == 0)
+            let (a, b) = (try summaryCounts(first), try summaryCounts(second))
+            if ports.1 == 862 {
+                #expect(a["received"] == 1 && a["source-port"] == 1 && b["received"] == 0, "\(a) \(b)")
+            } else {
+                // The first reflects the forged packet, the second reflects that, and the first finds its own T3
+                // in what comes back.
+                #expect(a["received"] == 2 && a["echoed"] == 1 && a["loop"] == 1, "\(a) \(b)")
+                #expect(b["received"] == 1 && b["echoed"] == 1, "\(a) \(b)")
             }
         } catch {
             await network.remove()

@@ -1,4 +1,5 @@
 import Foundation
+import NIOCore
 import TestSupport
 import Testing
 
@@ -57,18 +58,18 @@ let pythonStampSender = """
                 "sender_timestamp_copied": data[28:36] == sent[4:12], "sender_estimate_copied": data[36:38] == sent[12:14]}
     out = {}
     if mode in ("fields", "ptp"):
-        sent = bytes(Sender(seq=7, ts=time.time(), ssid=42))
+        sent = bytes(Sender(seq=7, ts=time.time() + NTP, ssid=42))
         data, t1, t4, _ = exchange(sent)
         out = base(data, t1, t4, ntp if mode == "fields" else ptp)
     elif mode == "stateful":
         seqs = []
         for ssid, seq in [(1, 5), (1, 9), (2, 100), (1, 10), (2, 101)]:
-            data, *_ = exchange(bytes(Sender(seq=seq, ts=time.time(), ssid=ssid)))
+            data, *_ = exchange(bytes(Sender(seq=seq, ts=time.time() + NTP, ssid=ssid)))
             r = Reflector(data[:44])
             seqs.append([r.ssid, r.seq, r.seq_sender])
         out = {"replies": seqs}
     elif mode == "short":
-        sent = bytes(Sender(seq=3, ts=time.time()))[:14] + bytes(8)
+        sent = bytes(Sender(seq=3, ts=time.time() + NTP))[:14] + bytes(8)
         data, t1, t4, _ = exchange(sent)
         out = base(data, t1, t4, ntp)
     elif mode == "tlvs":
@@ -76,7 +77,7 @@ let pythonStampSender = """
                 TLV(type=2, len=16, value=bytes(4) + bytes([1, 4]) + bytes(4) + bytes([2, 4]) + bytes(4)),
                 TLV(type=3, len=4, value=bytes([1, 2, 0, 0])),
                 TLV(type=200, len=2, value=b"ab")]
-        sent = bytes(Sender(seq=1, ts=time.time(), ssid=7, tlv_objects=tlvs)) + bytes([0, 1, 0, 20, 9, 9, 9, 9])
+        sent = bytes(Sender(seq=1, ts=time.time() + NTP, ssid=7, tlv_objects=tlvs)) + bytes([0, 1, 0, 20, 9, 9, 9, 9])
         data, t1, t4, tos = exchange(sent)
         r = Reflector(data)
         found = [(t.flags.value if hasattr(t.flags, "value") else int(t.flags), t.type, t.value) for t in r.tlv_objects]
@@ -100,7 +101,9 @@ let pythonStampSender = """
         s.settimeout(0.3)
         wrong = struct.pack("!I12xQHH68x", 12, int(time.time() + NTP) << 32, 0x0001, 9)
         wrong += hmac.new(b"not the key", wrong, hashlib.sha256).digest()[:16]
-        reflected = bytes(Reflector(seq=1, ts=time.time(), ts_rx=time.time(), seq_sender=1, ts_sender=time.time()))
+        # A reply of this reflector's come back: its T3 (scapy takes seconds since 1900) in the sender-timestamp field.
+        now = time.time() + NTP
+        reflected = bytes(Reflector(seq=1, ts=now, ts_rx=now, seq_sender=1, ts_sender=now))
         answered = {}
         for name, payload in [("too-short", b"12345"), ("wrong-key", wrong), ("reflected", reflected)]:
             if name == "wrong-key" and not key: continue
@@ -222,6 +225,24 @@ func stampExchange(_ port: Int, _ mode: String, key: String? = nil) async throws
         server.signal(SIGINT)
         #expect(await server.waitForExit() == 0)
         #expect(try summaryCounts(server)["auth"] == 1, "\(server.outputLines)")
+    }
+
+    /// TWAMP-Light senders may fill their padding with random bytes (as RFC 4656 advises for OWAMP's): whatever the
+    /// padding reads where a reflected packet has its fields, such a test packet is answered, at its length.
+    @Test func answersTestPacketsWithRandomPadding() async throws {
+        let (server, port) = try await self.reflector()
+        let client = try TestSocket()
+        let target = try SocketAddress(ipAddress: "127.0.0.1", port: port)
+        for sequence in 0..<200 {
+            var packet: [UInt8] = [0, 0, UInt8(sequence >> 8), UInt8(sequence & 0xFF)]
+            packet += (0..<10).map { _ in 0 } + (0..<100).map { _ in UInt8.random(in: 0...255) }
+            client.send(packet, to: target)
+            let reply = await client.receive()
+            #expect(reply?.bytes.count == 114 && reply?.bytes[24..<28] == packet[0..<4], "packet \(sequence)")
+        }
+        server.signal(SIGINT)
+        #expect(await server.waitForExit() == 0)
+        #expect(try summaryCounts(server)["echoed"] == 200)
     }
 
     /// What is not a test packet gets no reply and is counted: too short (malformed), and a reflected packet coming
