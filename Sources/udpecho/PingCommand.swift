@@ -314,7 +314,7 @@ extension EchoBenchmark.Result {
                     + "\(milliseconds(self.lateness.percentile(99))) ms (how late probes left against the schedule)"
             )
         }
-        if let stamp = self.stamp { lines += stamp.summaryLines(lost: counts.lost, received: counts.received) }
+        if let stamp = self.stamp { lines += stamp.summaryLines(sent: counts.sent, lost: counts.lost) }
         return lines
     }
 
@@ -443,7 +443,7 @@ enum PingJSON {
                 loss_percent: counts.sent == 0 ? 0 : Double(counts.sent - counts.received) / Double(counts.sent) * 100,
                 timestamps: result.timestamps.rawValue,
                 timestamp_fallbacks: result.timestampFallbacks,
-                stamp: result.stamp.map { StampSummary($0, lost: counts.lost) },
+                stamp: result.stamp.map { StampSummary($0, sent: counts.sent, lost: counts.lost) },
                 rtt_ms: rtt,
                 send_lateness_ms: times.count == 0 ? nil : result.lateness.milliseconds([50, 99]),
                 ipdv_ms: result.jitter.ipdv.count == 0 ? nil : result.jitter.ipdvMilliseconds,
@@ -475,9 +475,10 @@ struct StampSummary: Encodable {
     var dscp_here: [String: Int]
     var lost_forward: Int?
     var lost_backward: Int?
+    var lost_direction_unknown: Int?
     var source_seen_by_reflector: String?
 
-    init(_ stamp: StampStatistics, lost: Int) {
+    init(_ stamp: StampStatistics, sent: Int, lost: Int) {
         let count = stamp.reflectorTime.count
         self.replies_from_reflector = count
         self.plain_echoes = stamp.plainEchoes
@@ -498,15 +499,17 @@ struct StampSummary: Encodable {
         self.ttl_at_reflector = Dictionary(uniqueKeysWithValues: stamp.ttlAtReflector.map { ("\($0)", $1) })
         self.dscp_at_reflector = Dictionary(stamp.tosAtReflector.map { ("\($0 >> 2)", $1) }, uniquingKeysWith: +)
         self.dscp_here = Dictionary(stamp.tosHere.map { ("\($0 >> 2)", $1) }, uniquingKeysWith: +)
-        self.lost_forward = stamp.forwardLoss
-        self.lost_backward = stamp.forwardLoss.map { max(0, lost - $0) }
+        let loss = stamp.lossByDirection(sent: sent, lost: lost)
+        self.lost_forward = loss?.forward
+        self.lost_backward = loss?.backward
+        self.lost_direction_unknown = loss?.unknown
         self.source_seen_by_reflector = stamp.sourceSeenByReflector
     }
 }
 
 extension StampStatistics {
     /// ping's summary lines for a STAMP run.
-    func summaryLines(lost: Int, received: Int) -> [String] {
+    func summaryLines(sent: Int, lost: Int) -> [String] {
         guard self.reflectorTime.count > 0 else {
             return self.plainEchoes > 0
                 ? [
@@ -550,10 +553,10 @@ extension StampStatistics {
                 ", back here " + self.tosHere.keys.sorted().map { "\($0 >> 2)/\($0 & 3)" }.joined(separator: ", ")
         }
         lines.append(reflector)
-        if let forward = self.forwardLoss {
-            lines.append(
-                "stamp: lost on the way there \(forward), on the way back \(max(0, lost - forward)) (the reflector counts what it receives)"
-            )
+        if let loss = self.lossByDirection(sent: sent, lost: lost) {
+            var line = "stamp: lost on the way there \(loss.forward), on the way back \(loss.backward)"
+            if loss.unknown > 0 { line += ", after the last reply \(loss.unknown) (which way, no later reply tells)" }
+            lines.append(line + " (the reflector counts what it receives)")
         } else if lost > 0 {
             lines.append(
                 "stamp: which way the \(lost) lost went is unknown: the reflector copies our sequence numbers (stateless), "

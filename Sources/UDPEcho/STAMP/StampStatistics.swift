@@ -76,6 +76,15 @@ public struct StampStatistics: Sendable {
         return Int(max(0, self.highestSenderSequence - self.highestReflectorSequence))
     }
 
+    /// The `lost` of `sent` probes (numbered from 0) by direction, where a stateful reflector's counter tells (nil
+    /// otherwise): lost on the way there up to the last probe answered, lost on the way back, and lost after the last
+    /// probe answered, whose direction no later reply can tell.
+    public func lossByDirection(sent: Int, lost: Int) -> (forward: Int, backward: Int, unknown: Int)? {
+        guard let forward = self.forwardLoss else { return nil }
+        let unknown = min(max(0, sent - 1 - Int(self.highestSenderSequence)), max(0, lost - forward))
+        return (forward, max(0, lost - forward - unknown), unknown)
+    }
+
     /// The clock offset the one-way delays imply (reflector minus sender, nanoseconds): half their difference.
     public var impliedClockOffset: Double {
         (self.forwardDelay.mean - self.backwardDelay.mean) / 2
