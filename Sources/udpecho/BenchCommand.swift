@@ -37,10 +37,12 @@ struct BenchCommand: AsyncParsableCommand {
     )
 
     @Argument(
-        help: ArgumentHelp("The echo server, as HOST:PORT or [IPV6]:PORT.", valueName: "host:port"),
-        transform: parseAddress
+        help: ArgumentHelp(
+            "The echo server, as HOST:PORT or [IPV6]:PORT; with --stamp, a STAMP reflector, HOST alone meaning port 862.",
+            valueName: "host:port"
+        )
     )
-    var target: HostAndPort
+    var targetText: String
 
     @Option(
         name: [.short, .long],
@@ -51,9 +53,12 @@ struct BenchCommand: AsyncParsableCommand {
 
     @Option(
         name: [.short, .long],
-        help: ArgumentHelp("Payload bytes per request, 16 to the datagram maximum.", valueName: "bytes")
+        help: ArgumentHelp(
+            "Payload bytes per request, 16 to the datagram maximum. (default: 64; with --stamp, the test packet and its TLVs: 44, 112 authenticated)",
+            valueName: "bytes"
+        )
     )
-    var size = 64
+    var sizeOption: Int?
 
     @Option(help: ArgumentHelp("Sockets, each its own source port.", valueName: "n"))
     var flows = 4
@@ -111,6 +116,8 @@ struct BenchCommand: AsyncParsableCommand {
     )
     var spin: Duration?
 
+    @OptionGroup var stampOptions: StampSenderOptions
+
     @Flag(help: "Print the result as one JSON object.")
     var json = false
 
@@ -121,23 +128,28 @@ struct BenchCommand: AsyncParsableCommand {
         if self.window != nil && self.rate != nil {
             throw ValidationError("give either --window (closed loop) or --rate (open loop), not both")
         }
+        _ = try self.stampOptions.target(self.targetText)
     }
 
     func run() async throws {
         let load: EchoBenchmark.Load = self.rate.map { .rate($0) } ?? .window(self.window ?? 32)
+        let target = try self.stampOptions.target(self.targetText)
+        let stamp = try self.stampOptions.configuration()
         let configuration: EchoBenchmark.Configuration
         do {
+            let address = try await resolveTarget(target)
             configuration = EchoBenchmark.Configuration(
-                target: try await resolveTarget(self.target),
+                target: address,
                 duration: self.duration,
-                size: self.size,
+                size: probeSize(self.sizeOption, stamp: stamp, target: address),
                 flows: self.flows,
                 load: load,
                 count: self.count,
                 lossTimeout: self.lossTimeout,
                 allowRemote: self.allowRemote,
                 timestamps: self.timestamps,
-                spin: self.spin
+                spin: self.spin,
+                stamp: stamp
             )
             try configuration.validate()
         } catch {
@@ -157,6 +169,8 @@ struct BenchCommand: AsyncParsableCommand {
         let peer = configuration.target.hostPortDescription
         let openLoop = self.rate != nil
         let clock = result.timestamps.label
+        let size = configuration.size
+        let what = stamp != nil ? "-byte STAMP test packets" : "-byte requests"
         if let path = self.histogram {
             let roundTrip = "udpecho bench: round trip, from each request's departure to its reply; \(clock)"
             if openLoop {
@@ -166,9 +180,16 @@ struct BenchCommand: AsyncParsableCommand {
             } else {
                 try self.write(result.times.percentileDistribution(comment: roundTrip), to: path)
             }
+            if let stamp = result.stamp, stamp.reflectorTime.count > 0 {
+                let comment = "udpecho bench: STAMP reflector time, T3 - T2 of each reply; the reflector's clock"
+                try self.write(
+                    stamp.reflectorTime.percentileDistribution(comment: comment),
+                    to: Self.suffixed(path, "-reflector")
+                )
+            }
         }
         if let path = self.plot {
-            let title = "udpecho bench \(peer): \(self.flows) flows, \(self.describe(load)), \(self.size)-byte requests"
+            let title = "udpecho bench \(peer): \(self.flows) flows, \(self.describe(load)), \(size)\(what)"
             var curves: [(label: String, times: RoundTripTimes)] = []
             if openLoop { curves.append(("latency from the schedule", result.latencies)) }
             curves.append(("round trip from the departure (\(result.timestamps) timestamps)", result.times))
@@ -178,10 +199,14 @@ struct BenchCommand: AsyncParsableCommand {
             Stream.out.line(BenchJSON.encode(result, target: peer, configuration: configuration))
         } else {
             Stream.out.line(
-                "bench \(self.target) (\(peer)): \(self.flows) flows, \(self.describe(load)), \(self.size)-byte requests, "
-                    + clock
+                "bench \(target) (\(peer)): \(self.flows) flows, \(self.describe(load)), \(size)\(what), " + clock
             )
-            for line in result.benchSummary(size: self.size, openLoop: openLoop) { Stream.out.line(line) }
+            for line in result.benchSummary(size: size, openLoop: openLoop) { Stream.out.line(line) }
+            if let stamp = result.stamp {
+                for line in stamp.summaryLines(sent: result.counts.sent, lost: result.counts.lost) {
+                    Stream.out.line(line)
+                }
+            }
         }
         if result.counts.corrupt > 0 || result.counts.duplicate > 0 { throw ExitCode(1) }
         if result.counts.received == 0 { throw ExitCode(3) }
@@ -195,12 +220,15 @@ struct BenchCommand: AsyncParsableCommand {
     }
 
     /// `out.hgrm` -> `out-rtt.hgrm`, `out` -> `out-rtt`.
-    static func rttPath(_ path: String) -> String {
+    static func rttPath(_ path: String) -> String { Self.suffixed(path, "-rtt") }
+
+    /// `path` with `suffix` before its extension.
+    static func suffixed(_ path: String, _ suffix: String) -> String {
         let slash = path.lastIndex(of: "/")
         if let dot = path.lastIndex(of: "."), dot > (slash ?? path.startIndex), dot != path.startIndex {
-            return String(path[..<dot]) + "-rtt" + String(path[dot...])
+            return String(path[..<dot]) + suffix + String(path[dot...])
         }
-        return path + "-rtt"
+        return path + suffix
     }
 
     private func write(_ text: String, to path: String) throws {
@@ -283,6 +311,7 @@ enum BenchJSON {
         var send_lateness_ms: [String: Double]?
         var ipdv_ms: [String: Double]
         var jitter_rfc3550_ms: Double
+        var stamp: StampSummary?
     }
 
     static func encode(
@@ -331,7 +360,8 @@ enum BenchJSON {
                 latency_ms: rate == nil ? nil : percentiles(result.latencies),
                 send_lateness_ms: rate == nil ? nil : result.lateness.milliseconds([50, 99]),
                 ipdv_ms: result.jitter.ipdvMilliseconds,
-                jitter_rfc3550_ms: result.jitter.rfc3550 / 1e6
+                jitter_rfc3550_ms: result.jitter.rfc3550 / 1e6,
+                stamp: result.stamp.map { StampSummary($0, sent: counts.sent, lost: counts.lost) }
             )
         )
     }

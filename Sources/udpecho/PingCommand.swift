@@ -64,33 +64,7 @@ struct PingCommand: AsyncParsableCommand {
     )
     var sizeOption: Int?
 
-    @Flag(
-        help:
-            "Send STAMP test packets (RFC 8762) to a STAMP or TWAMP-Light reflector: besides the round trip, the reflector's time, forward and backward delay, TTL at the reflector, and loss by direction when the reflector is stateful."
-    )
-    var stamp = false
-
-    @Option(
-        help: ArgumentHelp(
-            "STAMP authenticated mode (HMAC-SHA-256): the shared key is this file's contents (without a trailing newline).",
-            valueName: "file"
-        )
-    )
-    var stampKeyFile: String?
-
-    @Flag(help: "STAMP: ask the reflector for the addresses and ports it saw (a Location TLV; NAT on the way shows).")
-    var stampLocation = false
-
-    @Option(
-        help: ArgumentHelp(
-            "STAMP: ask the reflector to reply with this DSCP, and to say which DSCP and ECN the test packets arrived with (a Class of Service TLV).",
-            valueName: "dscp"
-        )
-    )
-    var stampCos: UInt8?
-
-    @Option(help: ArgumentHelp("STAMP: our timestamps' format, ntp or ptp.", valueName: "format"))
-    var stampTimestamp: StampTimestampFormat = .ntp
+    @OptionGroup var stampOptions: StampSenderOptions
 
     @Option(
         name: [.customShort("W"), .long],
@@ -115,54 +89,24 @@ struct PingCommand: AsyncParsableCommand {
 
     func validate() throws {
         if let count, count < 1 { throw ValidationError("-c/--count must be at least 1") }
-        _ = try self.target()
-        if !self.stamp && (self.stampKeyFile != nil || self.stampLocation || self.stampCos != nil) {
-            throw ValidationError("--stamp-key-file, --stamp-location and --stamp-cos need --stamp")
-        }
-        if let dscp = self.stampCos, dscp > 63 { throw ValidationError("--stamp-cos: a DSCP goes from 0 to 63") }
+        _ = try self.stampOptions.target(self.targetText)
         if let size = self.sizeOption, size < 16 {
             throw ValidationError("-s/--size must be at least 16: a probe carries its sequence number and send time")
         }
         if self.interval < .microseconds(1) { throw ValidationError("-i/--interval must be at least 1us") }
     }
 
-    /// The target; with --stamp a host alone means STAMP's port 862.
-    private func target() throws -> HostAndPort {
-        guard self.stamp, (try? HostAndPort(parsing: self.targetText)) == nil else {
-            return try parseAddress(self.targetText)
-        }
-        var host = Substring(self.targetText)
-        if host.hasPrefix("[") && host.hasSuffix("]") { host = host.dropFirst().dropLast() }
-        guard !host.isEmpty, !host.contains("[") else { return try parseAddress(self.targetText) }
-        return HostAndPort(host: String(host), port: StampReflectorConfiguration.defaultPort)
-    }
-
     func run() async throws {
         let address: SocketAddress
-        let target = try self.target()
-        var stamp: StampSenderConfiguration?
-        if self.stamp {
-            do {
-                stamp = StampSenderConfiguration(
-                    key: try self.stampKeyFile.map { path throws(EchoError) in try StampKey(contentsOfFile: path) },
-                    classOfService: self.stampCos,
-                    timestampFormat: self.stampTimestamp
-                )
-                stamp?.location = self.stampLocation
-            } catch {
-                Stream.err.line("udpecho: error: \(error)")
-                throw ExitCode(2)
-            }
-        }
+        let target = try self.stampOptions.target(self.targetText)
+        let stamp = try self.stampOptions.configuration()
         do {
             address = try await resolveTarget(target)
         } catch {
             Stream.err.line("udpecho: error: \(error)")
             throw ExitCode(2)
         }
-        // The probe's size: as given, or the STAMP test packet's own (its TLVs' size depends on the family).
-        let size =
-            self.sizeOption ?? stamp.map { $0.minimumSize(ipv6: address.protocol == .inet6) } ?? 64
+        let size = probeSize(self.sizeOption, stamp: stamp, target: address)
         let configuration = EchoPinger.Configuration(
             target: address,
             count: self.count,
@@ -179,7 +123,7 @@ struct PingCommand: AsyncParsableCommand {
         let peer = address.hostPortDescription
         let lines = LineQueue(to: .out)
         let (json, quiet, timeout) = (self.json, self.quiet, self.timeout)
-        let what = self.stamp ? "STAMP test packets" : "UDP payload"
+        let what = stamp != nil ? "STAMP test packets" : "UDP payload"
         let header = "PING \(target) (\(peer)): \(size) bytes of \(what)"
         let result = try await exitOnSetupError {
             try await runUntilInterrupted {
@@ -483,13 +427,14 @@ struct StampSummary: Encodable {
         self.replies_from_reflector = count
         self.plain_echoes = stamp.plainEchoes
         func signed(_ times: SignedTimes) -> [String: Double] {
-            [
-                "p50": Double(times.percentile(50)) / 1e6, "p99": Double(times.percentile(99)) / 1e6,
-                "mean": times.mean / 1e6,
-            ]
+            var values: [String: Double] = ["mean": times.mean / 1e6]
+            for (name, percentile) in [("p50", 50.0), ("p90", 90), ("p99", 99), ("p99.9", 99.9)] {
+                values[name] = Double(times.percentile(percentile)) / 1e6
+            }
+            return values
         }
         if count > 0 {
-            self.reflector_ms = stamp.reflectorTime.milliseconds([50, 99])
+            self.reflector_ms = stamp.reflectorTime.milliseconds([50, 90, 99, 99.9])
             self.forward_ms = signed(stamp.forwardDelay)
             self.backward_ms = signed(stamp.backwardDelay)
             self.implied_clock_offset_ms = stamp.impliedClockOffset / 1e6

@@ -102,6 +102,46 @@ func stampKeyFile(_ key: String) throws -> URL {
         await server.waitForExit()
     }
 
+    /// `bench --stamp`: closed and open loop against a stateful reflector. Every test packet answered by the
+    /// reflector (none taken for an echo), the reflector's time and both one-way delays in the result (not negative
+    /// on one clock), and the reflector's time written as a histogram beside the round trip's.
+    @Test(arguments: [["-d", "1s"], ["--rate", "2000", "-c", "1000", "--flows", "2"]])
+    func benchLoadsAReflector(load: [String]) async throws {
+        let (server, port) = try await startServer(
+            ["--protocol", "stamp", "--address", "127.0.0.1:0", "-q", "--stamp-stateful"]
+        )
+        let histogram = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "udpecho-\(getpid())-\(port).hgrm"
+        )
+        let reflectorHistogram = histogram.deletingPathExtension().path + "-reflector.hgrm"
+        defer {
+            try? FileManager.default.removeItem(at: histogram)
+            try? FileManager.default.removeItem(atPath: reflectorHistogram)
+        }
+        let bench = try await Spawned.run(
+            udpecho,
+            ["bench", "--stamp", "127.0.0.1:\(port)", "--json", "--histogram", histogram.path] + load,
+            timeout: 30
+        )
+        #expect(bench.status == 0, "\(bench.error)")
+        let result = try #require(try jsonObjects(bench.lines).first, "\(bench.lines)")
+        let received = try #require(result["received"] as? Int)
+        #expect(received > 0 && result["lost"] as? Int == 0 && result["corrupt"] as? Int == 0, "\(result)")
+        #expect(result["size"] as? Int == 44)
+        let stamp = try #require(result["stamp"] as? [String: Any], "\(result)")
+        #expect(stamp["replies_from_reflector"] as? Int == received && stamp["plain_echoes"] as? Int == 0)
+        #expect(try #require((stamp["reflector_ms"] as? [String: Double])?["p50"]) > 0, "\(stamp)")
+        for direction in ["forward_ms", "backward_ms"] {
+            let times = try #require(stamp[direction] as? [String: Double], "\(stamp)")
+            #expect(times["p50"]! >= -0.001 && times["p99.9"]! >= times["p50"]!, "\(direction) \(times)")
+        }
+        let text = try String(contentsOfFile: reflectorHistogram, encoding: .utf8)
+        #expect(text.contains("STAMP reflector time") && text.contains("#[Mean"), "\(text.prefix(300))")
+        server.signal(SIGINT)
+        #expect(await server.waitForExit() == 0)
+        #expect(try summaryCounts(server)["echoed"] == received)
+    }
+
     /// Our sender against Nokia's twampy responder (a TWAMP-Light reflector, as routers have): every reply is read
     /// (38 bytes: a TWAMP-Light reflected header), with the TTL it does not report said to be missing.
     @Test(.enabled(if: twampyAvailable, "twampy is in ../shared/peers, which a clone of this project alone lacks"))

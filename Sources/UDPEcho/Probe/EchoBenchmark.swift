@@ -43,6 +43,9 @@ public enum EchoBenchmark {
         /// wake-up does not make the request late (it costs that much CPU per request at most). nil chooses
         /// ``automaticSpin(rate:)``.
         public var spin: Duration?
+        /// Send STAMP test packets (RFC 8762) instead of echo requests: the target is a STAMP or TWAMP-Light
+        /// reflector, and the result carries what its replies said (``Result/stamp``). nil: echo requests.
+        public var stamp: StampSenderConfiguration?
 
         /// A configuration; see each property. The defaults are a closed loop of 4 flows x 32 for 10 s.
         public init(
@@ -55,7 +58,8 @@ public enum EchoBenchmark {
             lossTimeout: Duration = .seconds(1),
             allowRemote: Bool = false,
             timestamps: TimestampSource = .kernel,
-            spin: Duration? = nil
+            spin: Duration? = nil,
+            stamp: StampSenderConfiguration? = nil
         ) {
             self.target = target
             self.duration = duration
@@ -67,6 +71,7 @@ public enum EchoBenchmark {
             self.allowRemote = allowRemote
             self.timestamps = timestamps
             self.spin = spin
+            self.stamp = stamp
         }
 
         /// Checks every setting; throws ``EchoError`` naming the one that is out of range.
@@ -125,7 +130,7 @@ public enum EchoBenchmark {
         /// 16th; open loop past 20000 requests a second). Counts and the latency from the schedule cover every
         /// request.
         public var roundTripSampling: Int
-        /// What the reflected packets said, in a STAMP run (`ping --stamp`); nil otherwise.
+        /// What the reflected packets said, in a STAMP run (`ping --stamp`, `bench --stamp`); nil otherwise.
         public var stamp: StampStatistics?
         /// Time from the first request until every request was answered or counted as lost (which includes waiting
         /// a loss timeout for the last lost ones).
@@ -166,7 +171,8 @@ public enum EchoBenchmark {
                     ?? {
                         if case .rate(let rate) = configuration.load { return Self.automaticSpin(rate: rate) }
                         return .zero
-                    }()
+                    }(),
+                stamp: configuration.stamp
             )
         )
         return await engine.runOnThread(onEvent: nil, onProgress: onProgress)

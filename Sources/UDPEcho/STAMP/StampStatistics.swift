@@ -1,27 +1,32 @@
-/// A distribution of times that may be negative (one-way delays between two clocks that disagree): every sample
-/// kept, in nanoseconds.
+/// A distribution of times that may be negative (one-way delays between two clocks that disagree), in nanoseconds:
+/// two histograms (the times from 0 up, and the magnitudes of those below 0), each to 3 significant digits, so that
+/// its memory is fixed however long the run.
 public struct SignedTimes: Sendable {
-    private var samples: [Int64] = []
-    private var sorted = true
+    private var positive = RoundTripTimes()
+    private var negative = RoundTripTimes()
+    private var sum: Double = 0
 
     public init() {}
 
     mutating func record(_ nanoseconds: Int64) {
-        if let last = self.samples.last, nanoseconds < last { self.sorted = false }
-        self.samples.append(nanoseconds)
+        if nanoseconds < 0 { self.negative.record(-nanoseconds) } else { self.positive.record(nanoseconds) }
+        self.sum += Double(nanoseconds)
     }
 
-    public var count: Int { self.samples.count }
-    public var mean: Double {
-        self.samples.isEmpty ? 0 : Double(self.samples.reduce(0, &+)) / Double(self.samples.count)
-    }
+    public var count: Int { self.positive.count + self.negative.count }
+    public var mean: Double { self.count == 0 ? 0 : self.sum / Double(self.count) }
 
     /// The time at `percentile` (0...100), nanoseconds; 0 without samples.
     public func percentile(_ percentile: Double) -> Int64 {
-        guard !self.samples.isEmpty else { return 0 }
-        let ordered = self.sorted ? self.samples : self.samples.sorted()
-        let rank = Int((percentile / 100 * Double(ordered.count - 1)).rounded())
-        return ordered[min(max(0, rank), ordered.count - 1)]
+        guard self.count > 0 else { return 0 }
+        let below = Double(self.count) * min(max(percentile, 0), 100) / 100
+        let negatives = Double(self.negative.count)
+        if below <= negatives && negatives > 0 {
+            // The smallest times are the negative ones of the largest magnitude.
+            return -self.negative.percentile(100 * (1 - below / negatives))
+        }
+        let positives = Double(self.positive.count)
+        return self.positive.percentile(min(100, 100 * (below - negatives) / positives))
     }
 }
 
