@@ -142,6 +142,41 @@ let pythonPipeliner = """
         #expect(await server.waitForExit() == 0)
     }
 
+    /// A STAMP reflector's metrics: test packets in the datagram counters, the ones it would not reflect by reason
+    /// (too short: malformed; a wrong HMAC: auth), and its stateful sessions.
+    @Test(arguments: [false, true])
+    func stampMetricsCountTestPacketsDropsAndSessions(authenticated: Bool) async throws {
+        let key = try stampKeyFile("metrics key")
+        defer { try? FileManager.default.removeItem(at: key) }
+        let (server, port) = try await startServer(
+            [
+                "--protocol", "stamp", "--stamp-stateful", "--address", "127.0.0.1:0", "--metrics", "127.0.0.1:0",
+                "--quiet", "--threads", "1",
+            ] + (authenticated ? ["--stamp-key-file", key.path] : [])
+        )
+        let line = try #require(await server.waitForLine { $0.hasPrefix("metrics on http://") })
+        let url = String(line.dropFirst("metrics on ".count))
+        let target = try SocketAddress(ipAddress: "127.0.0.1", port: port)
+        // Three senders (three sessions) with an unauthenticated test packet each: answered, or refused for its
+        // HMAC (all zeros) in authenticated mode.
+        for _ in 0..<3 {
+            let sender = try TestSocket()
+            sender.send([UInt8](repeating: 0, count: authenticated ? 112 : 44), to: target)
+            if !authenticated { #expect(await sender.receive()?.bytes.count == 44) }
+        }
+        let other = try TestSocket()
+        other.send([1, 2, 3], to: target)  // too short
+        #expect(await other.receive(timeoutMilliseconds: 300) == nil)
+        let samples = try await scrape(url)
+        #expect(samples["udpecho_datagrams_total{direction=\"received\"}"] == 4)
+        #expect(samples["udpecho_datagrams_total{direction=\"echoed\"}"] == (authenticated ? 0 : 3))
+        #expect(samples["udpecho_dropped_total{reason=\"malformed\"}"] == 1)
+        #expect(samples["udpecho_dropped_total{reason=\"auth\"}"] == (authenticated ? 3 : 0))
+        #expect(samples["udpecho_stamp_sessions"] == (authenticated ? 0 : 3))
+        server.signal(SIGTERM)
+        #expect(await server.waitForExit() == 0)
+    }
+
     /// Two Prometheus replicas scraping one server under load used to kill it (a negative delta in swift-metrics:
     /// SIGILL). Eight keep-alive scrapers for three seconds under 3 s of `bench` load: every scrape answers, no
     /// counter goes backwards, and the server still stops cleanly.

@@ -13,6 +13,7 @@ import Synchronization
 /// | `udpecho_thread_datagrams_total` | `thread`: 0, 1... | datagrams received by each serving thread |
 /// | `udpecho_rate_limit_sources` | | sources in the rate limiter's tables (a gauge) |
 /// | `udpecho_rate_limit_evictions_total` | | sources forgotten to make room |
+/// | `udpecho_stamp_sessions` | | sessions in a stateful STAMP reflector's tables (a gauge) |
 ///
 /// The serving threads count in their own memory, without touching swift-metrics; ``publish()`` adds what they
 /// counted since the last call. Run it as a `Service` to publish every `interval`, and call ``publish()`` before a
@@ -28,6 +29,7 @@ public final class ServerMetrics: Service, Sendable {
     private let perThread: [Counter]
     private let rateLimitSources: Gauge
     private let rateLimitEvictions: Counter
+    private let stampSessions: Gauge
 
     /// - Parameters:
     ///   - server: The server whose counters to publish.
@@ -59,6 +61,7 @@ public final class ServerMetrics: Service, Sendable {
         }
         self.rateLimitSources = Gauge(label: "udpecho_rate_limit_sources")
         self.rateLimitEvictions = Counter(label: "udpecho_rate_limit_evictions_total")
+        self.stampSessions = Gauge(label: "udpecho_stamp_sessions")
     }
 
     /// Adds to the metrics what the server counted since the last call. Safe to call from several threads at once
@@ -83,6 +86,7 @@ public final class ServerMetrics: Service, Sendable {
             }
             self.rateLimitSources.record(now.rateTableEntries)
             add(self.rateLimitEvictions, now.rateTableEvictions, last.rateTableEvictions)
+            self.stampSessions.record(now.stampSessions)
             last = now
         }
     }

@@ -228,6 +228,7 @@ final class EchoWorker: @unchecked Sendable {
                 }
             }
         }
+        self.counters.set(.stampSessions, reflector.sessionCount)
     }
 
     /// Sends slots start..<end of a batch of `count`, dropping (and counting) those that fail.

@@ -73,6 +73,8 @@ public struct EchoServerStatistics: Sendable, Equatable {
     public var eventsNotDelivered = 0
     /// Datagrams received but not echoed, by reason.
     public var drops: [DropReason: Int] = [:]
+    /// Sessions in the stateful STAMP reflector's tables (0 otherwise).
+    public var stampSessions = 0
     /// Datagrams received by each worker thread, in thread order.
     public var receivedPerThread: [Int] = []
 
@@ -87,7 +89,7 @@ public struct EchoServerStatistics: Sendable, Equatable {
 final class WorkerCounters: @unchecked Sendable {
     enum Slot: Int, CaseIterable {
         case received, receivedBytes, echoed, echoedBytes, receiveErrors, rateTableEntries, rateTableEvictions
-        case eventsNotDelivered
+        case eventsNotDelivered, stampSessions
     }
 
     private static let padding = 16  // 128 bytes either side: no false sharing with a neighbour's block
@@ -144,6 +146,7 @@ final class WorkerCounters: @unchecked Sendable {
         statistics.rateTableEntries += self.value(.rateTableEntries)
         statistics.rateTableEvictions += self.value(.rateTableEvictions)
         statistics.eventsNotDelivered += self.value(.eventsNotDelivered)
+        statistics.stampSessions += self.value(.stampSessions)
         for reason in DropReason.allCases {
             let count = self.drops(reason)
             if count > 0 { statistics.drops[reason, default: 0] += count }
