@@ -8,7 +8,8 @@
 #   stamp-auth      udpecho server --protocol stamp --stamp-key-file  (HMAC-SHA-256 checked and signed)
 # Two loads: closed loop (4 flows x 32 in flight: the server's capacity) and open loop at a fixed rate (the same
 # packets per second for every mode). The server's CPU time (utime + stime from /proc, 10 ms ticks) over the packets
-# it answered gives its CPU cost per packet. Prints one line per run and the median ratio of each mode to echo.
+# it answered gives its CPU cost per packet. Prints one line per run and the median ratio of each mode to echo, with
+# the packets bench saw lost or corrupt.
 #
 # usage: scripts/stamp-cost.sh [ROUNDS] [SECONDS] [RATE]     (defaults 3, 5, 50000)
 set -euo pipefail
@@ -53,12 +54,13 @@ import json, sys
 mode, label, before, after, echoed, path, tick = sys.argv[1:]
 bench = json.load(open(path))
 cpu = (int(after) - int(before)) / int(tick)
-print(f"{mode} {label} {bench['echoes_per_second']:.0f} {100 * cpu / bench['active_s']:.0f} {cpu * 1e9 / max(int(echoed), 1):.0f}")
+print(f"{mode} {label} {bench['echoes_per_second']:.0f} {100 * cpu / bench['active_s']:.0f} "
+      f"{cpu * 1e9 / max(int(echoed), 1):.0f} {bench['lost'] + bench['corrupt']}")
 EOF
 }
 
 echo "# $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -sr); scripts/stamp-cost.sh $rounds $seconds $rate"
-echo "# mode load echoes/s server-cpu% server-ns/packet"
+echo "# mode load echoes/s server-cpu% server-ns/packet lost+corrupt"
 for round in $(seq "$rounds"); do
   for mode in "${modes[@]}"; do
     run "$mode" closed --flows 4 --window 32 | tee -a "$work/results"
@@ -69,8 +71,8 @@ python3 - "$work/results" <<'EOF'
 import statistics, sys
 rows = [line.split() for line in open(sys.argv[1])]
 by = {}
-for mode, load, rate, cpu, ns in rows:
-    by.setdefault((mode, load), []).append((float(rate), float(ns)))
+for mode, load, rate, cpu, ns, bad in rows:
+    by.setdefault((mode, load), []).append((float(rate), float(ns), int(bad)))
 print("# medians over rounds; ratios to echo in the same load")
 for (mode, load), values in sorted(by.items(), key=lambda item: (item[0][1], item[0][0] != "echo", item[0][0])):
     rate = statistics.median(v[0] for v in values)
@@ -78,5 +80,5 @@ for (mode, load), values in sorted(by.items(), key=lambda item: (item[0][1], ite
     echo_rate = statistics.median(v[0] for v in by[("echo", load)])
     echo_ns = statistics.median(v[1] for v in by[("echo", load)])
     print(f"{load:>12} {mode:>15}: {rate:9.0f} echoes/s ({rate / echo_rate:.2f}x echo), "
-          f"{ns:6.0f} ns CPU/packet ({ns / echo_ns:.2f}x echo)")
+          f"{ns:6.0f} ns CPU/packet ({ns / echo_ns:.2f}x echo), lost or corrupt {sum(v[2] for v in values)}")
 EOF

@@ -28,6 +28,9 @@ struct BenchCommand: AsyncParsableCommand {
             was on (from the first request to the last request sent or reply received), not over the wait at the \
             end for replies that never come. On a terminal a progress line is updated once a second.
 
+            With --stamp it loads a STAMP reflector with STAMP test packets and adds the reflector's time and \
+            the forward and backward delay to the result.
+
             Every run ends by itself. Targets must be loopback or this host's own addresses unless --allow-remote \
             is given: a load tool pointed at someone else's host by mistake floods it.
 

@@ -29,6 +29,13 @@ struct PingCommand: AsyncParsableCommand {
             network time. The header and the JSON say which clock measured it. A probe answered with ICMP "port \
             unreachable" is shown once, as refused.
 
+            With --stamp it sends STAMP test packets (RFC 8762) to a STAMP or TWAMP-Light reflector (port 862 if \
+            none is given) and each reply line adds the reflector's time, the forward and backward delay, and the \
+            TTL (and with --stamp-cos, the DSCP) the test packet arrived with:
+              udpecho ping --stamp 192.0.2.1 -c 10 --stamp-cos 46
+            One-way delays need synchronized clocks: the summary says whether the reflector claims it and what \
+            offset the delays imply. A stateful reflector's counter splits the losses into forward and backward.
+
             --json prints one JSON object per line: one per event ("type": "reply", "duplicate", "lost", "late", \
             "corrupt", "refused", "send-error"), unless -q, and a final "summary".
 

@@ -39,8 +39,15 @@ struct ServerCommand: AsyncParsableCommand {
             token bucket per source and a global budget (loopback exempt from both unless --limit-loopback). \
             Every drop is counted under its reason. Started by systemd with sockets (LISTEN_FDS), it serves those.
 
+            With --protocol stamp it answers as a STAMP Session-Reflector (RFC 8762, RFC 8972) on port 862: each \
+            test packet comes back with the time it arrived (from the kernel) and the time it left, the TTL and \
+            DSCP it arrived with, and its TLVs filled in, so that `udpecho ping --stamp` (or a router's STAMP or \
+            TWAMP-Light sender) gets forward and backward delay apart. Test packets from port 862 (another \
+            reflector) and replies of its own coming back are dropped as loops.
+
             Examples:
               udpecho server
+              udpecho server --protocol stamp --stamp-stateful
               udpecho server --address 127.0.0.1:7000 --quiet --metrics 127.0.0.1:9107
               udpecho server --address :7 --rate-limit 100 --allow 192.0.2.0/24
 
@@ -52,7 +59,7 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(
         name: .long,
         help: ArgumentHelp(
-            "Where to listen. :PORT means every local address, IPv4 and IPv6. (default: :1337)",
+            "Where to listen. :PORT means every local address, IPv4 and IPv6. (default: :1337; :862 with --protocol stamp)",
             valueName: "host:port"
         ),
         transform: parseAddress
