@@ -126,8 +126,7 @@ func summaryCounts(_ server: Spawned) throws -> [String: Int] {
         arguments: [(1337, 1337), (7000, 1337), (7000, 7001)]
     )
     func oneForgedDatagramCannotStartALoopBetweenTwoServers(ports: (Int, Int)) async throws {
-        let network = try await TestNetwork()
-        do {
+        try await withHosts(try await TestNetwork()) { network in
             let (first, _) = try await startServer(["-q", "--address", ":\(ports.0)"], inNamespace: network.server)
             let (second, _) = try await startServer(["-q", "--address", ":\(ports.1)"], inNamespace: network.client)
             // An ordinary client is answered (and the hosts learn each other's link addresses first).
@@ -159,11 +158,7 @@ func summaryCounts(_ server: Spawned) throws -> [String: Int] {
             } else {
                 #expect(a["loop", default: 0] + b["loop", default: 0] >= 1, "\(a) \(b)")
             }
-        } catch {
-            await network.remove()
-            throw error
         }
-        await network.remove()
     }
 
     /// The same attack on two STAMP reflectors (RFC 8762 §4.1 puts reflectors on port 862, senders on others): a
@@ -175,8 +170,7 @@ func summaryCounts(_ server: Spawned) throws -> [String: Int] {
         arguments: [(862, 862), (7000, 862), (7000, 7001)]
     )
     func oneForgedTestPacketCannotStartALoopBetweenTwoReflectors(ports: (Int, Int)) async throws {
-        let network = try await TestNetwork()
-        do {
+        try await withHosts(try await TestNetwork()) { network in
             let reflector = ["--protocol", "stamp", "-q", "--address"]
             let (first, _) = try await startServer(reflector + [":\(ports.0)"], inNamespace: network.server)
             let (second, _) = try await startServer(reflector + [":\(ports.1)"], inNamespace: network.client)
@@ -204,11 +198,7 @@ func summaryCounts(_ server: Spawned) throws -> [String: Int] {
                 #expect(a["received"] == 2 && a["echoed"] == 1 && a["loop"] == 1, "\(a) \(b)")
                 #expect(b["received"] == 1 && b["echoed"] == 1, "\(a) \(b)")
             }
-        } catch {
-            await network.remove()
-            throw error
         }
-        await network.remove()
     }
 
     /// `udpecho server | head -n 1`: once the reader is gone, writing a line used to kill the server with SIGPIPE
@@ -238,8 +228,7 @@ func summaryCounts(_ server: Spawned) throws -> [String: Int] {
     /// getifaddrs as its own broadcast address; local clients using it must still be answered, over IPv4 and IPv6.
     @Test(.enabled(if: TestNetwork.available, "needs root and ip to make network namespaces"))
     func localClientsOnAnAddressWithoutBroadcastAreAnswered() async throws {
-        let network = try await TestNetwork()
-        do {
+        try await withHosts(try await TestNetwork()) { network in
             let (server, port) = try await startServer(["--address", ":0"], inNamespace: network.server)
             for (source, target) in [
                 (network.serverAddress, network.serverAddress), (network.serverAddress6, network.serverAddress6),
@@ -253,11 +242,7 @@ func summaryCounts(_ server: Spawned) throws -> [String: Int] {
             server.signal(SIGINT)
             #expect(await server.waitForExit() == 0)
             #expect(try summaryCounts(server)["dropped"] == 0, "\(server.outputLines)")
-        } catch {
-            await network.remove()
-            throw error
         }
-        await network.remove()
     }
 
     /// A datagram from outside forged "from" the host's own IPv6 address and another port would be echoed to that
@@ -270,8 +255,7 @@ func summaryCounts(_ server: Spawned) throws -> [String: Int] {
         arguments: [":0", "[2001:db8::1]:0"]
     )
     func aForgedLocalSourceIsNotReflectedToALocalService(address: String) async throws {
-        let network = try await TestNetwork()
-        do {
+        try await withHosts(try await TestNetwork()) { network in
             let (server, port) = try await startServer(["--address", address], inNamespace: network.server)
             let service = try Spawned(
                 TestNetwork.ip,
@@ -300,10 +284,6 @@ func summaryCounts(_ server: Spawned) throws -> [String: Int] {
             let counts = try summaryCounts(server)
             #expect(counts["received"] == 2 && counts["echoed"] == 1, "\(counts)")
             #expect(counts["source-address"] == 1, "\(counts)")
-        } catch {
-            await network.remove()
-            throw error
         }
-        await network.remove()
     }
 }

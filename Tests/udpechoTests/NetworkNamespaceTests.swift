@@ -80,6 +80,21 @@ extension NamespaceHosts {
     }
 }
 
+/// Runs `body` with test hosts, and removes them afterwards, whether it passed, failed or threw.
+func withHosts<Hosts: NamespaceHosts, Result>(
+    _ hosts: Hosts,
+    _ body: (Hosts) async throws -> Result
+) async throws -> Result {
+    do {
+        let result = try await body(hosts)
+        await hosts.remove()
+        return result
+    } catch {
+        await hosts.remove()
+        throw error
+    }
+}
+
 /// Runs the `ip` commands that make test hosts; if one fails, removes what was made and says which failed.
 func setUp(_ commands: [[String]], namespaces: [String]) async throws {
     for command in commands {
@@ -153,8 +168,7 @@ let pythonForbiddenPeer = """
     /// and the server does not hang on it.
     @Test(.enabled(if: TestNetwork.available, "needs root, ip and tc to make network namespaces"))
     func dropsRepliesPastTheWriteDeadlineAndCountsThem() async throws {
-        let network = try await TestNetwork(serverRate: "8kbit")
-        do {
+        try await withHosts(try await TestNetwork(serverRate: "8kbit")) { network in
             let (server, port) = try await startServer(
                 [
                     "--address", "\(network.serverAddress):0", "--timeout", "200ms", "--send-buffer", "4096",
@@ -189,11 +203,7 @@ let pythonForbiddenPeer = """
             #expect(Int(counts.2)! + Int(counts.3)! == 40)
             #expect(Int(counts.4)! > 0)
             #expect(Int(counts.4) == Int(counts.3))
-        } catch {
-            await network.remove()
-            throw error
         }
-        await network.remove()
     }
 
     /// A reply that the kernel refuses to send (here a firewall's EPERM; in the wild ENOBUFS, EMSGSIZE...) drops
@@ -201,8 +211,7 @@ let pythonForbiddenPeer = """
     /// exits on the first such error.
     @Test(.enabled(if: FirewalledHost.available, "needs root, ip and nft to make a firewalled network namespace"))
     func aForbiddenReplyIsDroppedAndCountedAndOthersAreStillServed() async throws {
-        let host = try await FirewalledHost()
-        do {
+        try await withHosts(try await FirewalledHost()) { host in
             let (server, port) = try await startServer(
                 ["--address", "127.0.0.1:0", "--threads", "1"],
                 inNamespace: host.name
@@ -222,19 +231,14 @@ let pythonForbiddenPeer = """
             server.signal(SIGTERM)
             #expect(await server.waitForExit() == 0)
             #expect(server.outputLines.last?.hasPrefix("summary: received=4 echoed=1 dropped=3 (forbidden=3)") == true)
-        } catch {
-            await host.remove()
-            throw error
         }
-        await host.remove()
     }
 
     /// About 30% of the requests are dropped at random, silently, as they arrive at the server's host (nftables'
     /// numgen on the input hook); ping and bench must both see that loss, and nothing else.
     @Test(.enabled(if: FirewalledHost.available, "needs root, ip and nft to make a firewalled network namespace"))
     func pingAndBenchSeeRandomLoss() async throws {
-        let host = try await FirewalledHost()
-        do {
+        try await withHosts(try await FirewalledHost()) { host in
             let (server, port) = try await startServer(["--address", "127.0.0.1:0", "--quiet"], inNamespace: host.name)
             let rule = try await Spawned.run(
                 TestNetwork.ip,
@@ -272,10 +276,6 @@ let pythonForbiddenPeer = """
             #expect(object["received"] as? Int == sent - lost)
             server.signal(SIGTERM)
             await server.waitForExit()
-        } catch {
-            await host.remove()
-            throw error
         }
-        await host.remove()
     }
 }

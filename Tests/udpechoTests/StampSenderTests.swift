@@ -173,8 +173,7 @@ func stampKeyFile(_ key: String) throws -> URL {
     /// the way back, a stateful reflector's counter tells the two apart.
     @Test(.enabled(if: FirewalledHost.available, "needs root, ip and nft to make a firewalled network namespace"))
     func aStatefulReflectorTellsForwardFromBackwardLoss() async throws {
-        let host = try await FirewalledHost()
-        do {
+        try await withHosts(try await FirewalledHost()) { host in
             let (server, port) = try await startServer(
                 ["--protocol", "stamp", "--address", "127.0.0.1:0", "-q", "--stamp-stateful"],
                 inNamespace: host.name
@@ -215,19 +214,14 @@ func stampKeyFile(_ key: String) throws -> URL {
                 (400 - forward - unknown...400 - forward).contains(received),
                 "reflector received \(received), forward loss \(forward), \(unknown) after the last reply"
             )
-        } catch {
-            await host.remove()
-            throw error
         }
-        await host.remove()
     }
 
     /// A host whose firewall rewrites DSCP on the way out: the Class of Service TLV shows what the reflector
     /// received (not what was sent), and the reply comes back with the DSCP asked for.
     @Test(.enabled(if: FirewalledHost.available, "needs root, ip and nft to make a firewalled network namespace"))
     func theClassOfServiceTLVShowsARewrittenDSCP() async throws {
-        let host = try await FirewalledHost()
-        do {
+        try await withHosts(try await FirewalledHost()) { host in
             let (server, port) = try await startServer(
                 ["--protocol", "stamp", "--address", "127.0.0.1:0", "-q"],
                 inNamespace: host.name
@@ -256,10 +250,6 @@ func stampKeyFile(_ key: String) throws -> URL {
             #expect(stamp["dscp_here"] as? [String: Int] == ["46": 5], "\(stamp)")  // as asked of the reflector
             server.signal(SIGINT)
             await server.waitForExit()
-        } catch {
-            await host.remove()
-            throw error
         }
-        await host.remove()
     }
 }
