@@ -114,6 +114,31 @@ func summaryCounts(_ server: Spawned) throws -> [String: Int] {
     return counts
 }
 
+/// Sends one datagram (`payload`, or "forged") forged "from" the server `second` (on the client host of `network`) to
+/// the server `first` (on its server host), lets any loop between them run half a second (thousands of echoes at
+/// the link's speed), stops both, and returns their summary counts.
+func forgeOneDatagram(
+    in network: TestNetwork,
+    between first: (server: Spawned, port: Int),
+    and second: (server: Spawned, port: Int),
+    payload: String? = nil
+) async throws -> (first: [String: Int], second: [String: Int]) {
+    let forged = try await network.run(
+        in: network.client,
+        [
+            "python3", "-c", pythonForge, network.clientAddress, "\(second.port)", network.serverAddress,
+            "\(first.port)",
+        ] + (payload.map { [$0] } ?? [])
+    )
+    #expect(forged.lines == ["forged"], "\(forged.error)")
+    try await Task.sleep(for: .milliseconds(500))
+    first.server.signal(SIGINT)
+    second.server.signal(SIGINT)
+    #expect(await first.server.waitForExit() == 0)
+    #expect(await second.server.waitForExit() == 0)
+    return (try summaryCounts(first.server), try summaryCounts(second.server))
+}
+
 /// The attacks of an adversarial review (issue 14), each kept as a test: forged sources, loops between two of our own
 /// servers, and the local services a forged source could reach.
 @Suite struct AdversarialTests {
@@ -135,21 +160,7 @@ func summaryCounts(_ server: Spawned) throws -> [String: Int] {
                 ["python3", "-c", pythonBoundClient, network.clientAddress, network.serverAddress, "\(ports.0)"]
             )
             #expect(client.lines == ["echoed"], "\(client.error)")
-            let forged = try await network.run(
-                in: network.client,
-                [
-                    "python3", "-c", pythonForge, network.clientAddress, "\(ports.1)", network.serverAddress,
-                    "\(ports.0)",
-                ]
-            )
-            #expect(forged.lines == ["forged"], "\(forged.error)")
-            // A loop runs at the speed of the link: thousands of echoes in this time.
-            try await Task.sleep(for: .milliseconds(500))
-            first.signal(SIGINT)
-            second.signal(SIGINT)
-            #expect(await first.waitForExit() == 0)
-            #expect(await second.waitForExit() == 0)
-            let (a, b) = (try summaryCounts(first), try summaryCounts(second))
+            let (a, b) = try await forgeOneDatagram(in: network, between: (first, ports.0), and: (second, ports.1))
             // Besides the ordinary client's one echo: a handful at most.
             #expect(a["echoed", default: -1] - 1 + b["echoed", default: -1] <= 10, "\(a) \(b)")
             #expect(a["received", default: 0] >= 2)
@@ -176,20 +187,12 @@ func summaryCounts(_ server: Spawned) throws -> [String: Int] {
             let (second, _) = try await startServer(reflector + [":\(ports.1)"], inNamespace: network.client)
             // A test packet as a sender writes it: sequence number 7, a timestamp, the rest zero.
             let testPacket = "hex:00000007" + "e9b0c0de00000000" + String(repeating: "00", count: 32)
-            let forged = try await network.run(
-                in: network.client,
-                [
-                    "python3", "-c", pythonForge, network.clientAddress, "\(ports.1)", network.serverAddress,
-                    "\(ports.0)", testPacket,
-                ]
+            let (a, b) = try await forgeOneDatagram(
+                in: network,
+                between: (first, ports.0),
+                and: (second, ports.1),
+                payload: testPacket
             )
-            #expect(forged.lines == ["forged"], "\(forged.error)")
-            try await Task.sleep(for: .milliseconds(500))
-            first.signal(SIGINT)
-            second.signal(SIGINT)
-            #expect(await first.waitForExit() == 0)
-            #expect(await second.waitForExit() == 0)
-            let (a, b) = (try summaryCounts(first), try summaryCounts(second))
             if ports.1 == 862 {
                 #expect(a["received"] == 1 && a["source-port"] == 1 && b["received"] == 0, "\(a) \(b)")
             } else {
