@@ -175,16 +175,23 @@ func forgeOneDatagram(
     /// The same attack on two STAMP reflectors (RFC 8762 §4.1 puts reflectors on port 862, senders on others): a
     /// forged test packet "from" a reflector on port 862 is dropped at once (a source port below 1024, as every
     /// reflector's port 862 is), and between reflectors on arbitrary ports the first reflector recognises its own
-    /// reply coming back (its T3, copied into the sender-timestamp field) and ends the loop.
+    /// reply coming back (its T3, copied into the sender-timestamp field) and ends the loop. With a plain echo server
+    /// as the partner (which returns each reply unchanged, so no two datagrams of the loop are alike for its loop
+    /// detector), the reflector's own T3 is in that field one pass later.
     @Test(
         .enabled(if: TestNetwork.available, "needs root and ip to make network namespaces"),
-        arguments: [(862, 862), (7000, 862), (7000, 7001)]
+        arguments: [(862, 862, "stamp"), (7000, 862, "stamp"), (7000, 7001, "stamp"), (7000, 7001, "echo")]
     )
-    func oneForgedTestPacketCannotStartALoopBetweenTwoReflectors(ports: (Int, Int)) async throws {
+    func oneForgedTestPacketCannotStartALoopBetweenTwoReflectors(ports: (Int, Int, String)) async throws {
         try await withHosts(try await TestNetwork()) { network in
-            let reflector = ["--protocol", "stamp", "-q", "--address"]
-            let (first, _) = try await startServer(reflector + [":\(ports.0)"], inNamespace: network.server)
-            let (second, _) = try await startServer(reflector + [":\(ports.1)"], inNamespace: network.client)
+            let (first, _) = try await startServer(
+                ["--protocol", "stamp", "-q", "--address", ":\(ports.0)"],
+                inNamespace: network.server
+            )
+            let (second, _) = try await startServer(
+                ["--protocol", ports.2, "-q", "--address", ":\(ports.1)"],
+                inNamespace: network.client
+            )
             // A test packet as a sender writes it: sequence number 7, a timestamp, the rest zero.
             let testPacket = "hex:00000007" + "e9b0c0de00000000" + String(repeating: "00", count: 32)
             let (a, b) = try await forgeOneDatagram(
@@ -195,11 +202,16 @@ func forgeOneDatagram(
             )
             if ports.1 == 862 {
                 #expect(a["received"] == 1 && a["source-port"] == 1 && b["received"] == 0, "\(a) \(b)")
-            } else {
+            } else if ports.2 == "stamp" {
                 // The first reflects the forged packet, the second reflects that, and the first finds its own T3
                 // in what comes back.
                 #expect(a["received"] == 2 && a["echoed"] == 1 && a["loop"] == 1, "\(a) \(b)")
                 #expect(b["received"] == 1 && b["echoed"] == 1, "\(a) \(b)")
+            } else {
+                // The echo returns the reflector's reply as it was: reflected again (its sender-timestamp field
+                // still holds the forged packet's), echoed, and then it holds the reflector's T3.
+                #expect(a["received"] == 3 && a["echoed"] == 2 && a["loop"] == 1, "\(a) \(b)")
+                #expect(b["received"] == 2 && b["echoed"] == 2, "\(a) \(b)")
             }
         }
     }
