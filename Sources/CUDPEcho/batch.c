@@ -3,6 +3,7 @@
 
 #include <arpa/inet.h>
 #include <linux/net_tstamp.h>
+#include <netinet/udp.h>
 #include <errno.h>
 #include <poll.h>
 #include <stdlib.h>
@@ -27,6 +28,7 @@ struct cudpecho_batch {
     uint8_t (*control)[CONTROL_SIZE];
     int8_t *arrived_on_loopback;  // per slot: 1, 0, or -1 when the destination was not reported
     cudpecho_datagram_info *info; // per slot: receive timestamp, TTL and TOS, where the socket asked for them
+    uint16_t *segment_size;       // per slot: the segment size of a coalesced run (UDP_GRO), 0 for one datagram
 };
 
 const short cudpecho_pollin = POLLIN;
@@ -54,8 +56,9 @@ cudpecho_batch *cudpecho_batch_create(int count, size_t slot_size) {
     batch->control = calloc((size_t)count, CONTROL_SIZE);
     batch->arrived_on_loopback = calloc((size_t)count, 1);
     batch->info = calloc((size_t)count, sizeof(cudpecho_datagram_info));
+    batch->segment_size = calloc((size_t)count, sizeof(uint16_t));
     if (!batch->payload || !batch->messages || !batch->iovecs || !batch->peers || !batch->control
-        || !batch->arrived_on_loopback || !batch->info) {
+        || !batch->arrived_on_loopback || !batch->info || !batch->segment_size) {
         cudpecho_batch_destroy(batch);
         return NULL;
     }
@@ -86,6 +89,7 @@ void cudpecho_batch_destroy(cudpecho_batch *batch) {
     free(batch->control);
     free(batch->arrived_on_loopback);
     free(batch->info);
+    free(batch->segment_size);
     free(batch);
 }
 
@@ -147,7 +151,7 @@ static int is_loopback_v6(const struct in6_addr *a) {
 // Rewrites the received control messages of one slot into a single PKTINFO message naming the source address for
 // the reply (the address the request was sent to). Anything else the kernel reported is not sent back. Returns
 // whether the request arrived on a loopback address (-1: not reported).
-static int prepare_reply_control(struct msghdr *h, cudpecho_datagram_info *info) {
+static int prepare_reply_control(struct msghdr *h, cudpecho_datagram_info *info, uint16_t *segment_size) {
     struct in_pktinfo v4;
     struct in6_pktinfo v6;
     int have_v4 = 0, have_v6 = 0;
@@ -173,6 +177,10 @@ static int prepare_reply_control(struct msghdr *h, cudpecho_datagram_info *info)
             struct timespec ts[3];
             memcpy(ts, CMSG_DATA(c), sizeof(ts));
             info->timestamp = (int64_t)ts[0].tv_sec * 1000000000 + ts[0].tv_nsec;
+        } else if (c->cmsg_level == IPPROTO_UDP && c->cmsg_type == UDP_GRO) {
+            int value;
+            memcpy(&value, CMSG_DATA(c), sizeof(value));
+            *segment_size = value > 0 && value <= UINT16_MAX ? (uint16_t)value : 0;
         }
     }
     if (have_v4) {
@@ -225,8 +233,10 @@ int cudpecho_batch_prepare_replies(cudpecho_batch *batch, int count, size_t *byt
         cut += (m->msg_hdr.msg_flags & MSG_TRUNC) != 0;
         batch->iovecs[i].iov_len = m->msg_len;
         batch->info[i] = (cudpecho_datagram_info){.timestamp = 0, .ttl = -1, .tos = -1, .family = 0};
+        batch->segment_size[i] = 0;
         if (m->msg_hdr.msg_controllen > 0) {
-            batch->arrived_on_loopback[i] = (int8_t)prepare_reply_control(&m->msg_hdr, &batch->info[i]);
+            batch->arrived_on_loopback[i] =
+                (int8_t)prepare_reply_control(&m->msg_hdr, &batch->info[i], &batch->segment_size[i]);
         } else {
             m->msg_hdr.msg_control = NULL;
             batch->arrived_on_loopback[i] = -1;
@@ -475,4 +485,76 @@ int cudpecho_batch_received_tos(const cudpecho_batch *batch, int i) {
         }
     }
     return -1;
+}
+
+// MARK: UDP generic receive and segmentation offload
+
+int cudpecho_enable_gro(int fd) {
+    int on = 1;
+    return setsockopt(fd, IPPROTO_UDP, UDP_GRO, &on, sizeof(on)) == 0 ? 0 : -errno;
+}
+
+uint16_t cudpecho_batch_segment_size(const cudpecho_batch *batch, int i) { return batch->segment_size[i]; }
+
+void cudpecho_batch_set_segment_size(cudpecho_batch *batch, int i, uint16_t size) {
+    batch->segment_size[i] = size;
+    struct msghdr *h = &batch->messages[i].msg_hdr;
+    if (size == 0 || batch->messages[i].msg_len <= size) {
+        return; // one datagram: a plain write
+    }
+    size_t used = h->msg_control ? h->msg_controllen : 0;
+    if (used + CMSG_SPACE(sizeof(uint16_t)) > CONTROL_SIZE) {
+        return;
+    }
+    h->msg_control = batch->control[i];
+    h->msg_controllen = used + CMSG_SPACE(sizeof(uint16_t));
+    struct cmsghdr *c = (struct cmsghdr *)((uint8_t *)batch->control[i] + used);
+    memset(c, 0, CMSG_SPACE(sizeof(uint16_t)));
+    c->cmsg_level = IPPROTO_UDP;
+    c->cmsg_type = UDP_SEGMENT;
+    c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+    memcpy(CMSG_DATA(c), &size, sizeof(size));
+}
+
+int cudpecho_batch_send_split(int fd, cudpecho_batch *batch, int i, int *sent) {
+    struct msghdr *h = &batch->messages[i].msg_hdr;
+    size_t length = batch->messages[i].msg_len;
+    size_t size = batch->segment_size[i] ? batch->segment_size[i] : length;
+    // The control messages without the UDP_SEGMENT one, which set_segment_size appended last.
+    size_t control = h->msg_control ? h->msg_controllen : 0;
+    if (control >= CMSG_SPACE(sizeof(uint16_t)) && length > size) {
+        struct cmsghdr *last = (struct cmsghdr *)((uint8_t *)h->msg_control + control - CMSG_SPACE(sizeof(uint16_t)));
+        if (last->cmsg_level == IPPROTO_UDP && last->cmsg_type == UDP_SEGMENT) {
+            control -= CMSG_SPACE(sizeof(uint16_t));
+        }
+    }
+    struct mmsghdr messages[64];
+    struct iovec iovecs[64];
+    size_t offset = (size_t)*sent * size;
+    while (offset < length) {
+        unsigned int n = 0;
+        for (; n < 64 && offset < length; n++) {
+            size_t part = length - offset < size ? length - offset : size;
+            iovecs[n] = (struct iovec){.iov_base = (uint8_t *)batch->iovecs[i].iov_base + offset, .iov_len = part};
+            messages[n].msg_hdr = (struct msghdr){
+                .msg_name = h->msg_name,
+                .msg_namelen = h->msg_namelen,
+                .msg_iov = &iovecs[n],
+                .msg_iovlen = 1,
+                .msg_control = control ? h->msg_control : NULL,
+                .msg_controllen = control,
+            };
+            offset += part;
+        }
+        int done = sendmmsg(fd, messages, n, MSG_DONTWAIT);
+        if (done < 0) {
+            return -errno;
+        }
+        *sent += done;
+        if ((unsigned int)done < n) {
+            return -EAGAIN;
+        }
+        offset = (size_t)*sent * size;
+    }
+    return 0;
 }

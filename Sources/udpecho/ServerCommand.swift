@@ -108,6 +108,12 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Send buffer of each socket, in bytes (SO_SNDBUF).", valueName: "bytes"))
     var sendBuffer = 4 << 20
 
+    @Flag(
+        help:
+            "Take every datagram alone. By default the kernel hands over a run of same-sized datagrams from one sender (a client's GSO write) as one buffer (UDP GRO) and the run is answered with one write that the kernel cuts into the same datagrams (UDP GSO); each datagram still counts, is guarded and is shown as one."
+    )
+    var noOffload = false
+
     @Option(
         help: ArgumentHelp(
             "Drop datagrams from source ports below N: well-known services, a spoofed loop or a reflection; 0 turns it off.",
@@ -358,7 +364,8 @@ struct ServerCommand: AsyncParsableCommand {
             reporting: self.logLevel > .warning ? .none : (self.quiet || self.logLevel > .info ? .errors : .all),
             eventsPerSecond: self.linesPerSecond == 0 ? nil : self.linesPerSecond,
             guards: try self.guards(),
-            stamp: try self.stampConfiguration()
+            stamp: try self.stampConfiguration(),
+            offload: !self.noOffload
         )
         let server: EchoServer
         // Started by systemd with its sockets (ListenDatagram=): serve those instead of binding.
@@ -441,7 +448,8 @@ extension EchoServerStatistics {
         var fields = [
             ("received", "\(self.received)"), ("echoed", "\(self.echoed)"), ("dropped", "\(self.dropped)"),
             ("bytes-received", "\(self.receivedBytes)"), ("bytes-echoed", "\(self.echoedBytes)"),
-            ("receive-errors", "\(self.receiveErrors)"),
+            ("receive-errors", "\(self.receiveErrors)"), ("offload-runs", "\(self.coalescedRuns)"),
+            ("offload-fallbacks", "\(self.offloadFallbacks)"),
         ]
         for reason in DropReason.allCases { fields.append(("dropped-\(reason)", "\(self.drops[reason, default: 0])")) }
         return fields
@@ -458,6 +466,8 @@ extension EchoServerStatistics {
         }
         text += " bytes-received=\(self.receivedBytes) bytes-echoed=\(self.echoedBytes)"
         if self.receiveErrors > 0 { text += " receive-errors=\(self.receiveErrors)" }
+        if self.coalescedRuns > 0 { text += " offload-runs=\(self.coalescedRuns)" }
+        if self.offloadFallbacks > 0 { text += " offload-fallbacks=\(self.offloadFallbacks)" }
         if lostLines > 0 { text += " lines-not-printed=\(lostLines) (standard output was too slow)" }
         return text
     }

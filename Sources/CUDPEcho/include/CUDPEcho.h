@@ -224,4 +224,20 @@ int cudpecho_batch_recv_errors(int fd, cudpecho_batch *batch, int max);
 /// Reads the error of slot `i` after ``cudpecho_batch_recv_errors``; returns 0 if it carries none.
 int cudpecho_batch_error(const cudpecho_batch *batch, int i, int hardware, cudpecho_error_info *info);
 
+// MARK: UDP generic receive and segmentation offload (GRO/GSO)
+
+/// Asks the kernel to hand over runs of same-sized datagrams from one sender as one coalesced buffer (UDP_GRO,
+/// Linux 5.0), with the segment size in a control message. Returns 0 or -errno.
+int cudpecho_enable_gro(int fd);
+/// After ``cudpecho_batch_prepare_replies``: the segment size of the coalesced run in slot `i` (every datagram of
+/// the run has this size but the last, which may be shorter), or 0 if the slot holds one datagram.
+uint16_t cudpecho_batch_segment_size(const cudpecho_batch *batch, int i);
+/// Sends slot `i` as a run of datagrams of `size` bytes (the last may be shorter) in one write (UDP_SEGMENT), the
+/// kernel cutting it; 0, or a slot no longer than `size`, sends it as one datagram. Call after setting the length.
+void cudpecho_batch_set_segment_size(cudpecho_batch *batch, int i, uint16_t size);
+/// Sends slot `i`'s run as separate datagrams (for a kernel or device that refuses the segmented write), starting
+/// after the `*sent` datagrams already sent and counting the ones it sends into `*sent`. Returns 0 when all went,
+/// or -errno (-EAGAIN when the send buffer filled).
+int cudpecho_batch_send_split(int fd, cudpecho_batch *batch, int i, int *sent);
+
 #endif

@@ -8,7 +8,12 @@
 /// side gets nothing more to answer.
 ///
 /// The fingerprint covers the length and up to 64 bytes at each end of the payload: measurement tools put a
-/// sequence number or a timestamp there, so their probes never repeat. The table has a fixed size, 4-way
+/// sequence number or a timestamp there, so their probes never repeat.
+///
+/// Of a run of datagrams the kernel hands over coalesced (UDP GRO), only the first is seen. A looping datagram is
+/// alone in flight, so it never arrives in a run; a run of different datagrams never makes "the same one in a row"
+/// (seen one by one they would only reset each other); and a run that loops whole repeats its first datagram, which
+/// is caught. A client that sends the same datagram several times in one write is not a loop. The table has a fixed size, 4-way
 /// set-associative, chosen by a hash keyed per process; a new source takes the slot of the set's least recently seen.
 struct LoopDetector {
     private struct Entry {

@@ -75,11 +75,14 @@ struct SourceGuard {
     ///   - arrivedOnLoopback: Whether it was sent to a loopback address (1), to another address (0), or the socket
     ///     does not know (-1: it is bound to one address).
     ///   - now: CLOCK_MONOTONIC in nanoseconds.
+    ///   - loopCheck: Whether the loop detector sees it: every datagram that arrives alone, and the first of a
+    ///     coalesced run (see ``LoopDetector``).
     mutating func check(
         peer: UnsafePointer<sockaddr>,
         payload: UnsafeRawBufferPointer,
         arrivedOnLoopback: Int32,
-        now: Int64
+        now: Int64,
+        loopCheck: Bool = true
     ) -> DropReason? {
         if let maximum = self.configuration.maximumSize, payload.count > maximum { return .oversize }
         let port = Int(
@@ -99,7 +102,8 @@ struct SourceGuard {
         if !self.configuration.allow.isEmpty && !self.configuration.allow.contains(where: { $0.contains(source) }) {
             return .denied
         }
-        if self.loops != nil && self.loops!.isLoop(source, port: UInt16(port), payload: payload, now: now) {
+        if loopCheck && self.loops != nil && self.loops!.isLoop(source, port: UInt16(port), payload: payload, now: now)
+        {
             return .loop
         }
         if loopback && !self.configuration.limitLoopback { return nil }

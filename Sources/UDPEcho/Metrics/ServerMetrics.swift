@@ -14,6 +14,8 @@ import Synchronization
 /// | `udpecho_rate_limit_sources` | | sources in the rate limiter's tables (a gauge) |
 /// | `udpecho_rate_limit_evictions_total` | | sources forgotten to make room |
 /// | `udpecho_stamp_sessions` | | sessions in a stateful STAMP reflector's tables (a gauge) |
+/// | `udpecho_offload_runs_total` | | runs of datagrams received coalesced (UDP GRO) and answered with one write |
+/// | `udpecho_offload_fallbacks_total` | | segmented writes refused and sent datagram by datagram |
 ///
 /// The serving threads count in their own memory, without touching swift-metrics; ``publish()`` adds what they
 /// counted since the last call. Run it as a `Service` to publish every `interval`, and call ``publish()`` before a
@@ -30,6 +32,8 @@ public final class ServerMetrics: Service, Sendable {
     private let rateLimitSources: Gauge
     private let rateLimitEvictions: Counter
     private let stampSessions: Gauge
+    private let offloadRuns: Counter
+    private let offloadFallbacks: Counter
 
     /// - Parameters:
     ///   - server: The server whose counters to publish.
@@ -62,6 +66,8 @@ public final class ServerMetrics: Service, Sendable {
         self.rateLimitSources = Gauge(label: "udpecho_rate_limit_sources")
         self.rateLimitEvictions = Counter(label: "udpecho_rate_limit_evictions_total")
         self.stampSessions = Gauge(label: "udpecho_stamp_sessions")
+        self.offloadRuns = Counter(label: "udpecho_offload_runs_total")
+        self.offloadFallbacks = Counter(label: "udpecho_offload_fallbacks_total")
     }
 
     /// Adds to the metrics what the server counted since the last call. Safe to call from several threads at once
@@ -87,6 +93,8 @@ public final class ServerMetrics: Service, Sendable {
             self.rateLimitSources.record(now.rateTableEntries)
             add(self.rateLimitEvictions, now.rateTableEvictions, last.rateTableEvictions)
             self.stampSessions.record(now.stampSessions)
+            add(self.offloadRuns, now.coalescedRuns, last.coalescedRuns)
+            add(self.offloadFallbacks, now.offloadFallbacks, last.offloadFallbacks)
             last = now
         }
     }

@@ -1,5 +1,5 @@
 import CUDPEcho
-public import NIOCore
+import NIOCore
 
 #if canImport(Glibc)
 import Glibc

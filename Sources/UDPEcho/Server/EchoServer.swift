@@ -55,6 +55,11 @@ public final class EchoServer: Service, Sendable {
         public var guards: GuardConfiguration
         /// Answer as a STAMP Session-Reflector (RFC 8762) instead of echoing; nil echoes.
         public var stamp: StampReflectorConfiguration?
+        /// Let the kernel coalesce runs of same-sized datagrams from one sender into one buffer (UDP GRO) and answer
+        /// each run with one segmented write (UDP GSO) that it cuts into the same datagrams again. Every datagram
+        /// still counts as one for the guards, the counters and the events. On by default where the kernel offers
+        /// it (Linux 5.0); a STAMP reflector answers datagram by datagram.
+        public var offload: Bool
 
         /// Creates a configuration; see each property for its meaning.
         public init(
@@ -67,7 +72,8 @@ public final class EchoServer: Service, Sendable {
             reporting: EventReporting = .all,
             eventsPerSecond: Int? = 50,
             guards: GuardConfiguration = GuardConfiguration(),
-            stamp: StampReflectorConfiguration? = nil
+            stamp: StampReflectorConfiguration? = nil,
+            offload: Bool = true
         ) {
             self.address = address
             self.writeTimeout = writeTimeout
@@ -79,6 +85,7 @@ public final class EchoServer: Service, Sendable {
             self.eventsPerSecond = eventsPerSecond
             self.guards = guards
             self.stamp = stamp
+            self.offload = offload
         }
     }
 
@@ -181,7 +188,8 @@ public final class EchoServer: Service, Sendable {
             eventsPerSecond: configuration.eventsPerSecond.map { max(1, $0 / configuration.threads) },
             guards: configuration.guards,
             threads: configuration.threads,
-            stamp: configuration.stamp
+            stamp: configuration.stamp,
+            offload: configuration.offload && configuration.stamp == nil
         )
         var workers: [EchoWorker] = []
         do throws(EchoError) {
@@ -214,7 +222,8 @@ public final class EchoServer: Service, Sendable {
             reusePort: configuration.threads > 1,
             receiveBufferSize: configuration.receiveBufferSize,
             sendBufferSize: configuration.sendBufferSize,
-            datagramInfo: configuration.stamp != nil
+            datagramInfo: configuration.stamp != nil,
+            offload: configuration.offload && configuration.stamp == nil
         )
     }
 

@@ -23,7 +23,22 @@ final class EchoWorker: @unchecked Sendable {
         var threads: Int
         /// Reflect STAMP test packets instead of echoing.
         var stamp: StampReflectorConfiguration?
+        /// Runs of datagrams arrive coalesced (UDP GRO) and leave as one segmented write (UDP GSO).
+        var offload = false
     }
+
+    /// A datagram of a coalesced run that a guard dropped while the rest of its run is echoed (or, when the whole
+    /// run is dropped, each of its datagrams): reported one by one.
+    struct DroppedDatagram {
+        var slot: Int32
+        var length: Int32
+        var reason: UInt8
+    }
+
+    /// The outcome of a slot whose datagrams were dropped one by one (reported from the dropped-datagram list).
+    private static let droppedOneByOne: UInt8 = 0xFF
+    /// Dropped datagrams of runs remembered per batch for their events; past that they are only counted.
+    private static let droppedDatagramCapacity = 4096
 
     private let socket: ServerSocket
     private let stopping: ManagedAtomic<Bool>
@@ -44,6 +59,10 @@ final class EchoWorker: @unchecked Sendable {
     private var receiveTimeoutArmed = false
     private var sourceGuard: SourceGuard
     private var reflector: StampReflector?
+    /// Whether the current batch holds a coalesced run.
+    private var batchHasRuns = false
+    private let droppedDatagrams: UnsafeMutablePointer<DroppedDatagram>
+    private var droppedDatagramCount = 0
 
     init(
         socket: ServerSocket,
@@ -67,6 +86,7 @@ final class EchoWorker: @unchecked Sendable {
         self.outcomes.initialize(repeating: 0, count: settings.batchSize)
         self.errnos = .allocate(capacity: settings.batchSize)
         self.errnos.initialize(repeating: 0, count: settings.batchSize)
+        self.droppedDatagrams = .allocate(capacity: Self.droppedDatagramCapacity)
         self.budget = EventBudget(perWindow: settings.eventsPerSecond ?? .max)
         self.sourceGuard = SourceGuard(settings.guards, localAddress: socket.localAddress, threads: settings.threads)
         self.reflector = settings.stamp.map { StampReflector($0, localAddress: socket.localAddress) }
@@ -76,6 +96,7 @@ final class EchoWorker: @unchecked Sendable {
         cudpecho_batch_destroy(self.batch)
         self.outcomes.deallocate()
         self.errnos.deallocate()
+        self.droppedDatagrams.deallocate()
     }
 
     /// Serves until the server stops, then echoes what is already queued (a bounded amount) and returns.
@@ -117,7 +138,21 @@ final class EchoWorker: @unchecked Sendable {
         var truncated: Int32 = 0
         let count = Int(cudpecho_batch_prepare_replies(self.batch, Int32(received), &bytes, &truncated))
         guard count > 0 else { return 0 }
-        self.counters.add(.received, count)
+        var datagrams = count
+        self.batchHasRuns = false
+        self.droppedDatagramCount = 0
+        if self.settings.offload {
+            var runs = 0
+            for index in 0..<count where cudpecho_batch_segment_size(self.batch, Int32(index)) != 0 {
+                runs += 1
+                datagrams += self.datagrams(in: index) - 1
+            }
+            if runs > 0 {
+                self.batchHasRuns = true
+                self.counters.add(.coalescedRuns, runs)
+            }
+        }
+        self.counters.add(.received, datagrams)
         self.counters.add(.receivedBytes, bytes)
         self.batchHasDrops = false
 
@@ -132,6 +167,13 @@ final class EchoWorker: @unchecked Sendable {
         if self.reflector != nil {
             self.reflectStamp(count)
         }
+        if self.batchHasRuns {
+            // Each run leaves as one write of the segment size it came with: the client gets the datagrams it sent.
+            for index in 0..<count where !self.batchHasDrops || self.outcomes[index] == 0 {
+                let slot = Int32(index)
+                cudpecho_batch_set_segment_size(self.batch, slot, cudpecho_batch_segment_size(self.batch, slot))
+            }
+        }
         if self.batchHasDrops {
             var start = 0
             while start < count {
@@ -145,24 +187,89 @@ final class EchoWorker: @unchecked Sendable {
             self.send(0, count, count)
         }
 
-        if self.batchHasDrops || self.reflector != nil {
+        if self.batchHasDrops || self.reflector != nil || self.droppedDatagramCount > 0 {
             var echoedBytes = 0
             var echoed = 0
             for index in 0..<count where !self.batchHasDrops || self.outcomes[index] == 0 {
-                echoed += 1
+                echoed += self.datagrams(in: index)
                 echoedBytes &+= cudpecho_batch_length(self.batch, Int32(index))
             }
             self.counters.add(.echoed, echoed)
             self.counters.add(.echoedBytes, echoedBytes)
         } else {
-            self.counters.add(.echoed, count)
+            self.counters.add(.echoed, datagrams)
             self.counters.add(.echoedBytes, bytes)
         }
-        if self.events != nil && (self.batchHasDrops || self.settings.reporting == .all) {
+        if self.events != nil
+            && (self.batchHasDrops || self.droppedDatagramCount > 0 || self.settings.reporting == .all)
+        {
             self.report(count)
             self.wakeEventThread()
         }
         return count
+    }
+
+    /// How many datagrams slot `index` holds: one, or those of its coalesced run (all of the segment size but the
+    /// last).
+    @inline(__always)
+    private func datagrams(in index: Int) -> Int {
+        let size = Int(cudpecho_batch_segment_size(self.batch, Int32(index)))
+        guard size != 0 else { return 1 }
+        return max(1, (cudpecho_batch_length(self.batch, Int32(index)) + size - 1) / size)
+    }
+
+    /// Applies the guards to each datagram of the coalesced run in slot `index`. Dropped datagrams are counted and
+    /// remembered for their events, and the ones kept are moved together (all but the last are of the segment size,
+    /// and the last stays last), so that the run still leaves as one segmented write. A run with none kept is
+    /// dropped.
+    private func guardRun(_ index: Int, _ count: Int, _ sourceGuard: inout SourceGuard, now: Int64) {
+        let slot = Int32(index)
+        let size = Int(cudpecho_batch_segment_size(self.batch, slot))
+        let payload = cudpecho_batch_payload(self.batch, slot)!
+        let length = cudpecho_batch_length(self.batch, slot)
+        var length32: socklen_t = 0
+        let peer = cudpecho_batch_peer(self.batch, slot, &length32)!
+        let loopback = cudpecho_batch_arrived_on_loopback(self.batch, slot)
+        var offset = 0
+        var kept = 0
+        var lastReason: DropReason?
+        while offset < length {
+            let part = min(size, length - offset)
+            let datagram = UnsafeRawBufferPointer(start: payload + offset, count: part)
+            if let reason = sourceGuard.check(
+                peer: peer,
+                payload: datagram,
+                arrivedOnLoopback: loopback,
+                now: now,
+                loopCheck: offset == 0
+            ) {
+                self.counters.addDrop(reason)
+                self.rememberDropped(slot: slot, length: part, reason: reason)
+                lastReason = reason
+            } else {
+                if kept != offset { (payload + kept).update(from: payload + offset, count: part) }
+                kept += part
+            }
+            offset += part
+        }
+        guard let lastReason else { return }
+        if kept == 0 {
+            self.markDropped(index, count, lastReason, errno: 0)
+            self.outcomes[index] = Self.droppedOneByOne
+        } else {
+            cudpecho_batch_set_length(self.batch, slot, kept)
+        }
+    }
+
+    private func rememberDropped(slot: Int32, length: Int, reason: DropReason) {
+        if self.droppedDatagramCount < Self.droppedDatagramCapacity {
+            self.droppedDatagrams[self.droppedDatagramCount] = DroppedDatagram(
+                slot: slot,
+                length: Int32(length),
+                reason: UInt8(reason.ordinal)
+            )
+        }
+        self.droppedDatagramCount += 1
     }
 
     /// Drops the datagrams of the batch that a guard catches.
@@ -174,6 +281,10 @@ final class EchoWorker: @unchecked Sendable {
         defer { self.sourceGuard = sourceGuard }
         sourceGuard.refreshInterfaces(now: now)
         for index in 0..<count where !self.batchHasDrops || self.outcomes[index] == 0 {
+            if self.batchHasRuns && cudpecho_batch_segment_size(self.batch, Int32(index)) != 0 {
+                self.guardRun(index, count, &sourceGuard, now: now)
+                continue
+            }
             var length: socklen_t = 0
             let slot = Int32(index)
             let peer = cudpecho_batch_peer(self.batch, slot, &length)!
@@ -256,6 +367,15 @@ final class EchoWorker: @unchecked Sendable {
                 }
             case EINTR:
                 continue
+            case let code
+            where (code == EIO || code == EINVAL || code == EOPNOTSUPP || code == EMSGSIZE) && self.batchHasRuns
+                && self.datagrams(in: next) > 1:
+                // The kernel or the device would not cut this run (a segment longer than the path MTU allows says
+                // EMSGSIZE, a device without checksum offload EIO on older kernels):
+                // its datagrams go one by one.
+                self.counters.add(.offloadFallbacks, 1)
+                self.sendSplit(next, count, deadline: &deadline)
+                next += 1
             default:
                 // This one reply failed (a refused or unreachable peer, a firewall, no memory); the others go on.
                 self.drop(next, count, Self.reason(for: code), errno: code)
@@ -264,14 +384,59 @@ final class EchoWorker: @unchecked Sendable {
         }
     }
 
+    /// Sends the run in slot `index` datagram by datagram, within the write deadline. Datagrams that cannot be sent
+    /// are dropped and counted one by one; the slot then holds the ones sent.
+    private func sendSplit(_ index: Int, _ count: Int, deadline: inout Int64?) {
+        let slot = Int32(index)
+        var sent: Int32 = 0
+        var code: Int32 = 0
+        while true {
+            let result = cudpecho_batch_send_split(self.socket.descriptor, self.batch, slot, &sent)
+            if result == 0 { return }
+            code = -result
+            guard code == EAGAIN || code == EINTR else { break }
+            let now = cudpecho_now_ns()
+            let limit = deadline ?? now + self.settings.writeTimeout.nanoseconds
+            deadline = limit
+            if code == EAGAIN
+                && (now >= limit
+                    || cudpecho_wait(self.socket.descriptor, cudpecho_pollout, Self.milliseconds(limit - now)) == 0)
+            {
+                break
+            }
+        }
+        let reason: DropReason = code == EAGAIN ? .writeTimeout : Self.reason(for: code)
+        if sent == 0 {
+            self.drop(index, count, reason, errno: code)
+            return
+        }
+        // Some went: the slot keeps those (they count as echoed), the rest are dropped one by one.
+        let size = Int(cudpecho_batch_segment_size(self.batch, slot))
+        let length = cudpecho_batch_length(self.batch, slot)
+        var offset = Int(sent) * size
+        while offset < length {
+            let part = min(size, length - offset)
+            self.counters.addDrop(reason)
+            self.rememberDropped(slot: slot, length: part, reason: reason)
+            offset += part
+        }
+        cudpecho_batch_set_length(self.batch, slot, Int(sent) * size)
+    }
+
+    /// Drops slot `index` (every datagram of its run) and counts it.
     private func drop(_ index: Int, _ count: Int, _ reason: DropReason, errno: Int32) {
+        self.markDropped(index, count, reason, errno: errno)
+        self.counters.addDrop(reason, self.batchHasRuns ? self.datagrams(in: index) : 1)
+    }
+
+    /// Marks slot `index` as not to be sent, without counting it.
+    private func markDropped(_ index: Int, _ count: Int, _ reason: DropReason, errno: Int32) {
         if !self.batchHasDrops {
             self.outcomes.update(repeating: 0, count: count)
             self.batchHasDrops = true
         }
         self.outcomes[index] = UInt8(reason.ordinal + 1)
         self.errnos[index] = errno
-        self.counters.addDrop(reason)
     }
 
     private func receiveFailed(errno code: Int32) {
@@ -292,31 +457,52 @@ final class EchoWorker: @unchecked Sendable {
         }
     }
 
-    /// Writes the events of a batch, within the per-second budget.
+    /// Writes the events of a batch, within the per-second budget: one per datagram, those of a run included.
     private func report(_ count: Int) {
         let now = cudpecho_now_ns()
-        if self.batchHasDrops {
+        if self.batchHasDrops || self.batchHasRuns {
             for index in 0..<count {
-                let outcome = self.outcomes[index]
-                if outcome == 0 && self.settings.reporting == .errors { continue }
-                if self.budget.take(now: now) { self.emit(index, outcome: outcome) }
+                let outcome = self.batchHasDrops ? self.outcomes[index] : 0
+                if outcome == Self.droppedOneByOne || (outcome == 0 && self.settings.reporting == .errors) { continue }
+                let size = Int(cudpecho_batch_segment_size(self.batch, Int32(index)))
+                let length = cudpecho_batch_length(self.batch, Int32(index))
+                guard size != 0 && length > size else {
+                    if self.budget.take(now: now) { self.emit(index, outcome: outcome, length: length) }
+                    continue
+                }
+                var offset = 0
+                for _ in 0..<self.budget.take(self.datagrams(in: index), now: now) {
+                    self.emit(index, outcome: outcome, length: min(size, length - offset))
+                    offset += size
+                }
+            }
+            for dropped in 0..<min(self.droppedDatagramCount, Self.droppedDatagramCapacity) {
+                let datagram = self.droppedDatagrams[dropped]
+                if self.budget.take(now: now) {
+                    self.emit(Int(datagram.slot), outcome: datagram.reason + 1, length: Int(datagram.length))
+                }
+            }
+            if self.droppedDatagramCount > Self.droppedDatagramCapacity {
+                self.counters.add(.eventsNotDelivered, self.droppedDatagramCount - Self.droppedDatagramCapacity)
             }
         } else {
             // Every datagram echoed: take the window's budget for the whole batch in one step.
-            for index in 0..<self.budget.take(count, now: now) { self.emit(index, outcome: 0) }
+            for index in 0..<self.budget.take(count, now: now) {
+                self.emit(index, outcome: 0, length: cudpecho_batch_length(self.batch, Int32(index)))
+            }
         }
         self.reportSuppressed(now: now)
     }
 
-    private func emit(_ index: Int, outcome: UInt8) {
-        var length: socklen_t = 0
-        let raw = cudpecho_batch_peer(self.batch, Int32(index), &length)!
+    private func emit(_ index: Int, outcome: UInt8, length: Int) {
+        var peerLength: socklen_t = 0
+        let raw = cudpecho_batch_peer(self.batch, Int32(index), &peerLength)!
         var event = cudpecho_event()
         event.kind = UInt8(outcome == 0 ? CUDPECHO_EVENT_ECHOED : CUDPECHO_EVENT_DROPPED)
         event.reason = outcome == 0 ? 0 : outcome - 1
         event.error = outcome == 0 ? 0 : self.errnos[index]
-        event.value = UInt64(cudpecho_batch_length(self.batch, Int32(index)))
-        cudpecho_event_set_peer(&event, raw, length)
+        event.value = UInt64(length)
+        cudpecho_event_set_peer(&event, raw, peerLength)
         self.push(&event)
     }
 

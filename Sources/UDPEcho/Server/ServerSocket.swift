@@ -18,6 +18,8 @@ struct ServerSocket {
         var sendBufferSize: Int?
         /// Ask for each datagram's receive timestamp, TTL and TOS (a STAMP reflector needs them).
         var datagramInfo = false
+        /// Take runs of datagrams coalesced (UDP_GRO), where the kernel offers it; without it, datagram by datagram.
+        var offload = false
     }
 
     /// Opens a UDP socket and binds it to `address`.
@@ -88,7 +90,8 @@ struct ServerSocket {
                 reusePort: false,
                 receiveBufferSize: options.receiveBufferSize,
                 sendBufferSize: options.sendBufferSize,
-                datagramInfo: options.datagramInfo
+                datagramInfo: options.datagramInfo,
+                offload: options.offload
             )
         )
         return ServerSocket(descriptor: fd, localAddress: local)
@@ -108,6 +111,10 @@ struct ServerSocket {
             if result < 0 {
                 throw .socket(operation: "timestamps and TTLs on", address: address.hostPortDescription, errno: -result)
             }
+        }
+        if options.offload {
+            // A kernel without UDP_GRO (before 5.0) refuses it: then every datagram comes alone, as without.
+            _ = cudpecho_enable_gro(fd)
         }
         if let size = options.receiveBufferSize { _ = cudpecho_set_buffer_size(fd, SO_RCVBUF, Int32(clamping: size)) }
         if let size = options.sendBufferSize { _ = cudpecho_set_buffer_size(fd, SO_SNDBUF, Int32(clamping: size)) }

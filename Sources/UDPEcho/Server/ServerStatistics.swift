@@ -75,6 +75,11 @@ public struct EchoServerStatistics: Sendable, Equatable {
     public var drops: [DropReason: Int] = [:]
     /// Sessions in the stateful STAMP reflector's tables (0 otherwise).
     public var stampSessions = 0
+    /// Runs of datagrams the kernel handed over coalesced (UDP GRO), each answered with one segmented write; their
+    /// datagrams are counted one by one in ``received``.
+    public var coalescedRuns = 0
+    /// Segmented writes the kernel or the device refused, sent again datagram by datagram.
+    public var offloadFallbacks = 0
     /// Datagrams received by each worker thread, in thread order.
     public var receivedPerThread: [Int] = []
 
@@ -89,7 +94,7 @@ public struct EchoServerStatistics: Sendable, Equatable {
 final class WorkerCounters: @unchecked Sendable {
     enum Slot: Int, CaseIterable {
         case received, receivedBytes, echoed, echoedBytes, receiveErrors, rateTableEntries, rateTableEvictions
-        case eventsNotDelivered, stampSessions
+        case eventsNotDelivered, stampSessions, coalescedRuns, offloadFallbacks
     }
 
     private static let padding = 16  // 128 bytes either side: no false sharing with a neighbour's block
@@ -126,6 +131,7 @@ final class WorkerCounters: @unchecked Sendable {
 
     @inline(__always)
     func addDrop(_ reason: DropReason, _ value: Int = 1) {
+        guard value > 0 else { return }
         let atomic = self.atomic(Self.dropBase + reason.ordinal)
         atomic.store(atomic.load(ordering: .relaxed) &+ value, ordering: .relaxed)
     }
@@ -147,6 +153,8 @@ final class WorkerCounters: @unchecked Sendable {
         statistics.rateTableEvictions += self.value(.rateTableEvictions)
         statistics.eventsNotDelivered += self.value(.eventsNotDelivered)
         statistics.stampSessions += self.value(.stampSessions)
+        statistics.coalescedRuns += self.value(.coalescedRuns)
+        statistics.offloadFallbacks += self.value(.offloadFallbacks)
         for reason in DropReason.allCases {
             let count = self.drops(reason)
             if count > 0 { statistics.drops[reason, default: 0] += count }
