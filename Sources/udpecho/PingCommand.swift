@@ -63,7 +63,7 @@ struct PingCommand: AsyncParsableCommand {
     var interval: Duration = .seconds(1)
 
     @Option(
-        name: [.short, .long],
+        name: [.customShort("s"), .customLong("size")],
         help: ArgumentHelp(
             "Payload bytes per probe, 16 to the datagram maximum. (default: 64; with --stamp, the test packet and its TLVs: 44, 112 authenticated)",
             valueName: "bytes"

@@ -81,6 +81,24 @@ func jsonObjects(_ lines: [String]) throws -> [[String: Any]] {
         await server.waitForExit()
     }
 
+    /// `-s` and `--size`, as README and `--help` give them, in ping and in bench.
+    @Test func theSizeOptionHasItsDocumentedNames() async throws {
+        let (server, port) = try await startServer(["--address", "127.0.0.1:0", "-q"])
+        for flag in ["-s", "--size"] {
+            let ping = try await Spawned.run(udpecho, ["ping", "127.0.0.1:\(port)", flag, "100", "-c", "1", "--json"])
+            #expect(ping.status == 0, "\(ping.error)")
+            #expect(try jsonObjects(ping.lines).first?["bytes"] as? Int == 100, "\(ping.lines)")
+            let bench = try await Spawned.run(
+                udpecho,
+                ["bench", "127.0.0.1:\(port)", flag, "100", "-c", "100", "--json"]
+            )
+            #expect(bench.status == 0, "\(bench.error)")
+            #expect(try jsonObjects(bench.lines).first?["size"] as? Int == 100, "\(bench.lines)")
+        }
+        server.signal(SIGINT)
+        #expect(await server.waitForExit() == 0)
+    }
+
     @Test func exitsWith1WhenNoReplyCame() async throws {
         let (silent, port) = try await startPythonServer("silent")
         let result = try await Spawned.run(
