@@ -558,3 +558,43 @@ int cudpecho_batch_send_split(int fd, cudpecho_batch *batch, int i, int *sent) {
     }
     return 0;
 }
+
+int cudpecho_batch_send_run(int fd, cudpecho_batch *batch, int start, int count, uint16_t size) {
+    // The slots are contiguous in the mapping: slots [start, start + count) of `size` bytes are one buffer.
+    struct iovec iov = {.iov_base = batch->iovecs[start].iov_base, .iov_len = (size_t)count * batch->slot_size};
+    union {
+        char buffer[CMSG_SPACE(sizeof(uint16_t))];
+        struct cmsghdr align;
+    } control;
+    memset(&control, 0, sizeof(control));
+    struct msghdr h = {
+        .msg_name = batch->messages[start].msg_hdr.msg_name,
+        .msg_namelen = batch->messages[start].msg_hdr.msg_namelen,
+        .msg_iov = &iov,
+        .msg_iovlen = 1,
+        .msg_control = control.buffer,
+        .msg_controllen = sizeof(control.buffer),
+    };
+    struct cmsghdr *c = CMSG_FIRSTHDR(&h);
+    c->cmsg_level = IPPROTO_UDP;
+    c->cmsg_type = UDP_SEGMENT;
+    c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+    memcpy(CMSG_DATA(c), &size, sizeof(size));
+    if (batch->slot_size != size) {
+        return -EINVAL;
+    }
+    ssize_t n = sendmsg(fd, &h, MSG_DONTWAIT);
+    return n < 0 ? -errno : count;
+}
+
+int cudpecho_batch_received_segment_size(const cudpecho_batch *batch, int i) {
+    struct msghdr *h = &((cudpecho_batch *)batch)->messages[i].msg_hdr;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c != NULL; c = CMSG_NXTHDR(h, c)) {
+        if (c->cmsg_level == IPPROTO_UDP && c->cmsg_type == UDP_GRO) {
+            int value;
+            memcpy(&value, CMSG_DATA(c), sizeof(value));
+            return value;
+        }
+    }
+    return 0;
+}

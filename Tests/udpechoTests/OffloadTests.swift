@@ -44,6 +44,25 @@ let pythonGSOClient = """
                       "same_set": sorted(got) == sorted(sent)}), flush=True)
     """
 
+/// An echo server with GRO and GSO of its own (as c-gro) that damages one byte of the third datagram of each run it
+/// answers: prints its port, then serves.
+let pythonDamagingGROServer = """
+    import socket, struct
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_UDP, 104, 1)  # UDP_GRO
+    s.bind(("127.0.0.1", 0))
+    print(s.getsockname()[1], flush=True)
+    while True:
+        data, ancillary, _, peer = s.recvmsg(65536, 64)
+        size = next((struct.unpack("i", d)[0] for l, t, d in ancillary if l == socket.SOL_UDP and t == 104), 0)
+        if size and len(data) > 2 * size:
+            data = bytearray(data)
+            data[2 * size + 8] ^= 0xFF
+            s.sendmsg([bytes(data)], [(socket.SOL_UDP, 103, struct.pack("H", size))], 0, peer)
+        else:
+            s.sendto(data, peer)
+    """
+
 /// UDP generic receive and segmentation offload on the echo path: the kernel hands a client's segmented write over
 /// as one buffer, and the server answers it with one segmented write, yet every datagram is echoed, guarded,
 /// counted and shown as one.
@@ -143,6 +162,35 @@ let pythonGSOClient = """
             #expect(counts["received"] == 15 && counts["echoed"] == 15, "\(counts)")
             #expect(counts["offload-runs"] == 2 && counts["offload-fallbacks"] == 1, "\(counts)")
         }
+    }
+
+    /// `bench --gso` against our server: requests leave as runs, the server takes them as runs and answers with
+    /// runs, the replies come coalesced, and every one of them is matched and checked.
+    @Test func benchSendsRunsAndChecksEveryReply() async throws {
+        let (server, port) = try await startServer(["--address", "127.0.0.1:0", "-q"])
+        let bench = try await Spawned.run(udpecho, ["bench", "127.0.0.1:\(port)", "--gso", "-c", "3000", "--json"])
+        #expect(bench.status == 0, "\(bench.error)")
+        let result = try #require(try jsonObjects(bench.lines).first, "\(bench.lines)")
+        #expect(result["gso"] as? Bool == true && result["received"] as? Int == 3000, "\(result)")
+        #expect(result["lost"] as? Int == 0 && result["corrupt"] as? Int == 0, "\(result)")
+        #expect((result["coalesced_replies"] as? Int ?? 0) > 0, "\(result)")
+        #expect(result["timestamps"] as? String == "user")
+        let counts = try await self.stop(server)
+        #expect(counts["received"] == 3000 && counts["echoed"] == 3000, "\(counts)")
+        #expect((counts["offload-runs"] ?? 0) > 0, "\(counts)")
+    }
+
+    /// A server that damages one datagram inside each run it sends back: `bench --gso` finds each damaged reply
+    /// among the coalesced ones, counts it as corrupt and exits 1.
+    @Test func benchFindsADamagedDatagramInsideARun() async throws {
+        let peer = try Spawned(python, ["python3", "-c", pythonDamagingGROServer])
+        defer { peer.signal(SIGKILL) }
+        let port = try #require(await peer.waitForLine { Int($0) != nil }.flatMap { Int($0) })
+        let bench = try await Spawned.run(udpecho, ["bench", "127.0.0.1:\(port)", "--gso", "-c", "2000", "--json"])
+        #expect(bench.status == 1, "\(bench.error)")
+        let result = try #require(try jsonObjects(bench.lines).first, "\(bench.lines)")
+        let corrupt = try #require(result["corrupt"] as? Int)
+        #expect(corrupt > 0 && corrupt < 2000 && (result["coalesced_replies"] as? Int ?? 0) > 0, "\(result)")
     }
 
     /// The name of the server host's end of the veth pair.

@@ -239,5 +239,11 @@ void cudpecho_batch_set_segment_size(cudpecho_batch *batch, int i, uint16_t size
 /// after the `*sent` datagrams already sent and counting the ones it sends into `*sent`. Returns 0 when all went,
 /// or -errno (-EAGAIN when the send buffer filled).
 int cudpecho_batch_send_split(int fd, cudpecho_batch *batch, int i, int *sent);
+/// Sends slots [start, start + count) of a batch whose slots are `size` bytes as one segmented write (UDP_SEGMENT)
+/// of `count` datagrams, to the address of slot `start` (or the connected peer). Returns `count`, or -errno.
+int cudpecho_batch_send_run(int fd, cudpecho_batch *batch, int start, int count, uint16_t size);
+/// After a receive on a socket with UDP_GRO: the segment size of the coalesced run in slot `i`, or 0 for one
+/// datagram.
+int cudpecho_batch_received_segment_size(const cudpecho_batch *batch, int i);
 
 #endif

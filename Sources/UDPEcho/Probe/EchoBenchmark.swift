@@ -1,6 +1,12 @@
 import Atomics
 public import NIOCore
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
 /// A load generator for echo servers: closed loop (a window of requests in flight per flow) or open loop (a fixed
 /// rate, with latency measured from each request's scheduled send time), every reply checked byte for byte.
 ///
@@ -46,6 +52,11 @@ public enum EchoBenchmark {
         /// Send STAMP test packets (RFC 8762) instead of echo requests: the target is a STAMP or TWAMP-Light
         /// reflector, and the result carries what its replies said (``Result/stamp``). nil: echo requests.
         public var stamp: StampSenderConfiguration?
+        /// Send each flow's batch of requests as one segmented write (UDP GSO) and take the replies coalesced (UDP
+        /// GRO), as QUIC stacks do: sending and receiving cost the generator far less per datagram, so that it can
+        /// drive a server past what single writes allow. Every reply is still checked on its own. The times are then
+        /// the program's clock reads (the kernel timestamps a segmented write once). Echo requests only.
+        public var gso: Bool
 
         /// A configuration; see each property. The defaults are a closed loop of 4 flows x 32 for 10 s.
         public init(
@@ -59,7 +70,8 @@ public enum EchoBenchmark {
             allowRemote: Bool = false,
             timestamps: TimestampSource = .kernel,
             spin: Duration? = nil,
-            stamp: StampSenderConfiguration? = nil
+            stamp: StampSenderConfiguration? = nil,
+            gso: Bool = false
         ) {
             self.target = target
             self.duration = duration
@@ -72,6 +84,7 @@ public enum EchoBenchmark {
             self.timestamps = timestamps
             self.spin = spin
             self.stamp = stamp
+            self.gso = gso
         }
 
         /// Checks every setting; throws ``EchoError`` naming the one that is out of range.
@@ -96,6 +109,9 @@ public enum EchoBenchmark {
                 throw .invalidConfiguration("the spin must be from 0 to 10ms")
             }
             if let count = self.count, count < 1 { throw .invalidConfiguration("the count must be at least 1") }
+            if self.gso && self.stamp != nil {
+                throw .invalidConfiguration("GSO sends runs of echo requests; STAMP test packets go one by one")
+            }
             try TargetPolicy.check(self.target, allowRemote: self.allowRemote)
         }
     }
@@ -130,6 +146,12 @@ public enum EchoBenchmark {
         /// 16th; open loop past 20000 requests a second). Counts and the latency from the schedule cover every
         /// request.
         public var roundTripSampling: Int
+        /// Whether requests left as segmented writes (``Configuration/gso``) to the end of the run.
+        public var gso = false
+        /// Why the kernel refused segmented writes, if it did (the run went on datagram by datagram).
+        public var gsoRefusal: String?
+        /// Replies that came coalesced in runs (UDP GRO), each checked on its own.
+        public var coalescedReplies = 0
         /// What the reflected packets said, in a STAMP run (`ping --stamp`, `bench --stamp`); nil otherwise.
         public var stamp: StampStatistics?
         /// Time from the first request until every request was answered or counted as lost (which includes waiting
@@ -172,7 +194,8 @@ public enum EchoBenchmark {
                         if case .rate(let rate) = configuration.load { return Self.automaticSpin(rate: rate) }
                         return .zero
                     }(),
-                stamp: configuration.stamp
+                stamp: configuration.stamp,
+                offload: configuration.gso
             )
         )
         return await engine.runOnThread(onEvent: nil, onProgress: onProgress)
@@ -193,21 +216,24 @@ extension ProbeEngine {
                     let start = ContinuousClock.now
                     engine.value.run(stop: stop, onEvent: onEvent, onProgress: onProgress)
                     let elapsed = ContinuousClock.now - start
-                    continuation.resume(
-                        returning: EchoBenchmark.Result(
-                            counts: engine.value.counts,
-                            times: engine.value.times,
-                            latencies: engine.value.latencies,
-                            lateness: engine.value.lateness,
-                            jitter: engine.value.jitter,
-                            timestamps: engine.value.timestamps,
-                            timestampFallbacks: engine.value.timestampFallbacks,
-                            roundTripSampling: Int(engine.value.roundTripStride),
-                            stamp: engine.value.stampStatistics,
-                            elapsed: elapsed,
-                            activeTime: engine.value.activeTime
-                        )
+                    var result = EchoBenchmark.Result(
+                        counts: engine.value.counts,
+                        times: engine.value.times,
+                        latencies: engine.value.latencies,
+                        lateness: engine.value.lateness,
+                        jitter: engine.value.jitter,
+                        timestamps: engine.value.timestamps,
+                        timestampFallbacks: engine.value.timestampFallbacks,
+                        roundTripSampling: Int(engine.value.roundTripStride),
+                        stamp: engine.value.stampStatistics,
+                        elapsed: elapsed,
+                        activeTime: engine.value.activeTime
                     )
+                    result.gso = engine.value.offload
+                    let refused = engine.value.offloadRefused
+                    result.gsoRefusal = refused == 0 ? nil : String(cString: strerror(refused))
+                    result.coalescedReplies = engine.value.coalescedReplies
+                    continuation.resume(returning: result)
                 }
             }
         } onCancel: {

@@ -48,6 +48,9 @@ final class ProbeEngine {
         var beforeSend: ((UInt64) -> Void)? = nil
         /// Send STAMP test packets (a Session-Sender) instead of echo probes.
         var stamp: StampSenderConfiguration? = nil
+        /// Send each flow's batch as one segmented write (UDP GSO) and take replies coalesced (UDP GRO). The times
+        /// are then the program's clock reads: the kernel timestamps a segmented write, and a coalesced run, once.
+        var offload = false
     }
 
     static let headerSize = 16
@@ -96,6 +99,15 @@ final class ProbeEngine {
     /// Round trips measured with user-space clocks in a kernel-timestamped run, because a kernel timestamp was
     /// missing.
     private(set) var timestampFallbacks = 0
+    /// Whether batches leave as segmented writes (``Configuration/offload``, while the kernel takes them).
+    private(set) var offload = false
+    /// Why the kernel refused a segmented write, once it did (the run then went on without).
+    private(set) var offloadRefused: Int32 = 0
+    /// Replies that came coalesced in runs (UDP GRO), and the runs.
+    private(set) var coalescedReplies = 0
+    private(set) var coalescedRuns = 0
+    /// Datagrams in one segmented write: the kernel's limit (UDP_MAX_SEGMENTS, 64 before Linux 6.9) and 64 KiB.
+    private let runLength: Int
     /// Whether the kernel takes each send's timestamp ID (SCM_TS_OPT_ID); else IDs count the datagrams sent.
     private let explicitKeys: Bool
     /// Every how many probes of a flow (by sequence number) a transmit timestamp is taken and the round trip
@@ -124,6 +136,10 @@ final class ProbeEngine {
     ///   towards the target has none.
     init(_ configuration: Configuration) throws(EchoError) {
         precondition(configuration.size >= Self.headerSize && configuration.flows >= 1)
+        var configuration = configuration
+        if configuration.offload { configuration.timestamps = .user }
+        self.offload = configuration.offload
+        self.runLength = max(1, min(64, 65_000 / configuration.size))
         self.configuration = configuration
         self.lossTimeout = configuration.lossTimeout.nanoseconds
         self.hardware = configuration.timestamps == .hardware ? 1 : 0
@@ -176,6 +192,7 @@ final class ProbeEngine {
                 )
                 self.flows.append(flow)
                 _ = cudpecho_epoll_add(self.epoll, flow.descriptor, UInt32(index))
+                if configuration.offload { _ = cudpecho_enable_gro(flow.descriptor) }
                 // ICMP errors come on the error queue in every mode (so that a refusal is tied to its probe);
                 // timestamps as asked, falling back to user-space clocks where the kernel will not.
                 let mode: Int32 = source == .user ? -1 : self.hardware
@@ -472,7 +489,16 @@ final class ProbeEngine {
         var next = 0
         var retriedRefusal = false
         while next < count {
-            let sent = cudpecho_batch_send(flow.descriptor, self.transmit, Int32(next), Int32(count - next))
+            let sent =
+                self.offload
+                ? cudpecho_batch_send_run(
+                    flow.descriptor,
+                    self.transmit,
+                    Int32(next),
+                    Int32(min(count - next, self.runLength)),
+                    UInt16(self.configuration.size)
+                )
+                : cudpecho_batch_send(flow.descriptor, self.transmit, Int32(next), Int32(count - next))
             if sent > 0 {
                 if timestamped && !self.explicitKeys {
                     // The kernel numbers the timestamps of the timestamped datagrams it took, in order.
@@ -486,6 +512,11 @@ final class ProbeEngine {
             }
             switch -sent {
             case EINTR:
+                continue
+            case let code where self.offload && [EIO, EINVAL, EMSGSIZE, EOPNOTSUPP].contains(code):
+                // The kernel (or the device) will not cut runs: send datagram by datagram from now on, and say so.
+                self.offload = false
+                self.offloadRefused = code
                 continue
             case ECONNREFUSED where !retriedRefusal:
                 // An ICMP error about an earlier probe, reported on this send, which did not happen; the error
@@ -531,6 +562,21 @@ final class ProbeEngine {
                     start: cudpecho_batch_payload(self.receive, Int32(slot)),
                     count: length
                 )
+                if self.configuration.offload, flow.stamp == nil,
+                    case let size = Int(cudpecho_batch_received_segment_size(self.receive, Int32(slot))),
+                    size > 0 && length > size
+                {
+                    // A coalesced run of replies: each is matched on its own.
+                    self.coalescedRuns += 1
+                    var offset = 0
+                    while offset < length {
+                        let part = UnsafeRawBufferPointer(rebasing: bytes[offset..<min(length, offset + size)])
+                        self.coalescedReplies += 1
+                        self.match(part, on: flow, now: now, kernelArrival: 0, onEvent: onEvent)
+                        offset += size
+                    }
+                    continue
+                }
                 let kernelArrival =
                     self.timestamps == .user ? 0 : cudpecho_batch_timestamp(self.receive, Int32(slot), self.hardware)
                 if flow.stamp != nil {
