@@ -112,6 +112,25 @@ import Glibc
         #expect(result.error.contains("bind 127.0.0.1:\(taken.localAddress.port!) failed: Address already in use"))
     }
 
+    /// A second server on a port a first one serves with several threads (SO_REUSEPORT) is refused, not let in to
+    /// share the first one's traffic; and servers asking for port 0 never get the same port.
+    @Test func aSecondServerCannotJoinAServedPort() async throws {
+        let (first, port) = try await startServer(["--address", "127.0.0.1:0", "--threads", "2", "-q"])
+        let second = try await Spawned.run(
+            udpecho,
+            ["server", "--address", "127.0.0.1:\(port)", "--threads", "2", "-q"]
+        )
+        #expect(second.status == 1)
+        #expect(second.error.contains("bind 127.0.0.1:\(port) failed: Address already in use"), "\(second.error)")
+        var others: [(Spawned, Int)] = []
+        for _ in 0..<6 { others.append(try await startServer(["--address", "127.0.0.1:0", "--threads", "2", "-q"])) }
+        #expect(Set(others.map(\.1) + [port]).count == 7)
+        for (server, _) in others + [(first, port)] {
+            server.signal(SIGINT)
+            #expect(await server.waitForExit() == 0)
+        }
+    }
+
     @Test(arguments: [
         (["--address", "127.0.0.1"], "has no port"),
         (["--address", "::1:7"], "needs brackets"),

@@ -133,7 +133,9 @@ public final class EchoServer: Service, Sendable {
         let options = Self.socketOptions(configuration)
         var sockets: [ServerSocket] = []
         do throws(EchoError) {
-            let first = try ServerSocket.bind(to: target, options: options)
+            var firstOptions = options
+            firstOptions.first = true
+            let first = try ServerSocket.bind(to: target, options: firstOptions)
             sockets.append(first)
             // The other sockets join the first one's port, which is the real one even if port 0 was asked for.
             let shared = try SocketAddress.port(first.localAddress.port ?? configuration.address.port, of: target)
@@ -226,6 +228,9 @@ public final class EchoServer: Service, Sendable {
             offload: configuration.offload && configuration.stamp == nil
         )
     }
+
+    /// Whether ``run()`` has started the serving threads (and not yet returned).
+    var isRunning: Bool { self.state.withLock { $0 == .running } }
 
     /// The addresses of all the server's sockets (several when it adopted several).
     public var localAddresses: [SocketAddress] { self.sockets.map(\.localAddress) }

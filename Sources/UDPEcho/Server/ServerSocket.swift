@@ -13,7 +13,13 @@ struct ServerSocket {
     let localAddress: SocketAddress
 
     struct Options {
+        /// Let the server's other sockets share the port (SO_REUSEPORT).
         var reusePort: Bool
+        /// The first socket of the server: it binds without SO_REUSEPORT, so that a port someone else serves is
+        /// refused (EADDRINUSE) and port 0 gets a port nobody uses (the kernel would otherwise hand out, or let
+        /// join, the port of another process's SO_REUSEPORT group of the same user, and the two would share its
+        /// traffic), and then allows the others to join.
+        var first = false
         var receiveBufferSize: Int?
         var sendBufferSize: Int?
         /// Ask for each datagram's receive timestamp, TTL and TOS (a STAMP reflector needs them).
@@ -40,7 +46,7 @@ struct ServerSocket {
         }
         do throws(EchoError) {
             let wildcard = address.isUnspecified
-            if options.reusePort {
+            if options.reusePort && !options.first {
                 try Self.setOption(fd, SOL_SOCKET, cudpecho_so_reuseport, 1, "SO_REUSEPORT", address)
             }
             if family == AF_INET6 && wildcard {
@@ -50,6 +56,9 @@ struct ServerSocket {
             let status = address.withRawAddress { Glibc.bind(fd, $0, $1) }
             guard status == 0 else {
                 throw .socket(operation: "bind", address: address.hostPortDescription, errno: errno)
+            }
+            if options.reusePort && options.first {
+                try Self.setOption(fd, SOL_SOCKET, cudpecho_so_reuseport, 1, "SO_REUSEPORT", address)
             }
             return ServerSocket(descriptor: fd, localAddress: try Self.localAddress(of: fd, asked: address))
         } catch {
