@@ -165,7 +165,7 @@ import Glibc
             eventsPerSecond: 5
         )
         let server = try EchoServer(configuration: configuration) { event in events.record(event) }
-        let running = Task { try await server.run() }
+        let running = try await startServing(server)
         let client = try TestSocket(host: "127.0.0.1", connectTo: try clientAddress(of: server))
         for index in 0..<100 {
             client.send(pattern(8, seed: index))
@@ -198,7 +198,7 @@ import Glibc
             while !released.load(ordering: .acquiring) { usleep(1000) }
             events.record(event)
         }
-        let running = Task { try await server.run() }
+        let running = try await startServing(server)
         let client = try TestSocket(host: "127.0.0.1", connectTo: try clientAddress(of: server))
         for index in 0..<3000 {
             client.send(pattern(16, seed: index))
@@ -254,7 +254,7 @@ import Glibc
 
     @Test func cancellationStopsTheServerAndClosesItsPort() async throws {
         let server = try EchoServer(configuration: .init(address: HostAndPort(host: isolatedLoopback(), port: 0)))
-        let running = Task { try await server.run() }
+        let running = try await startServing(server)
         let target = try clientAddress(of: server)
         let probe = try TestSocket(host: "127.0.0.1", connectTo: target)
         probe.send([1])

@@ -1,7 +1,8 @@
 import NIOCore
 import Synchronization
 import TestSupport
-import UDPEcho
+
+@testable import UDPEcho
 
 /// A loopback address of its own for one test's server (127.0.0.0/8 is all loopback on Linux): tests run in
 /// parallel, and a datagram another test sends to a port it has just closed must not reach this server if the
@@ -17,7 +18,7 @@ func withServer<Result>(
     _ body: (EchoServer) async throws -> Result
 ) async throws -> Result {
     let server = try EchoServer(configuration: configuration, onEvent: onEvent)
-    let running = Task { try await server.run() }
+    let running = try await startServing(server)
     do {
         let result = try await body(server)
         running.cancel()
@@ -57,4 +58,13 @@ func ownClientsOnly() -> GuardConfiguration {
     var guards = GuardConfiguration()
     guards.allow = [try! IPPrefix(parsing: "127.0.0.1"), try! IPPrefix(parsing: "::1")]
     return guards
+}
+
+/// Runs `server` in a task, and returns once it serves: under the suite's load a task can wait seconds for a
+/// thread, and a test that times its probes would count that wait as loss.
+func startServing(_ server: EchoServer) async throws -> Task<Void, any Error> {
+    let running = Task { try await server.run() }
+    let deadline = ContinuousClock.now + .seconds(30)
+    while !server.isRunning && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(1)) }
+    return running
 }
