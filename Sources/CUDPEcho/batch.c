@@ -29,6 +29,7 @@ struct cudpecho_batch {
     int8_t *arrived_on_loopback;  // per slot: 1, 0, or -1 when the destination was not reported
     cudpecho_datagram_info *info; // per slot: receive timestamp, TTL and TOS, where the socket asked for them
     uint16_t *segment_size;       // per slot: the segment size of a coalesced run (UDP_GRO), 0 for one datagram
+    int dirty;                    // slots [0, dirty) were received into (and made replies) since the last reset
 };
 
 const short cudpecho_pollin = POLLIN;
@@ -95,12 +96,14 @@ void cudpecho_batch_destroy(cudpecho_batch *batch) {
 
 
 // Makes slots [0, max) ready to receive into (whole slot, room for the peer and control messages); returns max,
-// capped at the batch's size.
+// capped at the batch's size. Only the slots used since the last receive are reset: the others are as it left them
+// (the kernel writes only the messages it fills), which spares a loop over every slot when one datagram comes at a
+// time.
 static int prepare_receive(cudpecho_batch *batch, int max) {
     if (max > batch->count) {
         max = batch->count;
     }
-    for (int i = 0; i < max; i++) {
+    for (int i = 0; i < batch->dirty; i++) {
         struct msghdr *h = &batch->messages[i].msg_hdr;
         batch->iovecs[i].iov_len = batch->slot_size;
         h->msg_name = &batch->peers[i];
@@ -109,12 +112,16 @@ static int prepare_receive(cudpecho_batch *batch, int max) {
         h->msg_controllen = CONTROL_SIZE;
         h->msg_flags = 0;
     }
+    batch->dirty = 0;
     return max;
 }
 
 int cudpecho_batch_recv(int fd, cudpecho_batch *batch, int max, int wait) {
     max = prepare_receive(batch, max);
     int n = recvmmsg(fd, batch->messages, (unsigned int)max, wait ? MSG_WAITFORONE : MSG_DONTWAIT, NULL);
+    if (n > 0) {
+        batch->dirty = n;
+    }
     return n < 0 ? -errno : n;
 }
 
@@ -404,6 +411,9 @@ int64_t cudpecho_batch_timestamp(const cudpecho_batch *batch, int i, int hardwar
 int cudpecho_batch_recv_errors(int fd, cudpecho_batch *batch, int max) {
     max = prepare_receive(batch, max);
     int n = recvmmsg(fd, batch->messages, (unsigned int)max, MSG_ERRQUEUE | MSG_DONTWAIT, NULL);
+    if (n > 0) {
+        batch->dirty = n;
+    }
     return n < 0 ? -errno : n;
 }
 

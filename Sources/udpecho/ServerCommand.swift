@@ -108,6 +108,15 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Send buffer of each socket, in bytes (SO_SNDBUF).", valueName: "bytes"))
     var sendBuffer = 4 << 20
 
+    @Option(
+        help: ArgumentHelp(
+            "After each datagram, keep polling the socket this long (e.g. 50us, 1ms) before sleeping until the next: the thread is not woken for a datagram that comes meanwhile, which takes the wake-up out of the round trip, at the cost of a core kept busy while traffic lasts. (default: 0, never poll; at most 1s)",
+            valueName: "duration"
+        ),
+        transform: parseDuration
+    )
+    var busyPoll: Duration = .zero
+
     @Flag(
         help:
             "Take every datagram alone. By default the kernel hands over a run of same-sized datagrams from one sender (a client's GSO write) as one buffer (UDP GRO) and the run is answered with one write that the kernel cuts into the same datagrams (UDP GSO); each datagram still counts, is guarded and is shown as one."
@@ -257,6 +266,11 @@ struct ServerCommand: AsyncParsableCommand {
             throw ValidationError("--threads \(threads) is out of range; give 1 to 1024")
         }
         if self.linesPerSecond < 0 { throw ValidationError("--lines-per-second cannot be negative") }
+        if self.busyPoll < .zero || self.busyPoll > .seconds(1) {
+            throw ValidationError(
+                "--busy-poll must be from 0 to 1s: it keeps a core busy that long after each datagram"
+            )
+        }
         if self.receiveBuffer <= 0 || self.sendBuffer <= 0 {
             throw ValidationError("socket buffer sizes must be positive")
         }
@@ -365,7 +379,8 @@ struct ServerCommand: AsyncParsableCommand {
             eventsPerSecond: self.linesPerSecond == 0 ? nil : self.linesPerSecond,
             guards: try self.guards(),
             stamp: try self.stampConfiguration(),
-            offload: !self.noOffload
+            offload: !self.noOffload,
+            busyPoll: self.busyPoll
         )
         let server: EchoServer
         // Started by systemd with its sockets (ListenDatagram=): serve those instead of binding.

@@ -60,6 +60,10 @@ public final class EchoServer: Service, Sendable {
         /// still counts as one for the guards, the counters and the events. On by default where the kernel offers
         /// it (Linux 5.0); a STAMP reflector answers datagram by datagram.
         public var offload: Bool
+        /// How long a serving thread polls its socket without blocking, after the last datagram, before it sleeps
+        /// in the kernel until the next: a thread that does not sleep is not woken, which takes the wake-up out of
+        /// the round trip, at the cost of a core kept busy. Zero (the default) never polls.
+        public var busyPoll: Duration
 
         /// Creates a configuration; see each property for its meaning.
         public init(
@@ -73,7 +77,8 @@ public final class EchoServer: Service, Sendable {
             eventsPerSecond: Int? = 50,
             guards: GuardConfiguration = GuardConfiguration(),
             stamp: StampReflectorConfiguration? = nil,
-            offload: Bool = true
+            offload: Bool = true,
+            busyPoll: Duration = .zero
         ) {
             self.address = address
             self.writeTimeout = writeTimeout
@@ -86,6 +91,7 @@ public final class EchoServer: Service, Sendable {
             self.guards = guards
             self.stamp = stamp
             self.offload = offload
+            self.busyPoll = busyPoll
         }
     }
 
@@ -191,7 +197,8 @@ public final class EchoServer: Service, Sendable {
             guards: configuration.guards,
             threads: configuration.threads,
             stamp: configuration.stamp,
-            offload: configuration.offload && configuration.stamp == nil
+            offload: configuration.offload && configuration.stamp == nil,
+            busyPoll: configuration.busyPoll
         )
         var workers: [EchoWorker] = []
         do throws(EchoError) {

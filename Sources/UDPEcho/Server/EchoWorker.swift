@@ -25,6 +25,8 @@ final class EchoWorker: @unchecked Sendable {
         var stamp: StampReflectorConfiguration?
         /// Runs of datagrams arrive coalesced (UDP GRO) and leave as one segmented write (UDP GSO).
         var offload = false
+        /// How long to poll without blocking after the last datagram before sleeping in the kernel.
+        var busyPoll: Duration = .zero
     }
 
     /// A datagram of a coalesced run that a guard dropped while the rest of its run is echoed (or, when the whole
@@ -102,8 +104,25 @@ final class EchoWorker: @unchecked Sendable {
     /// Serves until the server stops, then echoes what is already queued (a bounded amount) and returns.
     func run() {
         let batchSize = Int32(self.settings.batchSize)
+        let busyPoll = self.settings.busyPoll.nanoseconds
+        var pollUntil: Int64 = 0
         while true {
-            let received = cudpecho_batch_recv(self.socket.descriptor, self.batch, batchSize, 1)
+            var received: Int32
+            if busyPoll > 0 {
+                // Poll while datagrams came within the last busyPoll; block (and be woken) only after that.
+                received = cudpecho_batch_recv(self.socket.descriptor, self.batch, batchSize, 0)
+                if received > 0 {
+                    pollUntil = 0
+                } else if received == -EAGAIN {
+                    let now = cudpecho_now_ns()
+                    if pollUntil == 0 { pollUntil = now + busyPoll }
+                    if now < pollUntil && !self.stopping.load(ordering: .relaxed) { continue }
+                    pollUntil = 0
+                    received = cudpecho_batch_recv(self.socket.descriptor, self.batch, batchSize, 1)
+                }
+            } else {
+                received = cudpecho_batch_recv(self.socket.descriptor, self.batch, batchSize, 1)
+            }
             if received > 0 {
                 let datagrams = self.serve(Int(received))
                 if datagrams < Int(received) || self.stopping.load(ordering: .relaxed) { break }  // shut down
