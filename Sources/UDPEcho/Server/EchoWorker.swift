@@ -59,7 +59,9 @@ final class EchoWorker: @unchecked Sendable {
     private var batchHasDrops = false
     private var budget: EventBudget
     private var receiveTimeoutArmed = false
-    private var sourceGuard: SourceGuard
+    /// The guards' state, in memory of its own: the serving loop reaches it without copying the struct (a copy per
+    /// batch retained and released each of its tables) and without the class property's exclusivity checks.
+    private let sourceGuard: UnsafeMutablePointer<SourceGuard>
     private var reflector: StampReflector?
     /// Whether the current batch holds a coalesced run.
     private var batchHasRuns = false
@@ -90,7 +92,10 @@ final class EchoWorker: @unchecked Sendable {
         self.errnos.initialize(repeating: 0, count: settings.batchSize)
         self.droppedDatagrams = .allocate(capacity: Self.droppedDatagramCapacity)
         self.budget = EventBudget(perWindow: settings.eventsPerSecond ?? .max)
-        self.sourceGuard = SourceGuard(settings.guards, localAddress: socket.localAddress, threads: settings.threads)
+        self.sourceGuard = .allocate(capacity: 1)
+        self.sourceGuard.initialize(
+            to: SourceGuard(settings.guards, localAddress: socket.localAddress, threads: settings.threads)
+        )
         self.reflector = settings.stamp.map { StampReflector($0, localAddress: socket.localAddress) }
     }
 
@@ -98,6 +103,8 @@ final class EchoWorker: @unchecked Sendable {
         cudpecho_batch_destroy(self.batch)
         self.outcomes.deallocate()
         self.errnos.deallocate()
+        self.sourceGuard.deinitialize(count: 1)
+        self.sourceGuard.deallocate()
         self.droppedDatagrams.deallocate()
     }
 
@@ -180,7 +187,7 @@ final class EchoWorker: @unchecked Sendable {
                 self.drop(index, count, .truncated, errno: 0)
             }
         }
-        if self.sourceGuard.isActive {
+        if self.sourceGuard.pointee.isActive {
             self.applyGuards(count)
         }
         if self.reflector != nil {
@@ -241,7 +248,7 @@ final class EchoWorker: @unchecked Sendable {
     /// remembered for their events, and the ones kept are moved together (all but the last are of the segment size,
     /// and the last stays last), so that the run still leaves as one segmented write. A run with none kept is
     /// dropped.
-    private func guardRun(_ index: Int, _ count: Int, _ sourceGuard: inout SourceGuard, now: Int64) {
+    private func guardRun(_ index: Int, _ count: Int, _ sourceGuard: UnsafeMutablePointer<SourceGuard>, now: Int64) {
         let slot = Int32(index)
         let size = Int(cudpecho_batch_segment_size(self.batch, slot))
         let payload = cudpecho_batch_payload(self.batch, slot)!
@@ -255,7 +262,7 @@ final class EchoWorker: @unchecked Sendable {
         while offset < length {
             let part = min(size, length - offset)
             let datagram = UnsafeRawBufferPointer(start: payload + offset, count: part)
-            if let reason = sourceGuard.check(
+            if let reason = sourceGuard.pointee.check(
                 peer: peer,
                 payload: datagram,
                 arrivedOnLoopback: loopback,
@@ -294,20 +301,17 @@ final class EchoWorker: @unchecked Sendable {
     /// Drops the datagrams of the batch that a guard catches.
     private func applyGuards(_ count: Int) {
         let now = cudpecho_now_ns()
-        // A local copy for the loop: no exclusivity check on the class's property per datagram. The copy shares the
-        // guard's tables, so storing it back copies no table.
-        var sourceGuard = self.sourceGuard
-        defer { self.sourceGuard = sourceGuard }
-        sourceGuard.refreshInterfaces(now: now)
+        let sourceGuard = self.sourceGuard
+        sourceGuard.pointee.refreshInterfaces(now: now)
         for index in 0..<count where !self.batchHasDrops || self.outcomes[index] == 0 {
             if self.batchHasRuns && cudpecho_batch_segment_size(self.batch, Int32(index)) != 0 {
-                self.guardRun(index, count, &sourceGuard, now: now)
+                self.guardRun(index, count, sourceGuard, now: now)
                 continue
             }
             var length: socklen_t = 0
             let slot = Int32(index)
             let peer = cudpecho_batch_peer(self.batch, slot, &length)!
-            let reason = sourceGuard.check(
+            let reason = sourceGuard.pointee.check(
                 peer: peer,
                 payload: UnsafeRawBufferPointer(
                     start: cudpecho_batch_payload(self.batch, slot),
@@ -318,7 +322,7 @@ final class EchoWorker: @unchecked Sendable {
             )
             if let reason { self.drop(index, count, reason, errno: 0) }
         }
-        if let table = sourceGuard.table {
+        if let table = sourceGuard.pointee.table {
             self.counters.set(.rateTableEntries, table.count)
             self.counters.set(.rateTableEvictions, table.evictions)
         }
