@@ -497,6 +497,73 @@ int cudpecho_batch_received_tos(const cudpecho_batch *batch, int i) {
     return -1;
 }
 
+int cudpecho_enable_receive_marks(int fd, int family) {
+    int on = 1;
+    if (setsockopt(fd, IPPROTO_IP, IP_RECVTTL, &on, sizeof(on)) != 0
+        || setsockopt(fd, IPPROTO_IP, IP_RECVTOS, &on, sizeof(on)) != 0) {
+        return -errno;
+    }
+    if (family == AF_INET6 && (setsockopt(fd, IPPROTO_IPV6, IPV6_RECVHOPLIMIT, &on, sizeof(on)) != 0
+                               || setsockopt(fd, IPPROTO_IPV6, IPV6_RECVTCLASS, &on, sizeof(on)) != 0)) {
+        return -errno;
+    }
+    return 0;
+}
+
+int cudpecho_batch_received_ttl(const cudpecho_batch *batch, int i) {
+    struct msghdr *h = &((cudpecho_batch *)batch)->messages[i].msg_hdr;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c != NULL; c = CMSG_NXTHDR(h, c)) {
+        if ((c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_TTL)
+            || (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_HOPLIMIT)) {
+            int value;
+            memcpy(&value, CMSG_DATA(c), sizeof(value));
+            return value;
+        }
+    }
+    return -1;
+}
+
+int cudpecho_set_marking(int fd, int family, int tos, int ttl, int dont_fragment) {
+    if (tos >= 0) {
+        if (setsockopt(fd, IPPROTO_IP, IP_TOS, &tos, sizeof(tos)) != 0 && family == AF_INET) {
+            return -errno;
+        }
+        if (family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_TCLASS, &tos, sizeof(tos)) != 0) {
+            return -errno;
+        }
+    }
+    if (ttl >= 0) {
+        if (setsockopt(fd, IPPROTO_IP, IP_TTL, &ttl, sizeof(ttl)) != 0 && family == AF_INET) {
+            return -errno;
+        }
+        if (family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_UNICAST_HOPS, &ttl, sizeof(ttl)) != 0) {
+            return -errno;
+        }
+    }
+    if (dont_fragment) {
+        int mode = IP_PMTUDISC_DO;
+        if (setsockopt(fd, IPPROTO_IP, IP_MTU_DISCOVER, &mode, sizeof(mode)) != 0 && family == AF_INET) {
+            return -errno;
+        }
+        if (family == AF_INET6) {
+            int v6mode = IPV6_PMTUDISC_DO, on = 1;
+            if (setsockopt(fd, IPPROTO_IPV6, IPV6_MTU_DISCOVER, &v6mode, sizeof(v6mode)) != 0
+                || setsockopt(fd, IPPROTO_IPV6, IPV6_DONTFRAG, &on, sizeof(on)) != 0) {
+                return -errno;
+            }
+        }
+    }
+    return 0;
+}
+
+int cudpecho_sent_ttl(int fd, int family) {
+    int value = 0;
+    socklen_t length = sizeof(value);
+    int result = family == AF_INET6 ? getsockopt(fd, IPPROTO_IPV6, IPV6_UNICAST_HOPS, &value, &length)
+                                    : getsockopt(fd, IPPROTO_IP, IP_TTL, &value, &length);
+    return result == 0 ? value : -errno;
+}
+
 // MARK: UDP generic receive and segmentation offload
 
 int cudpecho_enable_gro(int fd) {

@@ -73,6 +73,8 @@ struct PingCommand: AsyncParsableCommand {
 
     @OptionGroup var stampOptions: StampSenderOptions
 
+    @OptionGroup(title: "Marking and hops") var markingOptions: MarkingOptions
+
     @Option(
         name: [.customShort("W"), .long],
         help: ArgumentHelp("How long to wait for each reply.", valueName: "duration"),
@@ -106,7 +108,12 @@ struct PingCommand: AsyncParsableCommand {
     func run() async throws {
         let address: SocketAddress
         let target = try self.stampOptions.target(self.targetText)
-        let stamp = try self.stampOptions.configuration()
+        var stamp = try self.stampOptions.configuration()
+        let marking = self.markingOptions.marking
+        if stamp != nil && stamp?.classOfService == nil, let marked = marking.trafficClass {
+            // Ask the reflector to send back the DSCP we send, and to say what arrived (a Class of Service TLV).
+            stamp?.classOfService = marked.dscp
+        }
         do {
             address = try await resolveTarget(target)
         } catch {
@@ -121,7 +128,8 @@ struct PingCommand: AsyncParsableCommand {
             size: size,
             timeout: self.timeout,
             timestamps: self.timestamps,
-            stamp: stamp
+            stamp: stamp,
+            marking: marking
         )
         do { try configuration.validate() } catch {
             Stream.err.line("udpecho: error: \(error)")
@@ -138,7 +146,11 @@ struct PingCommand: AsyncParsableCommand {
                     if !json && !quiet { lines.enqueue("\(header), \(timestamps.label)") }
                 } onEvent: { event in
                     guard !quiet else { return }
-                    lines.enqueue(json ? PingJSON.line(for: event) : event.pingLine(peer: peer, timeout: timeout))
+                    lines.enqueue(
+                        json
+                            ? PingJSON.line(for: event)
+                            : event.pingLine(peer: peer, timeout: timeout, showClass: marking.trafficClass != nil)
+                    )
                 }
             }
         }
@@ -148,7 +160,9 @@ struct PingCommand: AsyncParsableCommand {
         } else {
             Stream.out.line("")
             Stream.out.line("--- \(target) udpecho ping statistics ---")
-            for line in result.pingSummary() { Stream.out.line(line) }
+            for line in result.pingSummary(marked: marking.isSet, far: stamp == nil ? "the server" : "the reflector") {
+                Stream.out.line(line)
+            }
         }
         if result.counts.received == 0 { throw ExitCode(1) }
     }
@@ -198,11 +212,11 @@ func milliseconds(_ nanoseconds: Int64) -> String {
 }
 
 extension ProbeEvent {
-    func pingLine(peer: String, timeout: Duration) -> String {
+    func pingLine(peer: String, timeout: Duration, showClass: Bool = false) -> String {
         switch self {
-        case .reply(let sequence, let bytes, let roundTrip, _, let outOfOrder):
+        case .reply(let sequence, let bytes, let roundTrip, _, let outOfOrder, let marks):
             return "\(bytes) bytes from \(peer): seq=\(sequence) time=\(milliseconds(roundTrip)) ms"
-                + (outOfOrder ? " (out of order)" : "")
+                + (marks?.lineSuffix(showClass: showClass) ?? "") + (outOfOrder ? " (out of order)" : "")
         case .stampReply(let reply):
             var line =
                 "\(reply.bytes) bytes from \(peer): seq=\(reply.sequence) time=\(milliseconds(reply.roundTrip)) ms"
@@ -212,8 +226,11 @@ extension ProbeEvent {
                 line +=
                     " reflector=\(milliseconds(reply.reflectorTime)) ms forward=\(signedMilliseconds(reply.forwardDelay)) ms"
                 line += " backward=\(signedMilliseconds(reply.backwardDelay)) ms ttl=\(reply.ttlAtReflector)"
-                if let tos = reply.tosAtReflector { line += " dscp-there=\(tos >> 2)" }
-                if let tos = reply.tosHere { line += " dscp-here=\(tos >> 2)" }
+                if let tos = reply.tosAtReflector {
+                    line += " dscp-there=\(tos >> 2) ecn-there=\(TrafficClass(byte: tos).ecn)"
+                }
+                if let tos = reply.tosHere { line += " dscp-here=\(tos >> 2) ecn-here=\(TrafficClass(byte: tos).ecn)" }
+                if let ttl = reply.ttlHere { line += " ttl-here=\(ttl)" }
             }
             return line + (reply.outOfOrder ? " (out of order)" : "")
         case .duplicate(let sequence, let bytes):
@@ -237,7 +254,7 @@ extension ProbeEvent {
 
 extension EchoBenchmark.Result {
     /// ping's summary lines.
-    func pingSummary() -> [String] {
+    func pingSummary(marked: Bool = false, far: String = "the server") -> [String] {
         let counts = self.counts
         let loss = counts.sent == 0 ? 0 : Double(counts.sent - counts.received) / Double(counts.sent) * 100
         var lines = [
@@ -266,6 +283,9 @@ extension EchoBenchmark.Result {
             )
         }
         if let stamp = self.stamp { lines += stamp.summaryLines(sent: counts.sent, lost: counts.lost) }
+        if let marking = self.marking, marked || marking.reportedThere > 0 {
+            lines += marking.summaryLines(far: far)
+        }
         return lines
     }
 
@@ -285,6 +305,13 @@ enum PingJSON {
         var out_of_order: Bool?
         var reason: String?
         var stamp: StampEvent?
+        var ttl, dscp, ecn: Int?
+        var at_server: ServerMarks?
+    }
+
+    /// What a udpecho server with --reflect-tos said the probe arrived with.
+    struct ServerMarks: Encodable {
+        var ttl, dscp, ecn: Int?
     }
 
     /// A STAMP reply's fields in a `reply` event.
@@ -309,19 +336,32 @@ enum PingJSON {
         var send_lateness_ms: [String: Double]?
         var ipdv_ms: [String: Double]?
         var jitter_rfc3550_ms: Double?
+        var marking: MarkingSummary?
     }
 
     static func line(for event: ProbeEvent) -> String {
         let value: Event
         switch event {
-        case .reply(let sequence, let bytes, let roundTrip, let lateness, let outOfOrder):
+        case .reply(let sequence, let bytes, let roundTrip, let lateness, let outOfOrder, let marks):
             value = Event(
                 type: "reply",
                 seq: sequence,
                 bytes: bytes,
                 rtt_ms: Double(roundTrip) / 1e6,
                 late_ms: Double(lateness) / 1e6,
-                out_of_order: outOfOrder
+                out_of_order: outOfOrder,
+                ttl: marks?.ttlHere,
+                dscp: marks?.classHere.map { Int($0.dscp) },
+                ecn: marks?.classHere.map { Int($0.ecn.rawValue) },
+                at_server: marks.flatMap { marks in
+                    marks.classThere == nil && marks.ttlThere == nil
+                        ? nil
+                        : ServerMarks(
+                            ttl: marks.ttlThere,
+                            dscp: marks.classThere.map { Int($0.dscp) },
+                            ecn: marks.classThere.map { Int($0.ecn.rawValue) }
+                        )
+                }
             )
         case .stampReply(let reply):
             value = Event(
@@ -398,7 +438,8 @@ enum PingJSON {
                 rtt_ms: rtt,
                 send_lateness_ms: times.count == 0 ? nil : result.lateness.milliseconds([50, 99]),
                 ipdv_ms: result.jitter.ipdv.count == 0 ? nil : result.jitter.ipdvMilliseconds,
-                jitter_rfc3550_ms: result.jitter.ipdv.count == 0 ? nil : result.jitter.rfc3550 / 1e6
+                jitter_rfc3550_ms: result.jitter.ipdv.count == 0 ? nil : result.jitter.rfc3550 / 1e6,
+                marking: result.marking.map(MarkingSummary.init)
             )
         )
     }

@@ -123,6 +123,12 @@ struct ServerCommand: AsyncParsableCommand {
     )
     var noOffload = false
 
+    @Flag(
+        help:
+            "Reply with the DSCP and ECN each datagram arrived with (CE goes back as ECT(0)), and tell a udpecho ping the TTL and marking its probe arrived with. Off by default: an echo server's replies otherwise carry the system's default marking, so a client cannot see how the path treats its marking on the way back, nor which way changed it. Datagrams are then taken one by one (no offload)."
+    )
+    var reflectTos = false
+
     @Option(
         help: ArgumentHelp(
             "Drop datagrams from source ports below N: well-known services, a spoofed loop or a reflection; 0 turns it off.",
@@ -330,6 +336,11 @@ struct ServerCommand: AsyncParsableCommand {
             }
             return nil
         }
+        if self.reflectTos {
+            throw ValidationError(
+                "--reflect-tos is for echo: a STAMP reflector replies with the DSCP a sender's Class of Service TLV asks for, and says in it what arrived"
+            )
+        }
         var key: StampKey?
         if let path = self.stampKeyFile {
             do { key = try StampKey(contentsOfFile: path) } catch { throw ValidationError("\(error)") }
@@ -380,7 +391,8 @@ struct ServerCommand: AsyncParsableCommand {
             guards: try self.guards(),
             stamp: try self.stampConfiguration(),
             offload: !self.noOffload,
-            busyPoll: self.busyPoll
+            busyPoll: self.busyPoll,
+            reflectTOS: self.reflectTos
         )
         let server: EchoServer
         // Started by systemd with its sockets (ListenDatagram=): serve those instead of binding.

@@ -16,6 +16,8 @@ let pythonGSOClient = """
     host, port = sys.argv[1], int(sys.argv[2])
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     s = socket.socket(family, socket.SOCK_DGRAM)
+    # Connected: only the server's datagrams come in (a parallel test's probe to a port it believes closed cannot).
+    s.connect((host, port))
     s.settimeout(2)
     sent, number = [], 0
     def datagram(size):
@@ -29,9 +31,9 @@ let pythonGSOClient = """
         datagrams = [datagram(size) for _ in range(count)] + ([datagram(parts[2])] if len(parts) > 2 else [])
         sent += datagrams
         if len(datagrams) == 1:
-            s.sendto(datagrams[0], (host, port))
+            s.send(datagrams[0])
         else:
-            s.sendmsg([b"".join(datagrams)], [(socket.SOL_UDP, 103, struct.pack("H", size))], 0, (host, port))
+            s.sendmsg([b"".join(datagrams)], [(socket.SOL_UDP, 103, struct.pack("H", size))])
     got = []
     try:
         while len(got) < len(sent):

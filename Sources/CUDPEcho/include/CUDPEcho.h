@@ -68,6 +68,20 @@ int cudpecho_enable_receive_tos(int fd, int family);
 /// After a receive: the TOS or traffic class byte slot `i` arrived with, or -1 if not reported.
 int cudpecho_batch_received_tos(const cudpecho_batch *batch, int i);
 
+/// Asks the kernel to report the TTL (IPv4) or hop limit (IPv6), and the TOS or traffic class byte, of each
+/// datagram received; on an IPv6 socket for IPv4-mapped peers too. Returns 0 or -errno.
+int cudpecho_enable_receive_marks(int fd, int family);
+/// After a receive: the TTL or hop limit slot `i` arrived with, or -1 if not reported.
+int cudpecho_batch_received_ttl(const cudpecho_batch *batch, int i);
+
+/// Marks what a socket sends: the TOS or traffic class byte (`tos`, -1 to leave it), the TTL or hop limit (`ttl`,
+/// -1 to leave it), and, if `dont_fragment`, DF set with path MTU discovery on (IP_PMTUDISC_DO / IPV6_DONTFRAG:
+/// a datagram larger than the path's known MTU fails with EMSGSIZE instead of being fragmented). Returns 0 or
+/// -errno.
+int cudpecho_set_marking(int fd, int family, int tos, int ttl, int dont_fragment);
+/// The TTL or hop limit the socket sends with (the system default unless set). Returns it or -errno.
+int cudpecho_sent_ttl(int fd, int family);
+
 /// Asks the kernel to report each datagram's receive timestamp (software), TTL or hop limit, and TOS or traffic
 /// class. Returns 0 or -errno.
 int cudpecho_enable_datagram_info(int fd, int family);

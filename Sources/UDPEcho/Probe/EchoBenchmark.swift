@@ -154,6 +154,8 @@ public enum EchoBenchmark {
         public var coalescedReplies = 0
         /// What the reflected packets said, in a STAMP run (`ping --stamp`, `bench --stamp`); nil otherwise.
         public var stamp: StampStatistics?
+        /// The replies' markings and hop counts, both ways where the far end says (`ping`); nil otherwise.
+        public var marking: MarkingStatistics?
         /// Time from the first request until every request was answered or counted as lost (which includes waiting
         /// a loss timeout for the last lost ones).
         public var elapsed: Duration
@@ -233,6 +235,7 @@ extension ProbeEngine {
                     let refused = engine.value.offloadRefused
                     result.gsoRefusal = refused == 0 ? nil : String(cString: strerror(refused))
                     result.coalescedReplies = engine.value.coalescedReplies
+                    result.marking = engine.value.markingStatistics
                     continuation.resume(returning: result)
                 }
             }

@@ -30,6 +30,10 @@ public enum EchoPinger {
         /// Send STAMP test packets to a STAMP reflector (RFC 8762) instead of echo probes; `size` is then the test
         /// packet's size (the base packet, its TLVs, and Extra Padding past them).
         public var stamp: StampSenderConfiguration?
+        /// How probes leave: traffic class (DSCP and ECN), TTL, Don't Fragment. Each reply says what it arrived
+        /// with here, and a udpecho server with `--reflect-tos` (or a STAMP reflector) what the probe arrived with
+        /// there (``ArrivalMarks``, ``EchoBenchmark/Result/marking``).
+        public var marking: PathMarking
 
         /// A configuration; the defaults are ping's: a probe a second of 64 bytes, until cancelled.
         public init(
@@ -39,7 +43,8 @@ public enum EchoPinger {
             size: Int = 64,
             timeout: Duration = .seconds(1),
             timestamps: TimestampSource = .kernel,
-            stamp: StampSenderConfiguration? = nil
+            stamp: StampSenderConfiguration? = nil,
+            marking: PathMarking = PathMarking()
         ) {
             self.target = target
             self.count = count
@@ -48,6 +53,7 @@ public enum EchoPinger {
             self.timeout = timeout
             self.timestamps = timestamps
             self.stamp = stamp
+            self.marking = marking
         }
 
         /// Checks every setting; throws ``EchoError`` naming the one that is out of range.
@@ -58,6 +64,7 @@ public enum EchoPinger {
             }
             guard self.timeout > .zero else { throw .invalidConfiguration("the timeout must be more than 0") }
             if let count = self.count, count < 1 { throw .invalidConfiguration("the count must be at least 1") }
+            try self.marking.validate()
         }
     }
 
@@ -100,7 +107,10 @@ public enum EchoPinger {
                 // at a cost of at most 200us of CPU per probe.
                 spin: min(Self.spin, configuration.interval / 2),
                 beforeSend: beforeSend,
-                stamp: configuration.stamp
+                stamp: configuration.stamp,
+                marking: configuration.marking,
+                arrivalMarks: true,
+                markingReport: configuration.stamp == nil
             )
         )
         onStart?(engine.timestamps)

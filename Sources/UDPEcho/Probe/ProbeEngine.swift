@@ -51,6 +51,12 @@ final class ProbeEngine {
         /// Send each flow's batch as one segmented write (UDP GSO) and take replies coalesced (UDP GRO). The times
         /// are then the program's clock reads: the kernel timestamps a segmented write, and a coalesced run, once.
         var offload = false
+        /// How probes leave: traffic class, TTL, DF.
+        var marking = PathMarking()
+        /// Read each reply's TTL and traffic class, and keep ``MarkingStatistics``.
+        var arrivalMarks = false
+        /// Ask a udpecho server what each probe arrived with (``MarkingReport``; echo probes of 28 bytes and more).
+        var markingReport = false
     }
 
     static let headerSize = 16
@@ -99,6 +105,8 @@ final class ProbeEngine {
     /// Round trips measured with user-space clocks in a kernel-timestamped run, because a kernel timestamp was
     /// missing.
     private(set) var timestampFallbacks = 0
+    /// The markings and hop counts of the replies, when ``Configuration/arrivalMarks`` is set.
+    private(set) var markingStatistics: MarkingStatistics?
     /// Whether batches leave as segmented writes (``Configuration/offload``, while the kernel takes them).
     private(set) var offload = false
     /// Why the kernel refused a segmented write, once it did (the run then went on without).
@@ -188,9 +196,19 @@ final class ProbeEngine {
                     target: configuration.target,
                     size: configuration.size,
                     capacity: capacity,
-                    stamp: writer
+                    stamp: writer,
+                    marking: configuration.marking,
+                    receiveMarks: configuration.arrivalMarks,
+                    markingReport: configuration.markingReport
                 )
                 self.flows.append(flow)
+                if index == 0 && configuration.arrivalMarks {
+                    let ttl = cudpecho_sent_ttl(flow.descriptor, family)
+                    self.markingStatistics = MarkingStatistics(
+                        sentClass: configuration.marking.trafficClass ?? TrafficClass(byte: 0),
+                        sentTTL: ttl > 0 ? Int(ttl) : nil
+                    )
+                }
                 _ = cudpecho_epoll_add(self.epoll, flow.descriptor, UInt32(index))
                 if configuration.offload { _ = cudpecho_enable_gro(flow.descriptor) }
                 // ICMP errors come on the error queue in every mode (so that a refusal is tied to its probe);
@@ -572,25 +590,31 @@ final class ProbeEngine {
                     while offset < length {
                         let part = UnsafeRawBufferPointer(rebasing: bytes[offset..<min(length, offset + size)])
                         self.coalescedReplies += 1
-                        self.match(part, on: flow, now: now, kernelArrival: 0, onEvent: onEvent)
+                        self.match(part, on: flow, now: now, kernelArrival: 0, marks: (-1, -1), onEvent: onEvent)
                         offset += size
                     }
                     continue
                 }
                 let kernelArrival =
                     self.timestamps == .user ? 0 : cudpecho_batch_timestamp(self.receive, Int32(slot), self.hardware)
+                let marks =
+                    flow.stamp != nil || self.configuration.arrivalMarks
+                    ? (
+                        ttl: cudpecho_batch_received_ttl(self.receive, Int32(slot)),
+                        tos: cudpecho_batch_received_tos(self.receive, Int32(slot))
+                    ) : (ttl: -1, tos: -1)
                 if flow.stamp != nil {
-                    let tos = cudpecho_batch_received_tos(self.receive, Int32(slot))
                     self.matchStamp(
                         bytes,
                         on: flow,
                         now: now,
                         kernelArrival: kernelArrival,
-                        tos: tos >= 0 ? UInt8(tos) : nil,
+                        tos: marks.tos >= 0 ? UInt8(marks.tos) : nil,
+                        ttl: marks.ttl >= 0 ? Int(marks.ttl) : nil,
                         onEvent: onEvent
                     )
                 } else {
-                    self.match(bytes, on: flow, now: now, kernelArrival: kernelArrival, onEvent: onEvent)
+                    self.match(bytes, on: flow, now: now, kernelArrival: kernelArrival, marks: marks, onEvent: onEvent)
                 }
             }
             if received < Self.batchSize { return }
@@ -640,6 +664,7 @@ final class ProbeEngine {
         on flow: ProbeFlow,
         now: Int64,
         kernelArrival: Int64,
+        marks received: (ttl: Int32, tos: Int32),
         onEvent: ((ProbeEvent) -> Void)?
     ) {
         guard reply.count >= Self.headerSize else {
@@ -675,13 +700,30 @@ final class ProbeEngine {
                 self.lateness.record(times.lateness)
                 self.recordJitter(sequence, roundTrip: times.roundTrip, position: position, on: flow)
             }
+            var marks: ArrivalMarks? = nil
+            if self.configuration.arrivalMarks {
+                var arrival = ArrivalMarks(
+                    ttlHere: received.ttl >= 0 ? Int(received.ttl) : nil,
+                    classHere: received.tos >= 0 ? TrafficClass(byte: UInt8(truncatingIfNeeded: received.tos)) : nil
+                )
+                if flow.markingReport, let report = MarkingReport.read(reply) {
+                    arrival.ttlThere = report.ttl
+                    arrival.classThere = report.trafficClass
+                    arrival.classSentBack = report.trafficClass.map {
+                        TrafficClass(dscp: $0.dscp, ecn: $0.ecn.reflected)
+                    }
+                }
+                self.markingStatistics?.record(arrival)
+                marks = arrival
+            }
             onEvent?(
                 .reply(
                     sequence: sequence,
                     bytes: reply.count,
                     roundTrip: times.roundTrip,
                     lateness: times.lateness,
-                    outOfOrder: outOfOrder
+                    outOfOrder: outOfOrder,
+                    marks: marks
                 )
             )
         case .answered:
@@ -711,6 +753,7 @@ final class ProbeEngine {
         now: Int64,
         kernelArrival: Int64,
         tos: UInt8?,
+        ttl: Int?,
         onEvent: ((ProbeEvent) -> Void)?
     ) {
         let writer = flow.stamp!
@@ -798,10 +841,26 @@ final class ProbeEngine {
                 reflectorErrorEstimate: fields.errorEstimate,
                 tosAtReflector: tlvs.tos,
                 tosHere: tos,
+                ttlHere: ttl,
                 sourceSeenByReflector: tlvs.source,
                 plainEcho: fields.plainEcho
             )
             self.stampStatistics?.record(stampReply)
+            if self.configuration.arrivalMarks {
+                let there = tlvs.tos.map { TrafficClass(byte: $0) }
+                self.markingStatistics?.record(
+                    ArrivalMarks(
+                        ttlHere: ttl,
+                        classHere: tos.map { TrafficClass(byte: $0) },
+                        ttlThere: fields.plainEcho ? nil : Int(fields.ttl),
+                        classThere: there,
+                        // The reflector answers with the DSCP the Class of Service TLV asked for, and our ECN rule.
+                        classSentBack: writer.configuration.classOfService.flatMap { dscp in
+                            there.map { TrafficClass(dscp: dscp & 63, ecn: $0.ecn.reflected) }
+                        }
+                    )
+                )
+            }
             onEvent?(.stampReply(stampReply))
         }
     }

@@ -59,7 +59,19 @@ final class ProbeFlow {
     var rfc3550: Double = 0
     var jitterSamples = 0
 
-    init(index: Int, target: SocketAddress, size: Int, capacity: Int, stamp: StampProbeWriter?) throws(EchoError) {
+    /// Whether probes carry the ``MarkingReport`` request (bytes 16-27), which a server may fill in.
+    let markingReport: Bool
+
+    init(
+        index: Int,
+        target: SocketAddress,
+        size: Int,
+        capacity: Int,
+        stamp: StampProbeWriter?,
+        marking: PathMarking = PathMarking(),
+        receiveMarks: Bool = false,
+        markingReport: Bool = false
+    ) throws(EchoError) {
         self.index = index
         self.size = size
         self.mask = capacity - 1
@@ -73,9 +85,27 @@ final class ProbeFlow {
             Glibc.close(fd)
             throw .socket(operation: "connect to", address: target.hostPortDescription, errno: code)
         }
+        if marking.isSet {
+            let result = cudpecho_set_marking(
+                fd,
+                family,
+                marking.trafficClass.map { Int32($0.byte) } ?? -1,
+                marking.ttl.map { Int32($0) } ?? -1,
+                marking.dontFragment ? 1 : 0
+            )
+            if result < 0 {
+                Glibc.close(fd)
+                throw .socket(
+                    operation: "marking (TOS, TTL, DF) probes to",
+                    address: target.hostPortDescription,
+                    errno: -result
+                )
+            }
+        }
         self.descriptor = fd
         self.stamp = stamp
-        if stamp != nil { _ = cudpecho_enable_receive_tos(fd, family) }
+        if stamp != nil || receiveMarks { _ = cudpecho_enable_receive_marks(fd, family) }
+        self.markingReport = markingReport && stamp == nil && size >= MarkingReport.minimumProbeSize
         func ring<T>(_ value: T) -> UnsafeMutablePointer<T> {
             let pointer = UnsafeMutablePointer<T>.allocate(capacity: capacity)
             pointer.initialize(repeating: value, count: capacity)
@@ -89,9 +119,14 @@ final class ProbeFlow {
         self.sequences = ring(.max)
         self.states = ring(0)
         self.keys = ring(.max)
-        self.pattern = (0..<(size - ProbeEngine.headerSize)).map {
+        var pattern = (0..<(size - ProbeEngine.headerSize)).map {
             UInt8(truncatingIfNeeded: $0 &* 7 &+ index &* 13 &+ 1)
         }
+        if self.markingReport {
+            pattern.replaceSubrange(0..<MarkingReport.request.count, with: MarkingReport.request)
+            for byte in MarkingReport.request.count..<MarkingReport.size { pattern[byte] = 0 }
+        }
+        self.pattern = pattern
     }
 
     deinit {
@@ -206,9 +241,22 @@ final class ProbeFlow {
         if reply.count != self.size { return "\(reply.count) bytes, the probe had \(self.size)" }
         if stamp != scheduledAt { return "its timestamp (bytes 8-15) differs" }
         let body = UnsafeRawBufferPointer(rebasing: reply[ProbeEngine.headerSize...])
-        let same = self.pattern.withUnsafeBytes { memcmp($0.baseAddress!, body.baseAddress!, body.count) == 0 }
+        // The bytes a server fills in with its marking report are not compared.
+        let filled = self.markingReport ? MarkingReport.request.count..<MarkingReport.size : 0..<0
+        let same = self.pattern.withUnsafeBytes {
+            filled.isEmpty
+                ? memcmp($0.baseAddress!, body.baseAddress!, body.count) == 0
+                : memcmp($0.baseAddress!, body.baseAddress!, filled.lowerBound) == 0
+                    && memcmp(
+                        $0.baseAddress! + filled.upperBound,
+                        body.baseAddress! + filled.upperBound,
+                        body.count - filled.upperBound
+                    ) == 0
+        }
         if same { return nil }
-        let offset = zip(self.pattern, body).prefix { $0 == $1 }.count
+        let offset = zip(self.pattern, body).enumerated().prefix {
+            $0.element.0 == $0.element.1 || filled.contains($0.offset)
+        }.count
         return "first difference at byte \(ProbeEngine.headerSize + offset)"
     }
 

@@ -108,8 +108,8 @@ public enum TimestampSource: String, Sendable, CaseIterable, Codable, CustomStri
 /// Something that happened to one probe, for tools that show each (ping).
 public enum ProbeEvent: Sendable, Equatable {
     /// The reply to probe `sequence` came back intact: `roundTrip` nanoseconds after the probe actually left,
-    /// which was `lateness` nanoseconds after its scheduled time.
-    case reply(sequence: UInt64, bytes: Int, roundTrip: Int64, lateness: Int64, outOfOrder: Bool)
+    /// which was `lateness` nanoseconds after its scheduled time; with `marks` when the run reads them (ping).
+    case reply(sequence: UInt64, bytes: Int, roundTrip: Int64, lateness: Int64, outOfOrder: Bool, marks: ArrivalMarks?)
     /// Another reply to probe `sequence`, which had been answered already.
     case duplicate(sequence: UInt64, bytes: Int)
     /// Probe `sequence` got no reply in time.

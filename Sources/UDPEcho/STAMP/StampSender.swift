@@ -85,6 +85,8 @@ public struct StampReply: Sendable, Equatable {
     public var tosAtReflector: UInt8?
     /// The TOS byte the reply arrived here with, where the socket reported it.
     public var tosHere: UInt8?
+    /// The TTL or hop limit the reply arrived here with, where the socket reported it.
+    public var ttlHere: Int?
     /// From a Location TLV: the source address and port the reflector saw.
     public var sourceSeenByReflector: String?
     /// Whether the answer was our own test packet unchanged: an echo server, not a reflector (no reflector fields).
@@ -168,7 +170,9 @@ enum StampReplyDecoder {
             let value = offset + 4
             guard value + length <= reply.count else { break }
             if type == StampTLVType.classOfService.rawValue && length == 4 {
-                tos = reply[value + 1]
+                // DSCP1 (6 bits) | DSCP2 (6 bits) | ECN (2 bits) | RP (2 bits): DSCP2 and ECN as they arrived there.
+                let word = UInt16(reply[value]) << 8 | UInt16(reply[value + 1])
+                tos = UInt8((word >> 4) & 0x3F) << 2 | UInt8((word >> 2) & 3)
             } else if type == StampTLVType.location.rawValue && length >= 4 {
                 let port = Int(reply[value + 2]) << 8 | Int(reply[value + 3])
                 var sub = value + 4

@@ -80,10 +80,16 @@ enum StampTLVs {
                 }
             case .classOfService:
                 if length == 4 {
-                    requestedTOS = packet.load(fromByteOffset: value, as: UInt8.self)
-                    // DSCP2 and ECN2: what the test packet arrived with; RP (reverse path) 0: the request is honoured.
-                    packet.storeBytes(of: context.receivedTOS ?? 0, toByteOffset: value + 1, as: UInt8.self)
-                    packet.storeBytes(of: 0, toByteOffset: value + 2, as: UInt8.self)
+                    // RFC 8972 §5.2: DSCP1 (6 bits, the DSCP the sender asks the reply to carry), DSCP2 (6 bits) and
+                    // ECN (2 bits), what the test packet arrived with, RP (2 bits, reverse path: 0, the request is
+                    // honoured), 16 reserved bits.
+                    let word = UnsafeRawPointer(packet).loadBigEndian(UInt16.self, at: value)
+                    let dscp1 = UInt8(word >> 10)
+                    let received = TrafficClass(byte: context.receivedTOS ?? 0)
+                    let reflected =
+                        UInt16(dscp1) << 10 | UInt16(received.dscp) << 4 | UInt16(received.ecn.rawValue) << 2
+                    packet.storeBytes(of: reflected.bigEndian, toByteOffset: value, as: UInt16.self)
+                    requestedTOS = TrafficClass(dscp: dscp1, ecn: received.ecn.reflected).byte
                 } else {
                     Self.flag(packet, offset, StampTLVFlag.malformed)
                 }

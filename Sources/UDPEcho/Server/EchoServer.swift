@@ -64,6 +64,11 @@ public final class EchoServer: Service, Sendable {
         /// in the kernel until the next: a thread that does not sleep is not woken, which takes the wake-up out of
         /// the round trip, at the cost of a core kept busy. Zero (the default) never polls.
         public var busyPoll: Duration
+        /// Reply with the DSCP and ECN each datagram arrived with (congestion experienced goes back as ECT(0)), and
+        /// fill in what a `udpecho ping` probe arrived with where it asks (``MarkingReport``). Off by default: an
+        /// echo server's replies otherwise carry the system's default marking, so a client learns nothing of how
+        /// the path treats its marking on the way back. Datagrams are then taken one by one (no offload).
+        public var reflectTOS: Bool
 
         /// Creates a configuration; see each property for its meaning.
         public init(
@@ -78,7 +83,8 @@ public final class EchoServer: Service, Sendable {
             guards: GuardConfiguration = GuardConfiguration(),
             stamp: StampReflectorConfiguration? = nil,
             offload: Bool = true,
-            busyPoll: Duration = .zero
+            busyPoll: Duration = .zero,
+            reflectTOS: Bool = false
         ) {
             self.address = address
             self.writeTimeout = writeTimeout
@@ -92,7 +98,11 @@ public final class EchoServer: Service, Sendable {
             self.stamp = stamp
             self.offload = offload
             self.busyPoll = busyPoll
+            self.reflectTOS = reflectTOS
         }
+
+        /// Whether runs are taken coalesced: a STAMP reflector and `reflectTOS` look at each datagram alone.
+        var offloads: Bool { self.offload && self.stamp == nil && !self.reflectTOS }
     }
 
     /// Half the CPU cores, at least one: each serving thread can keep a core busy, and the kernel's own work for
@@ -197,8 +207,9 @@ public final class EchoServer: Service, Sendable {
             guards: configuration.guards,
             threads: configuration.threads,
             stamp: configuration.stamp,
-            offload: configuration.offload && configuration.stamp == nil,
-            busyPoll: configuration.busyPoll
+            offload: configuration.offloads,
+            busyPoll: configuration.busyPoll,
+            reflectTOS: configuration.reflectTOS && configuration.stamp == nil
         )
         var workers: [EchoWorker] = []
         do throws(EchoError) {
@@ -232,7 +243,8 @@ public final class EchoServer: Service, Sendable {
             receiveBufferSize: configuration.receiveBufferSize,
             sendBufferSize: configuration.sendBufferSize,
             datagramInfo: configuration.stamp != nil,
-            offload: configuration.offload && configuration.stamp == nil
+            offload: configuration.offloads,
+            receiveMarks: configuration.reflectTOS && configuration.stamp == nil
         )
     }
 

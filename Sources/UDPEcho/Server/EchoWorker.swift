@@ -27,6 +27,8 @@ final class EchoWorker: @unchecked Sendable {
         var offload = false
         /// How long to poll without blocking after the last datagram before sleeping in the kernel.
         var busyPoll: Duration = .zero
+        /// Reply with the marking each datagram arrived with, and fill in udpecho ping's marking report.
+        var reflectTOS = false
     }
 
     /// A datagram of a coalesced run that a guard dropped while the rest of its run is echoed (or, when the whole
@@ -192,6 +194,8 @@ final class EchoWorker: @unchecked Sendable {
         }
         if self.reflector != nil {
             self.reflectStamp(count)
+        } else if self.settings.reflectTOS {
+            self.reflectMarking(count)
         }
         if self.batchHasRuns {
             // Each run leaves as one write of the segment size it came with: the client gets the datagrams it sent.
@@ -363,6 +367,28 @@ final class EchoWorker: @unchecked Sendable {
             }
         }
         self.counters.set(.stampSessions, reflector.sessionCount)
+    }
+
+    /// Gives each reply the traffic class its datagram arrived with (CE as ECT(0)), and fills in the marking report
+    /// of the udpecho ping probes that ask for one.
+    private func reflectMarking(_ count: Int) {
+        let ipv6 = self.socket.localAddress.protocol == .inet6
+        for index in 0..<count where !self.batchHasDrops || self.outcomes[index] == 0 {
+            let slot = Int32(index)
+            let info = cudpecho_batch_info(self.batch, slot)!.pointee
+            _ = MarkingReport.fill(
+                UnsafeMutableRawPointer(cudpecho_batch_payload(self.batch, slot)!),
+                length: cudpecho_batch_length(self.batch, slot),
+                tos: info.tos,
+                ttl: info.ttl
+            )
+            guard info.tos >= 0 else { continue }
+            let arrived = TrafficClass(byte: UInt8(truncatingIfNeeded: info.tos))
+            let reply = TrafficClass(dscp: arrived.dscp, ecn: arrived.ecn.reflected)
+            // A v4-mapped peer on a dual-stack socket gets an IPv4 packet: IP_TOS, not IPV6_TCLASS.
+            let mapped = info.family == AF_INET
+            cudpecho_batch_set_reply_tos(self.batch, slot, ipv6 && !mapped ? 1 : 0, Int32(reply.byte))
+        }
     }
 
     /// Sends slots start..<end of a batch of `count`, dropping (and counting) those that fail.

@@ -26,6 +26,8 @@ struct ServerSocket {
         var datagramInfo = false
         /// Take runs of datagrams coalesced (UDP_GRO), where the kernel offers it; without it, datagram by datagram.
         var offload = false
+        /// Ask for each datagram's TTL and TOS (replies that reflect the marking need them).
+        var receiveMarks = false
     }
 
     /// Opens a UDP socket and binds it to `address`.
@@ -100,7 +102,8 @@ struct ServerSocket {
                 receiveBufferSize: options.receiveBufferSize,
                 sendBufferSize: options.sendBufferSize,
                 datagramInfo: options.datagramInfo,
-                offload: options.offload
+                offload: options.offload,
+                receiveMarks: options.receiveMarks
             )
         )
         return ServerSocket(descriptor: fd, localAddress: local)
@@ -119,6 +122,12 @@ struct ServerSocket {
             let result = cudpecho_enable_datagram_info(fd, family)
             if result < 0 {
                 throw .socket(operation: "timestamps and TTLs on", address: address.hostPortDescription, errno: -result)
+            }
+        }
+        if options.receiveMarks {
+            let result = cudpecho_enable_receive_marks(fd, family)
+            if result < 0 {
+                throw .socket(operation: "TTLs and TOS bytes on", address: address.hostPortDescription, errno: -result)
             }
         }
         if options.offload {
