@@ -124,7 +124,7 @@ import Glibc
                 )
             ) { event in events.withLock { $0.append(event) } }
             let sequences = events.withLock { $0 }.compactMap { event -> UInt64? in
-                if case .reply(let sequence, 100, let roundTrip, _, false) = event, roundTrip > 0 {
+                if case .reply(let sequence, 100, let roundTrip, _, false, _) = event, roundTrip > 0 {
                     sequence
                 } else {
                     nil
@@ -194,12 +194,12 @@ import Glibc
                 #expect(result.counts.received == 4)
                 #expect(result.lateness.maximum >= 50_000_000)
                 for event in events.withLock({ $0 }) {
-                    guard case .reply(2, _, _, let lateness, _) = event else { continue }
+                    guard case .reply(2, _, _, let lateness, _, _) = event else { continue }
                     #expect(lateness >= 50_000_000, "seq 2 left \(lateness) ns late")
                 }
                 // The held probe's round trip does not contain the 50 ms (measured from the schedule, it would).
                 for event in events.withLock({ $0 }) {
-                    guard case .reply(let sequence, _, let roundTrip, let lateness, _) = event else { continue }
+                    guard case .reply(let sequence, _, let roundTrip, let lateness, _, _) = event else { continue }
                     if roundTrip >= 20_000_000 { return "seq \(sequence): round trip \(roundTrip) ns" }
                     if sequence != 2 && lateness >= 20_000_000 { return "seq \(sequence) left \(lateness) ns late" }
                 }

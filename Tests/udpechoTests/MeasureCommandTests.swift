@@ -27,7 +27,9 @@ func jsonObjects(_ lines: [String]) throws -> [[String: Any]] {
             #expect(
                 lines.contains {
                     $0.wholeMatch(
-                        of: try! Regex("64 bytes from 127\\.0\\.0\\.1:\(port): seq=\(sequence) time=\\d+\\.\\d{3} ms")
+                        of: try! Regex(
+                            "64 bytes from 127\\.0\\.0\\.1:\(port): seq=\(sequence) time=\\d+\\.\\d{3} ms ttl=64"
+                        )
                     ) != nil
                 }
             )

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import TestSupport
 import Testing
 
@@ -26,11 +27,11 @@ struct TestNetwork: NamespaceHosts {
     /// - Parameter serverRate: If given, replies leave the server's host at this rate (a `tbf` queue, as `8kbit`):
     ///   they wait in the queue, charged to the server's send buffer.
     init(serverRate: String? = nil) async throws {
-        let id = "\(getpid())-\(UInt16.random(in: 0...UInt16.max))"
+        let id = uniqueHostID()
         self.server = "udpecho-s-\(id)"
         self.client = "udpecho-c-\(id)"
-        let serverLink = "ues\(id.suffix(6))"
-        let clientLink = "uec\(id.suffix(6))"
+        let serverLink = "ues\(id)"
+        let clientLink = "uec\(id)"
         var commands = [
             ["netns", "add", self.server],
             ["netns", "add", self.client],
@@ -67,6 +68,18 @@ struct TestNetwork: NamespaceHosts {
     ) {
         try await Spawned.run(Self.ip, ["netns", "exec", namespace] + arguments)
     }
+}
+
+private let hostCounter = Mutex(0)
+
+/// A name part no other test host of this run has (the process and a counter; short enough for an interface name
+/// with a 4-letter prefix): tests make hosts in parallel.
+func uniqueHostID() -> String {
+    let number = hostCounter.withLock { value in
+        value += 1
+        return value
+    }
+    return "\(getpid() % 100_000)n\(number)"
 }
 
 /// Test hosts made of network namespaces, removed when the test is done with them.
@@ -124,7 +137,7 @@ struct FirewalledHost: NamespaceHosts {
         TestNetwork.available && FileManager.default.isExecutableFile(atPath: "/usr/sbin/nft")
     }
 
-    let name = "udpecho-fw-\(getpid())-\(UInt16.random(in: 0...UInt16.max))"
+    let name = "udpecho-fw-\(uniqueHostID())"
 
     init() async throws {
         let commands = [

@@ -73,7 +73,9 @@ let pythonStampSender = """
         data, t1, t4, _ = exchange(sent)
         out = base(data, t1, t4, ntp)
     elif mode == "tlvs":
-        tlvs = [TLV(type=4, len=4, value=bytes([46 << 2 | 1, 0, 0, 0])),
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 10 << 2 | 3)   # DSCP 10, ECN CE on the way out
+        # Class of Service as RFC 8972 lays it out: DSCP1 (6 bits) DSCP2 (6) ECN (2) RP (2), reserved (16).
+        tlvs = [TLV(type=4, len=4, value=struct.pack("!HH", 46 << 10, 0)),
                 TLV(type=2, len=16, value=bytes(4) + bytes([1, 4]) + bytes(4) + bytes([2, 4]) + bytes(4)),
                 TLV(type=3, len=4, value=bytes([1, 2, 0, 0])),
                 TLV(type=200, len=2, value=b"ab")]
@@ -191,9 +193,10 @@ func stampExchange(_ port: Int, _ mode: String, key: String? = nil) async throws
         let (server, port) = try await self.reflector()
         let reply = try await stampExchange(port, "tlvs")
         #expect(reply["length"] as? Int == reply["request_length"] as? Int)
-        // DSCP1/ECN1 as sent (46, 1); DSCP2/ECN2 as received (0x28: DSCP 10, ECN 0).
-        #expect(reply["cos"] as? [Int] == [46 << 2 | 1, 0x28, 0, 0])
-        #expect(reply["reply_tos"] as? Int == 46 << 2 | 1, "\(reply)")
+        // DSCP1 as asked (46), DSCP2 and ECN as received (DSCP 10, CE), RP 0: 46 << 10 | 10 << 4 | 3 << 2.
+        #expect(reply["cos"] as? [Int] == [0xB8, 0xAC, 0, 0], "\(reply)")
+        // The reply carries DSCP1, and the ECN that arrived, but CE as ECT(0).
+        #expect(reply["reply_tos"] as? Int == 46 << 2 | 2, "\(reply)")
         let ports = try #require(reply["location_ports"] as? [Int])
         #expect(ports[0] == port && ports[1] > 0)
         #expect(reply["location_source"] as? String == "127.0.0.1")

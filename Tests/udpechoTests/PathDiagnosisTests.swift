@@ -1,0 +1,223 @@
+import Foundation
+import TestSupport
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Three test hosts of our own in a line: a client, a router and a server, each a network namespace, the router
+/// forwarding between two links, with an nftables table on it whose forward chain the test fills. Documentation
+/// addresses only, and only inside these namespaces: client 192.0.2.2 and 2001:db8:1::2, router 192.0.2.1 and
+/// 198.51.100.1 (2001:db8:1::1, 2001:db8:2::1), server 198.51.100.2 and 2001:db8:2::2.
+struct RoutedHosts: NamespaceHosts {
+    static var available: Bool {
+        TestNetwork.available && FileManager.default.isExecutableFile(atPath: "/usr/sbin/nft")
+    }
+
+    let client: String
+    let router: String
+    let server: String
+    /// The router's interfaces towards the client and towards the server.
+    let towardsClient: String
+    let towardsServer: String
+    let serverAddress = "198.51.100.2"
+    let serverAddress6 = "2001:db8:2::2"
+    let clientAddress = "192.0.2.2"
+
+    /// - Parameter farMTU: the MTU of the link between the router and the server (both ends).
+    init(farMTU: Int = 1500) async throws {
+        let id = uniqueHostID()
+        self.client = "udpecho-pc-\(id)"
+        self.router = "udpecho-pr-\(id)"
+        self.server = "udpecho-ps-\(id)"
+        let short = id
+        let clientLink = "upc\(short)"
+        self.towardsClient = "uprc\(short)"
+        self.towardsServer = "uprs\(short)"
+        let serverLink = "ups\(short)"
+        let (c, r, s) = (self.client, self.router, self.server)
+        var commands = [
+            ["netns", "add", c], ["netns", "add", r], ["netns", "add", s],
+            ["link", "add", clientLink, "type", "veth", "peer", "name", self.towardsClient],
+            ["link", "add", self.towardsServer, "type", "veth", "peer", "name", serverLink],
+            ["link", "set", clientLink, "netns", c], ["link", "set", self.towardsClient, "netns", r],
+            ["link", "set", self.towardsServer, "netns", r], ["link", "set", serverLink, "netns", s],
+            ["-n", c, "addr", "add", "192.0.2.2/24", "dev", clientLink],
+            ["-n", c, "addr", "add", "2001:db8:1::2/64", "dev", clientLink, "nodad"],
+            ["-n", r, "addr", "add", "192.0.2.1/24", "dev", self.towardsClient],
+            ["-n", r, "addr", "add", "2001:db8:1::1/64", "dev", self.towardsClient, "nodad"],
+            ["-n", r, "addr", "add", "198.51.100.1/24", "dev", self.towardsServer],
+            ["-n", r, "addr", "add", "2001:db8:2::1/64", "dev", self.towardsServer, "nodad"],
+            ["-n", s, "addr", "add", "198.51.100.2/24", "dev", serverLink],
+            ["-n", s, "addr", "add", "2001:db8:2::2/64", "dev", serverLink, "nodad"],
+            ["-n", r, "link", "set", self.towardsServer, "mtu", "\(farMTU)"],
+            ["-n", s, "link", "set", serverLink, "mtu", "\(farMTU)"],
+        ]
+        for (namespace, link) in [(c, clientLink), (r, self.towardsClient), (r, self.towardsServer), (s, serverLink)] {
+            commands.append(["-n", namespace, "link", "set", link, "up"])
+        }
+        for namespace in [c, r, s] { commands.append(["-n", namespace, "link", "set", "lo", "up"]) }
+        commands += [
+            ["-n", c, "route", "add", "default", "via", "192.0.2.1"],
+            ["-n", c, "-6", "route", "add", "default", "via", "2001:db8:1::1"],
+            ["-n", s, "route", "add", "default", "via", "198.51.100.1"],
+            ["-n", s, "-6", "route", "add", "default", "via", "2001:db8:2::1"],
+            ["netns", "exec", r, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
+            ["netns", "exec", r, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"],
+            ["netns", "exec", r, "nft", "add", "table", "inet", "path"],
+            [
+                "netns", "exec", r, "nft", "add", "chain", "inet", "path", "forward",
+                "{ type filter hook forward priority 0; }",
+            ],
+        ]
+        try await setUp(commands, namespaces: [c, r, s])
+    }
+
+    var namespaces: [String] { [self.client, self.router, self.server] }
+
+    /// Adds an nftables rule to the router's forward chain, e.g. `oifname X ip dscp set 0`.
+    func addRule(_ rule: String) async throws {
+        let result = try await Spawned.run(
+            TestNetwork.ip,
+            ["netns", "exec", self.router, "nft", "add rule inet path forward \(rule)"]
+        )
+        if result.status != 0 { throw SetupError(description: "nft add rule \(rule): \(result.error)") }
+    }
+
+    /// Runs udpecho with `arguments` in the client's namespace to completion.
+    func udpechoOnClient(_ arguments: [String]) async throws -> (status: Int32, lines: [String], error: String) {
+        let result = try await Spawned.run(TestNetwork.ip, ["netns", "exec", self.client, udpecho] + arguments)
+        return (result.status, result.lines, result.error)
+    }
+}
+
+/// Diagnosing a path: markings and hop counts in both directions, through a router that the test makes change them.
+@Suite(.serialized) struct PathDiagnosisTests {
+    /// The router bleaches the DSCP of packets towards the client only. ping with --dscp 46 against a server with
+    /// --reflect-tos sees 46 arrive at the server and 0 come back, and names the way back; the TTL at the server
+    /// and here is one less than sent (one router), and the hop counts say 1.
+    @Test(.enabled(if: RoutedHosts.available, "needs root, ip and nft to make network namespaces"))
+    func aDSCPBleachedOnTheWayBackIsNamed() async throws {
+        try await withHosts(try await RoutedHosts()) { hosts in
+            try await hosts.addRule("oifname \"\(hosts.towardsClient)\" ip dscp set 0")
+            try await hosts.addRule("oifname \"\(hosts.towardsClient)\" ip6 dscp set 0")
+            let (server, port) = try await startServer(
+                ["--address", "[::]:0", "--reflect-tos", "--quiet"],
+                inNamespace: hosts.server
+            )
+            for target in [hosts.serverAddress, "[\(hosts.serverAddress6)]"] {
+                let ping = try await hosts.udpechoOnClient([
+                    // -W 3s: the first probes wait for neighbour discovery on the new links (up to a second).
+                    "ping", "\(target):\(port)", "-c", "10", "-i", "20ms", "-W", "3s", "--dscp", "46", "--ecn", "ect0",
+                ])
+                #expect(ping.status == 0, "\(ping.lines) \(ping.error)")
+                let replies = ping.lines.filter { $0.contains("bytes from") }
+                #expect(replies.count == 10, "\(ping.lines)")
+                #expect(
+                    replies.allSatisfy {
+                        $0.hasSuffix("ttl=63 dscp=0 ecn=ect0 (at the server: ttl=63 dscp=46 ecn=ect0)")
+                    },
+                    "\(replies)"
+                )
+                #expect(
+                    ping.lines.contains(
+                        "marking: DSCP 46 sent, 46 at the server, 0 back here: bleached on the way back (DSCP 46 became 0)"
+                    ),
+                    "\(ping.lines)"
+                )
+                #expect(ping.lines.contains { $0.hasPrefix("marking: at the server: ") && $0.hasSuffix("; 1 hop") })
+                #expect(ping.lines.contains { $0.hasSuffix("; about 1 hop (from the TTL that arrived)") })
+            }
+
+            // Without --reflect-tos the server says nothing: ping sees 0 back and says it cannot tell the direction.
+            let plain = try await startServer(["--address", "0.0.0.0:0", "--quiet"], inNamespace: hosts.server)
+            let ping = try await hosts.udpechoOnClient([
+                "ping", "\(hosts.serverAddress):\(plain.1)", "-c", "3", "-i", "20ms", "-W", "3s", "--dscp", "46",
+            ])
+            #expect(
+                ping.lines.contains {
+                    $0.hasPrefix("marking: DSCP 46 sent, 0 back here: changed on the path; the server did not say")
+                },
+                "\(ping.lines)"
+            )
+            for spawned in [server, plain.0] { spawned.signal(SIGTERM) }
+            for spawned in [server, plain.0] { await spawned.waitForExit() }
+        }
+    }
+
+    /// The router marks CE on packets towards the server only, then (a second run) towards the client only: each
+    /// time the CE marks are counted in that direction and none in the other.
+    @Test(.enabled(if: RoutedHosts.available, "needs root, ip and nft to make network namespaces"))
+    func congestionMarksAreCountedPerDirection() async throws {
+        try await withHosts(try await RoutedHosts()) { hosts in
+            let (server, port) = try await startServer(
+                ["--address", "\(hosts.serverAddress):0", "--reflect-tos", "--quiet"],
+                inNamespace: hosts.server
+            )
+            func ping() async throws -> [String: Any] {
+                let result = try await hosts.udpechoOnClient([
+                    "ping", "\(hosts.serverAddress):\(port)", "-c", "8", "-i", "10ms", "-W", "3s", "--ecn", "ect1",
+                    "--json",
+                    "-q",
+                ])
+                let summary = try #require(try jsonObjects(result.lines).last, "\(result.lines) \(result.error)")
+                return try #require(summary["marking"] as? [String: Any], "\(summary)")
+            }
+            try await hosts.addRule("oifname \"\(hosts.towardsServer)\" ip ecn set ce")
+            let forward = try await ping()
+            #expect(forward["ce_there"] as? Int == 8 && forward["ce_back"] as? Int == 0, "\(forward)")
+
+            let flush = try await Spawned.run(
+                TestNetwork.ip,
+                ["netns", "exec", hosts.router, "nft", "flush chain inet path forward"]
+            )
+            #expect(flush.status == 0)
+            try await hosts.addRule("oifname \"\(hosts.towardsClient)\" ip ecn set ce")
+            let backward = try await ping()
+            #expect(backward["ce_there"] as? Int == 0 && backward["ce_back"] as? Int == 8, "\(backward)")
+            server.signal(SIGTERM)
+            await server.waitForExit()
+        }
+    }
+
+    /// A STAMP reflector says in its Class of Service TLV what arrived: ping --stamp --dscp 46 names the way back
+    /// when the router bleaches towards the client.
+    @Test(.enabled(if: RoutedHosts.available, "needs root, ip and nft to make network namespaces"))
+    func aSTAMPReflectorTellsTheDirectionToo() async throws {
+        try await withHosts(try await RoutedHosts()) { hosts in
+            try await hosts.addRule("oifname \"\(hosts.towardsClient)\" ip dscp set 0")
+            let (server, port) = try await startServer(
+                ["--address", "\(hosts.serverAddress):0", "--protocol", "stamp", "--quiet"],
+                inNamespace: hosts.server
+            )
+            let ping = try await hosts.udpechoOnClient([
+                "ping", "--stamp", "\(hosts.serverAddress):\(port)", "-c", "5", "-i", "20ms", "-W", "3s", "--dscp",
+                "46",
+            ])
+            #expect(ping.status == 0, "\(ping.lines) \(ping.error)")
+            #expect(
+                ping.lines.contains(
+                    "marking: DSCP 46 sent, 46 at the reflector, 0 back here: bleached on the way back (DSCP 46 became 0)"
+                ),
+                "\(ping.lines)"
+            )
+            server.signal(SIGTERM)
+            await server.waitForExit()
+        }
+    }
+
+    /// Out-of-range marking options are usage errors that say what the range is.
+    @Test(arguments: [
+        (["--dscp", "64"], "--dscp 64: a DSCP goes from 0 to 63"),
+        (["--ttl", "0"], "--ttl 0: a TTL goes from 1 to 255"),
+        (["--ecn", "foo"], "--ecn foo: not an ECN codepoint; use not-ect, ect0, ect1 or ce"),
+        (["--tos", "256"], "--tos 256: the TOS byte goes from 0 to 255"),
+        (["--tos", "4", "--dscp", "1"], "--tos sets DSCP and ECN at once: give it alone, or --dscp and --ecn"),
+    ])
+    func badMarkingIsAUsageError(arguments: [String], message: String) async throws {
+        let result = try await Spawned.run(udpecho, ["ping", "127.0.0.1:9"] + arguments)
+        #expect(result.status == 2, "\(result.status)")
+        #expect(result.error.contains("Error: \(message)"), "\(result.error)")
+    }
+}
