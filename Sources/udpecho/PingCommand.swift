@@ -36,6 +36,12 @@ struct PingCommand: AsyncParsableCommand {
             One-way delays need synchronized clocks: the summary says whether the reflector claims it and what \
             offset the delays imply. A stateful reflector's counter splits the losses into forward and backward.
 
+            --dscp, --ecn (or --tos), --ttl and --df mark the probes. Each reply line ends with the TTL it \
+            arrived with (ttl=63) and, when a marking was asked, its DSCP and ECN; against `udpecho server \
+            --reflect-tos` (or a STAMP reflector, with --stamp) also what the probe arrived with there, and the \
+            summary names the direction that changed a marking and counts CE marks each way:
+              udpecho ping 192.0.2.1:1337 -c 10 --dscp 46 --ecn ect0
+
             --json prints one JSON object per line: one per event ("type": "reply", "duplicate", "lost", "late", \
             "corrupt", "refused", "send-error"), unless -q, and a final "summary".
 
