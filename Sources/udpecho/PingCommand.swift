@@ -82,6 +82,20 @@ struct PingCommand: AsyncParsableCommand {
     @OptionGroup(title: "Marking and hops") var markingOptions: MarkingOptions
 
     @Option(
+        help: ArgumentHelp(
+            "Send the probes in turn from N source ports, 1 to 64: ECMP hashing sends each port over one of the equal-cost paths.",
+            valueName: "n"
+        )
+    )
+    var flows = 1
+
+    @Flag(
+        help:
+            "With --flows: per source port, loss and round-trip percentiles, and the ports whose loss or latency stands apart from the rest (a statistical test: see README)."
+    )
+    var flowStats = false
+
+    @Option(
         name: [.customShort("W"), .long],
         help: ArgumentHelp("How long to wait for each reply.", valueName: "duration"),
         transform: parseDuration
@@ -109,6 +123,14 @@ struct PingCommand: AsyncParsableCommand {
             throw ValidationError("-s/--size must be at least 16: a probe carries its sequence number and send time")
         }
         if self.interval < .microseconds(1) { throw ValidationError("-i/--interval must be at least 1us") }
+        if !(1...EchoPinger.Configuration.maximumFlows).contains(self.flows) {
+            throw ValidationError(
+                "--flows \(self.flows): from 1 to \(EchoPinger.Configuration.maximumFlows) source ports"
+            )
+        }
+        if self.flowStats && self.flows < 3 {
+            throw ValidationError("--flow-stats compares the flows with each other: give --flows 3 or more")
+        }
     }
 
     func run() async throws {
@@ -135,7 +157,8 @@ struct PingCommand: AsyncParsableCommand {
             timeout: self.timeout,
             timestamps: self.timestamps,
             stamp: stamp,
-            marking: marking
+            marking: marking,
+            flows: self.flows
         )
         do { try configuration.validate() } catch {
             Stream.err.line("udpecho: error: \(error)")
@@ -168,6 +191,9 @@ struct PingCommand: AsyncParsableCommand {
             Stream.out.line("--- \(target) udpecho ping statistics ---")
             for line in result.pingSummary(marked: marking.isSet, far: stamp == nil ? "the server" : "the reflector") {
                 Stream.out.line(line)
+            }
+            if self.flowStats, let flows = result.flows {
+                for line in flowStatisticsLines(flows) { Stream.out.line(line) }
             }
         }
         if result.counts.received == 0 { throw ExitCode(1) }
@@ -343,6 +369,8 @@ enum PingJSON {
         var ipdv_ms: [String: Double]?
         var jitter_rfc3550_ms: Double?
         var marking: MarkingSummary?
+        var flows: [FlowSummary]?
+        var flows_apart: [Int]?
     }
 
     static func line(for event: ProbeEvent) -> String {
@@ -445,7 +473,12 @@ enum PingJSON {
                 send_lateness_ms: times.count == 0 ? nil : result.lateness.milliseconds([50, 99]),
                 ipdv_ms: result.jitter.ipdv.count == 0 ? nil : result.jitter.ipdvMilliseconds,
                 jitter_rfc3550_ms: result.jitter.ipdv.count == 0 ? nil : result.jitter.rfc3550 / 1e6,
-                marking: result.marking.map(MarkingSummary.init)
+                marking: result.marking.map(MarkingSummary.init),
+                flows: result.flows.map { flows in
+                    let apart = FlowComparison.outliers(flows)
+                    return flows.map { flow in FlowSummary(flow, apart: apart.first { $0.port == flow.port }) }
+                },
+                flows_apart: result.flows.map { FlowComparison.outliers($0).map(\.port) }
             )
         )
     }

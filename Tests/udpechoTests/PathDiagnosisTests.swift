@@ -207,6 +207,49 @@ struct RoutedHosts: NamespaceHosts {
         }
     }
 
+    /// A bad member of an ECMP group, as nftables can make one: the router drops 30% of the client's packets whose
+    /// source port is odd. `ping --flows 16 --flow-stats` names exactly the odd ports among its 16, and no even one.
+    @Test(.enabled(if: RoutedHosts.available, "needs root, ip and nft to make network namespaces"))
+    func flowStatisticsNameTheBadPaths() async throws {
+        try await withHosts(try await RoutedHosts()) { hosts in
+            try await hosts.addRule(
+                "iifname \"\(hosts.towardsClient)\" udp sport & 1 == 1 numgen random mod 10 < 3 drop"
+            )
+            let (server, port) = try await startServer(
+                ["--address", "\(hosts.serverAddress):0", "--quiet"],
+                inNamespace: hosts.server
+            )
+            let ping = try await hosts.udpechoOnClient([
+                "ping", "\(hosts.serverAddress):\(port)", "-c", "3200", "-i", "500us", "-W", "2s", "--flows", "16",
+                "--flow-stats", "-q", "--json",
+            ])
+            let summary = try #require(try jsonObjects(ping.lines).last, "\(ping.lines) \(ping.error)")
+            let flows = try #require(summary["flows"] as? [[String: Any]], "\(summary)")
+            #expect(flows.count == 16)
+            let ports = flows.compactMap { $0["port"] as? Int }
+            #expect(Set(ports).count == 16, "\(ports)")
+            #expect(flows.allSatisfy { $0["sent"] as? Int == 200 }, "\(flows)")
+            let odd = Set(ports.filter { $0 % 2 == 1 })
+            let named = Set(try #require(summary["flows_apart"] as? [Int]))
+            #expect(named == odd, "named \(named.sorted()), odd \(odd.sorted()): \(flows)")
+            for flow in flows {
+                let lost = try #require(flow["lost"] as? Int)
+                if let port = flow["port"] as? Int, port % 2 == 0 { #expect(lost == 0, "\(flow)") }
+            }
+
+            // The text names the same ports.
+            let text = try await hosts.udpechoOnClient([
+                "ping", "\(hosts.serverAddress):\(port)", "-c", "1600", "-i", "500us", "-W", "2s", "--flows", "8",
+                "--flow-stats", "-q",
+            ])
+            #expect(text.lines.contains("flows: 8 source ports"), "\(text.lines)")
+            let verdict = try #require(text.lines.last)
+            #expect(verdict.hasPrefix("flows: standing apart: ") || verdict.hasPrefix("flows: no source port"))
+            server.signal(SIGTERM)
+            await server.waitForExit()
+        }
+    }
+
     /// Out-of-range marking options are usage errors that say what the range is.
     @Test(arguments: [
         (["--dscp", "64"], "--dscp 64: a DSCP goes from 0 to 63"),
@@ -214,6 +257,9 @@ struct RoutedHosts: NamespaceHosts {
         (["--ecn", "foo"], "--ecn foo: not an ECN codepoint; use not-ect, ect0, ect1 or ce"),
         (["--tos", "256"], "--tos 256: the TOS byte goes from 0 to 255"),
         (["--tos", "4", "--dscp", "1"], "--tos sets DSCP and ECN at once: give it alone, or --dscp and --ecn"),
+        (["--flows", "0"], "--flows 0: from 1 to 64 source ports"),
+        (["--flows", "65"], "--flows 65: from 1 to 64 source ports"),
+        (["--flow-stats"], "--flow-stats compares the flows with each other: give --flows 3 or more"),
     ])
     func badMarkingIsAUsageError(arguments: [String], message: String) async throws {
         let result = try await Spawned.run(udpecho, ["ping", "127.0.0.1:9"] + arguments)

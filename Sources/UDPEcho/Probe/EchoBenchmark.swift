@@ -156,6 +156,8 @@ public enum EchoBenchmark {
         public var stamp: StampStatistics?
         /// The replies' markings and hop counts, both ways where the far end says (`ping`); nil otherwise.
         public var marking: MarkingStatistics?
+        /// Each flow's loss and round trips, by source port (`ping --flows`); nil otherwise.
+        public var flows: [FlowStatistics]?
         /// Time from the first request until every request was answered or counted as lost (which includes waiting
         /// a loss timeout for the last lost ones).
         public var elapsed: Duration
@@ -236,6 +238,7 @@ extension ProbeEngine {
                     result.gsoRefusal = refused == 0 ? nil : String(cString: strerror(refused))
                     result.coalescedReplies = engine.value.coalescedReplies
                     result.marking = engine.value.markingStatistics
+                    result.flows = engine.value.flowStatistics
                     continuation.resume(returning: result)
                 }
             }

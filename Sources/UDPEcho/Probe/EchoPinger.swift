@@ -34,6 +34,11 @@ public enum EchoPinger {
         /// with here, and a udpecho server with `--reflect-tos` (or a STAMP reflector) what the probe arrived with
         /// there (``ArrivalMarks``, ``EchoBenchmark/Result/marking``).
         public var marking: PathMarking
+        /// Probes go out over this many flows, each from its own source port, in turn (1 to ``maximumFlows``):
+        /// ECMP hashing sends each port over one of the equal-cost paths, and the result has each flow's loss and
+        /// round trips (``EchoBenchmark/Result/flows``) when there is more than one.
+        public var flows: Int
+        public static let maximumFlows = 64
 
         /// A configuration; the defaults are ping's: a probe a second of 64 bytes, until cancelled.
         public init(
@@ -44,7 +49,8 @@ public enum EchoPinger {
             timeout: Duration = .seconds(1),
             timestamps: TimestampSource = .kernel,
             stamp: StampSenderConfiguration? = nil,
-            marking: PathMarking = PathMarking()
+            marking: PathMarking = PathMarking(),
+            flows: Int = 1
         ) {
             self.target = target
             self.count = count
@@ -54,6 +60,7 @@ public enum EchoPinger {
             self.timestamps = timestamps
             self.stamp = stamp
             self.marking = marking
+            self.flows = flows
         }
 
         /// Checks every setting; throws ``EchoError`` naming the one that is out of range.
@@ -65,6 +72,9 @@ public enum EchoPinger {
             guard self.timeout > .zero else { throw .invalidConfiguration("the timeout must be more than 0") }
             if let count = self.count, count < 1 { throw .invalidConfiguration("the count must be at least 1") }
             try self.marking.validate()
+            guard (1...Self.maximumFlows).contains(self.flows) else {
+                throw .invalidConfiguration("the flows must be from 1 to \(Self.maximumFlows)")
+            }
         }
     }
 
@@ -95,7 +105,7 @@ public enum EchoPinger {
         let engine = try ProbeEngine(
             .init(
                 target: configuration.target,
-                flows: 1,
+                flows: configuration.flows,
                 size: configuration.size,
                 pacing: .rate(1e9 / Double(configuration.interval.nanoseconds)),
                 duration: nil,
@@ -110,7 +120,8 @@ public enum EchoPinger {
                 stamp: configuration.stamp,
                 marking: configuration.marking,
                 arrivalMarks: true,
-                markingReport: configuration.stamp == nil
+                markingReport: configuration.stamp == nil,
+                flowStatistics: configuration.flows > 1
             )
         )
         onStart?(engine.timestamps)

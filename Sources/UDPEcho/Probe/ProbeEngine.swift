@@ -57,6 +57,8 @@ final class ProbeEngine {
         var arrivalMarks = false
         /// Ask a udpecho server what each probe arrived with (``MarkingReport``; echo probes of 28 bytes and more).
         var markingReport = false
+        /// Keep each flow's loss and a sample of its round trips (``FlowStatistics``).
+        var flowStatistics = false
     }
 
     static let headerSize = 16
@@ -107,6 +109,15 @@ final class ProbeEngine {
     private(set) var timestampFallbacks = 0
     /// The markings and hop counts of the replies, when ``Configuration/arrivalMarks`` is set.
     private(set) var markingStatistics: MarkingStatistics?
+    /// Each flow's loss and round trips, by source port (with ``Configuration/flowStatistics``).
+    var flowStatistics: [FlowStatistics]? {
+        guard self.configuration.flowStatistics else { return nil }
+        return self.flows.map { flow in
+            var statistics = flow.statistics
+            statistics.sent = flow.sent
+            return statistics
+        }
+    }
     /// Whether batches leave as segmented writes (``Configuration/offload``, while the kernel takes them).
     private(set) var offload = false
     /// Why the kernel refused a segmented write, once it did (the run then went on without).
@@ -699,6 +710,7 @@ final class ProbeEngine {
                 self.times.record(times.roundTrip)
                 self.lateness.record(times.lateness)
                 self.recordJitter(sequence, roundTrip: times.roundTrip, position: position, on: flow)
+                if self.configuration.flowStatistics { flow.statistics.record(times.roundTrip) }
             }
             var marks: ArrivalMarks? = nil
             if self.configuration.arrivalMarks {
@@ -825,6 +837,7 @@ final class ProbeEngine {
                 self.times.record(roundTrip)
                 self.lateness.record(times.lateness)
                 self.recordJitter(sequence, roundTrip: roundTrip, position: position, on: flow)
+                if self.configuration.flowStatistics { flow.statistics.record(roundTrip) }
             }
             let tlvs = StampReplyDecoder.tlvs(reply, from: writer.layout.size)
             let stampReply = StampReply(

@@ -59,6 +59,8 @@ final class ProbeFlow {
     var rfc3550: Double = 0
     var jitterSamples = 0
 
+    /// This flow's loss and round trips, by its source port.
+    var statistics: FlowStatistics
     /// Whether probes carry the ``MarkingReport`` request (bytes 16-27), which a server may fill in.
     let markingReport: Bool
 
@@ -102,6 +104,15 @@ final class ProbeFlow {
                 )
             }
         }
+        var local = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let port = withUnsafeMutablePointer(to: &local) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { address -> Int in
+                guard getsockname(fd, address, &length) == 0 else { return 0 }
+                return SocketAddress(raw: address, length: length)?.port ?? 0
+            }
+        }
+        self.statistics = FlowStatistics(port: port)
         self.descriptor = fd
         self.stamp = stamp
         if stamp != nil || receiveMarks { _ = cudpecho_enable_receive_marks(fd, family) }
@@ -263,6 +274,7 @@ final class ProbeFlow {
     /// Marks `sequence` answered; returns whether a later probe had been answered before it.
     func markReceived(_ sequence: UInt64) -> Bool {
         self.resolve(sequence, as: .answered)
+        self.statistics.received += 1
         defer { self.highestReceived = max(self.highestReceived ?? 0, sequence) }
         return (self.highestReceived ?? 0) > sequence
     }
@@ -296,6 +308,7 @@ final class ProbeFlow {
                 guard self.departure[position] < limit else { return }
                 self.states[position] = State.lost.rawValue
                 self.outstanding -= 1
+                self.statistics.lost += 1
                 lost(self.oldest)
             }
             self.oldest += 1
