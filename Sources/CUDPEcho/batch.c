@@ -12,6 +12,7 @@
 #include <sys/epoll.h>
 #include <sys/mman.h>
 #include <time.h>
+#include <unistd.h>
 
 // Room for an IPv6 PKTINFO message (40 bytes with its header), the TTL or hop limit and the TOS or traffic class
 // (16 each) and a timestamp (64), with slack.
@@ -674,4 +675,57 @@ int cudpecho_batch_received_segment_size(const cudpecho_batch *batch, int i) {
         }
     }
     return 0;
+}
+
+// MARK: Path MTU probing
+
+int cudpecho_mtu_socket(const struct sockaddr *target, socklen_t length) {
+    int family = target->sa_family;
+    int fd = socket(family, SOCK_DGRAM | SOCK_CLOEXEC, IPPROTO_UDP);
+    if (fd < 0) {
+        return -errno;
+    }
+    int on = 1;
+    int probe = family == AF_INET6 ? IPV6_PMTUDISC_PROBE : IP_PMTUDISC_PROBE;
+    int failed = family == AF_INET6
+                     ? (setsockopt(fd, IPPROTO_IPV6, IPV6_MTU_DISCOVER, &probe, sizeof(probe)) != 0
+                        || setsockopt(fd, IPPROTO_IPV6, IPV6_DONTFRAG, &on, sizeof(on)) != 0
+                        || setsockopt(fd, IPPROTO_IPV6, IPV6_RECVERR, &on, sizeof(on)) != 0)
+                     : (setsockopt(fd, IPPROTO_IP, IP_MTU_DISCOVER, &probe, sizeof(probe)) != 0
+                        || setsockopt(fd, IPPROTO_IP, IP_RECVERR, &on, sizeof(on)) != 0);
+    if (failed || connect(fd, target, length) != 0) {
+        int code = errno;
+        close(fd);
+        return -code;
+    }
+    return fd;
+}
+
+int cudpecho_read_socket_error(int fd, int *error, int *origin, int *type, int *code, uint32_t *info) {
+    uint8_t data[64];
+    uint8_t control[256];
+    struct iovec iov = {.iov_base = data, .iov_len = sizeof(data)};
+    struct msghdr h = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof(control)};
+    if (recvmsg(fd, &h, MSG_ERRQUEUE | MSG_DONTWAIT) < 0) {
+        return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -errno;
+    }
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&h); c != NULL; c = CMSG_NXTHDR(&h, c)) {
+        if ((c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_RECVERR)
+            || (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_RECVERR)) {
+            struct sock_extended_err e;
+            memcpy(&e, CMSG_DATA(c), sizeof(e));
+            *error = (int)e.ee_errno;
+            *origin = e.ee_origin;
+            *type = e.ee_type;
+            *code = e.ee_code;
+            *info = e.ee_info;
+            return 1;
+        }
+    }
+    *error = 0;
+    *origin = 0;
+    *type = 0;
+    *code = 0;
+    *info = 0;
+    return 1;
 }

@@ -70,6 +70,10 @@ struct RoutedHosts: NamespaceHosts {
                 "netns", "exec", r, "nft", "add", "chain", "inet", "path", "forward",
                 "{ type filter hook forward priority 0; }",
             ],
+            [
+                "netns", "exec", r, "nft", "add", "chain", "inet", "path", "output",
+                "{ type filter hook output priority 0; }",
+            ],
         ]
         try await setUp(commands, namespaces: [c, r, s])
     }
@@ -81,6 +85,15 @@ struct RoutedHosts: NamespaceHosts {
         let result = try await Spawned.run(
             TestNetwork.ip,
             ["netns", "exec", self.router, "nft", "add rule inet path forward \(rule)"]
+        )
+        if result.status != 0 { throw SetupError(description: "nft add rule \(rule): \(result.error)") }
+    }
+
+    /// Adds an nftables rule to the router's output chain (what the router itself sends, as its ICMP messages).
+    func addOutputRule(_ rule: String) async throws {
+        let result = try await Spawned.run(
+            TestNetwork.ip,
+            ["netns", "exec", self.router, "nft", "add rule inet path output \(rule)"]
         )
         if result.status != 0 { throw SetupError(description: "nft add rule \(rule): \(result.error)") }
     }
@@ -247,6 +260,66 @@ struct RoutedHosts: NamespaceHosts {
             #expect(verdict.hasPrefix("flows: standing apart: ") || verdict.hasPrefix("flows: no source port"))
             server.signal(SIGTERM)
             await server.waitForExit()
+        }
+    }
+
+    /// The link between the router and the server has MTU 1400: `udpecho mtu` finds 1372 bytes of UDP payload over
+    /// IPv4 and 1352 over IPv6, once with the router's ICMP "fragmentation needed" / "packet too big" flowing, once
+    /// with it dropped (a black hole), each in a bounded number of probes.
+    @Test(
+        .enabled(if: RoutedHosts.available, "needs root, ip and nft to make network namespaces"),
+        arguments: [(false, false), (false, true), (true, false), (true, true)]
+    )
+    func mtuFindsThePathMTUWithAndWithoutICMP(ipv6: Bool, blackHole: Bool) async throws {
+        try await withHosts(try await RoutedHosts(farMTU: 1400)) { hosts in
+            if blackHole {
+                try await hosts.addOutputRule("icmp type destination-unreachable drop")
+                try await hosts.addOutputRule("icmpv6 type packet-too-big drop")
+            }
+            let (server, port) = try await startServer(
+                ["--address", "[::]:0", "--quiet"],
+                inNamespace: hosts.server
+            )
+            let target = ipv6 ? "[\(hosts.serverAddress6)]:\(port)" : "\(hosts.serverAddress):\(port)"
+            // Neighbour discovery on the new links first, so that the first probe is not lost to it.
+            _ = try await hosts.udpechoOnClient(["ping", target, "-c", "1", "-W", "3s", "-q"])
+            let result = try await hosts.udpechoOnClient(["mtu", target, "--json"])
+            #expect(result.status == 0, "\(result.lines) \(result.error)")
+            let object = try #require(try jsonObjects(result.lines).first, "\(result.lines) \(result.error)")
+            #expect(object["largest_payload"] as? Int == (ipv6 ? 1352 : 1372), "\(object)")
+            #expect(object["ip_mtu"] as? Int == 1400)
+            #expect(object["confirmed"] as? Bool == true)
+            let probes = try #require(object["probes"] as? Int)
+            #expect(probes <= (blackHole ? 40 : 8), "\(probes) probes: \(object)")
+            let icmp = try #require(object["icmp_mtus"] as? [Int])
+            if blackHole {
+                #expect(icmp.isEmpty && object["black_hole"] as? Bool == true, "\(object)")
+            } else {
+                #expect(icmp.contains(1400) && object["black_hole"] as? Bool == false, "\(object)")
+            }
+            server.signal(SIGTERM)
+            await server.waitForExit()
+        }
+    }
+
+    /// On loopback the whole datagram maximum goes through; a port nobody serves is a clear failure (exit 1); bad
+    /// options are usage errors (exit 2).
+    @Test func mtuOnLoopbackAndItsErrors() async throws {
+        let (server, port) = try await startServer(["--address", "127.0.0.1:0", "--quiet"])
+        let found = try await Spawned.run(udpecho, ["mtu", "127.0.0.1:\(port)", "--json"])
+        let object = try #require(try jsonObjects(found.lines).first, "\(found.lines) \(found.error)")
+        #expect(found.status == 0 && object["largest_payload"] as? Int == 65507 && object["ip_mtu"] as? Int == 65535)
+        server.signal(SIGTERM)
+        await server.waitForExit()
+
+        let refused = try await Spawned.run(udpecho, ["mtu", "127.0.0.1:\(port)"])
+        #expect(refused.status == 1)
+        #expect(refused.error.contains("refused the datagram: nothing listens on that port"), "\(refused.error)")
+        for (arguments, message) in [
+            (["--attempts", "0"], "--attempts 0: from 1 to 10"), (["--timeout", "0"], "--timeout must be more than 0"),
+        ] {
+            let bad = try await Spawned.run(udpecho, ["mtu", "127.0.0.1:9"] + arguments)
+            #expect(bad.status == 2 && bad.error.contains("Error: \(message)"), "\(bad.error)")
         }
     }
 

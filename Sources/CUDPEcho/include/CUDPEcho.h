@@ -238,6 +238,19 @@ int cudpecho_batch_recv_errors(int fd, cudpecho_batch *batch, int max);
 /// Reads the error of slot `i` after ``cudpecho_batch_recv_errors``; returns 0 if it carries none.
 int cudpecho_batch_error(const cudpecho_batch *batch, int i, int hardware, cudpecho_error_info *info);
 
+// MARK: Path MTU probing
+
+/// Opens a UDP socket connected to `target` for path MTU probes: DF set (IPv4) or fragmentation forbidden (IPv6)
+/// while the kernel's path MTU cache is ignored (IP_PMTUDISC_PROBE / IPV6_PMTUDISC_PROBE), so that a probe larger
+/// than a size learnt before is still sent, and ICMP errors are queued on the socket's error queue. Returns the
+/// descriptor or -errno.
+int cudpecho_mtu_socket(const struct sockaddr *target, socklen_t length);
+
+/// Reads one error from the error queue of `fd` without waiting: 1 and the error (errno), where it came from
+/// (SO_EE_ORIGIN_LOCAL 1, ICMP 2, ICMP6 3), its ICMP type and code, and `info` (the MTU for EMSGSIZE); 0 when
+/// the queue is empty; -errno on failure.
+int cudpecho_read_socket_error(int fd, int *error, int *origin, int *type, int *code, uint32_t *info);
+
 // MARK: UDP generic receive and segmentation offload (GRO/GSO)
 
 /// Asks the kernel to hand over runs of same-sized datagrams from one sender as one coalesced buffer (UDP_GRO,

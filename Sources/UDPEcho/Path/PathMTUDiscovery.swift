@@ -1,0 +1,314 @@
+import Atomics
+import CUDPEcho
+public import NIOCore
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// Packetization-layer path MTU discovery over UDP echo (RFC 8899, DPLPMTUD): the largest datagram that makes the
+/// round trip to an echo server whole, found with probes that may not be fragmented.
+///
+/// Probes carry DF (IPv4) or may not be fragmented (IPv6) and ignore what the kernel learnt of the path before
+/// (IP_PMTUDISC_PROBE), so each size is tried for itself. A probe counts as through when its echo comes back whole.
+/// An ICMP "fragmentation needed" or "packet too big" is used when it arrives (its MTU bounds the search and is
+/// tried next), and not relied on: a probe that gets neither an echo nor an ICMP message in `attempts` tries is
+/// too big as well (a black hole, or a router whose ICMP is filtered). The search starts at the largest datagram the
+/// local interface can send, confirms the base size (1200 bytes of IP packet, RFC 8899's BASE_PLPMTU), searches
+/// between them by halves, and confirms the result once more at the end.
+///
+/// ```swift
+/// let target = try SocketAddress(ipAddress: "198.51.100.2", port: 1337)
+/// let result = try await PathMTUDiscovery.run(.init(target: target))
+/// print(result.largestPayload, result.ipMTU)
+/// ```
+public enum PathMTUDiscovery {
+    /// What to probe and how patiently.
+    public struct Configuration: Sendable {
+        /// The echo server.
+        public var target: SocketAddress
+        /// How long to wait for each probe's echo.
+        public var probeTimeout: Duration
+        /// Tries per size before a size without an answer counts as too big (RFC 8899's MAX_PROBES is 3).
+        public var attempts: Int
+        /// A bound on the probes of a whole search.
+        public var maximumProbes: Int
+
+        /// A configuration: 3 tries of 300 ms per size, at most 100 probes.
+        public init(
+            target: SocketAddress,
+            probeTimeout: Duration = .milliseconds(300),
+            attempts: Int = 3,
+            maximumProbes: Int = 100
+        ) {
+            self.target = target
+            self.probeTimeout = probeTimeout
+            self.attempts = attempts
+            self.maximumProbes = maximumProbes
+        }
+    }
+
+    /// What one probe found.
+    public enum Outcome: Sendable, Equatable {
+        /// The echo came back whole after this many nanoseconds.
+        case echoed(roundTrip: Int64)
+        /// An ICMP message said the probe was too big for a link on the way: that link's MTU (0 if not given).
+        case fragmentationNeeded(mtu: Int)
+        /// The local interface cannot send it: its MTU.
+        case tooBigToSend(mtu: Int)
+        /// No echo and no ICMP message within the timeout.
+        case noAnswer
+        /// ICMP port unreachable: nothing listens at the target.
+        case refused
+    }
+
+    /// One probe of the search.
+    public struct Probe: Sendable, Equatable {
+        /// UDP payload bytes.
+        public var size: Int
+        /// Which try at this size (1...attempts).
+        public var attempt: Int
+        public var outcome: Outcome
+    }
+
+    /// What the search found.
+    public struct Result: Sendable {
+        /// The largest UDP payload whose echo came back whole.
+        public var largestPayload: Int
+        /// The IP MTU that payload implies: it plus the IP and UDP headers (28 bytes over IPv4, 48 over IPv6).
+        public var ipMTU: Int
+        /// The IP and UDP headers' bytes.
+        public var headers: Int
+        /// Every probe sent, in order.
+        public var probes: [Probe]
+        /// How long the search took.
+        public var elapsed: Duration
+        /// The MTUs that ICMP messages reported, in the order they came.
+        public var icmpMTUs: [Int]
+        /// Sizes above the result got neither an echo nor an ICMP message: a black hole for them (ICMP filtered),
+        /// found without ICMP's help.
+        public var blackHole: Bool
+        /// The local interface's limit, when the search met it.
+        public var localMTU: Int?
+        /// Whether the size was confirmed by a last probe after the search.
+        public var confirmed: Bool
+    }
+
+    /// The IP packet size RFC 8899 takes as the base that every path is expected to carry.
+    public static let basePacket = 1200
+
+    /// Searches; returns once the largest size is found and confirmed, or throws ``EchoError/timeout(_:peer:)``
+    /// when no size at all is answered, ``EchoError/refused(peer:)`` when nothing listens.
+    ///
+    /// - Parameter onProbe: Called after each probe, from the probing thread.
+    public static func run(
+        _ configuration: Configuration,
+        onProbe: (@Sendable (Probe) -> Void)? = nil
+    ) async throws(EchoError) -> Result {
+        guard configuration.attempts >= 1, configuration.maximumProbes >= 1, configuration.probeTimeout > .zero else {
+            throw .invalidConfiguration("the attempts, the probe limit and the timeout must be more than 0")
+        }
+        let fd = configuration.target.withRawAddress { cudpecho_mtu_socket($0, $1) }
+        guard fd >= 0 else {
+            throw .socket(operation: "connect to", address: configuration.target.hostPortDescription, errno: -fd)
+        }
+        let outcome: Swift.Result<Result, EchoError> = await withCheckedContinuation { continuation in
+            WorkerThread.start {
+                var search = Search(configuration, descriptor: fd, onProbe: onProbe)
+                let result = search.run()
+                close(fd)
+                continuation.resume(returning: result)
+            }
+        }
+        return try outcome.get()
+    }
+
+    /// The search's state, on the probing thread.
+    struct Search {
+        let configuration: Configuration
+        let fd: Int32
+        let onProbe: (@Sendable (Probe) -> Void)?
+        let headers: Int
+        var probes: [Probe] = []
+        var icmpMTUs: [Int] = []
+        var localMTU: Int?
+        var blackHole = false
+        var sequence: UInt64 = 0
+        var buffer = [UInt8](repeating: 0, count: 65536)
+
+        init(_ configuration: Configuration, descriptor: Int32, onProbe: (@Sendable (Probe) -> Void)?) {
+            self.configuration = configuration
+            self.fd = descriptor
+            self.onProbe = onProbe
+            self.headers = configuration.target.maximumDatagramPayload == DatagramLimits.ipv6MaximumPayload ? 48 : 28
+        }
+
+        mutating func run() -> Swift.Result<Result, EchoError> {
+            let start = ContinuousClock.now
+            let maximum = self.configuration.target.maximumDatagramPayload
+            // Known: `low` came back whole (0: nothing yet); `high` is too big (one past the largest possible).
+            var low = 0
+            var high = maximum + 1
+            var hint: Int? = nil
+            var candidate = maximum
+            var checkedBase = false
+            var confirmed = false
+            while self.probes.count < self.configuration.maximumProbes {
+                let outcome = self.probe(candidate)
+                switch outcome {
+                case .echoed:
+                    low = max(low, candidate)
+                case .refused:
+                    return .failure(.refused(peer: self.configuration.target))
+                case .tooBigToSend(let mtu):
+                    high = min(high, candidate)
+                    if mtu > self.headers { hint = mtu - self.headers }
+                case .fragmentationNeeded(let mtu):
+                    high = min(high, candidate)
+                    // RFC 8899 §4.6: a reported MTU is used only if it is smaller than the probe and not below the
+                    // base; it bounds the search and is tried next.
+                    if mtu - self.headers < candidate && mtu >= 68 {
+                        hint = mtu - self.headers
+                        high = min(high, mtu - self.headers + 1)
+                    }
+                case .noAnswer:
+                    high = min(high, candidate)
+                    self.blackHole = true
+                }
+                if low > 0 && high - low <= 1 {
+                    // Found: confirm once more, as RFC 8899 does before it uses a size.
+                    if confirmed { break }
+                    if case .echoed = self.probe(low) {
+                        confirmed = true
+                        break
+                    }
+                    // The size that came back before does not now: search below it again.
+                    high = low
+                    low = 0
+                    hint = nil
+                }
+                let base = Self.basePayload(headers: self.headers)
+                if let next = hint, next > low, next < high {
+                    candidate = next
+                    hint = nil
+                } else if low == 0 && !checkedBase && base < high {
+                    candidate = base
+                    checkedBase = true
+                } else if low == 0 {
+                    // Nothing came back yet, not even the base: halve towards the smallest probe.
+                    candidate = max(16, min(high - 1, candidate) / 2)
+                    if candidate >= high || (candidate == 16 && self.probes.last?.size == 16) {
+                        return .failure(.timeout(self.configuration.probeTimeout, peer: self.configuration.target))
+                    }
+                } else {
+                    candidate = (low + high) / 2
+                }
+            }
+            guard low > 0 else {
+                return .failure(.timeout(self.configuration.probeTimeout, peer: self.configuration.target))
+            }
+            return .success(
+                Result(
+                    largestPayload: low,
+                    ipMTU: low + self.headers,
+                    headers: self.headers,
+                    probes: self.probes,
+                    elapsed: ContinuousClock.now - start,
+                    icmpMTUs: self.icmpMTUs,
+                    blackHole: self.blackHole && self.icmpMTUs.isEmpty,
+                    localMTU: self.localMTU,
+                    confirmed: confirmed
+                )
+            )
+        }
+
+        static func basePayload(headers: Int) -> Int { PathMTUDiscovery.basePacket - headers }
+
+        /// Probes `size` up to `attempts` times: an echo or an explicit answer (ICMP, a local refusal) ends it.
+        mutating func probe(_ size: Int) -> Outcome {
+            var outcome = Outcome.noAnswer
+            for attempt in 1...self.configuration.attempts {
+                guard self.probes.count < self.configuration.maximumProbes else { return outcome }
+                outcome = self.once(size)
+                let probe = Probe(size: size, attempt: attempt, outcome: outcome)
+                self.probes.append(probe)
+                self.onProbe?(probe)
+                if outcome != .noAnswer { return outcome }
+            }
+            return outcome
+        }
+
+        /// One probe of `size` bytes: its sequence number, then a pattern; waits for its echo or an error.
+        private mutating func once(_ size: Int) -> Outcome {
+            self.drainErrors()
+            self.sequence += 1
+            let sequence = self.sequence
+            var probe = [UInt8](repeating: 0, count: size)
+            for index in 0..<size { probe[index] = UInt8(truncatingIfNeeded: index &* 31 &+ Int(sequence)) }
+            withUnsafeBytes(of: sequence.littleEndian) { bytes in
+                for (index, byte) in bytes.prefix(min(8, size)).enumerated() { probe[index] = byte }
+            }
+            let sentAt = cudpecho_now_ns()
+            let sent = probe.withUnsafeBytes { send(self.fd, $0.baseAddress, size, 0) }
+            if sent < 0 {
+                let code = errno
+                if code == EMSGSIZE {
+                    let mtu = self.drainErrors().local ?? 0
+                    self.localMTU = mtu
+                    return .tooBigToSend(mtu: mtu)
+                }
+                if code == ECONNREFUSED { return .refused }
+                return .noAnswer
+            }
+            let deadline = sentAt + self.configuration.probeTimeout.nanoseconds
+            while case let now = cudpecho_now_ns(), now < deadline {
+                let ready = cudpecho_wait(
+                    self.fd,
+                    cudpecho_pollin,
+                    Int32(clamping: (deadline - now + 999_999) / 1_000_000)
+                )
+                if ready <= 0 { continue }
+                let errors = self.drainErrors()
+                if errors.refused { return .refused }
+                if let mtu = errors.icmp { return .fragmentationNeeded(mtu: mtu) }
+                while true {
+                    let length = self.buffer.withUnsafeMutableBytes {
+                        recv(self.fd, $0.baseAddress, 65536, Int32(MSG_DONTWAIT))
+                    }
+                    if length < 0 { break }
+                    if length == size && self.buffer.prefix(size).elementsEqual(probe) {
+                        return .echoed(roundTrip: cudpecho_now_ns() - sentAt)
+                    }
+                    // An older probe's late echo, or something else: not this probe's answer.
+                }
+            }
+            return .noAnswer
+        }
+
+        /// Reads the error queue: the MTU an ICMP message or the local stack reported, and whether a refusal came.
+        @discardableResult
+        private mutating func drainErrors() -> (icmp: Int?, local: Int?, refused: Bool) {
+            var found: (icmp: Int?, local: Int?, refused: Bool) = (nil, nil, false)
+            var error: Int32 = 0
+            var origin: Int32 = 0
+            var type: Int32 = 0
+            var code: Int32 = 0
+            var info: UInt32 = 0
+            while cudpecho_read_socket_error(self.fd, &error, &origin, &type, &code, &info) == 1 {
+                if error == EMSGSIZE {
+                    if origin == 1 {  // SO_EE_ORIGIN_LOCAL
+                        found.local = Int(info)
+                    } else {
+                        found.icmp = Int(info)
+                        self.icmpMTUs.append(Int(info))
+                    }
+                } else if error == ECONNREFUSED {
+                    found.refused = true
+                }
+            }
+            return found
+        }
+    }
+}

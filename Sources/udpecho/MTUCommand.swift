@@ -1,0 +1,197 @@
+import ArgumentParser
+import FoundationEssentials
+import NIOCore
+import UDPEcho
+
+struct MTUCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "mtu",
+        abstract: "Find the largest datagram that makes the round trip to an echo server whole (path MTU discovery).",
+        discussion: """
+            Packetization-layer path MTU discovery (RFC 8899) over UDP echo: probes that may not be fragmented \
+            (DF set over IPv4), of sizes searched by halves between the base size every path should carry (1200 \
+            bytes of IP packet) and the largest the local interface sends; a size counts when its echo comes back \
+            whole. An ICMP "fragmentation needed" (IPv4) or "packet too big" (IPv6) from a router is used when it \
+            comes: its MTU is tried next. It is not relied on: a size that gets neither an echo nor an ICMP message \
+            in --attempts tries is too big too, so a path that drops large packets silently (a black hole, or \
+            filtered ICMP) is measured all the same. The result is confirmed by one more probe.
+
+              udpecho mtu 198.51.100.2:1337
+
+            It prints each probe, then the largest UDP payload that came back, the IP MTU it implies (payload + 28 \
+            bytes of IPv4 and UDP headers, + 48 over IPv6), the probes it took and how long. Run it against an echo \
+            server whose own link and path back carry the size too: an echo measures the round trip.
+
+            Exit codes: 0 found; 1 no size came back at all; 2 usage or setup error.
+            """
+    )
+
+    @Argument(help: ArgumentHelp("The echo server, as HOST:PORT or [IPV6]:PORT.", valueName: "host:port"))
+    var targetText: String
+
+    @Option(
+        name: [.customShort("W"), .customLong("timeout")],
+        help: ArgumentHelp("How long to wait for each probe's echo.", valueName: "duration"),
+        transform: parseDuration
+    )
+    var timeout: Duration = .milliseconds(300)
+
+    @Option(
+        help: ArgumentHelp("Tries per size before a size without an answer counts as too big, 1 to 10.", valueName: "n")
+    )
+    var attempts = 3
+
+    @Flag(help: "Print one JSON object with the result and every probe, instead of text.")
+    var json = false
+
+    func validate() throws {
+        _ = try parseAddress(self.targetText)
+        if !(1...10).contains(self.attempts) { throw ValidationError("--attempts \(self.attempts): from 1 to 10") }
+        if self.timeout <= .zero { throw ValidationError("--timeout must be more than 0") }
+    }
+
+    func run() async throws {
+        let address: SocketAddress
+        do {
+            address = try await resolveTarget(try parseAddress(self.targetText))
+        } catch {
+            Stream.err.line("udpecho: error: \(error)")
+            throw ExitCode(2)
+        }
+        let peer = address.hostPortDescription
+        let json = self.json
+        if !json { Stream.out.line("MTU \(peer): probing with DF set, sizes of UDP payload") }
+        let found = await Self.search(address, timeout: self.timeout, attempts: self.attempts, print: !json)
+        let result: PathMTUDiscovery.Result
+        switch found {
+        case .success(let value):
+            result = value
+        case .failure(.timeout(_, _)), .failure(.refused(_)):
+            let error = found.failureText
+            if json {
+                Stream.out.line(jsonLine(MTUJSON.Failure(target: peer, error: error)))
+            } else {
+                Stream.err.line("udpecho: \(error)")
+            }
+            throw ExitCode(1)
+        case .failure(let error):
+            Stream.err.line("udpecho: error: \(error)")
+            throw ExitCode(2)
+        }
+        if json {
+            Stream.out.line(jsonLine(MTUJSON(result, target: peer)))
+            return
+        }
+        let family = result.headers == 48 ? "IPv6" : "IPv4"
+        Stream.out.line("")
+        Stream.out.line(
+            "\(result.largestPayload) bytes of UDP payload make the round trip whole: IP MTU \(result.ipMTU) "
+                + "(\(result.largestPayload) + \(result.headers) bytes of \(family) and UDP headers)"
+        )
+        let took = result.elapsed.nanoseconds
+        var how =
+            "\(result.probes.count) probes in "
+            + (took < 1_000_000_000 ? "\(milliseconds(took)) ms" : "\(Double(took / 10_000_000) / 100) s")
+        if !result.icmpMTUs.isEmpty {
+            how += "; ICMP said MTU " + Array(Set(result.icmpMTUs)).sorted().map(String.init).joined(separator: ", ")
+        } else if result.blackHole {
+            how += "; no ICMP message came for the sizes above: they vanish without a word (a black hole)"
+        }
+        if let local = result.localMTU { how += "; the local interface sends at most \(local) bytes" }
+        if !result.confirmed { how += "; not confirmed (the probe limit was reached)" }
+        Stream.out.line(how)
+    }
+}
+
+extension MTUCommand {
+    static func search(
+        _ address: SocketAddress,
+        timeout: Duration,
+        attempts: Int,
+        print: Bool
+    ) async -> Result<PathMTUDiscovery.Result, EchoError> {
+        do {
+            return .success(
+                try await PathMTUDiscovery.run(.init(target: address, probeTimeout: timeout, attempts: attempts)) {
+                    probe in
+                    if print { Stream.out.line(probe.line) }
+                }
+            )
+        } catch {
+            return .failure(error)
+        }
+    }
+}
+
+extension Result where Failure == EchoError {
+    var failureText: String {
+        if case .failure(let error) = self { return error.description }
+        return ""
+    }
+}
+
+extension PathMTUDiscovery.Probe {
+    /// `probe 1472 bytes (try 1): too big: ICMP says MTU 1400`.
+    var line: String {
+        let text: String
+        switch self.outcome {
+        case .echoed(let roundTrip): text = "echoed in \(milliseconds(roundTrip)) ms"
+        case .fragmentationNeeded(let mtu): text = "too big: ICMP says the MTU on the way is \(mtu)"
+        case .tooBigToSend(let mtu): text = "too big for the local interface (MTU \(mtu))"
+        case .noAnswer: text = "no answer"
+        case .refused: text = "refused: nothing listens there"
+        }
+        return "probe \(self.size) bytes (try \(self.attempt)): \(text)"
+    }
+}
+
+/// `udpecho mtu --json`.
+struct MTUJSON: Encodable {
+    struct Probe: Encodable {
+        var size, attempt: Int
+        var outcome: String
+        var rtt_ms: Double?
+        var mtu: Int?
+    }
+
+    struct Failure: Encodable {
+        var type = "mtu"
+        var target: String
+        var error: String
+    }
+
+    var type = "mtu"
+    var target: String
+    var largest_payload, ip_mtu, headers: Int
+    var probes: Int
+    var elapsed_ms: Double
+    var icmp_mtus: [Int]
+    var black_hole, confirmed: Bool
+    var local_mtu: Int?
+    var steps: [Probe]
+
+    init(_ result: PathMTUDiscovery.Result, target: String) {
+        self.target = target
+        self.largest_payload = result.largestPayload
+        self.ip_mtu = result.ipMTU
+        self.headers = result.headers
+        self.probes = result.probes.count
+        self.elapsed_ms = Double(result.elapsed.nanoseconds) / 1e6
+        self.icmp_mtus = result.icmpMTUs
+        self.black_hole = result.blackHole
+        self.confirmed = result.confirmed
+        self.local_mtu = result.localMTU
+        self.steps = result.probes.map { probe in
+            switch probe.outcome {
+            case .echoed(let roundTrip):
+                Probe(size: probe.size, attempt: probe.attempt, outcome: "echoed", rtt_ms: Double(roundTrip) / 1e6)
+            case .fragmentationNeeded(let mtu):
+                Probe(size: probe.size, attempt: probe.attempt, outcome: "fragmentation-needed", mtu: mtu)
+            case .tooBigToSend(let mtu):
+                Probe(size: probe.size, attempt: probe.attempt, outcome: "too-big-to-send", mtu: mtu)
+            case .noAnswer: Probe(size: probe.size, attempt: probe.attempt, outcome: "no-answer")
+            case .refused: Probe(size: probe.size, attempt: probe.attempt, outcome: "refused")
+            }
+        }
+    }
+}
