@@ -127,6 +127,8 @@ struct BenchCommand: AsyncParsableCommand {
 
     @OptionGroup var stampOptions: StampSenderOptions
 
+    @OptionGroup(title: "Marking") var markingOptions: MarkingOptions
+
     @Flag(help: "Print the result as one JSON object.")
     var json = false
 
@@ -159,7 +161,8 @@ struct BenchCommand: AsyncParsableCommand {
                 timestamps: self.timestamps,
                 spin: self.spin,
                 stamp: stamp,
-                gso: self.gso
+                gso: self.gso,
+                marking: self.markingOptions.marking
             )
             try configuration.validate()
         } catch {

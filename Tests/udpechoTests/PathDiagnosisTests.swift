@@ -323,6 +323,46 @@ struct RoutedHosts: NamespaceHosts {
         }
     }
 
+    /// bench marks its load as asked: a server of our own (Python) sees every request with DSCP 46, ECT(1) and TTL
+    /// 7, and echoes it.
+    @Test func benchMarksItsLoad() async throws {
+        let recorder = try Spawned(
+            python,
+            [
+                "python3", "-c",
+                """
+                import socket, sys
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                s.setsockopt(socket.IPPROTO_IP, socket.IP_RECVTOS, 1)
+                s.setsockopt(socket.IPPROTO_IP, 12, 1)  # IP_RECVTTL
+                s.bind(("127.0.0.1", 0))
+                s.settimeout(1)
+                print(s.getsockname()[1], flush=True)
+                seen = {}
+                try:
+                    while True:
+                        data, ancillary, _, peer = s.recvmsg(65536, 256)
+                        marks = tuple(sorted((t, v[0]) for l, t, v in ancillary if l == socket.IPPROTO_IP))
+                        seen[marks] = seen.get(marks, 0) + 1
+                        s.sendto(data, peer)
+                except socket.timeout:
+                    pass
+                print(repr(sorted(seen.items())), flush=True)
+                """,
+            ]
+        )
+        let port = try #require(await recorder.waitForLine { Int($0) != nil }.flatMap { Int($0) })
+        let bench = try await Spawned.run(
+            udpecho,
+            ["bench", "127.0.0.1:\(port)", "-c", "500", "--dscp", "46", "--ecn", "ect1", "--ttl", "7", "--json"]
+        )
+        let object = try #require(try jsonObjects(bench.lines).first, "\(bench.lines) \(bench.error)")
+        #expect(object["received"] as? Int == 500)
+        await recorder.waitForExit()
+        // IP_TOS is 1, IP_TTL 2: every datagram with TOS 46 << 2 | 1 and TTL 7.
+        #expect(recorder.outputLines.last == "[(((1, \(46 << 2 | 1)), (2, 7)), 500)]", "\(recorder.outputLines)")
+    }
+
     /// Out-of-range marking options are usage errors that say what the range is.
     @Test(arguments: [
         (["--dscp", "64"], "--dscp 64: a DSCP goes from 0 to 63"),

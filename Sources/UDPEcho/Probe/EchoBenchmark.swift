@@ -57,6 +57,9 @@ public enum EchoBenchmark {
         /// drive a server past what single writes allow. Every reply is still checked on its own. The times are then
         /// the program's clock reads (the kernel timestamps a segmented write once). Echo requests only.
         public var gso: Bool
+        /// How requests leave: traffic class (DSCP and ECN), TTL, Don't Fragment; e.g. to load a QoS policy's
+        /// class.
+        public var marking: PathMarking
 
         /// A configuration; see each property. The defaults are a closed loop of 4 flows x 32 for 10 s.
         public init(
@@ -71,7 +74,8 @@ public enum EchoBenchmark {
             timestamps: TimestampSource = .kernel,
             spin: Duration? = nil,
             stamp: StampSenderConfiguration? = nil,
-            gso: Bool = false
+            gso: Bool = false,
+            marking: PathMarking = PathMarking()
         ) {
             self.target = target
             self.duration = duration
@@ -85,6 +89,7 @@ public enum EchoBenchmark {
             self.spin = spin
             self.stamp = stamp
             self.gso = gso
+            self.marking = marking
         }
 
         /// Checks every setting; throws ``EchoError`` naming the one that is out of range.
@@ -109,6 +114,7 @@ public enum EchoBenchmark {
                 throw .invalidConfiguration("the spin must be from 0 to 10ms")
             }
             if let count = self.count, count < 1 { throw .invalidConfiguration("the count must be at least 1") }
+            try self.marking.validate()
             if self.gso && self.stamp != nil {
                 throw .invalidConfiguration("GSO sends runs of echo requests; STAMP test packets go one by one")
             }
@@ -199,7 +205,8 @@ public enum EchoBenchmark {
                         return .zero
                     }(),
                 stamp: configuration.stamp,
-                offload: configuration.gso
+                offload: configuration.gso,
+                marking: configuration.marking
             )
         )
         return await engine.runOnThread(onEvent: nil, onProgress: onProgress)
