@@ -442,18 +442,12 @@ int cudpecho_batch_error(const cudpecho_batch *batch, int i, int hardware, cudpe
 const cudpecho_datagram_info *cudpecho_batch_info(const cudpecho_batch *batch, int i) { return &batch->info[i]; }
 
 int cudpecho_enable_datagram_info(int fd, int family) {
-    int on = 1;
     int flags = SOF_TIMESTAMPING_RX_SOFTWARE | SOF_TIMESTAMPING_SOFTWARE;
-    if (setsockopt(fd, IPPROTO_IP, IP_RECVTTL, &on, sizeof(on)) != 0
-        || setsockopt(fd, IPPROTO_IP, IP_RECVTOS, &on, sizeof(on)) != 0
-        || setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPING_OLD, &flags, sizeof(flags)) != 0) {
-        return -errno;
+    int marks = cudpecho_enable_receive_marks(fd, family);
+    if (marks != 0) {
+        return marks;
     }
-    if (family == AF_INET6 && (setsockopt(fd, IPPROTO_IPV6, IPV6_RECVHOPLIMIT, &on, sizeof(on)) != 0
-                               || setsockopt(fd, IPPROTO_IPV6, IPV6_RECVTCLASS, &on, sizeof(on)) != 0)) {
-        return -errno;
-    }
-    return 0;
+    return setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPING_OLD, &flags, sizeof(flags)) == 0 ? 0 : -errno;
 }
 
 void cudpecho_batch_set_reply_tos(cudpecho_batch *batch, int i, int ipv6, int tos) {
@@ -470,17 +464,6 @@ void cudpecho_batch_set_reply_tos(cudpecho_batch *batch, int i, int ipv6, int to
     c->cmsg_type = ipv6 ? IPV6_TCLASS : IP_TOS;
     c->cmsg_len = CMSG_LEN(sizeof(int));
     memcpy(CMSG_DATA(c), &tos, sizeof(tos));
-}
-
-int cudpecho_enable_receive_tos(int fd, int family) {
-    int on = 1;
-    if (setsockopt(fd, IPPROTO_IP, IP_RECVTOS, &on, sizeof(on)) != 0) {
-        return -errno;
-    }
-    if (family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_RECVTCLASS, &on, sizeof(on)) != 0) {
-        return -errno;
-    }
-    return 0;
 }
 
 int cudpecho_batch_received_tos(const cudpecho_batch *batch, int i) {

@@ -60,23 +60,11 @@ import Testing
     }
 }
 
-/// A generator with a fixed seed, so that the chance runs below are the same each time.
-struct SplitMix: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        self.state &+= 0x9E37_79B9_7F4A_7C15
-        var z = self.state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
 extension FlowComparisonTests {
     /// Flows that all lose the same share by chance: over 300 runs of 16 ports x 200 probes at 5% loss, a port is
     /// named in at most 1% of runs (the test's level).
     @Test func chanceAloneRarelyNamesAPort() {
-        var random = SplitMix(state: 42)
+        var random = SplitMix64(state: 42)
         var runsWithAName = 0
         for _ in 0..<300 {
             let flows = (0..<16).map { index in

@@ -62,9 +62,6 @@ const cudpecho_datagram_info *cudpecho_batch_info(const cudpecho_batch *batch, i
 /// control messages.
 void cudpecho_batch_set_reply_tos(cudpecho_batch *batch, int i, int ipv6, int tos);
 
-/// Asks the kernel to report the TOS (IPv4) or traffic class (IPv6) byte of each datagram received. Returns 0 or
-/// -errno.
-int cudpecho_enable_receive_tos(int fd, int family);
 /// After a receive: the TOS or traffic class byte slot `i` arrived with, or -1 if not reported.
 int cudpecho_batch_received_tos(const cudpecho_batch *batch, int i);
 
