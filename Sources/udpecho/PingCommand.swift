@@ -294,6 +294,8 @@ extension EchoBenchmark.Result {
                 + "\(counts.duplicate) duplicates, \(counts.reordered) reordered, \(counts.corrupt) corrupt"
                 + (counts.late > 0 ? ", \(counts.late) late" : "")
                 + (counts.refused > 0 ? ", \(counts.refused) refused" : "")
+                + (counts.sendErrors > 0
+                    ? ", \(counts.sendErrors) not sent (\(String(cString: strerror(self.lastSendError))))" : "")
                 + ", time \(Int(self.elapsed.seconds * 1000))ms"
         ]
         let times = self.times
@@ -337,7 +339,7 @@ enum PingJSON {
         var out_of_order: Bool?
         var reason: String?
         var stamp: StampEvent?
-        var ttl, dscp, ecn: Int?
+        var ttl, hops_back_estimated, dscp, ecn: Int?
         var at_server: ServerMarks?
     }
 
@@ -359,7 +361,8 @@ enum PingJSON {
     struct Summary: Encodable {
         var type = "summary"
         var target: String
-        var transmitted, received, lost, duplicates, reordered, corrupt, late, refused: Int
+        var transmitted, received, lost, duplicates, reordered, corrupt, late, refused, not_sent: Int
+        var not_sent_error: String?
         var loss_percent: Double
         var timestamps: String
         var timestamp_fallbacks: Int
@@ -385,6 +388,7 @@ enum PingJSON {
                 late_ms: Double(lateness) / 1e6,
                 out_of_order: outOfOrder,
                 ttl: marks?.ttlHere,
+                hops_back_estimated: marks?.ttlHere.map(ArrivalMarks.estimatedHops(fromTTL:)),
                 dscp: marks?.classHere.map { Int($0.dscp) },
                 ecn: marks?.classHere.map { Int($0.ecn.rawValue) },
                 at_server: marks.flatMap { marks in
@@ -465,6 +469,8 @@ enum PingJSON {
                 corrupt: counts.corrupt,
                 late: counts.late,
                 refused: counts.refused,
+                not_sent: counts.sendErrors,
+                not_sent_error: counts.sendErrors > 0 ? String(cString: strerror(result.lastSendError)) : nil,
                 loss_percent: counts.sent == 0 ? 0 : Double(counts.sent - counts.received) / Double(counts.sent) * 100,
                 timestamps: result.timestamps.rawValue,
                 timestamp_fallbacks: result.timestampFallbacks,

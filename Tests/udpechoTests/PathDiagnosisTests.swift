@@ -297,6 +297,20 @@ struct RoutedHosts: NamespaceHosts {
             } else {
                 #expect(icmp.contains(1400) && object["black_hole"] as? Bool == false, "\(object)")
             }
+            if !ipv6 && !blackHole {
+                // ping --df: a probe larger than the path's MTU is refused (the kernel learnt 1400 from the ICMP
+                // message) instead of being fragmented; without it, fragments carry it through.
+                let df = try await hosts.udpechoOnClient([
+                    "ping", target, "-c", "3", "-i", "20ms", "-s", "1400", "--df",
+                ])
+                #expect(df.status == 1, "\(df.lines)")
+                #expect(df.lines.contains { $0.hasPrefix("send failed: Message too long") }, "\(df.lines)")
+                #expect(df.lines.contains { $0.contains(", 3 not sent (Message too long)") }, "\(df.lines)")
+                let fragmented = try await hosts.udpechoOnClient([
+                    "ping", target, "-c", "3", "-i", "20ms", "-s", "1400",
+                ])
+                #expect(fragmented.status == 0, "\(fragmented.lines)")
+            }
             server.signal(SIGTERM)
             await server.waitForExit()
         }

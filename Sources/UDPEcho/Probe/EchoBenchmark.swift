@@ -164,6 +164,8 @@ public enum EchoBenchmark {
         public var marking: MarkingStatistics?
         /// Each flow's loss and round trips, by source port (`ping --flows`); nil otherwise.
         public var flows: [FlowStatistics]?
+        /// Why the kernel refused the last request it would not send (errno), when ``ProbeCounts/sendErrors`` > 0.
+        public var lastSendError: Int32 = 0
         /// Time from the first request until every request was answered or counted as lost (which includes waiting
         /// a loss timeout for the last lost ones).
         public var elapsed: Duration
@@ -246,6 +248,7 @@ extension ProbeEngine {
                     result.coalescedReplies = engine.value.coalescedReplies
                     result.marking = engine.value.markingStatistics
                     result.flows = engine.value.flowStatistics
+                    result.lastSendError = engine.value.lastSendError
                     continuation.resume(returning: result)
                 }
             }

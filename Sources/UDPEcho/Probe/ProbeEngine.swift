@@ -136,6 +136,8 @@ final class ProbeEngine {
     private let hardware: Int32
     /// CLOCK_REALTIME minus CLOCK_MONOTONIC, to place kernel timestamps on the schedule's clock; renewed each second.
     private var realtimeOffset: Int64 = 0
+    /// Why the last probe the kernel would not send was refused (errno), if one was.
+    private(set) var lastSendError: Int32 = 0
     /// Probes handed to `sendmmsg`, sent or not: what the count limit counts.
     private var attempted = 0
     /// The sequence numbers in the transmit batch, by slot.
@@ -448,7 +450,7 @@ final class ProbeEngine {
                     self.countLost($0, onEvent)
                 }
             }
-            self.transmitBatch(flow, count: batch)
+            self.transmitBatch(flow, count: batch, onEvent: onEvent)
             remaining -= batch
         }
     }
@@ -480,17 +482,17 @@ final class ProbeEngine {
                 filled += 1
                 k += flowCount
                 if filled == Self.batchSize {
-                    self.transmitBatch(flow, count: filled)
+                    self.transmitBatch(flow, count: filled, onEvent: onEvent)
                     filled = 0
                 }
             }
-            if filled > 0 { self.transmitBatch(flow, count: filled) }
+            if filled > 0 { self.transmitBatch(flow, count: filled, onEvent: onEvent) }
         }
     }
 
     /// Sends the `count` probes prepared in the transmit batch, noting when they left; those the kernel refuses are
     /// unmarked and counted.
-    private func transmitBatch(_ flow: ProbeFlow, count: Int) {
+    private func transmitBatch(_ flow: ProbeFlow, count: Int, onEvent: ((ProbeEvent) -> Void)?) {
         self.attempted += count
         if let beforeSend = self.configuration.beforeSend {
             for slot in 0..<count { beforeSend(self.batchSequences[slot]) }
@@ -561,10 +563,15 @@ final class ProbeEngine {
                 }
                 for slot in next..<count { flow.unsend(self.batchSequences[slot]) }
                 self.counts.sendErrors += count - next
+                self.lastSendError = EAGAIN
+                onEvent?(.sendError(errno: EAGAIN))
                 next = count
             default:
+                // Not sent (EMSGSIZE: larger than the path's known MTU with DF; EPERM: a firewall...): said, counted.
                 flow.unsend(self.batchSequences[next])
                 self.counts.sendErrors += 1
+                self.lastSendError = -sent
+                onEvent?(.sendError(errno: -sent))
                 next += 1
             }
         }
