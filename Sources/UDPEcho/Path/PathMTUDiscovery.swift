@@ -151,6 +151,8 @@ public enum PathMTUDiscovery {
             // Known: `low` came back whole (0: nothing yet); `high` is too big (one past the largest possible).
             var low = 0
             var high = maximum + 1
+            // What ICMP says is too big: a bound to search below, proven only when that size itself fails.
+            var icmpHigh = Int.max
             var hint: Int? = nil
             var candidate = maximum
             var checkedBase = false
@@ -168,14 +170,22 @@ public enum PathMTUDiscovery {
                 case .fragmentationNeeded(let mtu):
                     high = min(high, candidate)
                     // RFC 8899 §4.6: a reported MTU is used only if it is smaller than the probe and not below the
-                    // base; it bounds the search and is tried next.
+                    // minimum; it bounds the search and is tried next, and the size just above it is probed before
+                    // the result stands (an ICMP message is a hint, not a proof).
                     if mtu - self.headers < candidate && mtu >= 68 {
                         hint = mtu - self.headers
-                        high = min(high, mtu - self.headers + 1)
+                        icmpHigh = min(icmpHigh, mtu - self.headers + 1)
                     }
                 case .noAnswer:
                     high = min(high, candidate)
                     self.blackHole = true
+                }
+                if low > 0 && min(high, icmpHigh) - low <= 1 && icmpHigh < high {
+                    // The search ends at ICMP's word: probe the size just above, once (a fast answer if it is
+                    // right).
+                    candidate = icmpHigh
+                    icmpHigh = Int.max
+                    continue
                 }
                 if low > 0 && high - low <= 1 {
                     // Found: confirm once more, as RFC 8899 does before it uses a size.
@@ -188,22 +198,24 @@ public enum PathMTUDiscovery {
                     high = low
                     low = 0
                     hint = nil
+                    icmpHigh = Int.max
                 }
                 let base = Self.basePayload(headers: self.headers)
-                if let next = hint, next > low, next < high {
+                let bound = min(high, icmpHigh)
+                if let next = hint, next > low, next < bound {
                     candidate = next
                     hint = nil
-                } else if low == 0 && !checkedBase && base < high {
+                } else if low == 0 && !checkedBase && base < bound {
                     candidate = base
                     checkedBase = true
                 } else if low == 0 {
                     // Nothing came back yet, not even the base: halve towards the smallest probe.
-                    candidate = max(16, min(high - 1, candidate) / 2)
-                    if candidate >= high || (candidate == 16 && self.probes.last?.size == 16) {
+                    candidate = max(16, min(bound - 1, candidate) / 2)
+                    if candidate >= bound || (candidate == 16 && self.probes.last?.size == 16) {
                         return .failure(.timeout(self.configuration.probeTimeout, peer: self.configuration.target))
                     }
                 } else {
-                    candidate = (low + high) / 2
+                    candidate = (low + bound) / 2
                 }
             }
             guard low > 0 else {
