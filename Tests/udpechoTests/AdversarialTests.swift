@@ -172,6 +172,31 @@ func forgeOneDatagram(
         }
     }
 
+    /// The same attack between two servers that reflect markings and fill in udpecho ping's marking report: the
+    /// forged datagram asks for a report, each server writes what it arrived with into it, and the loop detector
+    /// still ends the loop (a report rewritten with the same values is the same datagram again).
+    @Test(.enabled(if: TestNetwork.available, "needs root and ip to make network namespaces"))
+    func aForgedMarkingReportCannotStartALoop() async throws {
+        try await withHosts(try await TestNetwork()) { network in
+            let arguments = ["-q", "--reflect-tos", "--address"]
+            let (first, _) = try await startServer(arguments + [":7000"], inNamespace: network.server)
+            let (second, _) = try await startServer(arguments + [":7001"], inNamespace: network.client)
+            let client = try await network.run(
+                in: network.client,
+                ["python3", "-c", pythonBoundClient, network.clientAddress, network.serverAddress, "7000"]
+            )
+            #expect(client.lines == ["echoed"], "\(client.error)")
+            let (a, b) = try await forgeOneDatagram(
+                in: network,
+                between: (first, 7000),
+                and: (second, 7001),
+                payload: "sequence+stamp..UDPE-TOS....a marking report, please"
+            )
+            #expect(a["echoed", default: -1] - 1 + b["echoed", default: -1] <= 10, "\(a) \(b)")
+            #expect(a["loop", default: 0] + b["loop", default: 0] >= 1, "\(a) \(b)")
+        }
+    }
+
     /// The same attack on two STAMP reflectors (RFC 8762 §4.1 puts reflectors on port 862, senders on others): a
     /// forged test packet "from" a reflector on port 862 is dropped at once (a source port below 1024, as every
     /// reflector's port 862 is), and between reflectors on arbitrary ports the first reflector recognises its own
