@@ -10,6 +10,7 @@
 #include <string.h>
 #include <pthread.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
@@ -711,4 +712,9 @@ int cudpecho_read_socket_error(int fd, int *error, int *origin, int *type, int *
     *code = 0;
     *info = 0;
     return 1;
+}
+
+int cudpecho_eventfd(void) {
+    int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    return fd >= 0 ? fd : -errno;
 }

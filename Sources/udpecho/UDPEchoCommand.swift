@@ -20,7 +20,10 @@ struct UDPEchoCommand: AsyncParsableCommand {
               echo hello | udpecho client --address 127.0.0.1:1337
             """,
         version: "0.1.0",
-        subcommands: [ServerCommand.self, ClientCommand.self, PingCommand.self, BenchCommand.self, MTUCommand.self]
+        subcommands: [
+            ServerCommand.self, ClientCommand.self, PingCommand.self, BenchCommand.self, MTUCommand.self,
+            MeshCommand.self,
+        ]
     )
 
     /// As every Swift command line tool, but `ping`, `bench` and `mtu` end a usage error with 2, as ping(8) does.
@@ -34,7 +37,7 @@ struct UDPEchoCommand: AsyncParsableCommand {
             }
         } catch {
             let subcommand = CommandLine.arguments.dropFirst().first ?? ""
-            if exitCode(for: error) == .validationFailure && ["ping", "bench", "mtu"].contains(subcommand) {
+            if exitCode(for: error) == .validationFailure && ["ping", "bench", "mtu", "mesh"].contains(subcommand) {
                 Stream.err.line(fullMessage(for: error))
                 Glibc.exit(2)
             }

@@ -235,6 +235,9 @@ int cudpecho_batch_recv_errors(int fd, cudpecho_batch *batch, int max);
 /// Reads the error of slot `i` after ``cudpecho_batch_recv_errors``; returns 0 if it carries none.
 int cudpecho_batch_error(const cudpecho_batch *batch, int i, int hardware, cudpecho_error_info *info);
 
+/// An eventfd (non-blocking, close-on-exec) for waking a thread that waits in epoll. Returns it or -errno.
+int cudpecho_eventfd(void);
+
 // MARK: Path MTU probing
 
 /// Opens a UDP socket connected to `target` for path MTU probes: DF set (IPv4) or fragmentation forbidden (IPv6)
