@@ -171,6 +171,7 @@ struct MeshCommand: AsyncParsableCommand {
             Stream.err.line("udpecho: error: \(error)")
             throw ExitCode(2)
         }
+        let once = self.once
         let agent = MeshAgent(
             .init(
                 peers: peers,
@@ -182,7 +183,9 @@ struct MeshCommand: AsyncParsableCommand {
         ) { event in
             switch event {
             case .targets(let count, let added, let removed):
-                Stream.out.line("peers: \(count) targets (\(added) added, \(removed) removed)")
+                // With --once the report is the output; what the agent does goes to standard error.
+                let line = "peers: \(count) targets (\(added) added, \(removed) removed)"
+                if once { Stream.err.line(line) } else { Stream.out.line(line) }
             case .peersFileRejected(let reason):
                 Stream.err.line("udpecho: peers file: \(reason)")
             case .nameNotResolved(let reason):
@@ -218,7 +221,7 @@ struct MeshCommand: AsyncParsableCommand {
             do {
                 let endpoint = try await MetricsEndpoint(address: try await resolveTarget(metricsAddress)) {
                     serverMetrics.publish()
-                    return registry.emitToString() + MeshMetrics.render(prober.snapshot())
+                    return ServerMetrics.addingHelp(to: registry.emitToString()) + MeshMetrics.render(prober.snapshot())
                 }
                 Stream.out.line("metrics on http://\(endpoint.localAddress?.hostPortDescription ?? "?")/metrics")
                 services += [.init(service: serverMetrics), .init(service: endpoint)]
@@ -244,6 +247,10 @@ struct MeshCommand: AsyncParsableCommand {
             throw ExitCode(2)
         }
         let probing = Task { await prober.run() }
+        // The duration counts from when the prober has taken the targets.
+        for _ in 0..<3000 where prober.snapshot().targets.count < count {
+            try? await Task.sleep(for: .milliseconds(10))
+        }
         try? await Task.sleep(for: self.duration)
         prober.finishSending()
         // The replies still on their way; a probe not answered by then is lost. A bit past the timeout, so that

@@ -426,7 +426,7 @@ struct ServerCommand: AsyncParsableCommand {
                 // Each scrape first publishes the server's latest counters, so that what it shows is current.
                 let endpoint = try await MetricsEndpoint(address: try await resolveTarget(metricsAddress)) {
                     metrics.publish()
-                    return registry.emitToString()
+                    return ServerMetrics.addingHelp(to: registry.emitToString())
                 }
                 let url = "http://\(endpoint.localAddress?.hostPortDescription ?? "?")/metrics"
                 self.say(format, "metrics", "metrics on \(url)", [("url", url)])

@@ -322,9 +322,12 @@ struct MeshProberState {
     private mutating func grow() -> Int {
         self.targets.append(nil)
         self.removedAt.append(0)
-        for keyPath in [\Self.sent, \.received, \.lost, \.duplicate, \.corrupt, \.skipped] {
-            self[keyPath: keyPath].append(0)
-        }
+        self.sent.append(0)
+        self.received.append(0)
+        self.lost.append(0)
+        self.duplicate.append(0)
+        self.corrupt.append(0)
+        self.skipped.append(0)
         self.rttSum.append(0)
         self.histogram += Array(repeating: 0, count: self.buckets)
         if self.configuration.perFlow { self.flowCounts += Array(repeating: 0, count: self.configuration.flows * 3) }
@@ -337,9 +340,12 @@ struct MeshProberState {
 
     private mutating func reset(_ index: Int) {
         self.removedAt[index] = 0
-        for keyPath in [\Self.sent, \.received, \.lost, \.duplicate, \.corrupt, \.skipped] {
-            self[keyPath: keyPath][index] = 0
-        }
+        self.sent[index] = 0
+        self.received[index] = 0
+        self.lost[index] = 0
+        self.duplicate[index] = 0
+        self.corrupt[index] = 0
+        self.skipped[index] = 0
         self.rttSum[index] = 0
         for bucket in 0..<self.buckets { self.histogram[index * self.buckets + bucket] = 0 }
         if self.configuration.perFlow {

@@ -99,6 +99,35 @@ public final class ServerMetrics: Service, Sendable {
         }
     }
 
+    /// Each metric's HELP text, by name.
+    public static let help: [String: String] = [
+        "udpecho_datagrams_total": "Datagrams received and echoed, by direction.",
+        "udpecho_bytes_total": "Payload bytes received and echoed, by direction.",
+        "udpecho_dropped_total": "Datagrams not echoed, by reason.",
+        "udpecho_receive_errors_total": "Errors reading the server's sockets.",
+        "udpecho_thread_datagrams_total": "Datagrams received by each serving thread.",
+        "udpecho_rate_limit_sources": "Sources in the rate limiter's tables.",
+        "udpecho_rate_limit_evictions_total": "Sources the rate limiter forgot to make room.",
+        "udpecho_stamp_sessions": "Sessions in a stateful STAMP reflector's tables.",
+        "udpecho_offload_runs_total": "Runs of datagrams received coalesced (UDP GRO) and answered with one write.",
+        "udpecho_offload_fallbacks_total": "Segmented writes refused and sent datagram by datagram.",
+    ]
+
+    /// `exposition` (Prometheus' text format, as swift-prometheus writes it without help) with a HELP line before
+    /// each TYPE line of a metric in ``help``.
+    public static func addingHelp(to exposition: String) -> String {
+        var lines: [Substring] = []
+        for line in exposition.split(separator: "\n", omittingEmptySubsequences: false) {
+            if line.hasPrefix("# TYPE "), let name = line.split(separator: " ").dropFirst(2).first,
+                let text = Self.help[String(name)]
+            {
+                lines.append("# HELP \(name) \(text)")
+            }
+            lines.append(line)
+        }
+        return lines.joined(separator: "\n")
+    }
+
     /// Publishes every `interval` until graceful shutdown or cancellation, then once more.
     public func run() async throws {
         await cancelWhenGracefulShutdown {
