@@ -220,8 +220,11 @@ struct MeshCommand: AsyncParsableCommand {
             let serverMetrics = ServerMetrics(server: server)
             do {
                 let endpoint = try await MetricsEndpoint(address: try await resolveTarget(metricsAddress)) {
+                    allocator in
                     serverMetrics.publish()
-                    return ServerMetrics.addingHelp(to: registry.emitToString()) + MeshMetrics.render(prober.snapshot())
+                    var buffer = allocator.buffer(string: ServerMetrics.addingHelp(to: registry.emitToString()))
+                    MeshMetrics.render(prober.snapshot(), into: &buffer)
+                    return buffer
                 }
                 Stream.out.line("metrics on http://\(endpoint.localAddress?.hostPortDescription ?? "?")/metrics")
                 services += [.init(service: serverMetrics), .init(service: endpoint)]

@@ -1,3 +1,5 @@
+public import NIOCore
+
 /// A mesh agent's metrics in Prometheus' text exposition format, with HELP and TYPE lines, one series per target
 /// (labels `peer`: the name as given, `address`: the address probed), and per source port (`flow`) only when asked
 /// (each flow multiplies the series).
@@ -20,11 +22,23 @@
 public enum MeshMetrics {
     /// The exposition text of `snapshot`.
     public static func render(_ snapshot: MeshSnapshot) -> String {
-        var text = ""
-        text.reserveCapacity(snapshot.targets.count * 2400 + 1024)
+        var buffer = ByteBufferAllocator().buffer(capacity: 0)
+        Self.render(snapshot, into: &buffer)
+        return String(buffer: buffer)
+    }
+
+    /// Writes the exposition text of `snapshot` at the end of `buffer` (room for it is reserved first, so that the
+    /// buffer is not copied as it grows).
+    public static func render(_ snapshot: MeshSnapshot, into buffer: inout ByteBuffer) {
+        var text = TextSink(buffer: buffer)
+        defer { buffer = text.buffer }
         let labels = snapshot.targets.map { statistics in
             "peer=\"\(Self.escape(statistics.target.peer.description))\",address=\"\(Self.escape(statistics.target.address.hostPortDescription))\""
         }
+        // Each target has 27 series (31 with flows x 3 more), each its labels and about 60 bytes more.
+        let perTarget =
+            (labels.first?.utf8.count ?? 40) * 27 + 27 * 64 + (snapshot.perFlow ? snapshot.flows * 3 * 120 : 0)
+        text.buffer.reserveCapacity(minimumWritableBytes: snapshot.targets.count * perTarget + 4096)
         text += "# HELP udpecho_mesh_peers Targets probed: the addresses of the peers (a name may have several).\n"
         text += "# TYPE udpecho_mesh_peers gauge\n"
         text += "udpecho_mesh_peers \(snapshot.targets.filter { !$0.removed }.count)\n"
@@ -80,7 +94,6 @@ public enum MeshMetrics {
                 }
             }
         }
-        return text
     }
 
     /// A label value escaped as the exposition format wants: backslash, double quote and newline.
@@ -102,5 +115,14 @@ public enum MeshMetrics {
     static func number(_ value: Double) -> String {
         if value == value.rounded() && abs(value) < 1e15 { return String(Int64(value)) }
         return "\(value)"
+    }
+}
+
+/// Appends text to a byte buffer with `+=`, as to a string.
+struct TextSink {
+    var buffer: ByteBuffer
+
+    static func += (sink: inout TextSink, text: String) {
+        sink.buffer.writeString(text)
     }
 }

@@ -157,6 +157,9 @@ public final class MeshProber: @unchecked Sendable {
         _ = cudpecho_epoll_add(epoll, self.wake, UInt32.max)
         var tokens = [UInt32](repeating: 0, count: 64)
         var nextPublish: Int64 = 0
+        // The thread wakes on a tick, not for each reply: replies carry the kernel's receive time, so reading them
+        // a few milliseconds later changes no round trip, and 10,000 targets cost 1/tick wake-ups, not 10,000.
+        let tick: Int64 = 5_000_000
         while !self.stop.load(ordering: .relaxed) {
             if let targets = self.pending.withLock({ value -> [MeshTarget]? in
                 defer { value = nil }
@@ -165,28 +168,25 @@ public final class MeshProber: @unchecked Sendable {
                 state.apply(targets, now: cudpecho_now_ns(), epoll: epoll)
             }
             var now = cudpecho_now_ns()
+            state.drainAll()
             if self.sending.load(ordering: .relaxed) { state.sendDue(now: now) }
             state.expire(now: now)
             if now >= nextPublish {
                 state.forgetRemoved(now: now)
                 let snapshot = state.snapshot(now: now)
                 self.published.withLock { $0 = snapshot }
-                nextPublish = now + 500_000_000
+                nextPublish = now + 1_000_000_000
             }
             now = cudpecho_now_ns()
             let due = self.sending.load(ordering: .relaxed) ? state.nextDue : Int64.max
-            let wait = max(0, min(due - now, 20_000_000, nextPublish - now))
+            let wait = max(tick, min(due - now, 20_000_000, nextPublish - now))
             let ready = cudpecho_epoll_wait(epoll, &tokens, Int32(tokens.count), wait)
-            guard ready > 0 else { continue }
-            for token in tokens[0..<Int(ready)] {
-                if token == UInt32.max {
-                    var value: UInt64 = 0
-                    _ = read(self.wake, &value, 8)
-                } else {
-                    state.drain(socket: Int(token))
-                }
+            if ready > 0 && tokens[0..<Int(ready)].contains(UInt32.max) {
+                var value: UInt64 = 0
+                _ = read(self.wake, &value, 8)
             }
         }
+        state.drainAll()
         let snapshot = state.snapshot(now: cudpecho_now_ns())
         self.published.withLock { $0 = snapshot }
     }
@@ -236,6 +236,10 @@ struct MeshProberState {
     let configuration: MeshProber.Configuration
     let buckets = MeshProber.bucketBounds.count + 1
     var targets: [MeshTarget?] = []
+    /// Each target's address as compared with a reply's source.
+    var keys: [MeshAddressKey?] = []
+    /// Receive buffers (64 x 64 KiB, an anonymous mapping: small replies touch a page each).
+    let batch: OpaquePointer
     var indexOf: [MeshTarget: Int] = [:]
     var removedAt: [Int64] = []
     var free: [Int] = []
@@ -256,7 +260,7 @@ struct MeshProberState {
     var generation: [UInt32] = []
     var nextDue: Int64 { self.heap.first?.due ?? Int64.max }
     /// Outstanding probes, by sequence number & mask.
-    var ring: [(sequence: UInt64, target: Int32, flow: UInt16, answered: Bool, sentAt: Int64)]
+    var ring: [(sequence: UInt64, target: Int32, flow: UInt16, answered: Bool, sentAt: Int64, sentMonotonic: Int64)]
     let mask: Int
     var nextSequence: UInt64 = 1
     var oldest: UInt64 = 1
@@ -274,18 +278,20 @@ struct MeshProberState {
         let wanted = configuration.maximumRate * (configuration.timeout.seconds + 1) * 2
         var capacity = 4096
         while Double(capacity) < wanted && capacity < 1 << 22 { capacity <<= 1 }
-        self.ring = Array(repeating: (0, -1, 0, false, 0), count: capacity)
+        self.ring = Array(repeating: (0, -1, 0, false, 0, 0), count: capacity)
         self.mask = capacity - 1
         self.sockets = [
             Array(repeating: -1, count: configuration.flows), Array(repeating: -1, count: configuration.flows),
         ]
         self.probe = [UInt8](repeating: 0, count: configuration.size)
+        self.batch = cudpecho_batch_create(64, 65536)!
         self.probeTokens = max(1, configuration.maximumRate / 10)
         self.byteTokens = max(Double(configuration.size + 48), configuration.maximumBytesPerSecond / 10)
     }
 
     mutating func closeSockets() {
         for family in self.sockets { for fd in family where fd >= 0 { close(fd) } }
+        cudpecho_batch_destroy(self.batch)
     }
 
     // MARK: Targets
@@ -309,6 +315,7 @@ struct MeshProberState {
             self.openSockets(family: family, epoll: epoll)
             let index = self.free.popLast() ?? self.grow()
             self.targets[index] = target
+            self.keys[index] = target.address.withRawAddress { raw, _ in MeshAddressKey(raw) }
             self.indexOf[target] = index
             self.reset(index)
             // A random point of the first interval: agents started together do not probe together.
@@ -321,6 +328,7 @@ struct MeshProberState {
 
     private mutating func grow() -> Int {
         self.targets.append(nil)
+        self.keys.append(nil)
         self.removedAt.append(0)
         self.sent.append(0)
         self.received.append(0)
@@ -366,6 +374,7 @@ struct MeshProberState {
             if now - self.removedAt[index] >= grace {
                 self.indexOf[self.targets[index]!] = nil
                 self.targets[index] = nil
+                self.keys[index] = nil
                 self.free.append(index)
             }
         }
@@ -380,9 +389,11 @@ struct MeshProberState {
                 Int32(IPPROTO_UDP)
             )
             guard fd >= 0 else { continue }
-            _ = cudpecho_set_buffer_size(fd, SO_RCVBUF, 1 << 20)
+            _ = cudpecho_set_buffer_size(fd, SO_RCVBUF, 4 << 20)
+            // Each reply with the kernel's receive time (software timestamps): the round trip is not stretched by
+            // when the thread gets to read it.
+            _ = cudpecho_enable_timestamps(fd, family == 1 ? AF_INET6 : AF_INET, 0)
             self.sockets[family][flow] = fd
-            _ = cudpecho_epoll_add(epoll, fd, UInt32(family * 64 + flow))
         }
     }
 
@@ -474,42 +485,48 @@ struct MeshProberState {
         self.probe.withUnsafeMutableBytes {
             MeshProbe.write(into: $0, sequence: sequence, target: UInt32(index), flow: flow)
         }
+        let sentAt = cudpecho_realtime_ns()
         let result = self.probe.withUnsafeBytes { bytes in
             target.address.withRawAddress { sendto(fd, bytes.baseAddress, bytes.count, Int32(MSG_DONTWAIT), $0, $1) }
         }
         guard result >= 0 else { return }  // not sent (no route, a full buffer): not counted as a probe
-        self.ring[Int(sequence) & self.mask] = (sequence, Int32(index), flow, false, now)
+        // The send time on the kernel's receive-timestamp clock (CLOCK_REALTIME); the loss deadline on `now`'s.
+        self.ring[Int(sequence) & self.mask] = (sequence, Int32(index), flow, false, sentAt, now)
         self.sent[index] += 1
         if self.configuration.perFlow { self.flowCounts[(index * self.configuration.flows + Int(flow)) * 3] += 1 }
     }
 
     // MARK: Receiving
 
-    mutating func drain(socket token: Int) {
-        let family = token / 64
-        let fd = self.sockets[family][token % 64]
-        var peer = sockaddr_storage()
-        while true {
-            var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
-            let received = self.receiveBuffer.withUnsafeMutableBytes { buffer in
-                withUnsafeMutablePointer(to: &peer) {
-                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                        recvfrom(fd, buffer.baseAddress, buffer.count, Int32(MSG_DONTWAIT), $0, &length)
+    /// Reads every socket's queued replies, in batches (recvmmsg), each with its kernel receive time.
+    mutating func drainAll() {
+        for family in 0..<2 {
+            for fd in self.sockets[family] where fd >= 0 {
+                // ICMP errors (a peer's port unreachable) queue on the error queue: read and let go; the probes
+                // they are about count as lost.
+                while cudpecho_batch_recv_errors(fd, self.batch, 64) == 64 {}
+                while true {
+                    let received = cudpecho_batch_recv(fd, self.batch, 64, 0)
+                    if received == -EINTR || received == -ECONNREFUSED || received == -EHOSTUNREACH { continue }
+                    guard received > 0 else { break }
+                    let fallback = cudpecho_realtime_ns()
+                    for slot in 0..<Int(received) {
+                        var length: socklen_t = 0
+                        let peer = cudpecho_batch_peer(self.batch, Int32(slot), &length)!
+                        let arrival = cudpecho_batch_timestamp(self.batch, Int32(slot), 0)
+                        let reply = UnsafeRawBufferPointer(
+                            start: cudpecho_batch_payload(self.batch, Int32(slot)),
+                            count: cudpecho_batch_length(self.batch, Int32(slot))
+                        )
+                        self.match(reply, from: MeshAddressKey(peer), arrival: arrival != 0 ? arrival : fallback)
                     }
+                    if received < 64 { break }
                 }
-            }
-            guard received >= 0 else { return }
-            let now = cudpecho_now_ns()
-            let source = withUnsafePointer(to: &peer) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { SocketAddress(raw: $0, length: length) }
-            }
-            self.receiveBuffer.withUnsafeBytes { buffer in
-                self.match(UnsafeRawBufferPointer(rebasing: buffer[0..<received]), from: source, now: now)
             }
         }
     }
 
-    private mutating func match(_ reply: UnsafeRawBufferPointer, from source: SocketAddress?, now: Int64) {
+    private mutating func match(_ reply: UnsafeRawBufferPointer, from source: MeshAddressKey?, arrival: Int64) {
         guard reply.count >= MeshProbe.headerSize else { return }
         let sequence = UInt64(littleEndian: reply.loadUnaligned(as: UInt64.self))
         let claimed = Int(UInt32(littleEndian: reply.loadUnaligned(fromByteOffset: 8, as: UInt32.self)))
@@ -518,15 +535,13 @@ struct MeshProberState {
         // Whose probe it is: the ring says, when it still remembers the sequence number; a reply that names a
         // target but no outstanding probe of it is counted against that target only if it came from its address.
         guard entry.sequence == sequence, entry.target >= 0 else {
-            if claimed < self.targets.count, let target = self.targets[claimed],
-                source.map({ Self.same($0, target.address) }) == true
-            {
+            if claimed < self.targets.count, self.targets[claimed] != nil, source == self.keys[claimed] {
                 self.corrupt[claimed] += sequence < self.nextSequence ? 0 : 1
             }
             return
         }
         let index = Int(entry.target)
-        guard let target = self.targets[index], let source, Self.same(source, target.address) else { return }
+        guard self.targets[index] != nil, source == self.keys[index] else { return }
         guard
             MeshProbe.matches(
                 reply,
@@ -544,9 +559,9 @@ struct MeshProberState {
             return
         }
         self.ring[slot].answered = true
-        let roundTrip = now - entry.sentAt
+        let roundTrip = max(0, arrival - entry.sentAt)
         self.received[index] += 1
-        self.lastReply[index] = now
+        self.lastReply[index] = cudpecho_now_ns()
         let seconds = Double(roundTrip) / 1e9
         self.rttSum[index] += seconds
         let bucket = MeshProber.bucketBounds.firstIndex { seconds <= $0 } ?? MeshProber.bucketBounds.count
@@ -557,17 +572,13 @@ struct MeshProberState {
         if self.configuration.percentiles { self.times[index].record(roundTrip) }
     }
 
-    static func same(_ a: SocketAddress, _ b: SocketAddress) -> Bool {
-        a.unmappingIPv4.hostPortDescription == b.unmappingIPv4.hostPortDescription
-    }
-
     // MARK: Losses
 
     mutating func expire(now: Int64) {
         let limit = now - self.configuration.timeout.nanoseconds
         while self.oldest < self.nextSequence {
             let entry = self.ring[Int(self.oldest) & self.mask]
-            if entry.sequence == self.oldest && entry.sentAt > limit { return }
+            if entry.sequence == self.oldest && entry.sentMonotonic > limit { return }
             self.expireOldest()
         }
     }
@@ -670,4 +681,19 @@ public struct MeshSnapshot: Sendable {
     public var targets: [MeshTargetStatistics] = []
     public var flows = 0
     public var perFlow = false
+}
+
+/// An address and port as compared on the receive path (no formatting): IPv4 mapped into IPv6.
+struct MeshAddressKey: Equatable {
+    var address: IPKey
+    var port: UInt16
+
+    init?(_ raw: UnsafePointer<sockaddr>) {
+        guard let address = IPKey(raw) else { return nil }
+        self.address = address
+        self.port =
+            Int32(raw.pointee.sa_family) == AF_INET
+            ? raw.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { UInt16(bigEndian: $0.pointee.sin_port) }
+            : raw.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { UInt16(bigEndian: $0.pointee.sin6_port) }
+    }
 }

@@ -51,10 +51,22 @@ public final class MetricsEndpoint: Service, Sendable {
     ///   - address: Where to listen.
     ///   - configuration: The limits.
     ///   - body: Makes the body of a `GET /metrics` response; called on an event loop for each request.
-    public init(
+    public convenience init(
         address: SocketAddress,
         configuration: Configuration = Configuration(),
         body: @escaping @Sendable () -> String
+    ) async throws {
+        try await self.init(address: address, configuration: configuration) { allocator in
+            allocator.buffer(string: body())
+        }
+    }
+
+    /// Binds the endpoint with a body written straight into a buffer: a large body (a mesh agent's, tens of
+    /// megabytes) is then held once, not as a string and again as its bytes.
+    public init(
+        address: SocketAddress,
+        configuration: Configuration = Configuration(),
+        bytes body: @escaping @Sendable (ByteBufferAllocator) -> ByteBuffer
     ) async throws {
         let connections = ManagedAtomic(0)
         self.connections = connections
@@ -105,13 +117,13 @@ private final class ScrapeHandler: ChannelInboundHandler {
     typealias OutboundOut = HTTPServerResponsePart
 
     private let configuration: MetricsEndpoint.Configuration
-    private let body: @Sendable () -> String
+    private let body: @Sendable (ByteBufferAllocator) -> ByteBuffer
     private var request: HTTPRequestHead?
     /// A complete request whose response waits until the client reads what it was sent before.
     private var waiting: HTTPRequestHead?
     private var deadline: Scheduled<Void>?
 
-    init(configuration: MetricsEndpoint.Configuration, body: @escaping @Sendable () -> String) {
+    init(configuration: MetricsEndpoint.Configuration, body: @escaping @Sendable (ByteBufferAllocator) -> ByteBuffer) {
         self.configuration = configuration
         self.body = body
     }
@@ -155,16 +167,18 @@ private final class ScrapeHandler: ChannelInboundHandler {
     private func respond(_ context: ChannelHandlerContext, to head: HTTPRequestHead) {
         let path = head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
         let found = head.method == .GET && path == "/metrics"
-        let text = found ? self.body() : "udpecho serves its metrics at GET /metrics\n"
+        let allocator = context.channel.allocator
+        let bytes =
+            found ? self.body(allocator) : allocator.buffer(string: "udpecho serves its metrics at GET /metrics\n")
         var headers = HTTPHeaders()
         headers.add(name: "Content-Type", value: found ? "text/plain; version=0.0.4; charset=utf-8" : "text/plain")
-        headers.add(name: "Content-Length", value: "\(text.utf8.count)")
+        headers.add(name: "Content-Length", value: "\(bytes.readableBytes)")
         let keepAlive = head.isKeepAlive
         headers.add(name: "Connection", value: keepAlive ? "keep-alive" : "close")
         let response = HTTPResponseHead(version: head.version, status: found ? .ok : .notFound, headers: headers)
         context.write(self.wrapOutboundOut(.head(response)), promise: nil)
         context.write(
-            self.wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: text)))),
+            self.wrapOutboundOut(.body(.byteBuffer(bytes))),
             promise: nil
         )
         if keepAlive {
