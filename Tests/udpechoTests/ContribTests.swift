@@ -2,6 +2,10 @@ import Foundation
 import TestSupport
 import Testing
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// The deployment files in contrib/, checked as far as this machine allows: Prometheus' own checker and rule unit
 /// tests, YAML and JSON parsers, and the names they use against what the agent exports.
 @Suite struct ContribTests {
@@ -71,6 +75,33 @@ import Testing
         #expect(run.error.contains("peers: 1 targets"), "\(run.error)")
         let scrape = try #require(object["scrape"] as? [String: Any])
         #expect((scrape["scrape_configs"] as? [[String: Any]])?.first?["kubernetes_sd_configs"] != nil)
+    }
+
+    /// The systemd units pass `systemd-analyze verify` (with the binary's path pointed at the one built here): no
+    /// unknown key, no bad value.
+    @Test(
+        .enabled(
+            if: FileManager.default.isExecutableFile(atPath: "/usr/bin/systemd-analyze"),
+            "needs systemd-analyze (Debian: systemd)"
+        )
+    )
+    func systemdUnitsVerify() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("udpecho-units-\(getpid())")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        var paths: [String] = []
+        for unit in ["udpecho.service", "udpecho.socket", "udpecho-mesh.service"] {
+            let text = try String(contentsOf: Self.contrib.appendingPathComponent("systemd/\(unit)"), encoding: .utf8)
+            let path = directory.appendingPathComponent(unit).path
+            try text.replacingOccurrences(of: "/usr/local/bin/udpecho", with: udpecho)
+                .write(toFile: path, atomically: true, encoding: .utf8)
+            paths.append(path)
+        }
+        let result = try await Spawned.run("/usr/bin/systemd-analyze", ["verify"] + paths)
+        let ours = (result.error.split(separator: "\n") + result.lines.map { Substring($0) }).filter {
+            $0.contains(directory.path) || $0.contains("udpecho")
+        }
+        #expect(ours.isEmpty, "\(ours)")
     }
 
     /// The dashboard is JSON Grafana reads, and every query names a recording rule of the rules file or a metric
