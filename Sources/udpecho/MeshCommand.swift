@@ -219,12 +219,18 @@ struct MeshCommand: AsyncParsableCommand {
             MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
             let serverMetrics = ServerMetrics(server: server)
             do {
+                // The mesh's metrics go out a piece at a time as the scraper reads them: 10,000 peers make 26 MB.
                 let endpoint = try await MetricsEndpoint(address: try await resolveTarget(metricsAddress)) {
-                    allocator in
                     serverMetrics.publish()
-                    var buffer = allocator.buffer(string: ServerMetrics.addingHelp(to: registry.emitToString()))
-                    MeshMetrics.render(prober.snapshot(), into: &buffer)
-                    return buffer
+                    var server: String? = ServerMetrics.addingHelp(to: registry.emitToString())
+                    var writer = MeshMetrics.Writer(prober.snapshot())
+                    return MetricsStream { buffer in
+                        if let text = server {
+                            buffer.writeString(text)
+                            server = nil
+                        }
+                        return writer.write(into: &buffer, budget: 256 << 10)
+                    }
                 }
                 Stream.out.line("metrics on http://\(endpoint.localAddress?.hostPortDescription ?? "?")/metrics")
                 services += [.init(service: serverMetrics), .init(service: endpoint)]

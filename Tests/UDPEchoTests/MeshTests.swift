@@ -43,6 +43,41 @@ import Testing
         #expect(error.description.contains("at most \(MeshPeerList.maximumPeers)"))
     }
 
+    /// Written a piece at a time (as the endpoint sends it), the text is the same as written at once, and no piece
+    /// is much larger than asked.
+    @Test func piecesMakeTheSameText() throws {
+        var snapshot = MeshSnapshot()
+        snapshot.perFlow = true
+        snapshot.flows = 2
+        for index in 0..<300 {
+            let address = try SocketAddress(ipAddress: "192.0.2.\(index % 250 + 1)", port: 1000 + index)
+            var statistics = MeshTargetStatistics(
+                target: MeshTarget(peer: MeshPeer(HostAndPort(host: "h\(index)", port: 1)), address: address)
+            )
+            statistics.sent = UInt64(index)
+            statistics.buckets = Array(repeating: UInt64(index % 3), count: MeshProber.bucketBounds.count + 1)
+            statistics.flowPorts = [40000, 40001]
+            statistics.flowCounts = [1, 2, 3, 4, 5, 6]
+            snapshot.targets.append(statistics)
+        }
+        let whole = MeshMetrics.render(snapshot)
+        var writer = MeshMetrics.Writer(snapshot)
+        var text = ""
+        var more = true
+        while more {
+            var buffer = ByteBufferAllocator().buffer(capacity: 0)
+            more = writer.write(into: &buffer, budget: 1000)
+            #expect(buffer.readableBytes < 1000 + 3000)
+            text += String(buffer: buffer)
+        }
+        #expect(text == whole)
+        #expect(
+            whole.contains(
+                "udpecho_mesh_flow_probes_lost_total{peer=\"h7:1\",address=\"192.0.2.8:1007\",flow=\"40001\"} 6"
+            )
+        )
+    }
+
     /// The names follow Prometheus' guide (a unit suffix, _total on counters, one HELP and TYPE each), label values
     /// are escaped, and a histogram's buckets are cumulative and end at +Inf with its count.
     @Test func metricsAreWellFormed() throws {

@@ -142,3 +142,53 @@ let pythonHTTPSteps = """
         }
     }
 }
+
+/// A body written a piece at a time (a mesh agent's, tens of megabytes) arrives whole and in order, with HTTP/1.1
+/// keep-alive (chunked, two responses on one connection, read slowly) and with HTTP/1.0 (ended by closing).
+@Suite struct StreamedMetricsTests {
+    @Test func aStreamedBodyArrivesWholeInOrder() async throws {
+        // 2000 pieces of 2500 numbered lines' worth: about 5 MB.
+        let endpoint = try await MetricsEndpoint(address: try SocketAddress(ipAddress: "127.0.0.1", port: 0)) {
+            var piece = 0
+            return MetricsStream { buffer in
+                for line in 0..<100 {
+                    buffer.writeString("udpecho_test_piece{piece=\"\(piece)\",line=\"\(line)\"} 1\n")
+                }
+                piece += 1
+                return piece < 2000
+            }
+        }
+        let running = Task { try await endpoint.run() }
+        defer { running.cancel() }
+        let port = try #require(endpoint.localAddress?.port)
+        let script = """
+            import hashlib, http.client, sys, time
+            port = int(sys.argv[1])
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            for _ in range(2):
+                c.request("GET", "/metrics")
+                r = c.getresponse()
+                body = b""
+                while True:
+                    chunk = r.read(65536)
+                    if not chunk:
+                        break
+                    body += chunk
+                    time.sleep(0.0005)  # a slow reader: the server must wait for room, not pile up
+                lines = body.decode().splitlines()
+                ok = lines == ['udpecho_test_piece{piece="%d",line="%d"} 1' % (p, l) for p in range(2000) for l in range(100)]
+                print(r.status, r.getheader("Transfer-Encoding"), len(lines), ok)
+            c.close()
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            c._http_vsn, c._http_vsn_str = 10, "HTTP/1.0"
+            c.request("GET", "/metrics")
+            r = c.getresponse()
+            print(r.status, r.version, len(r.read().decode().splitlines()))
+            """
+        let result = try await Spawned.run(python, ["python3", "-c", script, "\(port)"], timeout: 60)
+        #expect(
+            result.lines == ["200 chunked 200000 True", "200 chunked 200000 True", "200 10 200000"],
+            "\(result.lines) \(result.error)"
+        )
+    }
+}

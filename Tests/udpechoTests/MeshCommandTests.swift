@@ -125,7 +125,7 @@ struct MeshAgentProcess {
         let file = FileManager.default.temporaryDirectory.appendingPathComponent("peers-\(getpid())-\(firstPort)")
         try "127.0.0.1:\(firstPort)\n".write(to: file, atomically: false, encoding: .utf8)
         defer { try? FileManager.default.removeItem(at: file) }
-        let agent = try await MeshAgentProcess(["--peers", file.path, "-i", "50ms", "--grace", "2s"])
+        let agent = try await MeshAgentProcess(["--peers", file.path, "-i", "50ms", "--grace", "5s"])
         let firstSeries = "udpecho_mesh_peer_up{peer=\"127.0.0.1:\(firstPort)\",address=\"127.0.0.1:\(firstPort)\"}"
         let secondSeries = "udpecho_mesh_peer_up{peer=\"127.0.0.1:\(secondPort)\",address=\"127.0.0.1:\(secondPort)\"}"
         #expect(try await agent.waitFor(firstSeries, "1") == "1")

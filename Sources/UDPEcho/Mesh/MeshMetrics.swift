@@ -27,35 +27,22 @@ public enum MeshMetrics {
         return String(buffer: buffer)
     }
 
-    /// Writes the exposition text of `snapshot` at the end of `buffer` (room for it is reserved first, so that the
-    /// buffer is not copied as it grows).
+    /// Writes the exposition text of `snapshot` at the end of `buffer`.
     public static func render(_ snapshot: MeshSnapshot, into buffer: inout ByteBuffer) {
-        var text = TextSink(buffer: buffer)
-        defer { buffer = text.buffer }
-        let labels = snapshot.targets.map { statistics in
-            "peer=\"\(Self.escape(statistics.target.peer.description))\",address=\"\(Self.escape(statistics.target.address.hostPortDescription))\""
-        }
-        // Each target has 27 series (31 with flows x 3 more), each its labels and about 60 bytes more.
-        let perTarget =
-            (labels.first?.utf8.count ?? 40) * 27 + 27 * 64 + (snapshot.perFlow ? snapshot.flows * 3 * 120 : 0)
-        text.buffer.reserveCapacity(minimumWritableBytes: snapshot.targets.count * perTarget + 4096)
-        text += "# HELP udpecho_mesh_peers Targets probed: the addresses of the peers (a name may have several).\n"
-        text += "# TYPE udpecho_mesh_peers gauge\n"
-        text += "udpecho_mesh_peers \(snapshot.targets.filter { !$0.removed }.count)\n"
+        var writer = Writer(snapshot)
+        while writer.write(into: &buffer, budget: .max) {}
+    }
 
-        text += "# HELP udpecho_mesh_rtt_seconds Round-trip time of the mesh probes answered, by peer.\n"
-        text += "# TYPE udpecho_mesh_rtt_seconds histogram\n"
-        let bounds = MeshProber.bucketBounds.map(Self.number) + ["+Inf"]
-        for (statistics, label) in zip(snapshot.targets, labels) {
-            var cumulative: UInt64 = 0
-            for (bucket, bound) in bounds.enumerated() {
-                cumulative += bucket < statistics.buckets.count ? statistics.buckets[bucket] : 0
-                text += "udpecho_mesh_rtt_seconds_bucket{\(label),le=\"\(bound)\"} \(cumulative)\n"
-            }
-            text += "udpecho_mesh_rtt_seconds_sum{\(label)} \(Self.number(statistics.rttSum))\n"
-            text += "udpecho_mesh_rtt_seconds_count{\(label)} \(cumulative)\n"
-        }
-        let counters: [(String, String, KeyPath<MeshTargetStatistics, UInt64>)] = [
+    /// Writes the exposition text a piece at a time, so that a large one (2.6 KB a target: 26 MB for 10,000) need
+    /// not be held whole: the metrics endpoint sends each piece as the connection takes it.
+    public struct Writer {
+        private let snapshot: MeshSnapshot
+        private let labels: [String]
+        private let bounds = MeshProber.bucketBounds.map(MeshMetrics.number) + ["+Inf"]
+        private var family = 0
+        private var target = 0
+        // Key paths are immutable; Swift does not yet mark them Sendable.
+        nonisolated(unsafe) private static let counters: [(String, String, KeyPath<MeshTargetStatistics, UInt64>)] = [
             ("sent", "Mesh probes sent, by peer.", \.sent),
             ("received", "Mesh probes answered whole within the timeout, by peer.", \.received),
             ("lost", "Mesh probes without a reply within the timeout, by peer.", \.lost),
@@ -70,27 +57,98 @@ public enum MeshMetrics {
                 \.skipped
             ),
         ]
-        for (name, help, keyPath) in counters {
-            text += "# HELP udpecho_mesh_probes_\(name)_total \(help)\n"
-            text += "# TYPE udpecho_mesh_probes_\(name)_total counter\n"
-            for (statistics, label) in zip(snapshot.targets, labels) {
-                text += "udpecho_mesh_probes_\(name)_total{\(label)} \(statistics[keyPath: keyPath])\n"
+        private static let flowNames = ["sent", "received", "lost"]
+
+        /// A writer of `snapshot`.
+        public init(_ snapshot: MeshSnapshot) {
+            self.snapshot = snapshot
+            self.labels = snapshot.targets.map { statistics in
+                "peer=\"\(MeshMetrics.escape(statistics.target.peer.description))\","
+                    + "address=\"\(MeshMetrics.escape(statistics.target.address.hostPortDescription))\""
             }
         }
-        text += "# HELP udpecho_mesh_peer_up 1 when a probe to the peer was answered within the last three intervals.\n"
-        text += "# TYPE udpecho_mesh_peer_up gauge\n"
-        for (statistics, label) in zip(snapshot.targets, labels) {
-            text += "udpecho_mesh_peer_up{\(label)} \(statistics.up ? 1 : 0)\n"
+
+        /// Families: the peers gauge, the histogram, the counters, the up gauge, then the flows' counters.
+        private var families: Int { 3 + Self.counters.count + (self.snapshot.perFlow ? Self.flowNames.count : 0) }
+
+        /// Appends the next lines, about `budget` bytes (whole lines); returns false once everything is written.
+        public mutating func write(into buffer: inout ByteBuffer, budget: Int) -> Bool {
+            let start = buffer.writerIndex
+            while self.family < self.families {
+                if buffer.writerIndex - start >= budget { return true }
+                if self.target == 0 { self.header(into: &buffer) }
+                if self.family == 0 {
+                    buffer.writeString("udpecho_mesh_peers \(self.snapshot.targets.filter { !$0.removed }.count)\n")
+                    self.family += 1
+                    continue
+                }
+                guard self.target < self.snapshot.targets.count else {
+                    self.family += 1
+                    self.target = 0
+                    continue
+                }
+                self.lines(into: &buffer, self.snapshot.targets[self.target], self.labels[self.target])
+                self.target += 1
+                if self.target == self.snapshot.targets.count {
+                    self.family += 1
+                    self.target = 0
+                }
+            }
+            return false
         }
-        if snapshot.perFlow {
-            for (offset, name) in ["sent", "received", "lost"].enumerated() {
-                text += "# HELP udpecho_mesh_flow_probes_\(name)_total Mesh probes \(name), by peer and source port.\n"
-                text += "# TYPE udpecho_mesh_flow_probes_\(name)_total counter\n"
-                for (statistics, label) in zip(snapshot.targets, labels) where !statistics.flowPorts.isEmpty {
-                    for (flow, port) in statistics.flowPorts.enumerated() {
-                        let value = statistics.flowCounts[flow * 3 + offset]
-                        text += "udpecho_mesh_flow_probes_\(name)_total{\(label),flow=\"\(port)\"} \(value)\n"
-                    }
+
+        private func header(into buffer: inout ByteBuffer) {
+            let (name, type, help): (String, String, String)
+            switch self.family {
+            case 0:
+                (name, type, help) = (
+                    "udpecho_mesh_peers", "gauge",
+                    "Targets probed: the addresses of the peers (a name may have several)."
+                )
+            case 1:
+                (name, type, help) = (
+                    "udpecho_mesh_rtt_seconds", "histogram", "Round-trip time of the mesh probes answered, by peer."
+                )
+            case let family where family < 2 + Self.counters.count:
+                let counter = Self.counters[family - 2]
+                (name, type, help) = ("udpecho_mesh_probes_\(counter.0)_total", "counter", counter.1)
+            case 2 + Self.counters.count:
+                (name, type, help) = (
+                    "udpecho_mesh_peer_up", "gauge",
+                    "1 when a probe to the peer was answered within the last three intervals."
+                )
+            default:
+                let flow = Self.flowNames[self.family - 3 - Self.counters.count]
+                (name, type, help) = (
+                    "udpecho_mesh_flow_probes_\(flow)_total", "counter", "Mesh probes \(flow), by peer and source port."
+                )
+            }
+            buffer.writeString("# HELP \(name) \(help)\n# TYPE \(name) \(type)\n")
+        }
+
+        private func lines(into buffer: inout ByteBuffer, _ statistics: MeshTargetStatistics, _ label: String) {
+            switch self.family {
+            case 1:
+                var cumulative: UInt64 = 0
+                for (bucket, bound) in self.bounds.enumerated() {
+                    cumulative += bucket < statistics.buckets.count ? statistics.buckets[bucket] : 0
+                    buffer.writeString("udpecho_mesh_rtt_seconds_bucket{\(label),le=\"\(bound)\"} \(cumulative)\n")
+                }
+                buffer.writeString("udpecho_mesh_rtt_seconds_sum{\(label)} \(MeshMetrics.number(statistics.rttSum))\n")
+                buffer.writeString("udpecho_mesh_rtt_seconds_count{\(label)} \(cumulative)\n")
+            case let family where family < 2 + Self.counters.count:
+                let counter = Self.counters[family - 2]
+                buffer.writeString(
+                    "udpecho_mesh_probes_\(counter.0)_total{\(label)} \(statistics[keyPath: counter.2])\n"
+                )
+            case 2 + Self.counters.count:
+                buffer.writeString("udpecho_mesh_peer_up{\(label)} \(statistics.up ? 1 : 0)\n")
+            default:
+                let offset = self.family - 3 - Self.counters.count
+                let name = Self.flowNames[offset]
+                for (flow, port) in statistics.flowPorts.enumerated() {
+                    let value = statistics.flowCounts[flow * 3 + offset]
+                    buffer.writeString("udpecho_mesh_flow_probes_\(name)_total{\(label),flow=\"\(port)\"} \(value)\n")
                 }
             }
         }
@@ -115,14 +173,5 @@ public enum MeshMetrics {
     static func number(_ value: Double) -> String {
         if value == value.rounded() && abs(value) < 1e15 { return String(Int64(value)) }
         return "\(value)"
-    }
-}
-
-/// Appends text to a byte buffer with `+=`, as to a string.
-struct TextSink {
-    var buffer: ByteBuffer
-
-    static func += (sink: inout TextSink, text: String) {
-        sink.buffer.writeString(text)
     }
 }

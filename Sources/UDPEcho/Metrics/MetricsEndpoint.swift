@@ -61,12 +61,32 @@ public final class MetricsEndpoint: Service, Sendable {
         }
     }
 
-    /// Binds the endpoint with a body written straight into a buffer: a large body (a mesh agent's, tens of
-    /// megabytes) is then held once, not as a string and again as its bytes.
-    public init(
+    /// Binds the endpoint with a body written straight into a buffer.
+    public convenience init(
         address: SocketAddress,
         configuration: Configuration = Configuration(),
         bytes body: @escaping @Sendable (ByteBufferAllocator) -> ByteBuffer
+    ) async throws {
+        try await self.init(address: address, configuration: configuration) {
+            var sent = false
+            return MetricsStream { buffer in
+                if !sent {
+                    var whole = body(ByteBufferAllocator())
+                    buffer.writeBuffer(&whole)
+                    sent = true
+                }
+                return false
+            }
+        }
+    }
+
+    /// Binds the endpoint with a body written a piece at a time, each piece when the connection has taken the
+    /// previous one (chunked transfer encoding): a large body (a mesh agent's, tens of megabytes) is never held
+    /// whole.
+    public init(
+        address: SocketAddress,
+        configuration: Configuration = Configuration(),
+        stream body: @escaping @Sendable () -> MetricsStream
     ) async throws {
         let connections = ManagedAtomic(0)
         self.connections = connections
@@ -111,19 +131,31 @@ public final class MetricsEndpoint: Service, Sendable {
     }
 }
 
+/// A response body made a piece at a time: each call appends the next piece to the buffer and returns whether more
+/// follows. Called on the connection's event loop only.
+public struct MetricsStream {
+    let next: (inout ByteBuffer) -> Bool
+
+    /// A stream whose pieces `next` appends, returning false after the last.
+    public init(_ next: @escaping (inout ByteBuffer) -> Bool) { self.next = next }
+}
+
 /// Answers each request of one connection, in order (SwiftNIO's pipelining handler hands them over one at a time).
 private final class ScrapeHandler: ChannelInboundHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
 
     private let configuration: MetricsEndpoint.Configuration
-    private let body: @Sendable (ByteBufferAllocator) -> ByteBuffer
+    private let body: @Sendable () -> MetricsStream
+    /// The body being sent, and whether the connection stays open after it.
+    private var streaming: (stream: MetricsStream, keepAlive: Bool)?
+    private var pumping = false
     private var request: HTTPRequestHead?
     /// A complete request whose response waits until the client reads what it was sent before.
     private var waiting: HTTPRequestHead?
     private var deadline: Scheduled<Void>?
 
-    init(configuration: MetricsEndpoint.Configuration, body: @escaping @Sendable (ByteBufferAllocator) -> ByteBuffer) {
+    init(configuration: MetricsEndpoint.Configuration, body: @escaping @Sendable () -> MetricsStream) {
         self.configuration = configuration
         self.body = body
     }
@@ -148,7 +180,7 @@ private final class ScrapeHandler: ChannelInboundHandler {
             guard let head = self.request else { return }
             self.request = nil
             self.deadline?.cancel()
-            if context.channel.isWritable {
+            if context.channel.isWritable && self.streaming == nil {
                 self.respond(context, to: head)
             } else {
                 self.waiting = head
@@ -157,7 +189,9 @@ private final class ScrapeHandler: ChannelInboundHandler {
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable, let head = self.waiting {
+        if context.channel.isWritable && self.streaming != nil {
+            self.pump(context)
+        } else if context.channel.isWritable, let head = self.waiting {
             self.waiting = nil
             self.respond(context, to: head)
         }
@@ -167,23 +201,60 @@ private final class ScrapeHandler: ChannelInboundHandler {
     private func respond(_ context: ChannelHandlerContext, to head: HTTPRequestHead) {
         let path = head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
         let found = head.method == .GET && path == "/metrics"
-        let allocator = context.channel.allocator
-        let bytes =
-            found ? self.body(allocator) : allocator.buffer(string: "udpecho serves its metrics at GET /metrics\n")
         var headers = HTTPHeaders()
         headers.add(name: "Content-Type", value: found ? "text/plain; version=0.0.4; charset=utf-8" : "text/plain")
-        headers.add(name: "Content-Length", value: "\(bytes.readableBytes)")
         let keepAlive = head.isKeepAlive
         headers.add(name: "Connection", value: keepAlive ? "keep-alive" : "close")
+        let stream: MetricsStream
+        if found {
+            // No Content-Length: HTTP/1.1 gets a chunked body, HTTP/1.0 one that ends with the connection.
+            stream = self.body()
+        } else {
+            let text = "udpecho serves its metrics at GET /metrics\n"
+            headers.add(name: "Content-Length", value: "\(text.utf8.count)")
+            var sent = false
+            stream = MetricsStream { buffer in
+                if !sent { buffer.writeString(text) }
+                sent = true
+                return false
+            }
+        }
         let response = HTTPResponseHead(version: head.version, status: found ? .ok : .notFound, headers: headers)
         context.write(self.wrapOutboundOut(.head(response)), promise: nil)
-        context.write(
-            self.wrapOutboundOut(.body(.byteBuffer(bytes))),
-            promise: nil
-        )
+        self.streaming = (stream, keepAlive)
+        self.pump(context)
+    }
+
+    /// Writes pieces of the body while the connection takes them; ends the response after the last.
+    private func pump(_ context: ChannelHandlerContext) {
+        // A flush can make the channel writable again and call back in here: the loop goes on by itself then, since
+        // it looks at the channel again after each flush.
+        guard !self.pumping else { return }
+        self.pumping = true
+        defer { self.pumping = false }
+        while let streaming = self.streaming, context.channel.isWritable {
+            var buffer = context.channel.allocator.buffer(capacity: 64 << 10)
+            let more = streaming.stream.next(&buffer)
+            if buffer.readableBytes > 0 {
+                context.write(self.wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+            }
+            guard more else {
+                self.streaming = nil
+                self.finish(context, keepAlive: streaming.keepAlive)
+                return
+            }
+            context.flush()
+        }
+    }
+
+    private func finish(_ context: ChannelHandlerContext, keepAlive: Bool) {
         if keepAlive {
             context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: nil)
             self.arm(context, self.configuration.idleTimeout)
+            if context.channel.isWritable, let head = self.waiting {
+                self.waiting = nil
+                self.respond(context, to: head)
+            }
         } else {
             let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
             context.writeAndFlush(self.wrapOutboundOut(.end(nil))).whenComplete { _ in
