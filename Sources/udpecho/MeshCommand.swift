@@ -47,6 +47,15 @@ struct MeshCommand: AsyncParsableCommand {
     )
     var address: HostAndPort?
 
+    @Option(
+        help: ArgumentHelp(
+            "Also answer STAMP test packets (RFC 8762) here, so that peers and routers' STAMP or TWAMP-Light senders can measure each direction (off unless given; STAMP's port is 862).",
+            valueName: "host:port"
+        ),
+        transform: parseAddress
+    )
+    var stampAddress: HostAndPort?
+
     @Option(name: .customLong("peer"), help: ArgumentHelp("A peer to probe (repeatable).", valueName: "host:port"))
     var peerTexts: [String] = []
 
@@ -214,6 +223,20 @@ struct MeshCommand: AsyncParsableCommand {
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: server), .init(service: agent),
         ]
+        if let stampAddress = self.stampAddress {
+            do {
+                let reflector = try EchoServer(
+                    configuration: .init(address: stampAddress, reporting: .none, stamp: StampReflectorConfiguration()),
+                    logger: logger
+                )
+                let addresses = reflector.localAddresses.map(\.hostPortDescription).joined(separator: ", ")
+                Stream.out.line("mesh agent: STAMP reflector on \(addresses)")
+                services.append(.init(service: reflector))
+            } catch {
+                Stream.err.line("udpecho: error: \(error)")
+                throw ExitCode.failure
+            }
+        }
         if let metricsAddress = self.metrics {
             let registry = PrometheusCollectorRegistry()
             MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))

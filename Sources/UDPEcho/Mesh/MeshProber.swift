@@ -389,6 +389,11 @@ struct MeshProberState {
                 Int32(IPPROTO_UDP)
             )
             guard fd >= 0 else { continue }
+            // Bound now, to an ephemeral port: each flow's source port is known (and exported) from the start.
+            let any: SocketAddress? =
+                family == 1
+                ? try? SocketAddress(ipAddress: "::", port: 0) : try? SocketAddress(ipAddress: "0.0.0.0", port: 0)
+            if let any { _ = any.withRawAddress { bind(fd, $0, $1) } }
             _ = cudpecho_set_buffer_size(fd, SO_RCVBUF, 4 << 20)
             // Each reply with the kernel's receive time (software timestamps): the round trip is not stretched by
             // when the thread gets to read it.
