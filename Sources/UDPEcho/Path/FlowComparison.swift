@@ -79,7 +79,7 @@ public enum FlowComparison {
     /// Significance over the whole run (divided among the flows).
     public static let significance = 0.01
 
-    /// The flows that stand apart, by port, with the reasons; empty with fewer than 3 flows.
+    /// The flows that stand apart, in port order, with the reasons; empty with fewer than 3 flows.
     public static func outliers(_ flows: [FlowStatistics]) -> [Outlier] {
         guard flows.count >= 3 else { return [] }
         let level = Self.significance / Double(flows.count)
@@ -107,7 +107,7 @@ public enum FlowComparison {
             }
         )
         var result: [Outlier] = []
-        for flow in flows {
+        for flow in flows.sorted(by: { $0.port < $1.port }) {
             var reasons: [Outlier.Reason] = []
             if lossy.contains(flow.port) {
                 let baseline = flows.filter { !lossy.contains($0.port) }
