@@ -66,17 +66,20 @@ struct MTUCommand: AsyncParsableCommand {
         switch found {
         case .success(let value):
             result = value
-        case .failure(.timeout(_, _)), .failure(.refused(_)):
-            let error = found.failureText
-            if json {
-                Stream.out.line(jsonLine(MTUJSON.Failure(target: peer, error: error)))
-            } else {
-                Stream.err.line("udpecho: \(error)")
-            }
-            throw ExitCode(1)
         case .failure(let error):
-            Stream.err.line("udpecho: error: \(error)")
-            throw ExitCode(2)
+            // No answer at any size, or nothing listening: the measurement failed (1); anything else is setup (2).
+            switch error {
+            case .timeout, .refused:
+                if json {
+                    Stream.out.line(jsonLine(MTUJSON.Failure(target: peer, error: "\(error)")))
+                } else {
+                    Stream.err.line("udpecho: \(error)")
+                }
+                throw ExitCode(1)
+            default:
+                Stream.err.line("udpecho: error: \(error)")
+                throw ExitCode(2)
+            }
         }
         if json {
             Stream.out.line(jsonLine(MTUJSON(result, target: peer)))
@@ -94,6 +97,8 @@ struct MTUCommand: AsyncParsableCommand {
             + (took < 1_000_000_000 ? "\(milliseconds(took)) ms" : "\(Double(took / 10_000_000) / 100) s")
         if !result.icmpMTUs.isEmpty {
             how += "; ICMP said MTU " + Array(Set(result.icmpMTUs)).sorted().map(String.init).joined(separator: ", ")
+        } else if let bytes = result.truncatedAt {
+            how += "; larger echoes came back cut to \(bytes) bytes: the limit is the echo server's, not the path's"
         } else if result.blackHole {
             how += "; no ICMP message came for the sizes above: they vanish without a word (a black hole)"
         }
@@ -123,13 +128,6 @@ extension MTUCommand {
     }
 }
 
-extension Result where Failure == EchoError {
-    var failureText: String {
-        if case .failure(let error) = self { return error.description }
-        return ""
-    }
-}
-
 extension PathMTUDiscovery.Probe {
     /// `probe 1472 bytes (try 1): too big: ICMP says MTU 1400`.
     var line: String {
@@ -138,6 +136,7 @@ extension PathMTUDiscovery.Probe {
         case .echoed(let roundTrip): text = "echoed in \(milliseconds(roundTrip)) ms"
         case .fragmentationNeeded(let mtu): text = "too big: ICMP says the MTU on the way is \(mtu)"
         case .tooBigToSend(let mtu): text = "too big for the local interface (MTU \(mtu))"
+        case .truncated(let bytes): text = "echoed cut to \(bytes) bytes"
         case .noAnswer: text = "no answer"
         case .refused: text = "refused: nothing listens there"
         }
@@ -152,6 +151,7 @@ struct MTUJSON: Encodable {
         var outcome: String
         var rtt_ms: Double?
         var mtu: Int?
+        var echoed_bytes: Int?
     }
 
     struct Failure: Encodable {
@@ -168,6 +168,7 @@ struct MTUJSON: Encodable {
     var icmp_mtus: [Int]
     var black_hole, confirmed: Bool
     var local_mtu: Int?
+    var truncated_at: Int?
     var steps: [Probe]
 
     init(_ result: PathMTUDiscovery.Result, target: String) {
@@ -181,6 +182,7 @@ struct MTUJSON: Encodable {
         self.black_hole = result.blackHole
         self.confirmed = result.confirmed
         self.local_mtu = result.localMTU
+        self.truncated_at = result.truncatedAt
         self.steps = result.probes.map { probe in
             switch probe.outcome {
             case .echoed(let roundTrip):
@@ -189,6 +191,8 @@ struct MTUJSON: Encodable {
                 Probe(size: probe.size, attempt: probe.attempt, outcome: "fragmentation-needed", mtu: mtu)
             case .tooBigToSend(let mtu):
                 Probe(size: probe.size, attempt: probe.attempt, outcome: "too-big-to-send", mtu: mtu)
+            case .truncated(let bytes):
+                Probe(size: probe.size, attempt: probe.attempt, outcome: "truncated", echoed_bytes: bytes)
             case .noAnswer: Probe(size: probe.size, attempt: probe.attempt, outcome: "no-answer")
             case .refused: Probe(size: probe.size, attempt: probe.attempt, outcome: "refused")
             }

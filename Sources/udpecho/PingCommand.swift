@@ -576,11 +576,9 @@ extension StampStatistics {
             ttls.isEmpty
             ? "stamp: ttl at the reflector not reported (a TWAMP-Light responder leaves it out)"
             : "stamp: ttl at the reflector "
-                + ttls.map { ttl in
-                    // From the nearest initial TTL at or above it (32, 64, 128, 255).
-                    let initial = [32, 64, 128, 255].first { $0 >= Int(ttl) } ?? 255
-                    return "\(ttl) (about \(initial - Int(ttl)) hops out)"
-                }.joined(separator: ", ")
+                + ttls.map { "\($0) (about \(ArrivalMarks.estimatedHops(fromTTL: Int($0))) hops out)" }.joined(
+                    separator: ", "
+                )
         if !self.tosAtReflector.isEmpty {
             reflector +=
                 "; dscp/ecn at the reflector "

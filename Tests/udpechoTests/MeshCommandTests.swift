@@ -86,6 +86,27 @@ struct MeshAgentProcess {
         await server.waitForExit()
     }
 
+    /// A peer that is not ours (socat echoing through a pipe; one source port, so no fork) is probed like any
+    /// echo server.
+    @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/socat"), "needs socat"))
+    func onceProbesAnEchoServerThatIsNotOurs() async throws {
+        let port = Int.random(in: 30000...39999)
+        let socat = try Spawned(
+            "/usr/bin/socat",
+            ["-T", "1", "UDP4-LISTEN:\(port),bind=127.0.0.1,reuseaddr", "PIPE"]
+        )
+        try await Task.sleep(for: .milliseconds(300))
+        let result = try await Spawned.run(
+            udpecho,
+            ["mesh", "--once", "--json", "-d", "1s", "-i", "50ms", "--flows", "1", "--peer", "127.0.0.1:\(port)"]
+        )
+        socat.signal(SIGTERM)
+        await socat.waitForExit()
+        let peer = try #require((try jsonObjects(result.lines).last?["peers"] as? [[String: Any]])?.first)
+        let sent = try #require(peer["sent"] as? Int)
+        #expect(sent >= 15 && peer["received"] as? Int == sent && peer["corrupt"] as? Int == 0, "\(peer)")
+    }
+
     /// A peer list that asks for far too much cannot become a flood: 1000 peers every 500 ms (2000 probes a
     /// second) under --max-rate 500 send at most 500 a second (and a tenth of a second's burst), the rest counted
     /// as skipped; the byte cap holds the same way.

@@ -377,6 +377,31 @@ struct RoutedHosts: NamespaceHosts {
         #expect(recorder.outputLines.last == "[(((1, \(46 << 2 | 1)), (2, 7)), 500)]", "\(recorder.outputLines)")
     }
 
+    /// Against an echo server that is not ours (socat, echoing what it reads through a pipe; one peer, so no fork): with a 64 KiB buffer
+    /// the whole datagram maximum comes back; with a 1500-byte buffer larger echoes come back cut, and `mtu` finds
+    /// 1500 at once and says the limit is the server's, not the path's.
+    @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/socat"), "needs socat"))
+    func mtuAgainstSocat() async throws {
+        for (buffer, expected) in [(65536, 65507), (1500, 1500)] {
+            let port = Int.random(in: 20000...29999)
+            let socat = try Spawned(
+                "/usr/bin/socat",
+                ["-b", "\(buffer)", "-T", "1", "UDP4-LISTEN:\(port),bind=127.0.0.1,reuseaddr", "PIPE"]
+            )
+            try await Task.sleep(for: .milliseconds(300))
+            let result = try await Spawned.run(udpecho, ["mtu", "127.0.0.1:\(port)", "--json"])
+            socat.signal(SIGTERM)
+            await socat.waitForExit()
+            let object = try #require(try jsonObjects(result.lines).first, "\(result.lines) \(result.error)")
+            #expect(object["largest_payload"] as? Int == expected, "\(object)")
+            #expect(object["confirmed"] as? Bool == true)
+            if expected == 1500 {
+                #expect(object["truncated_at"] as? Int == 1500 && object["black_hole"] as? Bool == false, "\(object)")
+                #expect((object["probes"] as? Int ?? 99) <= 6, "\(object)")
+            }
+        }
+    }
+
     /// Out-of-range marking options are usage errors that say what the range is.
     @Test(arguments: [
         (["--dscp", "64"], "--dscp 64: a DSCP goes from 0 to 63"),

@@ -180,3 +180,16 @@ public enum NameResolver {
         return addresses.first { if case .v4 = $0 { true } else { false } } ?? addresses[0]
     }
 }
+
+extension SocketAddress {
+    /// The address a socket is bound to (getsockname), or nil when the call fails (`errno` says why).
+    static func local(of fd: Int32) -> SocketAddress? {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        return withUnsafeMutablePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { address in
+                getsockname(fd, address, &length) == 0 ? SocketAddress(raw: address, length: length) : nil
+            }
+        }
+    }
+}

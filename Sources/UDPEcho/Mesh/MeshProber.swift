@@ -12,7 +12,7 @@ import Musl
 /// Probes a mesh agent's peers: each target (a peer's address) every `interval`, with random jitter so that agents
 /// do not synchronize, in turn from `flows` source ports (ECMP sends each port over one of the equal-cost paths),
 /// under hard caps on probes and bytes per second, so that a mistake in a peer list cannot become a flood. One
-/// thread, unconnected sockets (one per source port and family), `epoll`.
+/// thread, unconnected sockets (one per source port and family), read on a 5 ms tick.
 ///
 /// A probe is `size` bytes: a sequence number, the target's index and the flow, then a pattern derived from the
 /// sequence number; a reply counts when it comes from the target's address and equals the probe. Round trips are
@@ -165,7 +165,7 @@ public final class MeshProber: @unchecked Sendable {
                 defer { value = nil }
                 return value
             }) {
-                state.apply(targets, now: cudpecho_now_ns(), epoll: epoll)
+                state.apply(targets, now: cudpecho_now_ns())
             }
             var now = cudpecho_now_ns()
             state.drainAll()
@@ -266,6 +266,8 @@ struct MeshProberState {
     var oldest: UInt64 = 1
     /// Sockets by family (0: IPv4, 1: IPv6) and flow; -1 until needed.
     var sockets: [[Int32]]
+    /// Each socket's source port (0 until it is opened).
+    var ports: [[Int]]
     var probe: [UInt8]
     var receiveBuffer = [UInt8](repeating: 0, count: 65536)
     var probeTokens: Double
@@ -280,9 +282,8 @@ struct MeshProberState {
         while Double(capacity) < wanted && capacity < 1 << 22 { capacity <<= 1 }
         self.ring = Array(repeating: (0, -1, 0, false, 0, 0), count: capacity)
         self.mask = capacity - 1
-        self.sockets = [
-            Array(repeating: -1, count: configuration.flows), Array(repeating: -1, count: configuration.flows),
-        ]
+        self.sockets = Array(repeating: Array(repeating: -1, count: configuration.flows), count: 2)
+        self.ports = Array(repeating: Array(repeating: 0, count: configuration.flows), count: 2)
         self.probe = [UInt8](repeating: 0, count: configuration.size)
         self.batch = cudpecho_batch_create(64, 65536)!
         self.probeTokens = max(1, configuration.maximumRate / 10)
@@ -296,7 +297,7 @@ struct MeshProberState {
 
     // MARK: Targets
 
-    mutating func apply(_ wanted: [MeshTarget], now: Int64, epoll: Int32) {
+    mutating func apply(_ wanted: [MeshTarget], now: Int64) {
         let set = Set(wanted)
         for (target, index) in self.indexOf where !set.contains(target) && self.removedAt[index] == 0 {
             self.removedAt[index] = now
@@ -312,7 +313,7 @@ struct MeshProberState {
                 continue
             }
             let family = if case .v6 = target.address { 1 } else { 0 }
-            self.openSockets(family: family, epoll: epoll)
+            self.openSockets(family: family)
             let index = self.free.popLast() ?? self.grow()
             self.targets[index] = target
             self.keys[index] = target.address.withRawAddress { raw, _ in MeshAddressKey(raw) }
@@ -380,7 +381,7 @@ struct MeshProberState {
         }
     }
 
-    private mutating func openSockets(family: Int, epoll: Int32) {
+    private mutating func openSockets(family: Int) {
         guard self.sockets[family][0] < 0 else { return }
         for flow in 0..<self.configuration.flows {
             let fd = socket(
@@ -399,6 +400,7 @@ struct MeshProberState {
             // when the thread gets to read it.
             _ = cudpecho_enable_timestamps(fd, family == 1 ? AF_INET6 : AF_INET, 0)
             self.sockets[family][flow] = fd
+            self.ports[family][flow] = SocketAddress.local(of: fd)?.port ?? 0
         }
     }
 
@@ -630,10 +632,8 @@ struct MeshProberState {
                 let width = self.configuration.flows * 3
                 let counts = self.flowCounts[(index * width)..<((index + 1) * width)]
                 statistics.flowCounts = Array(counts)
-                statistics.flowPorts = (0..<self.configuration.flows).map { flow in
-                    let family = if case .v6 = target.address { 1 } else { 0 }
-                    return Self.port(of: self.sockets[family][flow])
-                }
+                let family = if case .v6 = target.address { 1 } else { 0 }
+                statistics.flowPorts = self.ports[family]
             }
             if self.configuration.percentiles { statistics.times = self.times[index] }
             snapshot.targets.append(statistics)
@@ -641,17 +641,6 @@ struct MeshProberState {
         return snapshot
     }
 
-    static func port(of fd: Int32) -> Int {
-        guard fd >= 0 else { return 0 }
-        var storage = sockaddr_storage()
-        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        return withUnsafeMutablePointer(to: &storage) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { address -> Int in
-                guard getsockname(fd, address, &length) == 0 else { return 0 }
-                return SocketAddress(raw: address, length: length)?.port ?? 0
-            }
-        }
-    }
 }
 
 /// One target's counts, as of a snapshot.

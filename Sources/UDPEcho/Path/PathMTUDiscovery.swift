@@ -58,6 +58,8 @@ public enum PathMTUDiscovery {
         case fragmentationNeeded(mtu: Int)
         /// The local interface cannot send it: its MTU.
         case tooBigToSend(mtu: Int)
+        /// The echo came back cut to this many bytes: the echo server (or something on the way) holds no more.
+        case truncated(bytes: Int)
         /// No echo and no ICMP message within the timeout.
         case noAnswer
         /// ICMP port unreachable: nothing listens at the target.
@@ -90,6 +92,9 @@ public enum PathMTUDiscovery {
         /// Sizes above the result got neither an echo nor an ICMP message: a black hole for them (ICMP filtered),
         /// found without ICMP's help.
         public var blackHole: Bool
+        /// The size the echo server cut a larger probe's echo to, when one came back cut: the limit is the server's
+        /// buffer, not the path.
+        public var truncatedAt: Int?
         /// The local interface's limit, when the search met it.
         public var localMTU: Int?
         /// Whether the size was confirmed by a last probe after the search.
@@ -135,6 +140,7 @@ public enum PathMTUDiscovery {
         var icmpMTUs: [Int] = []
         var localMTU: Int?
         var blackHole = false
+        var truncatedAt: Int?
         var sequence: UInt64 = 0
         var buffer = [UInt8](repeating: 0, count: 65536)
 
@@ -151,8 +157,9 @@ public enum PathMTUDiscovery {
             // Known: `low` came back whole (0: nothing yet); `high` is too big (one past the largest possible).
             var low = 0
             var high = maximum + 1
-            // What ICMP says is too big: a bound to search below, proven only when that size itself fails.
-            var icmpHigh = Int.max
+            // What an ICMP message (or a cut echo) says is too big: a bound to search below, proven only when that size
+            // itself fails.
+            var hintedHigh = Int.max
             var hint: Int? = nil
             var candidate = maximum
             var checkedBase = false
@@ -174,17 +181,25 @@ public enum PathMTUDiscovery {
                     // the result stands (an ICMP message is a hint, not a proof).
                     if mtu - self.headers < candidate && mtu >= 68 {
                         hint = mtu - self.headers
-                        icmpHigh = min(icmpHigh, mtu - self.headers + 1)
+                        hintedHigh = min(hintedHigh, mtu - self.headers + 1)
                     }
                 case .noAnswer:
                     high = min(high, candidate)
                     self.blackHole = true
+                case .truncated(let bytes):
+                    // The path carried it; the echo that came back held only `bytes`: that size is tried next.
+                    high = min(high, candidate)
+                    if bytes > low {
+                        hint = bytes
+                        hintedHigh = min(hintedHigh, bytes + 1)
+                    }
+                    self.truncatedAt = bytes
                 }
-                if low > 0 && min(high, icmpHigh) - low <= 1 && icmpHigh < high {
-                    // The search ends at ICMP's word: probe the size just above, once (a fast answer if it is
-                    // right).
-                    candidate = icmpHigh
-                    icmpHigh = Int.max
+                if low > 0 && min(high, hintedHigh) - low <= 1 && hintedHigh < high {
+                    // The search ends at a hint's word (ICMP's, or a cut echo's): probe the size just above, once
+                    // (a fast answer if it is right).
+                    candidate = hintedHigh
+                    hintedHigh = Int.max
                     continue
                 }
                 if low > 0 && high - low <= 1 {
@@ -198,10 +213,10 @@ public enum PathMTUDiscovery {
                     high = low
                     low = 0
                     hint = nil
-                    icmpHigh = Int.max
+                    hintedHigh = Int.max
                 }
                 let base = Self.basePayload(headers: self.headers)
-                let bound = min(high, icmpHigh)
+                let bound = min(high, hintedHigh)
                 if let next = hint, next > low, next < bound {
                     candidate = next
                     hint = nil
@@ -230,6 +245,7 @@ public enum PathMTUDiscovery {
                     elapsed: ContinuousClock.now - start,
                     icmpMTUs: self.icmpMTUs,
                     blackHole: self.blackHole && self.icmpMTUs.isEmpty,
+                    truncatedAt: self.truncatedAt,
                     localMTU: self.localMTU,
                     confirmed: confirmed
                 )
@@ -292,6 +308,9 @@ public enum PathMTUDiscovery {
                     if length < 0 { break }
                     if length == size && self.buffer.prefix(size).elementsEqual(probe) {
                         return .echoed(roundTrip: cudpecho_now_ns() - sentAt)
+                    }
+                    if length >= 8 && length < size && self.buffer.prefix(length).elementsEqual(probe.prefix(length)) {
+                        return .truncated(bytes: length)
                     }
                     // An older probe's late echo, or something else: not this probe's answer.
                 }

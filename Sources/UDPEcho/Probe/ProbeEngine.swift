@@ -707,18 +707,14 @@ final class ProbeEngine {
                 onEvent?(.corrupt(sequence: sequence, bytes: reply.count, reason: difference))
                 return
             }
-            let times = self.times(of: sequence, at: position, on: flow, now: now, kernelArrival: kernelArrival)
-            let outOfOrder = flow.markReceived(sequence)
-            self.counts.received += 1
-            if outOfOrder { self.counts.reordered += 1 }
-            self.lastReplyAt = now
-            self.latencies.record(times.latency)
-            if times.measured {
-                self.times.record(times.roundTrip)
-                self.lateness.record(times.lateness)
-                self.recordJitter(sequence, roundTrip: times.roundTrip, position: position, on: flow)
-                if self.configuration.flowStatistics { flow.statistics.record(times.roundTrip) }
-            }
+            let (times, outOfOrder) = self.accept(
+                sequence,
+                at: position,
+                on: flow,
+                now: now,
+                kernelArrival: kernelArrival
+            )
+            self.record(times, roundTrip: times.roundTrip, of: sequence, at: position, on: flow)
             var marks: ArrivalMarks? = nil
             if self.configuration.arrivalMarks {
                 var arrival = ArrivalMarks(
@@ -815,11 +811,13 @@ final class ProbeEngine {
                 )
                 return
             }
-            let times = self.times(of: sequence, at: position, on: flow, now: now, kernelArrival: kernelArrival)
-            let outOfOrder = flow.markReceived(sequence)
-            self.counts.received += 1
-            if outOfOrder { self.counts.reordered += 1 }
-            self.lastReplyAt = now
+            let (times, outOfOrder) = self.accept(
+                sequence,
+                at: position,
+                on: flow,
+                now: now,
+                kernelArrival: kernelArrival
+            )
             // The four timestamps on CLOCK_REALTIME: ours from the kernel where it gave them.
             let kernel = self.timestamps == .kernel
             let t1 =
@@ -839,13 +837,7 @@ final class ProbeEngine {
             }
             // The round trip without the time the reflector held the packet: (T4 - T1) - (T3 - T2).
             let roundTrip = times.roundTrip - max(0, reflectorTime)
-            self.latencies.record(times.latency)
-            if times.measured {
-                self.times.record(roundTrip)
-                self.lateness.record(times.lateness)
-                self.recordJitter(sequence, roundTrip: roundTrip, position: position, on: flow)
-                if self.configuration.flowStatistics { flow.statistics.record(roundTrip) }
-            }
+            self.record(times, roundTrip: roundTrip, of: sequence, at: position, on: flow)
             let tlvs = StampReplyDecoder.tlvs(reply, from: writer.layout.size)
             let stampReply = StampReply(
                 sequence: sequence,
@@ -883,6 +875,40 @@ final class ProbeEngine {
             }
             onEvent?(.stampReply(stampReply))
         }
+    }
+
+    /// Counts probe `sequence` (outstanding at `position`) as answered now; returns its times and whether a later
+    /// probe had been answered first.
+    private func accept(
+        _ sequence: UInt64,
+        at position: Int,
+        on flow: ProbeFlow,
+        now: Int64,
+        kernelArrival: Int64
+    ) -> (times: (roundTrip: Int64, latency: Int64, lateness: Int64, measured: Bool), outOfOrder: Bool) {
+        let times = self.times(of: sequence, at: position, on: flow, now: now, kernelArrival: kernelArrival)
+        let outOfOrder = flow.markReceived(sequence)
+        self.counts.received += 1
+        if outOfOrder { self.counts.reordered += 1 }
+        self.lastReplyAt = now
+        return (times, outOfOrder)
+    }
+
+    /// Records an answered probe's latency and, when it is in the round-trip sample, its `roundTrip`, lateness and
+    /// jitter (and the flow's statistics).
+    private func record(
+        _ times: (roundTrip: Int64, latency: Int64, lateness: Int64, measured: Bool),
+        roundTrip: Int64,
+        of sequence: UInt64,
+        at position: Int,
+        on flow: ProbeFlow
+    ) {
+        self.latencies.record(times.latency)
+        guard times.measured else { return }
+        self.times.record(roundTrip)
+        self.lateness.record(times.lateness)
+        self.recordJitter(sequence, roundTrip: roundTrip, position: position, on: flow)
+        if self.configuration.flowStatistics { flow.statistics.record(roundTrip) }
     }
 
     /// A reply whose bytes 0-7 were damaged (or that is not an echo of ours): which probe it was cannot be known.

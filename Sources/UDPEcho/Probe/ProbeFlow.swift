@@ -104,14 +104,7 @@ final class ProbeFlow {
                 )
             }
         }
-        var local = sockaddr_storage()
-        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        let port = withUnsafeMutablePointer(to: &local) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { address -> Int in
-                guard getsockname(fd, address, &length) == 0 else { return 0 }
-                return SocketAddress(raw: address, length: length)?.port ?? 0
-            }
-        }
+        let port = SocketAddress.local(of: fd)?.port ?? 0
         self.statistics = FlowStatistics(port: port)
         self.descriptor = fd
         self.stamp = stamp

@@ -171,17 +171,9 @@ struct ServerSocket {
     }
 
     private static func localAddress(of fd: Int32, asked: SocketAddress) throws(EchoError) -> SocketAddress {
-        var storage = sockaddr_storage()
-        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        let status = withUnsafeMutablePointer(to: &storage) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
-        }
-        guard status == 0 else {
+        guard let address = SocketAddress.local(of: fd) else {
             throw .socket(operation: "getsockname", address: asked.hostPortDescription, errno: errno)
         }
-        let address = withUnsafePointer(to: &storage) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { SocketAddress(raw: $0, length: length) }
-        }
-        return address ?? asked
+        return address
     }
 }
