@@ -29,20 +29,24 @@ install -d "$root/DEBIAN" "$root/usr/bin" "$root/usr/share/man/man1" "$root/usr/
 install -m 0755 "$binary" "$root/usr/bin/udpecho"
 strip --strip-unneeded --remove-section=.comment --remove-section=.note "$root/usr/bin/udpecho"
 
-# Manuals: one page per command, from the same definitions as --help.
+# Manuals: one page per command, from the same definitions as --help: argument-parser's generate-manual reads them
+# from the binary being packaged, and packaging/manual.awk makes the pages what man and lintian expect.
+swift build -c release --product generate-manual --static-swift-stdlib --scratch-path "$scratch" \
+  --package-path "$here" >&2
 manuals=$(mktemp -d)
-# (In the default build folder: building the plugin's tool in the static one would relink the binary without
-# --static-swift-stdlib.)
-swift package --package-path "$here" --allow-writing-to-directory "$manuals" \
-  generate-manual --multi-page --date "$(date -u +%Y-%m-%d)" --authors "the udpecho developers" \
-  --output-directory "$manuals" >&2
+"$(dirname "$binary")/generate-manual" "$binary" --multi-page --date "$(date -u +%Y-%m-%d)" \
+  --authors "the udpecho developers" --output-directory "$manuals" >&2
 for page in "$manuals"/*.1; do
-  gzip -9n < "$page" > "$root/usr/share/man/man1/$(basename "$page").gz"
+  command=$(basename "$page" .1 | tr . ' ')
+  [ "$command" != "udpecho help" ] || continue  # the help subcommand is argument-parser's own
+  awk -v command="$command" -f "$here/packaging/manual.awk" "$page" |
+    gzip -9n > "$root/usr/share/man/man1/$(echo "$command" | tr ' ' -).1.gz"
 done
 rm -rf "$manuals"
-rm -f "$root/usr/share/man/man1/udpecho.help.1.gz"  # the help subcommand is argument-parser's own
 
-"$root/usr/bin/udpecho" --generate-completion-script bash > "$root/usr/share/bash-completion/completions/udpecho"
+# (bash-completion sources its files: no #! line.)
+"$root/usr/bin/udpecho" --generate-completion-script bash | sed '1{/^#!/d}' \
+  > "$root/usr/share/bash-completion/completions/udpecho"
 "$root/usr/bin/udpecho" --generate-completion-script zsh > "$root/usr/share/zsh/vendor-completions/_udpecho"
 "$root/usr/bin/udpecho" --generate-completion-script fish > "$root/usr/share/fish/vendor_completions.d/udpecho.fish"
 chmod 0644 "$root"/usr/share/*/completions/* "$root"/usr/share/zsh/vendor-completions/* \
@@ -54,6 +58,8 @@ for unit in udpecho.service udpecho.socket udpecho-mesh.service; do
   chmod 0644 "$root/lib/systemd/system/$unit"
 done
 
+install -d "$root/usr/share/lintian/overrides"
+install -m 0644 "$here/packaging/lintian-overrides" "$root/usr/share/lintian/overrides/$package"
 cp "$here/packaging/copyright" "$root/usr/share/doc/$package/copyright"
 gzip -9n < "$here/packaging/changelog" > "$root/usr/share/doc/$package/changelog.Debian.gz"
 chmod 0644 "$root/usr/share/doc/$package"/*

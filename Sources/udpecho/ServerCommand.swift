@@ -415,7 +415,8 @@ struct ServerCommand: AsyncParsableCommand {
         let origin =
             activated.isEmpty ? "" : " (socket activation: \(activated.count) socket\(activated.count == 1 ? "" : "s"))"
         let role = configuration.stamp.map { "a STAMP reflector (\(Self.describe($0)))" } ?? "a server"
-        self.say(format, "running", "running as \(role) on \(addresses)\(origin)", [("address", addresses)])
+        let fields = [("address", addresses)] + (activated.isEmpty ? [] : [("socket-activation", "\(activated.count)")])
+        self.say(format, "running", "running as \(role) on \(addresses)\(origin)", fields)
 
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: server)]
         if let metricsAddress = self.metrics {
