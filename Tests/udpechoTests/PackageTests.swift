@@ -74,7 +74,15 @@ let packagedFiles =
         "/usr/share/man/man1/\($0).1.gz"
     }
 
-@Suite struct PackageTests {
+/// The Swift toolchain's `swift`, where CI and the README put it.
+let swiftDriver = ["/opt/swift/usr/bin/swift", "/usr/bin/swift"].first {
+    FileManager.default.isExecutableFile(atPath: $0)
+}
+
+/// What ships: the Debian package and the library's documentation. Both build in `.build-static` (the package's
+/// release build folder, not `.build`, which `swift test` holds), one after the other, at the lowest CPU priority so
+/// that the rest of the suite runs meanwhile.
+@Suite(.serialized) struct PackageTests {
     static var available: Bool {
         let executable = { FileManager.default.isExecutableFile(atPath: $0) }
         return TestNetwork.available && executable("/usr/bin/dpkg-deb") && executable("/usr/bin/dpkg")
@@ -168,6 +176,32 @@ let packagedFiles =
             #expect(!FileManager.default.fileExists(atPath: file), "\(file) is left after dpkg -r")
         }
         #expect(!FileManager.default.fileExists(atPath: "/usr/share/doc/udpecho"))
+    }
+
+    /// The library's DocC catalog (Sources/UDPEcho/UDPEcho.docc) builds with swift-docc-plugin without a warning:
+    /// every symbol link resolves, every documented parameter exists, the articles are found.
+    @Test(.enabled(if: swiftDriver != nil, "needs the swift driver"), .timeLimit(.minutes(15)))
+    func theLibraryDocumentationBuildsWithoutWarnings() async throws {
+        let run = try await Spawned.run(
+            "/usr/bin/nice",
+            [
+                "-n", "19", swiftDriver!, "package", "--package-path", packageRoot.path, "--scratch-path",
+                packageRoot.appendingPathComponent(".build-static").path, "-c", "release", "generate-documentation",
+                "--target", "UDPEcho",
+            ],
+            timeout: 840
+        )
+        let everything = run.lines + run.error.split(separator: "\n").map(String.init)
+        #expect(run.status == 0, "\(everything.suffix(20))")
+        // DocC's own diagnostics start their lines (the linker's, about Foundation's static library, do not).
+        let warnings = everything.filter { $0.hasPrefix("warning:") || $0.hasPrefix("error:") }
+        #expect(warnings.isEmpty, "\(warnings)")
+        let archive = packageRoot.appendingPathComponent(
+            ".build-static/plugins/Swift-DocC/outputs/UDPEcho.doccarchive/data/documentation/udpecho"
+        )
+        for page in ["gettingstarted.json", "echoserver.json", "echoclient.json", "echopinger.json"] {
+            #expect(FileManager.default.fileExists(atPath: archive.appendingPathComponent(page).path), "\(page)")
+        }
     }
 }
 

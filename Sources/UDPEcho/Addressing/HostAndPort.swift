@@ -56,14 +56,22 @@ public struct HostAndPort: Sendable, Hashable, CustomStringConvertible {
 
 /// What is wrong with an address that a user wrote.
 public enum AddressError: Error, Equatable, CustomStringConvertible {
+    /// Nothing was written.
     case empty
+    /// The text has no `:PORT`.
     case missingPort(String)
+    /// The port (the second value) is not a number.
     case badPort(String, String)
+    /// The port (the second value) is not from 0 to 65535.
     case portOutOfRange(String, Int)
+    /// A `[` without its `]`, or the other way round.
     case unclosedBracket(String)
+    /// An IPv6 address without brackets, whose last colon could be the port's.
     case unbracketedIPv6(String)
+    /// `[]:PORT`: brackets with no address in them.
     case emptyHost(String)
 
+    /// What is wrong with the address, and how to write it.
     public var description: String {
         switch self {
         case .empty:

@@ -9,6 +9,7 @@ public struct IPPrefix: Sendable, Hashable, CustomStringConvertible {
     let network: IPKey
     /// Prefix length over the 128-bit mapped form (an IPv4 /24 is 96 + 24).
     let bits: Int
+    /// The prefix as written (`192.0.2.0/24`).
     public let description: String
 
     /// Parses `ADDRESS/LENGTH` or a single `ADDRESS`.

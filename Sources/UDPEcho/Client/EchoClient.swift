@@ -27,7 +27,7 @@ public struct EchoReply: Sendable {
 /// try await client.close()
 /// ```
 ///
-/// One ``echo(_:timeout:)`` at a time: a reply is matched to the request that is waiting when it arrives, and
+/// One ``echo(_:timeout:onSent:)`` at a time: a reply is matched to the request that is waiting when it arrives, and
 /// replies arriving while no request waits (late ones, after a timeout) are discarded.
 public final class EchoClient: Sendable {
     /// The server's address.
@@ -80,7 +80,8 @@ public final class EchoClient: Sendable {
     /// Sends `payload` as one datagram and waits up to `timeout` for the reply.
     ///
     /// - Parameters:
-    ///   - payload: The datagram's bytes, 0 to ``SocketAddress/maximumDatagramPayload`` of the server's address.
+    ///   - payload: The datagram's bytes, 0 to the largest datagram of the server's address family (65507 bytes over
+    ///     IPv4, 65527 over IPv6).
     ///   - timeout: How long to wait for the reply once the request is sent (the article's read deadline).
     ///   - onSent: Called once the datagram has been handed to the kernel, before the wait.
     ///

@@ -25,6 +25,7 @@ public final class MeshAgent: Service, Sendable {
         /// How often names are resolved again (a Kubernetes headless Service answers one address per pod).
         public var resolveInterval: Duration
 
+        /// Peers from `peers` and `peersFile`, 1337 for a peer without a port, names resolved again every 30 s.
         public init(
             peers: [MeshPeer] = [],
             peersFile: String? = nil,
@@ -48,7 +49,9 @@ public final class MeshAgent: Service, Sendable {
         case nameNotResolved(String)
     }
 
+    /// Where the peers come from.
     public let configuration: Configuration
+    /// The prober that sends the probes and counts what comes back.
     public let prober: MeshProber
     private let reloadRequested = ManagedAtomic(false)
     private let onEvent: @Sendable (Event) -> Void

@@ -15,9 +15,12 @@ public struct MeshPeer: Sendable, Hashable, CustomStringConvertible {
 
 /// One address of a peer: what is probed. Its metrics carry the labels `peer` (the name as given) and `address`.
 public struct MeshTarget: Sendable, Hashable {
+    /// The peer as given.
     public var peer: MeshPeer
+    /// One address the peer's name resolved to, with the peer's port.
     public var address: SocketAddress
 
+    /// The target `address` of `peer`.
     public init(peer: MeshPeer, address: SocketAddress) {
         self.peer = peer
         self.address = address
@@ -37,15 +40,21 @@ public struct MeshTarget: Sendable, Hashable {
 public enum MeshPeerList {
     /// A line that is not a peer.
     public struct LineError: Error, Equatable, CustomStringConvertible {
+        /// The line's number, from 1.
         public var line: Int
+        /// The line as written.
         public var text: String
+        /// What is wrong with it.
         public var reason: String
+        /// The line's number, its text and what is wrong.
         public var description: String { "line \(self.line) ('\(self.text)'): \(self.reason)" }
     }
 
     /// Every bad line of a list.
     public struct ListError: Error, Equatable, CustomStringConvertible {
+        /// Every line that is wrong, in order.
         public var lines: [LineError]
+        /// Every wrong line, separated by semicolons.
         public var description: String { self.lines.map(\.description).joined(separator: "; ") }
     }
 

@@ -91,6 +91,7 @@ public final class MeshProber: @unchecked Sendable {
         0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
     ]
 
+    /// How the prober probes.
     public let configuration: Configuration
     private let stop = ManagedAtomic(false)
     private let sending = ManagedAtomic(true)
@@ -645,17 +646,24 @@ struct MeshProberState {
 
 /// One target's counts, as of a snapshot.
 public struct MeshTargetStatistics: Sendable {
+    /// The target counted.
     public var target: MeshTarget
+    /// Probes sent.
     public var sent: UInt64 = 0
+    /// Probes answered in time.
     public var received: UInt64 = 0
+    /// Probes not answered within the timeout.
     public var lost: UInt64 = 0
+    /// Replies to a probe already answered.
     public var duplicate: UInt64 = 0
+    /// Replies whose bytes differ from the probe's.
     public var corrupt: UInt64 = 0
     /// Probes not sent because a rate cap was reached.
     public var skipped: UInt64 = 0
     /// Round trips: their sum (seconds) and how many fell in each bucket of ``MeshProber/bucketBounds`` (the last:
     /// above 10 s), not cumulative.
     public var rttSum: Double = 0
+    /// How many round trips fell in each bucket (see ``rttSum``).
     public var buckets: [UInt64] = []
     /// Whether a reply came within the last three intervals (and a timeout).
     public var up = false
@@ -663,6 +671,7 @@ public struct MeshTargetStatistics: Sendable {
     public var removed = false
     /// With per-flow counts: sent, received and lost of each flow, in flow order, and each flow's source port.
     public var flowCounts: [UInt64] = []
+    /// With per-flow counts: each flow's source port, in flow order.
     public var flowPorts: [Int] = []
     /// The round trips, when percentiles were asked for.
     public var times: RoundTripTimes?
@@ -672,8 +681,11 @@ public struct MeshTargetStatistics: Sendable {
 
 /// Every target's counts at one moment.
 public struct MeshSnapshot: Sendable {
+    /// Each target's counts.
     public var targets: [MeshTargetStatistics] = []
+    /// The source ports (flows) each target is probed from.
     public var flows = 0
+    /// Whether the targets carry per-flow counts.
     public var perFlow = false
 }
 

@@ -35,6 +35,8 @@ public final class ServerMetrics: Service, Sendable {
     private let offloadRuns: Counter
     private let offloadFallbacks: Counter
 
+    /// Publishes `server`'s counters every `interval` once run.
+    ///
     /// - Parameters:
     ///   - server: The server whose counters to publish.
     ///   - interval: How often ``run()`` publishes.

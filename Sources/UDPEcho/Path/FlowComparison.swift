@@ -8,8 +8,11 @@ import Musl
 public struct FlowStatistics: Sendable {
     /// The flow's local (source) port: ECMP hashing picks a path per port.
     public var port: Int
+    /// Probes sent from this port.
     public var sent: Int
+    /// Probes answered.
     public var received: Int
+    /// Probes not answered in time.
     public var lost: Int
     /// The flow's round trips, in nanoseconds (its percentiles).
     public var times: RoundTripTimes
@@ -19,6 +22,7 @@ public struct FlowStatistics: Sendable {
     /// How many round trips the sample stands for.
     public var sampled: Int
 
+    /// The most round trips ``samples`` keeps.
     public static let sampleCapacity = 20_000
 
     /// A flow's statistics.
@@ -65,6 +69,7 @@ public struct FlowStatistics: Sendable {
 public enum FlowComparison {
     /// A flow that stands apart, and why.
     public struct Outlier: Sendable, Equatable {
+        /// What sets a flow apart.
         public enum Reason: Sendable, Equatable {
             /// Its loss against the baseline's, 0...1.
             case loss(Double, baseline: Double)
@@ -72,7 +77,9 @@ public enum FlowComparison {
             case latency(Int64, baseline: Int64)
         }
 
+        /// The flow's source port.
         public var port: Int
+        /// Why it stands apart: its loss, its latency, or both.
         public var reasons: [Reason]
     }
 

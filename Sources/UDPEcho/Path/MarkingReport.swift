@@ -28,7 +28,9 @@ public enum MarkingReport {
 
     /// What a server reported: the traffic class and TTL the probe arrived with there, each nil when not reported.
     public struct Fields: Sendable, Equatable {
+        /// The traffic class the probe arrived with, if the server reported it.
         public var trafficClass: TrafficClass?
+        /// The TTL (hop limit) the probe arrived with, if the server reported it.
         public var ttl: Int?
     }
 

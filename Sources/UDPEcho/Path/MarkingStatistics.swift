@@ -16,21 +16,26 @@ public enum MarkingVerdict: Sendable, Equatable {
 public struct MarkingStatistics: Sendable {
     /// What the probes left with: their traffic class and TTL.
     public var sentClass: TrafficClass
+    /// The TTL (hop limit) the probes left with, if it was set.
     public var sentTTL: Int?
     /// Replies that said what the probe arrived with at the far end (a udpecho server with `--reflect-tos`, a STAMP
     /// reflector), and, of them, by traffic class byte and by TTL.
     public private(set) var reportedThere = 0
+    /// Of those, how many arrived there with each traffic class byte.
     public private(set) var classThere: [UInt8: Int] = [:]
+    /// Of those, how many arrived there with each TTL.
     public private(set) var ttlThere: [Int: Int] = [:]
     /// Replies whose traffic class and TTL here the kernel reported, by value.
     public private(set) var reportedHere = 0
+    /// Of those, how many arrived here with each traffic class byte.
     public private(set) var classHere: [UInt8: Int] = [:]
+    /// Of those, how many arrived here with each TTL.
     public private(set) var ttlHere: [Int: Int] = [:]
-    /// Probes that arrived at the far end marked CE (congestion experienced on the way there), and replies marked CE
-    /// here that the far end had not sent as CE (on the way back). `ceHereUnattributed`: CE here with nothing to
-    /// say whether the far end sent it so.
+    /// Probes that arrived at the far end marked CE: congestion experienced on the way there.
     public private(set) var ceThere = 0
+    /// Replies marked CE here that the far end had not sent as CE: congestion on the way back.
     public private(set) var ceBack = 0
+    /// Replies marked CE here with nothing to say whether the far end sent them so.
     public private(set) var ceHereUnattributed = 0
     /// The traffic class the far end sent replies back with, where known, by byte.
     public private(set) var classSentBack: [UInt8: Int] = [:]

@@ -72,6 +72,7 @@ public enum PathMTUDiscovery {
         public var size: Int
         /// Which try at this size (1...attempts).
         public var attempt: Int
+        /// What came of it: an echo, an ICMP message or a local refusal saying it was too big, a cut echo, or nothing.
         public var outcome: Outcome
     }
 
@@ -107,7 +108,9 @@ public enum PathMTUDiscovery {
     /// Searches; returns once the largest size is found and confirmed, or throws ``EchoError/timeout(_:peer:)``
     /// when no size at all is answered, ``EchoError/refused(peer:)`` when nothing listens.
     ///
-    /// - Parameter onProbe: Called after each probe, from the probing thread.
+    /// - Parameters:
+    ///   - configuration: The target, how long to wait for each probe and how many probes to send at most.
+    ///   - onProbe: Called after each probe, from the probing thread.
     public static func run(
         _ configuration: Configuration,
         onProbe: (@Sendable (Probe) -> Void)? = nil

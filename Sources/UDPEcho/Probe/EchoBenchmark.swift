@@ -180,7 +180,9 @@ public enum EchoBenchmark {
     /// Runs the load; returns when the duration (or count) is reached and every request is answered or lost, or when
     /// the task is cancelled (then the requests in flight count as lost).
     ///
-    /// - Parameter onProgress: Called once a second from the load thread.
+    /// - Parameters:
+    ///   - configuration: The target, the load and how to measure it.
+    ///   - onProgress: Called once a second from the load thread.
     public static func run(
         _ configuration: Configuration,
         onProgress: (@Sendable (ProbeProgress) -> Void)? = nil

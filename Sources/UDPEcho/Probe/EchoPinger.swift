@@ -38,6 +38,7 @@ public enum EchoPinger {
         /// ECMP hashing sends each port over one of the equal-cost paths, and the result has each flow's loss and
         /// round trips (``EchoBenchmark/Result/flows``) when there is more than one.
         public var flows: Int
+        /// The most flows a run can spread its probes over.
         public static let maximumFlows = 64
 
         /// A configuration; the defaults are ping's: a probe a second of 64 bytes, until cancelled.
@@ -82,6 +83,7 @@ public enum EchoPinger {
     /// counts as lost, as ping's does).
     ///
     /// - Parameters:
+    ///   - configuration: What to ping, how often and how long to wait.
     ///   - onStart: Called once, before the first probe, with the clock that measures the run (the kernel's unless
     ///     it could not be had).
     ///   - onEvent: Called for each probe's outcome, from the pinging thread.

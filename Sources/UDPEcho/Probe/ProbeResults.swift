@@ -22,6 +22,7 @@ public struct ProbeCounts: Sendable, Equatable, Codable {
     /// as lost.
     public var refused = 0
 
+    /// No counts yet.
     public init() {}
 }
 
@@ -79,6 +80,7 @@ public struct Jitter: Sendable {
     /// in nanoseconds; with several flows, the mean of theirs.
     public var rfc3550: Double = 0
 
+    /// No jitter measured yet.
     public init() {}
 }
 
@@ -93,6 +95,7 @@ public enum TimestampSource: String, Sendable, CaseIterable, Codable, CustomStri
     /// The network card's clock (`SO_TIMESTAMPING` hardware), where the card and its driver offer it.
     case hardware
 
+    /// The source's name, as `--timestamps` takes it.
     public var description: String { self.rawValue }
 
     /// How the source is named in outputs: "kernel timestamps (SO_TIMESTAMPING)".

@@ -64,7 +64,10 @@ public struct StampLayout: Sendable, Equatable {
 /// The two timestamp formats of STAMP: NTP's 64 bits (seconds since 1900 and a binary fraction) and PTPv2's truncated
 /// 64 bits (seconds since 1970 on TAI, and nanoseconds), told apart by the Z bit of the error estimate.
 public enum StampTimestampFormat: String, Sendable, CaseIterable, Codable {
-    case ntp, ptp
+    /// NTP: seconds since 1900 and a binary fraction of a second (RFC 5905), STAMP's default.
+    case ntp
+    /// PTPv2 truncated: seconds since 1970 on TAI, and nanoseconds.
+    case ptp
 
     /// Seconds from 1900 (NTP's era 0) to 1970.
     static let ntpEpochOffset: UInt64 = 2_208_988_800
@@ -99,11 +102,16 @@ public enum StampTimestampFormat: String, Sendable, CaseIterable, Codable {
 /// UTC by an external source (S), the timestamp format (Z), and an error bound of `multiplier * 2^(scale - 32)`
 /// seconds.
 public struct StampErrorEstimate: Sendable, Equatable {
+    /// S: the clock is synchronized to UTC by an external source.
     public var synchronized: Bool
+    /// Z: the format of the timestamps.
     public var format: StampTimestampFormat
+    /// The error bound's exponent (6 bits).
     public var scale: UInt8
+    /// The error bound's multiplier.
     public var multiplier: UInt8
 
+    /// An estimate from its fields.
     public init(synchronized: Bool, format: StampTimestampFormat, scale: UInt8, multiplier: UInt8) {
         self.synchronized = synchronized
         self.format = format

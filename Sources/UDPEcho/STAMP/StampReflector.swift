@@ -23,6 +23,7 @@ public struct StampReflectorConfiguration: Sendable {
     /// The default STAMP port (RFC 8762 §4.1).
     public static let defaultPort = 862
 
+    /// A reflector's settings; the defaults reflect unauthenticated packets, stateless, with NTP timestamps.
     public init(
         key: StampKey? = nil,
         stateful: Bool = false,

@@ -18,6 +18,7 @@ public struct StampSenderConfiguration: Sendable {
     /// T1's format.
     public var timestampFormat: StampTimestampFormat
 
+    /// A sender's settings; the defaults send unauthenticated packets with NTP timestamps and no TLVs.
     public init(
         key: StampKey? = nil,
         ssid: UInt16 = UInt16.random(in: 1...UInt16.max),
@@ -63,11 +64,14 @@ public struct StampSenderConfiguration: Sendable {
 public struct StampReply: Sendable, Equatable {
     /// Which probe: its sequence number (this run's), the reply's size.
     public var sequence: UInt64
+    /// The reply's size in bytes.
     public var bytes: Int
-    /// The round trip (as ``ProbeEvent/reply(sequence:bytes:roundTrip:lateness:outOfOrder:)``), and how late the
+    /// The round trip (as ``ProbeEvent/reply(sequence:bytes:roundTrip:lateness:outOfOrder:marks:)``), and how late the
     /// probe left, in nanoseconds.
     public var roundTrip: Int64
+    /// How late the probe left against its schedule, in nanoseconds.
     public var lateness: Int64
+    /// Whether a probe sent later was answered first.
     public var outOfOrder: Bool
     /// The reflector's own sequence number: the sender's copied (stateless) or its counter (stateful).
     public var reflectorSequence: UInt32
@@ -76,6 +80,7 @@ public struct StampReply: Sendable, Equatable {
     /// T2 - T1 and T4 - T3: forward and backward delay (nanoseconds). They compare two clocks, so they mean
     /// something only when both are synchronized; their difference shows the offset between the clocks.
     public var forwardDelay: Int64
+    /// T4 - T3: the backward delay (nanoseconds).
     public var backwardDelay: Int64
     /// The TTL or hop limit the test packet arrived at the reflector with.
     public var ttlAtReflector: UInt8

@@ -6,6 +6,7 @@ public struct SignedTimes: Sendable {
     private var negative = RoundTripTimes()
     private var sum: Double = 0
 
+    /// No times yet.
     public init() {}
 
     mutating func record(_ nanoseconds: Int64) {
@@ -13,7 +14,9 @@ public struct SignedTimes: Sendable {
         self.sum += Double(nanoseconds)
     }
 
+    /// How many times were recorded.
     public var count: Int { self.positive.count + self.negative.count }
+    /// Their mean, in nanoseconds (negative when the times below 0 outweigh the others).
     public var mean: Double { self.count == 0 ? 0 : self.sum / Double(self.count) }
 
     /// The time at `percentile` (0...100), nanoseconds; 0 without samples.
@@ -36,11 +39,14 @@ public struct StampStatistics: Sendable {
     public var reflectorTime = RoundTripTimes()
     /// T2 - T1 and T4 - T3: forward and backward delay, meaningful only between synchronized clocks.
     public var forwardDelay = SignedTimes()
+    /// T4 - T3: the backward delay.
     public var backwardDelay = SignedTimes()
     /// How many replies reported each TTL at the reflector, each TOS byte at the reflector (Class of Service TLV) and
     /// here.
     public var ttlAtReflector: [UInt8: Int] = [:]
+    /// Replies by the TOS byte their test packet arrived at the reflector with (Class of Service TLV).
     public var tosAtReflector: [UInt8: Int] = [:]
+    /// Replies by the TOS byte they arrived here with.
     public var tosHere: [UInt8: Int] = [:]
     /// The reflector's last error estimate: its clock's synchronization and its timestamp format.
     public var reflectorErrorEstimate: StampErrorEstimate?
@@ -52,8 +58,10 @@ public struct StampStatistics: Sendable {
     /// is stateful: it counts what it received, so the difference is what was lost on the way there).
     var highestSenderSequence: Int64 = -1
     var highestReflectorSequence: Int64 = -1
+    /// Whether the reflector's sequence numbers ever differed from ours: it is stateful, and counts what it received.
     public private(set) var reflectorCounts = false
 
+    /// Statistics before the first reply.
     public init() {}
 
     mutating func record(_ reply: StampReply) {

@@ -42,6 +42,7 @@ public enum DropReason: String, CaseIterable, Sendable, Hashable, CustomStringCo
     /// STAMP: not a test packet: shorter than a TWAMP-Light sender's 14-byte header, or, authenticated, than 112.
     case malformed
 
+    /// The reason's name, as the `reason` label of the metrics and the summary's fields have it.
     public var description: String { self.rawValue }
 
     /// The reasons in a fixed order, built once: a drop on the serving path looks its reason up here rather than
@@ -86,6 +87,7 @@ public struct EchoServerStatistics: Sendable, Equatable {
     /// All datagrams received but not echoed.
     public var dropped: Int { self.drops.values.reduce(0, +) }
 
+    /// All counters at zero.
     public init() {}
 }
 

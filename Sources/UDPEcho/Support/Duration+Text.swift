@@ -5,6 +5,7 @@ public struct DurationParseError: Error, CustomStringConvertible, Equatable {
     /// What is wrong with it.
     public var reason: String
 
+    /// What is wrong with the duration, and what a valid one looks like.
     public var description: String {
         "'\(self.text)' is not a duration: \(self.reason); write a number with a unit, for example 500ms, 2s, 1m or 1m30s"
     }

@@ -27,6 +27,7 @@ public enum EchoError: Error, CustomStringConvertible {
     /// A setting is out of its range; the text says which and why.
     case invalidConfiguration(String)
 
+    /// What went wrong, in words a person can act on.
     public var description: String {
         switch self {
         case .nameNotResolved(let host, let reason):
