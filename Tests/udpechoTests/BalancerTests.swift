@@ -122,6 +122,19 @@ struct BalancedHosts: NamespaceHosts {
         if result.status != 0 { throw SetupError(description: "nft -f: \(result.error)") }
     }
 
+    /// Starts `udpecho server` on every backend, on every address at ``port``, printing a line for every datagram.
+    func startServers() async throws -> [Spawned] {
+        var servers: [Spawned] = []
+        for backend in self.backends {
+            let (server, _) = try await startServer(
+                ["--address", ":\(Self.port)", "--lines-per-second", "0"],
+                inNamespace: backend
+            )
+            servers.append(server)
+        }
+        return servers
+    }
+
     /// Starts the balancing client in the client's namespace (see ``pythonBalancedClient``).
     func startClient(flows: Int, count: Int, interval: Double, wait: Double = 10) throws -> Spawned {
         try Spawned(
@@ -277,14 +290,7 @@ let goSeed: String? = {
     @Test(.enabled(if: BalancedHosts.available && conntrackAvailable, "needs root, ip, nft and conntrack"))
     func nftablesDNATSpreadsAndLosesOnlyWhatWasInFlightToAStoppedBackend() async throws {
         try await withHosts(try await BalancedHosts(.dnat)) { hosts in
-            var servers: [Spawned] = []
-            for backend in hosts.backends {
-                let (server, _) = try await startServer(
-                    ["--address", ":\(BalancedHosts.port)", "--lines-per-second", "0"],
-                    inNamespace: backend
-                )
-                servers.append(server)
-            }
+            let servers = try await hosts.startServers()
             defer { for server in servers { server.signal(SIGKILL) } }
             try await hosts.nftOnBalancer(
                 """
@@ -363,14 +369,7 @@ let goSeed: String? = {
     )
     func nginxStreamModuleProxiesToTwoBackends() async throws {
         try await withHosts(try await BalancedHosts(.proxy)) { hosts in
-            var servers: [Spawned] = []
-            for backend in hosts.backends {
-                let (server, _) = try await startServer(
-                    ["--address", ":\(BalancedHosts.port)", "--lines-per-second", "0"],
-                    inNamespace: backend
-                )
-                servers.append(server)
-            }
+            let servers = try await hosts.startServers()
             defer { for server in servers { server.signal(SIGKILL) } }
             let directory = FileManager.default.temporaryDirectory.appendingPathComponent("udpecho-nginx-\(getpid())")
             try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -417,14 +416,7 @@ let goSeed: String? = {
     @Test(.enabled(if: BalancedHosts.available, "needs root, ip and nft"))
     func directServerReturnNeedsRepliesFromTheVirtualAddress() async throws {
         try await withHosts(try await BalancedHosts(.directServerReturn)) { hosts in
-            var servers: [Spawned] = []
-            for backend in hosts.backends {
-                let (server, _) = try await startServer(
-                    ["--address", ":\(BalancedHosts.port)", "--lines-per-second", "0"],
-                    inNamespace: backend
-                )
-                servers.append(server)
-            }
+            let servers = try await hosts.startServers()
             let client = try hosts.startClient(flows: 16, count: 160, interval: 0.005)
             #expect(await client.waitForExit(timeout: 30) == 0, "\(client.errorText)")
             let run = try BalancedRun(client)

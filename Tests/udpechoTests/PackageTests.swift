@@ -43,6 +43,7 @@ let socketActivationRun = """
     output=$(mktemp)
     systemd-socket-activate --datagram --listen "$port" "$@" > "$output" 2>&1 &
     server=$!
+    for _ in $(seq 200); do grep -q '^Listening on' "$output" && break; sleep 0.05; done
     for address in 127.0.0.1 '[::1]'; do
       printf 'through the package\\n' | /usr/bin/udpecho client --address "$address:$port" --timeout 5s
       echo "client-status $?"
