@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds udpecho_VERSION_amd64.deb with dpkg-deb: the release binary with the Swift runtime linked in
-# (--static-swift-stdlib: it runs without a Swift toolchain), man pages and shell completions generated from the
+# (-static-stdlib: it runs without a Swift toolchain), man pages and shell completions generated from the
 # argument-parser definitions (so they never drift from --help), the systemd units, a copyright file and a changelog.
 #
 # usage: scripts/package-deb.sh [OUTPUT-DIRECTORY]      (default: .build/deb)
@@ -15,10 +15,14 @@ package=udpecho
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
 
-binary=$(swift build -c release --static-swift-stdlib --scratch-path "$scratch" --package-path "$here" --show-bin-path)/udpecho
+# The runtime is linked in with -Xswiftc -static-stdlib, which is what --static-swift-stdlib does, but as a build
+# setting that `swift package` also takes: the documentation (PackageTests) then builds in the same folder without
+# compiling everything again.
+static=(-c release -Xswiftc -static-stdlib --scratch-path "$scratch" --package-path "$here")
+binary=$(swift build "${static[@]}" --show-bin-path)/udpecho
 rm -f "$binary"  # always linked again here, with the runtime in it
-swift build -c release --product udpecho --static-swift-stdlib --scratch-path "$scratch" --package-path "$here" >&2
-if ldd "$binary" | grep -q libswift; then
+swift build "${static[@]}" --product udpecho >&2
+if ldd "$binary" | grep -qE 'libswift|libFoundation|libdispatch|libBlocksRuntime'; then
   echo "package-deb: the binary still links the Swift runtime dynamically" >&2
   exit 1
 fi
@@ -31,8 +35,7 @@ strip --strip-unneeded --remove-section=.comment --remove-section=.note "$root/u
 
 # Manuals: one page per command, from the same definitions as --help: argument-parser's generate-manual reads them
 # from the binary being packaged, and packaging/manual.awk makes the pages what man and lintian expect.
-swift build -c release --product generate-manual --static-swift-stdlib --scratch-path "$scratch" \
-  --package-path "$here" >&2
+swift build "${static[@]}" --product generate-manual >&2
 manuals=$(mktemp -d)
 "$(dirname "$binary")/generate-manual" "$binary" --multi-page --date "$(date -u +%Y-%m-%d)" \
   --authors "the udpecho developers" --output-directory "$manuals" >&2

@@ -187,7 +187,8 @@ let swiftDriver = ["/opt/swift/usr/bin/swift", "/usr/bin/swift"].first {
             "/usr/bin/nice",
             [
                 "-n", "19", swiftDriver!, "package", "--package-path", packageRoot.path, "--scratch-path",
-                packageRoot.appendingPathComponent(".build-static").path, "-c", "release", "generate-documentation",
+                packageRoot.appendingPathComponent(".build-static").path, "-c", "release", "-Xswiftc", "-static-stdlib",
+                "generate-documentation",
                 "--target", "UDPEcho",
             ],
             timeout: 840
