@@ -92,6 +92,14 @@ public final class MetricsEndpoint: Service, Sendable {
         self.connections = connections
         self.channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            // At most 4 KiB a read: a request is a few hundred bytes, and every request one read brings in is
+            // parsed and queued behind the response in progress, so a client pipelining requests it never reads
+            // the answers to could otherwise queue some 1,700 requests a read (64 KiB), which cost memory and,
+            // once it is gone, CPU to throw away.
+            .childChannelOption(
+                .recvAllocator,
+                value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 1024, maximum: 4096)
+            )
             .childChannelInitializer { channel in
                 guard connections.loadThenWrappingIncrement(ordering: .relaxed) < configuration.maximumConnections
                 else {
