@@ -61,12 +61,15 @@ struct MTUCommand: AsyncParsableCommand {
         let peer = address.hostPortDescription
         let json = self.json
         if !json { Stream.out.line("MTU \(peer): probing with DF set, sizes of UDP payload") }
-        let found = await Self.search(address, timeout: self.timeout, attempts: self.attempts, print: !json)
+        let print = !json
         let result: PathMTUDiscovery.Result
-        switch found {
-        case .success(let value):
-            result = value
-        case .failure(let error):
+        do {
+            result = try await PathMTUDiscovery.run(
+                .init(target: address, probeTimeout: self.timeout, attempts: self.attempts)
+            ) { probe in
+                if print { Stream.out.line(probe.line) }
+            }
+        } catch {
             // No answer at any size, or nothing listening: the measurement failed (1); anything else is setup (2).
             switch error {
             case .timeout, .refused:
@@ -105,26 +108,6 @@ struct MTUCommand: AsyncParsableCommand {
         if let local = result.localMTU { how += "; the local interface sends at most \(local) bytes" }
         if !result.confirmed { how += "; not confirmed (the probe limit was reached)" }
         Stream.out.line(how)
-    }
-}
-
-extension MTUCommand {
-    static func search(
-        _ address: SocketAddress,
-        timeout: Duration,
-        attempts: Int,
-        print: Bool
-    ) async -> Result<PathMTUDiscovery.Result, EchoError> {
-        do {
-            return .success(
-                try await PathMTUDiscovery.run(.init(target: address, probeTimeout: timeout, attempts: attempts)) {
-                    probe in
-                    if print { Stream.out.line(probe.line) }
-                }
-            )
-        } catch {
-            return .failure(error)
-        }
     }
 }
 

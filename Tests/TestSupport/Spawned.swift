@@ -117,6 +117,21 @@ public final class Spawned: @unchecked Sendable {
             .map(String.init)
     }
 
+    /// Runs a process to completion on this thread (for clean-up in a `defer`, where nothing can be awaited): its
+    /// exit status (-1 if it could not start) and standard output; standard error is discarded.
+    public static func runBlocking(_ executable: String, _ arguments: [String]) -> (status: Int32, output: String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = FileHandle.nullDevice
+        guard (try? process.run()) != nil else { return (-1, "") }
+        let data = output.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+    }
+
     /// Runs a process to completion with `input` on its standard input.
     public static func run(
         _ executable: String,

@@ -388,7 +388,6 @@ let goSeed: String? = {
             )
             defer {
                 nginx.signal(SIGQUIT)
-                _ = nginx.process.isRunning
             }
 
             let client = try hosts.startClient(flows: 8, count: 200, interval: 0.005)

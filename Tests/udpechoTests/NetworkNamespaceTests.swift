@@ -129,6 +129,28 @@ struct SetupError: Error, CustomStringConvertible {
     var description: String
 }
 
+/// A test host of our own with only loopback, for a server that must listen on a fixed port (the unit's port 7, its
+/// metrics port) without meeting anything else on this machine.
+struct LoopbackHost: NamespaceHosts {
+    let name = "udpecho-lo-\(uniqueHostID())"
+
+    init() async throws {
+        try await setUp(
+            [["netns", "add", self.name], ["-n", self.name, "link", "set", "lo", "up"]],
+            namespaces: [self.name]
+        )
+    }
+
+    var namespaces: [String] { [self.name] }
+
+    /// The processes running in this host (`ip netns pids`).
+    func processes() -> [Int32] {
+        Spawned.runBlocking(TestNetwork.ip, ["netns", "pids", self.name]).output.split(separator: "\n").compactMap {
+            Int32($0)
+        }
+    }
+}
+
 /// One test host of our own with a firewall: a network namespace with only loopback, and an nftables table whose
 /// output chain (drops there fail the sender's call with EPERM) and input chain (drops there are silent, as losses
 /// in a network are) the test fills.

@@ -6,34 +6,6 @@ import Testing
 import Glibc
 #endif
 
-/// A test host of our own with only loopback, for a server that must listen on a fixed port (the unit's port 7, its
-/// metrics port) without meeting anything else on this machine.
-struct LoopbackHost: NamespaceHosts {
-    let name = "udpecho-lo-\(uniqueHostID())"
-
-    init() async throws {
-        try await setUp(
-            [["netns", "add", self.name], ["-n", self.name, "link", "set", "lo", "up"]],
-            namespaces: [self.name]
-        )
-    }
-
-    var namespaces: [String] { [self.name] }
-
-    /// The processes running in this host (`ip netns pids`).
-    func processes() -> [Int32] {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: TestNetwork.ip)
-        process.arguments = ["netns", "pids", self.name]
-        let output = Pipe()
-        process.standardOutput = output
-        guard (try? process.run()) != nil else { return [] }
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return String(decoding: data, as: UTF8.self).split(separator: "\n").compactMap { Int32($0) }
-    }
-}
-
 /// Inside a host of its own: starts `COMMAND...` as systemd's socket unit would (`systemd-socket-activate` with a
 /// datagram socket on PORT, every address), echoes a line through it over IPv4 and IPv6 with the installed client,
 /// stops it with SIGTERM as systemd does and prints its output and exit status.
@@ -112,7 +84,7 @@ let swiftDriver = ["/opt/swift/usr/bin/swift", "/usr/bin/swift"].first {
             try #require(build.status == 0, "package-deb.sh failed: \(build.error.suffix(3000))")
             deb = try #require(build.lines.last, "package-deb.sh named no package")
         }
-        #expect(deb.hasSuffix("_amd64.deb") || deb.hasSuffix(".deb"))
+        #expect(deb.hasSuffix(".deb"), "\(deb)")
 
         let listing = try await Spawned.run("/usr/bin/dpkg-deb", ["--contents", deb])
         let contents = Set(listing.lines.compactMap { $0.split(separator: " ").last.map { String($0.dropFirst()) } })
@@ -128,7 +100,7 @@ let swiftDriver = ["/opt/swift/usr/bin/swift", "/usr/bin/swift"].first {
         let install = try await Spawned.run("/usr/bin/dpkg", ["-i", deb], timeout: 120)
         try #require(install.status == 0, "dpkg -i: \(install.error)")
         var removed = false
-        defer { if !removed { _ = Process.launchQuietly("/usr/bin/dpkg", ["-r", "udpecho"]) } }
+        defer { if !removed { _ = Spawned.runBlocking("/usr/bin/dpkg", ["-r", "udpecho"]) } }
 
         let libraries = try await Spawned.run("/usr/bin/ldd", ["/usr/bin/udpecho"])
         #expect(!libraries.lines.contains { $0.contains("libswift") || $0.contains("libFoundation") }, "\(libraries)")
@@ -171,8 +143,9 @@ let swiftDriver = ["/opt/swift/usr/bin/swift", "/usr/bin/swift"].first {
         #expect(removal.status == 0, "dpkg -r: \(removal.error)")
         removed = true
         let status = try await Spawned.run("/usr/bin/dpkg-query", ["--show", "--showformat=${Status}", "udpecho"])
-        #expect(!status.lines.joined().contains("installed") || status.lines.joined().contains("not-installed"))
-        #expect(!status.lines.joined().contains("config-files"))
+        // Unknown to dpkg, or known as not installed: no config-files state left either.
+        let state = status.lines.joined()
+        #expect(state.isEmpty || state.hasSuffix("not-installed"), "\(state)")
         for file in contents where !file.hasSuffix("/") {
             #expect(!FileManager.default.fileExists(atPath: file), "\(file) is left after dpkg -r")
         }
@@ -204,19 +177,5 @@ let swiftDriver = ["/opt/swift/usr/bin/swift", "/usr/bin/swift"].first {
         for page in ["gettingstarted.json", "echoserver.json", "echoclient.json", "echopinger.json"] {
             #expect(FileManager.default.fileExists(atPath: archive.appendingPathComponent(page).path), "\(page)")
         }
-    }
-}
-
-extension Process {
-    /// Runs a command to completion, output discarded (clean-up after a failed test).
-    static func launchQuietly(_ executable: String, _ arguments: [String]) -> Int32 {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        guard (try? process.run()) != nil else { return -1 }
-        process.waitUntilExit()
-        return process.terminationStatus
     }
 }
