@@ -41,7 +41,8 @@ struct ServerCommand: AsyncParsableCommand {
 
             With --protocol stamp it answers as a STAMP Session-Reflector (RFC 8762, RFC 8972) on port 862: each \
             test packet comes back with the time it arrived (from the kernel) and the time it left, the TTL and \
-            DSCP it arrived with, and its TLVs filled in, so that `udpecho ping --stamp` (or a router's STAMP or \
+            DSCP it arrived with, and its TLVs filled in (a Class of Service TLV's DSCP request is honoured only with \
+            --reflect-tos), so that `udpecho ping --stamp` (or a router's STAMP or \
             TWAMP-Light sender) gets forward and backward delay apart. Test packets from port 862 (another \
             reflector) and replies of its own coming back are dropped as loops.
 
@@ -125,7 +126,7 @@ struct ServerCommand: AsyncParsableCommand {
 
     @Flag(
         help:
-            "Reply with the DSCP and ECN each datagram arrived with (CE goes back as ECT(0)), and tell a udpecho ping the TTL and marking its probe arrived with. Off by default: an echo server's replies otherwise carry the system's default marking, so a client cannot see how the path treats its marking on the way back, nor which way changed it. Datagrams are then taken one by one (no offload)."
+            "Reply with the DSCP and ECN each datagram arrived with (CE goes back as ECT(0)), and tell a udpecho ping the TTL and marking its probe arrived with; with --protocol stamp, reply with the DSCP a test packet's Class of Service TLV asks for (DSCP1). Off by default, because a forged source could choose the marking of replies sent to a victim (EF, CS7): replies carry the system's default marking, so a client cannot see how the path treats its marking on the way back, nor which way changed it, and a STAMP reflector says in the TLV (RP=1) that the request was not honoured. Echo datagrams are then taken one by one (no offload)."
     )
     var reflectTos = false
 
@@ -336,23 +337,25 @@ struct ServerCommand: AsyncParsableCommand {
             }
             return nil
         }
-        if self.reflectTos {
-            throw ValidationError(
-                "--reflect-tos is for echo: a STAMP reflector replies with the DSCP a sender's Class of Service TLV asks for, and says in it what arrived"
-            )
-        }
         var key: StampKey?
         if let path = self.stampKeyFile {
             do { key = try StampKey(contentsOfFile: path) } catch { throw ValidationError("\(error)") }
         }
-        return StampReflectorConfiguration(key: key, stateful: self.stampStateful, timestampFormat: self.stampTimestamp)
+        return StampReflectorConfiguration(
+            key: key,
+            stateful: self.stampStateful,
+            timestampFormat: self.stampTimestamp,
+            honourClassOfService: self.reflectTos
+        )
     }
 
     private static func describe(_ stamp: StampReflectorConfiguration) -> String {
-        [
+        let parts = [
             stamp.key == nil ? "unauthenticated" : "authenticated", stamp.stateful ? "stateful" : "stateless",
             "\(stamp.timestampFormat.rawValue.uppercased()) timestamps",
-        ].joined(separator: ", ")
+        ]
+        return (parts + (stamp.honourClassOfService ? ["DSCP as the Class of Service TLV asks"] : []))
+            .joined(separator: ", ")
     }
 
     private func listenAddress() throws -> HostAndPort {

@@ -201,7 +201,7 @@ struct RoutedHosts: NamespaceHosts {
         try await withHosts(try await RoutedHosts()) { hosts in
             try await hosts.addRule("oifname \"\(hosts.towardsClient)\" ip dscp set 0")
             let (server, port) = try await startServer(
-                ["--address", "\(hosts.serverAddress):0", "--protocol", "stamp", "--quiet"],
+                ["--address", "\(hosts.serverAddress):0", "--protocol", "stamp", "--quiet", "--reflect-tos"],
                 inNamespace: hosts.server
             )
             let ping = try await hosts.udpechoOnClient([

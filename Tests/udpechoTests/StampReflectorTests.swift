@@ -120,6 +120,70 @@ let pythonStampSender = """
     print(json.dumps(out), flush=True)
     """
 
+/// HMAC TLVs against an authenticated reflector: `hmac-tlvs.py PORT KEY MODE`. `placement`: one HMAC TLV after
+/// Extra Padding (verified and signed again), one followed by another TLV, and two of them (RFC 8972 §4.8: out of
+/// place, flagged I); `flood`: 20 test packets of 65,507 bytes, each a valid base packet with 3,269 HMAC TLVs, then
+/// an honest packet whose wait for its reply is timed. Prints JSON.
+let pythonHMACTLVs = """
+    import hmac, hashlib, json, os, socket, struct, sys, time
+    port, key, mode = int(sys.argv[1]), sys.argv[2].encode(), sys.argv[3]
+    NTP = 2208988800
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    s.settimeout(5)
+    def mac(data): return hmac.new(key, data, hashlib.sha256).digest()[:16]
+    def base(seq):
+        b = struct.pack("!I12xQHH68x", seq, int(time.time() + NTP) << 32, 0x0001, 9)
+        return b + mac(b)
+    def tlv(kind, value, flags=0): return struct.pack("!BBH", flags, kind, len(value)) + value
+    def reflect(packet):
+        s.sendto(packet, ("127.0.0.1", port))
+        return s.recv(70000)
+    def tlvs_of(data):
+        out, offset = [], 112
+        while offset + 4 <= len(data):
+            flags, kind, length = struct.unpack("!BBH", data[offset:offset + 4])
+            out.append((offset, flags, kind, length))
+            offset += 4 + length
+        return out
+    if mode == "placement":
+        b = base(1)
+        padding = tlv(1, bytes(8))
+        # Extra Padding, then one HMAC TLV over our sequence number and the TLVs before it: verified, signed again.
+        good = b + padding + tlv(8, mac(b[:4] + padding)) + tlv(1, bytes(4))
+        reply = reflect(good)
+        found = tlvs_of(reply)
+        hmac_at = found[1][0]
+        out = {"good_flags": [f for _, f, _, _ in found],
+               "good_signed": reply[hmac_at + 4:hmac_at + 20] == mac(reply[:4] + reply[112:hmac_at])}
+        # An HMAC TLV followed by a Class of Service TLV: out of place (RFC 8972 §4.8), flagged I though its HMAC is right.
+        b = base(2)
+        misplaced = b + tlv(8, mac(b[:4])) + tlv(4, bytes(4))
+        out["misplaced_flags"] = [f for _, f, _, _ in tlvs_of(reflect(misplaced))]
+        # Two HMAC TLVs, both right for where they are: the second is one too many.
+        b = base(3)
+        first = tlv(8, mac(b[:4]))
+        out["two_flags"] = [f for _, f, _, _ in tlvs_of(reflect(b + first + tlv(8, mac(b[:4] + first))))]
+        print(json.dumps(out), flush=True)
+    elif mode == "flood":
+        # The attack: one valid base packet (as if captured) with 3,269 HMAC TLVs filling 65,507 bytes, replayed 20
+        # times with different trailing bytes; then an honest probe, whose wait is timed.
+        b = base(4)
+        count = (65507 - len(b)) // 20
+        t0 = time.monotonic()
+        for i in range(20):
+            s.sendto(b + b"".join(tlv(8, os.urandom(16)) for _ in range(count)), ("127.0.0.1", port))
+        sent = time.monotonic()
+        s.sendto(base(5), ("127.0.0.1", port))
+        big = 0
+        while True:
+            data = s.recv(70000)
+            if len(data) == 112: break
+            big += 1
+        waited = time.monotonic() - sent
+        print(json.dumps({"big_replies_before": big, "honest_wait_ms": waited * 1000}), flush=True)
+    """
+
 /// Runs the scapy sender against a reflector on `port`; returns its JSON.
 func stampExchange(_ port: Int, _ mode: String, key: String? = nil) async throws -> [String: Any] {
     let result = try await Spawned.run(
@@ -190,7 +254,8 @@ func stampExchange(_ port: Int, _ mode: String, key: String? = nil) async throws
     /// with what was asked), Location (the ports and addresses seen), Timestamp Information, an unknown type (U) and
     /// a TLV whose length runs past the packet (M).
     @Test func reflectsTLVsInPlace() async throws {
-        let (server, port) = try await self.reflector()
+        let (server, port) = try await self.reflector(["--reflect-tos"])
+        #expect(server.outputLines.first?.contains("DSCP as the Class of Service TLV asks") == true)
         let reply = try await stampExchange(port, "tlvs")
         #expect(reply["length"] as? Int == reply["request_length"] as? Int)
         // DSCP1 as asked (46), DSCP2 and ECN as received (DSCP 10, CE), RP 0: 46 << 10 | 10 << 4 | 3 << 2.
@@ -205,6 +270,19 @@ func stampExchange(_ port: Int, _ mode: String, key: String? = nil) async throws
         #expect(reply["unknown_flags"] as? Int == 0x80 && reply["unknown_value"] as? String == "ab")
         #expect(reply["truncated_flags"] as? Int == 0x40, "\(reply)")
         #expect(reply["tail"] as? [Int] == [0x40, 1, 0, 20, 9, 9, 9, 9])
+        server.signal(SIGINT)
+        #expect(await server.waitForExit() == 0)
+    }
+
+    /// By default the reflector does not let a sender choose its reply's DSCP (a forged source could have EF or CS7
+    /// sent to a victim): the Class of Service TLV says so (RP 1) and still reports what arrived (DSCP2, ECN); the
+    /// reply leaves with the system's marking.
+    @Test func aClassOfServiceRequestIsDeclinedByDefault() async throws {
+        let (server, port) = try await self.reflector()
+        let reply = try await stampExchange(port, "tlvs")
+        // DSCP1 as asked (46), DSCP2 and ECN as received (DSCP 10, CE), RP 1: 46 << 10 | 10 << 4 | 3 << 2 | 1.
+        #expect(reply["cos"] as? [Int] == [0xB8, 0xAD, 0, 0], "\(reply)")
+        #expect(reply["reply_tos"] as? Int == 0, "\(reply)")
         server.signal(SIGINT)
         #expect(await server.waitForExit() == 0)
     }
@@ -228,6 +306,44 @@ func stampExchange(_ port: Int, _ mode: String, key: String? = nil) async throws
         server.signal(SIGINT)
         #expect(await server.waitForExit() == 0)
         #expect(try summaryCounts(server)["auth"] == 1, "\(server.outputLines)")
+    }
+
+    /// RFC 8972 §4.8 places one HMAC TLV, after every TLV but Extra Padding: that one is verified and signed again
+    /// over the reply; an HMAC TLV out of place, or a second one, is flagged I (failed) without being computed.
+    @Test func oneHMACTLVIsVerifiedAndOthersAreFlagged() async throws {
+        let key = try stampKeyFile("k3y")
+        defer { try? FileManager.default.removeItem(at: key) }
+        let (server, port) = try await self.reflector(["--stamp-key-file", key.path])
+        let run = try await Spawned.run(python, ["python3", "-c", pythonHMACTLVs, "\(port)", "k3y", "placement"])
+        let line = try #require(run.lines.last, "\(run.error)")
+        let result = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+        #expect(result["good_flags"] as? [Int] == [0, 0, 0] && result["good_signed"] as? Bool == true, "\(result)")
+        #expect(result["misplaced_flags"] as? [Int] == [0x20, 0], "\(result)")
+        #expect(result["two_flags"] as? [Int] == [0x20, 0x20], "\(result)")
+        server.signal(SIGINT)
+        #expect(await server.waitForExit() == 0)
+    }
+
+    /// The amplification of the second attack review: a valid authenticated test packet (one captured packet is
+    /// enough, the base HMAC covers bytes 0-95 only) filled with 3,269 HMAC TLVs, replayed 20 times with other
+    /// trailing bytes. Each HMAC TLV was verified and signed over everything before it, a cost that grew with the
+    /// square of their number (177 ms of CPU per packet; an honest probe behind 20 of them waited 3 s). Now the
+    /// work is linear: the honest probe waits under 100 ms.
+    @Test func hmacTLVsCannotMakeAPacketExpensive() async throws {
+        let key = try stampKeyFile("k3y")
+        defer { try? FileManager.default.removeItem(at: key) }
+        let (server, port) = try await self.reflector(["--stamp-key-file", key.path])
+        let failure = try await firstPassingAttempt {
+            let run = try await Spawned.run(python, ["python3", "-c", pythonHMACTLVs, "\(port)", "k3y", "flood"])
+            let line = try #require(run.lines.last, "\(run.error)")
+            let result = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+            let waited = try #require(result["honest_wait_ms"] as? Double, "\(result)")
+            return waited < 100 ? nil : "the honest probe waited \(waited) ms behind 20 packets of HMAC TLVs"
+        }
+        #expect(failure == nil, "\(failure ?? "")")
+        server.signal(SIGINT)
+        #expect(await server.waitForExit() == 0)
+        #expect(try summaryCounts(server)["dropped"] == 0, "\(server.outputLines)")
     }
 
     /// TWAMP-Light senders may fill their padding with random bytes (as RFC 4656 advises for OWAMP's): whatever the

@@ -35,13 +35,16 @@ public struct StampKey: Sendable {
         self.outer = outer
     }
 
-    /// The HMAC-SHA-256 of `bytes`, its first 16 bytes passed to `body`.
+    /// The HMAC-SHA-256 of `bytes` followed by `more` (hashed where they lie, never copied), its first 16 bytes
+    /// passed to `body`.
     private func code<Result>(
         _ bytes: UnsafeRawBufferPointer,
+        _ more: UnsafeRawBufferPointer,
         _ body: (UnsafeRawBufferPointer) -> Result
     ) -> Result {
         var inner = self.inner
         inner.update(bufferPointer: bytes)
+        if !more.isEmpty { inner.update(bufferPointer: more) }
         var outer = self.outer
         inner.finalize().withUnsafeBytes { outer.update(bufferPointer: $0) }
         return outer.finalize().withUnsafeBytes { body(UnsafeRawBufferPointer(rebasing: $0.prefix(Self.macLength))) }
@@ -70,14 +73,23 @@ public struct StampKey: Sendable {
         try self.init(bytes: bytes)
     }
 
-    /// Writes the truncated HMAC of `bytes` at `destination`.
-    func sign(_ bytes: UnsafeRawBufferPointer, into destination: UnsafeMutableRawPointer) {
-        self.code(bytes) { destination.copyMemory(from: $0.baseAddress!, byteCount: Self.macLength) }
+    /// Writes the truncated HMAC of `bytes` followed by `more` at `destination`.
+    func sign(
+        _ bytes: UnsafeRawBufferPointer,
+        _ more: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0),
+        into destination: UnsafeMutableRawPointer
+    ) {
+        self.code(bytes, more) { destination.copyMemory(from: $0.baseAddress!, byteCount: Self.macLength) }
     }
 
-    /// Whether the 16 bytes at `mac` are the truncated HMAC of `bytes` (compared in constant time).
-    func verify(_ bytes: UnsafeRawBufferPointer, mac: UnsafeRawPointer) -> Bool {
-        self.code(bytes) { expected in
+    /// Whether the 16 bytes at `mac` are the truncated HMAC of `bytes` followed by `more` (compared in constant
+    /// time).
+    func verify(
+        _ bytes: UnsafeRawBufferPointer,
+        _ more: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0),
+        mac: UnsafeRawPointer
+    ) -> Bool {
+        self.code(bytes, more) { expected in
             var difference: UInt8 = 0
             for index in 0..<Self.macLength {
                 difference |= expected[index] ^ mac.load(fromByteOffset: index, as: UInt8.self)

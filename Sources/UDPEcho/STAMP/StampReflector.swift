@@ -19,6 +19,11 @@ public struct StampReflectorConfiguration: Sendable {
     public var timestampFormat: StampTimestampFormat
     /// Sessions remembered per serving thread in stateful mode (fixed memory).
     public var sessionTableSize: Int
+    /// Whether a sender's Class of Service TLV may choose the DSCP its reply leaves with (DSCP1, RFC 8972 §5.2).
+    /// Off by default: anyone can forge a test packet's source, and a reflector that honoured DSCP1 would send
+    /// EF or CS7 traffic where a forger asks. When off, the TLV's RP field is 1 (not honoured); what the test
+    /// packet arrived with (DSCP2, ECN) is reported either way.
+    public var honourClassOfService: Bool
 
     /// The default STAMP port (RFC 8762 §4.1).
     public static let defaultPort = 862
@@ -28,8 +33,10 @@ public struct StampReflectorConfiguration: Sendable {
         key: StampKey? = nil,
         stateful: Bool = false,
         timestampFormat: StampTimestampFormat = .ntp,
-        sessionTableSize: Int = 16384
+        sessionTableSize: Int = 16384,
+        honourClassOfService: Bool = false
     ) {
+        self.honourClassOfService = honourClassOfService
         self.key = key
         self.stateful = stateful
         self.timestampFormat = timestampFormat
@@ -148,7 +155,7 @@ struct StampReflector {
         if self.sessions != nil, let address = IPKey(peer) {
             sequence = self.sessions!.next(address, port: port, ssid: ssid, now: now)
         }
-        var requestedTOS: UInt8?
+        var tlvs = StampTLVs.Reflection()
         if replyLength > layout.size {
             let context = Self.context(
                 peer: peer,
@@ -157,12 +164,13 @@ struct StampReflector {
                 local: (self.localAddressBytes, self.localPort),
                 clock: self.clock
             )
-            requestedTOS = StampTLVs.reflect(
+            tlvs = StampTLVs.reflect(
                 packet,
                 from: layout.size,
                 to: replyLength,
                 context: context,
-                key: self.configuration.key
+                key: self.configuration.key,
+                honourDSCP: self.configuration.honourClassOfService
             )
         }
 
@@ -181,9 +189,9 @@ struct StampReflector {
         packet.storeBytes(of: UInt8(clamping: max(0, Int(info.ttl))), toByteOffset: layout.senderTTL, as: UInt8.self)
         if let key = self.configuration.key {
             key.sign(UnsafeRawBufferPointer(start: packet, count: layout.hmac!), into: packet + layout.hmac!)
-            if replyLength > layout.size { StampTLVs.sign(packet, from: layout.size, to: replyLength, key: key) }
+            if let tlv = tlvs.hmacTLV { StampTLVs.sign(packet, from: layout.size, tlv: tlv, key: key) }
         }
-        return .reply(length: replyLength, tos: requestedTOS)
+        return .reply(length: replyLength, tos: tlvs.requestedTOS)
     }
 
     private static func context(
