@@ -291,7 +291,8 @@ extension EchoBenchmark.Result {
             "sent \(counts.sent)  received \(counts.received)  lost \(counts.lost)  duplicate \(counts.duplicate)  "
                 + "corrupt \(counts.corrupt)  late \(counts.late)  reordered \(counts.reordered)"
                 + (counts.sendErrors > 0 ? "  send-errors \(counts.sendErrors)" : "")
-                + (counts.refused > 0 ? "  refused \(counts.refused)" : ""),
+                + (counts.refused > 0 ? "  refused \(counts.refused)" : "")
+                + (counts.impossible > 0 ? "  impossible \(counts.impossible)" : ""),
         ]
         if openLoop {
             lines.append(row("latency ms ", self.latencies, "  (from each request's scheduled send time)"))
@@ -325,7 +326,7 @@ enum BenchJSON {
         var elapsed_s: Double
         var active_s: Double
         var echoes_per_second: Double
-        var sent, received, lost, duplicate, corrupt, late, reordered, send_errors, refused: Int
+        var sent, received, lost, duplicate, corrupt, late, reordered, send_errors, refused, impossible: Int
         var timestamps: String
         var timestamp_fallbacks: Int
         var rtt_sampling: Int
@@ -379,6 +380,7 @@ enum BenchJSON {
                 reordered: counts.reordered,
                 send_errors: counts.sendErrors,
                 refused: counts.refused,
+                impossible: counts.impossible,
                 timestamps: result.timestamps.rawValue,
                 timestamp_fallbacks: result.timestampFallbacks,
                 rtt_sampling: result.roundTripSampling,

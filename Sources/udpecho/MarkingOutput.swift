@@ -90,6 +90,10 @@ extension MarkingStatistics {
                 + "(run it with --reflect-tos, or ping a STAMP reflector with --stamp)"
         }
         let there = self.forward.phrase("the way there", sent: sent)
+        guard self.backward != .unknown else {
+            return head + ": " + (there ?? "kept on the way there") + "; on the way back not known: \(far) did not "
+                + "send its replies with the DSCP asked of it, so what it sent is not known"
+        }
         let backSent = Self.commonDSCP(self.classSentBack) ?? sent
         let back = self.backward.phrase("the way back", sent: backSent)
         let changes = [there, back].compactMap { $0 }

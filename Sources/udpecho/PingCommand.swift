@@ -275,6 +275,8 @@ extension ProbeEvent {
         case .corrupt(let sequence, let bytes, let reason):
             let which = sequence.map { ": seq=\($0)" } ?? ""
             return "corrupt reply: \(bytes) bytes from \(peer)\(which): \(reason)"
+        case .impossible(let sequence, let bytes, let reason):
+            return "impossible reply: \(bytes) bytes from \(peer): seq=\(sequence): \(reason); left out of every figure"
         case .refused(let sequence):
             let which = sequence.map { " seq=\($0):" } ?? ""
             return "refused:\(which) \(peer) answered ICMP port unreachable (nothing listens there)"
@@ -288,11 +290,12 @@ extension EchoBenchmark.Result {
     /// ping's summary lines.
     func pingSummary(marked: Bool = false, far: String = "the server") -> [String] {
         let counts = self.counts
-        let loss = counts.sent == 0 ? 0 : Double(counts.sent - counts.received) / Double(counts.sent) * 100
+        let loss = counts.lossPercent
         var lines = [
             "\(counts.sent) transmitted, \(counts.received) received, \(Self.percent(loss)) loss, "
                 + "\(counts.duplicate) duplicates, \(counts.reordered) reordered, \(counts.corrupt) corrupt"
                 + (counts.late > 0 ? ", \(counts.late) late" : "")
+                + (counts.impossible > 0 ? ", \(counts.impossible) impossible" : "")
                 + (counts.refused > 0 ? ", \(counts.refused) refused" : "")
                 + (counts.sendErrors > 0
                     ? ", \(counts.sendErrors) not sent (\(String(cString: strerror(self.lastSendError))))" : "")
@@ -361,7 +364,7 @@ enum PingJSON {
     struct Summary: Encodable {
         var type = "summary"
         var target: String
-        var transmitted, received, lost, duplicates, reordered, corrupt, late, refused, not_sent: Int
+        var transmitted, received, lost, duplicates, reordered, corrupt, late, impossible, refused, not_sent: Int
         var not_sent_error: String?
         var loss_percent: Double
         var timestamps: String
@@ -439,6 +442,8 @@ enum PingJSON {
             )
         case .corrupt(let sequence, let bytes, let reason):
             value = Event(type: "corrupt", seq: sequence, bytes: bytes, reason: reason)
+        case .impossible(let sequence, let bytes, let reason):
+            value = Event(type: "impossible", seq: sequence, bytes: bytes, reason: reason)
         case .refused(let sequence):
             value = Event(type: "refused", seq: sequence)
         case .sendError(let code):
@@ -468,10 +473,11 @@ enum PingJSON {
                 reordered: counts.reordered,
                 corrupt: counts.corrupt,
                 late: counts.late,
+                impossible: counts.impossible,
                 refused: counts.refused,
                 not_sent: counts.sendErrors,
                 not_sent_error: counts.sendErrors > 0 ? String(cString: strerror(result.lastSendError)) : nil,
-                loss_percent: counts.sent == 0 ? 0 : Double(counts.sent - counts.received) / Double(counts.sent) * 100,
+                loss_percent: counts.lossPercent,
                 timestamps: result.timestamps.rawValue,
                 timestamp_fallbacks: result.timestampFallbacks,
                 stamp: result.stamp.map { StampSummary($0, sent: counts.sent, lost: counts.lost) },
@@ -513,6 +519,8 @@ struct StampSummary: Encodable {
     var lost_forward: Int?
     var lost_backward: Int?
     var lost_direction_unknown: Int?
+    var reflector_counter_restarts: Int?
+    var dscp_declined: Int
     var source_seen_by_reflector: String?
 
     init(_ stamp: StampStatistics, sent: Int, lost: Int) {
@@ -541,6 +549,8 @@ struct StampSummary: Encodable {
         self.lost_forward = loss?.forward
         self.lost_backward = loss?.backward
         self.lost_direction_unknown = loss?.unknown
+        self.reflector_counter_restarts = stamp.reflectorCounts ? stamp.counterRestarts : nil
+        self.dscp_declined = stamp.dscpDeclined
         self.source_seen_by_reflector = stamp.sourceSeenByReflector
     }
 }
@@ -589,10 +599,28 @@ extension StampStatistics {
                 ", back here " + self.tosHere.keys.sorted().map { "\($0 >> 2)/\($0 & 3)" }.joined(separator: ", ")
         }
         lines.append(reflector)
+        if self.dscpDeclined > 0 {
+            lines.append(
+                "stamp: the reflector declined the DSCP asked of it in \(self.dscpDeclined) replies (RP=1: they left with "
+                    + "its own marking; a udpecho reflector honours the request only with --reflect-tos)"
+            )
+        }
         if let loss = self.lossByDirection(sent: sent, lost: lost) {
             var line = "stamp: lost on the way there \(loss.forward), on the way back \(loss.backward)"
-            if loss.unknown > 0 { line += ", after the last reply \(loss.unknown) (which way, no later reply tells)" }
+            if loss.unknown > 0 {
+                line +=
+                    self.counterRestarts > 0
+                    ? ", which way unknown \(loss.unknown) (after the last reply, or where the counter restarted)"
+                    : ", after the last reply \(loss.unknown) (which way, no later reply tells)"
+            }
             lines.append(line + " (the reflector counts what it receives)")
+            if self.counterRestarts > 0 {
+                lines.append(
+                    "stamp: the reflector's counter went back or stood still \(self.counterRestarts) time\(self.counterRestarts == 1 ? "" : "s") "
+                        + "(its session restarted: evicted from its table, or the reflector restarted); losses are split "
+                        + "only within the runs between"
+                )
+            }
         } else if lost > 0 {
             lines.append(
                 "stamp: which way the \(lost) lost went is unknown: the reflector copies our sequence numbers (stateless), "

@@ -77,8 +77,16 @@ let pythonBurst = """
 
 /// Starts a Python peer and returns it with the port it printed.
 func startPythonServer(_ mode: String) async throws -> (Spawned, Int) {
-    let server = try Spawned(python, ["python3", "-c", pythonEchoServer, mode])
-    let line = try #require(await server.waitForLine { Int($0) != nil }, "the Python peer did not start")
+    try await startPythonPeer(pythonEchoServer, [mode])
+}
+
+/// Starts `script` with `arguments`, a Python peer whose first line is its port; returns it with the port.
+func startPythonPeer(_ script: String, _ arguments: [String]) async throws -> (Spawned, Int) {
+    let server = try Spawned(python, ["python3", "-c", script] + arguments)
+    let line = try #require(
+        await server.waitForLine { Int($0) != nil },
+        "the Python peer did not start: \(server.errorText)"
+    )
     return (server, Int(line)!)
 }
 

@@ -217,13 +217,37 @@ func stampKeyFile(_ key: String) throws -> URL {
         }
     }
 
+    /// A reflector that declines the DSCP asked of it (RP 1, udpecho's default): ping says so, and does not call
+    /// the way back kept (its replies leave with the reflector's own marking, which ping cannot know).
+    @Test func aDeclinedClassOfServiceLeavesTheWayBackUnknown() async throws {
+        let (server, port) = try await startServer(["--protocol", "stamp", "--address", "127.0.0.1:0", "-q"])
+        let ping = try await Spawned.run(
+            udpecho,
+            ["ping", "--stamp", "127.0.0.1:\(port)", "-c", "5", "-i", "10ms", "--dscp", "46", "-q"]
+        )
+        #expect(ping.status == 0, "\(ping.error)")
+        #expect(
+            ping.lines.contains { $0.hasPrefix("stamp: the reflector declined the DSCP asked of it in 5 replies (RP=1") },
+            "\(ping.lines)"
+        )
+        #expect(
+            ping.lines.contains(
+                "marking: DSCP 46 sent, 46 at the reflector, 0 back here: kept on the way there; on the way back not "
+                    + "known: the reflector did not send its replies with the DSCP asked of it, so what it sent is not known"
+            ),
+            "\(ping.lines)"
+        )
+        server.signal(SIGINT)
+        #expect(await server.waitForExit() == 0)
+    }
+
     /// A host whose firewall rewrites DSCP on the way out: the Class of Service TLV shows what the reflector
     /// received (not what was sent), and the reply comes back with the DSCP asked for.
     @Test(.enabled(if: FirewalledHost.available, "needs root, ip and nft to make a firewalled network namespace"))
     func theClassOfServiceTLVShowsARewrittenDSCP() async throws {
         try await withHosts(try await FirewalledHost()) { host in
             let (server, port) = try await startServer(
-                ["--protocol", "stamp", "--address", "127.0.0.1:0", "-q"],
+                ["--protocol", "stamp", "--address", "127.0.0.1:0", "-q", "--reflect-tos"],
                 inNamespace: host.name
             )
             // The out chain is a filter chain; a DSCP rewrite is a mangle of the test packets on their way out.

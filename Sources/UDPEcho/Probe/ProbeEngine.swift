@@ -790,7 +790,14 @@ final class ProbeEngine {
         case .forgotten, .refused:
             self.counts.late += 1
             onEvent?(.late(sequence: sequence, bytes: reply.count, roundTrip: -1))
-        case .answered:
+        case .answered(let position):
+            // A copy of an answered probe's reply is a duplicate only if it carries that probe's T1: an all-zero
+            // packet (our sequence number 0, no timestamp) is not.
+            guard fields.senderTimestamp == flow.stampTimestamp[position] else {
+                self.counts.corrupt += 1
+                onEvent?(.corrupt(sequence: sequence, bytes: reply.count, reason: "its copy of our timestamp differs"))
+                return
+            }
             self.counts.duplicate += 1
             onEvent?(.duplicate(sequence: sequence, bytes: reply.count))
         case .lost(let position):
@@ -811,13 +818,7 @@ final class ProbeEngine {
                 )
                 return
             }
-            let (times, outOfOrder) = self.accept(
-                sequence,
-                at: position,
-                on: flow,
-                now: now,
-                kernelArrival: kernelArrival
-            )
+            let times = self.times(of: sequence, at: position, on: flow, now: now, kernelArrival: kernelArrival)
             // The four timestamps on CLOCK_REALTIME: ours from the kernel where it gave them.
             let kernel = self.timestamps == .kernel
             let t1 =
@@ -834,7 +835,23 @@ final class ProbeEngine {
                 reflectorTime = t3 - t2
                 forward = t2 - t1
                 backward = t4 - t3
+                // A reflector cannot have held the packet for less than nothing, nor for longer than the whole round
+                // trip: such a reply's times are false, and none of them may reach a statistic.
+                if reflectorTime < 0 || reflectorTime > times.roundTrip {
+                    flow.resolve(sequence, as: .answered)
+                    self.counts.impossible += 1
+                    onEvent?(
+                        .impossible(
+                            sequence: sequence,
+                            bytes: reply.count,
+                            reason: "the reflector says it held the probe \(Self.milliseconds(reflectorTime)) ms "
+                                + "(T3 - T2), but the round trip was \(Self.milliseconds(times.roundTrip)) ms"
+                        )
+                    )
+                    return
+                }
             }
+            let outOfOrder = self.accept(sequence, on: flow, now: now)
             // The round trip without the time the reflector held the packet: (T4 - T1) - (T3 - T2).
             let roundTrip = times.roundTrip - max(0, reflectorTime)
             self.record(times, roundTrip: roundTrip, of: sequence, at: position, on: flow)
@@ -853,6 +870,7 @@ final class ProbeEngine {
                 reflectorErrorEstimate: fields.errorEstimate,
                 tosAtReflector: tlvs.tos,
                 tosHere: tos,
+                dscpHonoured: tlvs.dscpHonoured,
                 ttlHere: ttl,
                 sourceSeenByReflector: tlvs.source,
                 plainEcho: fields.plainEcho
@@ -866,9 +884,11 @@ final class ProbeEngine {
                         classHere: tos.map { TrafficClass(byte: $0) },
                         ttlThere: fields.plainEcho ? nil : Int(fields.ttl),
                         classThere: there,
-                        // The reflector answers with the DSCP the Class of Service TLV asked for, and our ECN rule.
+                        // The reflector answers with the DSCP the Class of Service TLV asked for, and our ECN rule,
+                        // unless it says it declined (RP 1): then what it sent is not known.
                         classSentBack: writer.configuration.classOfService.flatMap { dscp in
-                            there.map { TrafficClass(dscp: dscp & 63, ecn: $0.ecn.reflected) }
+                            tlvs.dscpHonoured == true
+                                ? there.map { TrafficClass(dscp: dscp & 63, ecn: $0.ecn.reflected) } : nil
                         }
                     )
                 )
@@ -887,11 +907,17 @@ final class ProbeEngine {
         kernelArrival: Int64
     ) -> (times: (roundTrip: Int64, latency: Int64, lateness: Int64, measured: Bool), outOfOrder: Bool) {
         let times = self.times(of: sequence, at: position, on: flow, now: now, kernelArrival: kernelArrival)
+        return (times, self.accept(sequence, on: flow, now: now))
+    }
+
+    /// Counts probe `sequence` as answered now, its times already read; returns whether a later probe had been
+    /// answered first.
+    private func accept(_ sequence: UInt64, on flow: ProbeFlow, now: Int64) -> Bool {
         let outOfOrder = flow.markReceived(sequence)
         self.counts.received += 1
         if outOfOrder { self.counts.reordered += 1 }
         self.lastReplyAt = now
-        return (times, outOfOrder)
+        return outOfOrder
     }
 
     /// Records an answered probe's latency and, when it is in the round-trip sample, its `roundTrip`, lateness and
@@ -909,6 +935,14 @@ final class ProbeEngine {
         self.lateness.record(times.lateness)
         self.recordJitter(sequence, roundTrip: roundTrip, position: position, on: flow)
         if self.configuration.flowStatistics { flow.statistics.record(roundTrip) }
+    }
+
+    /// Nanoseconds as milliseconds with three decimals, for a reason's text.
+    private static func milliseconds(_ nanoseconds: Int64) -> String {
+        let sign = nanoseconds < 0 ? "-" : ""
+        let magnitude = nanoseconds.magnitude / 1000
+        let fraction = String(magnitude % 1000)
+        return sign + "\(magnitude / 1000)." + String(repeating: "0", count: 3 - fraction.count) + fraction
     }
 
     /// A reply whose bytes 0-7 were damaged (or that is not an echo of ours): which probe it was cannot be known.

@@ -22,7 +22,7 @@ final class ProbeFlow {
         /// Older than the ring remembers.
         case forgotten
         case outstanding(position: Int)
-        case answered
+        case answered(position: Int)
         case lost(position: Int)
         case refused
     }
@@ -218,7 +218,7 @@ final class ProbeFlow {
         guard self.sequences[position] == sequence else { return .forgotten }
         switch State(rawValue: self.states[position]) {
         case .outstanding: return .outstanding(position: position)
-        case .answered: return .answered
+        case .answered: return .answered(position: position)
         case .lost: return .lost(position: position)
         case .refused: return .refused
         case .some(.none), nil: return .notSent

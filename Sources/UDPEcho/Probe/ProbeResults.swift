@@ -21,9 +21,18 @@ public struct ProbeCounts: Sendable, Equatable, Codable {
     /// Probes answered with ICMP "port unreachable": nothing listens at the target. Each is counted once, and not
     /// as lost.
     public var refused = 0
+    /// Replies whose times cannot be true (a STAMP reflector that says it held the probe for longer than the whole
+    /// round trip, or for less than nothing): counted apart, and kept out of every statistic.
+    public var impossible = 0
 
     /// No counts yet.
     public init() {}
+
+    /// The share of probes sent that got no reply matching them, in percent: a reply with impossible times was still
+    /// a reply, and is not counted as a loss.
+    public var lossPercent: Double {
+        self.sent == 0 ? 0 : Double(self.sent - self.received - self.impossible) / Double(self.sent) * 100
+    }
 }
 
 /// A distribution of times (round trips, latencies, lateness, delay variation): an HdrHistogram in nanoseconds, and
@@ -123,6 +132,8 @@ public enum ProbeEvent: Sendable, Equatable {
     case late(sequence: UInt64, bytes: Int, roundTrip: Int64)
     /// A reply that matches no probe: `sequence` when it names one that was sent, and where it first differs.
     case corrupt(sequence: UInt64?, bytes: Int, reason: String)
+    /// A reply to probe `sequence` whose times cannot be true (``ProbeCounts/impossible``), and why.
+    case impossible(sequence: UInt64, bytes: Int, reason: String)
     /// The target's host answered probe `sequence` with ICMP "port unreachable": nothing listens there.
     case refused(sequence: UInt64?)
     /// The kernel would not send a probe.

@@ -90,6 +90,9 @@ public struct StampReply: Sendable, Equatable {
     public var tosAtReflector: UInt8?
     /// The TOS byte the reply arrived here with, where the socket reported it.
     public var tosHere: UInt8?
+    /// From a Class of Service TLV: whether the reflector sent the reply with the DSCP asked of it (RP 0), or
+    /// declined (RP 1: its policy, such as udpecho's without `--reflect-tos`).
+    public var dscpHonoured: Bool?
     /// The TTL or hop limit the reply arrived here with, where the socket reported it.
     public var ttlHere: Int?
     /// From a Location TLV: the source address and port the reflector saw.
@@ -164,9 +167,14 @@ enum StampReplyDecoder {
         )
     }
 
-    /// The TLVs of a reply: the TOS byte the reflector saw (Class of Service) and the source it saw (Location).
-    static func tlvs(_ reply: UnsafeRawBufferPointer, from start: Int) -> (tos: UInt8?, source: String?) {
+    /// The TLVs of a reply: the TOS byte the reflector saw and whether it sent the reply with the DSCP asked for (Class
+    /// of Service: RP 0), and the source it saw (Location).
+    static func tlvs(
+        _ reply: UnsafeRawBufferPointer,
+        from start: Int
+    ) -> (tos: UInt8?, dscpHonoured: Bool?, source: String?) {
         var tos: UInt8?
+        var honoured: Bool?
         var source: String?
         var offset = start
         while reply.count - offset >= 4 {
@@ -178,6 +186,7 @@ enum StampReplyDecoder {
                 // DSCP1 (6 bits) | DSCP2 (6 bits) | ECN (2 bits) | RP (2 bits): DSCP2 and ECN as they arrived there.
                 let word = UInt16(reply[value]) << 8 | UInt16(reply[value + 1])
                 tos = UInt8((word >> 4) & 0x3F) << 2 | UInt8((word >> 2) & 3)
+                honoured = word & 3 == 0
             } else if type == StampTLVType.location.rawValue && length >= 4 {
                 let port = Int(reply[value + 2]) << 8 | Int(reply[value + 3])
                 var sub = value + 4
@@ -196,7 +205,7 @@ enum StampReplyDecoder {
             }
             offset = value + length
         }
-        return (tos, source)
+        return (tos, honoured, source)
     }
 
     private static func format(_ address: [UInt8], port: Int) -> String {

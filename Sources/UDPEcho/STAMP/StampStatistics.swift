@@ -52,14 +52,37 @@ public struct StampStatistics: Sendable {
     public var reflectorErrorEstimate: StampErrorEstimate?
     /// Replies that were our own test packet unchanged (an echo server, not a reflector).
     public var plainEchoes = 0
+    /// Replies whose Class of Service TLV said the reflector declined the DSCP asked of it (RP 1).
+    public var dscpDeclined = 0
     /// The source address and port the reflector saw (Location TLV).
     public var sourceSeenByReflector: String?
-    /// The highest sender and reflector sequence numbers answered, and whether they ever differed (then the reflector
-    /// is stateful: it counts what it received, so the difference is what was lost on the way there).
+    /// The highest sender sequence number answered.
     var highestSenderSequence: Int64 = -1
-    var highestReflectorSequence: Int64 = -1
     /// Whether the reflector's sequence numbers ever differed from ours: it is stateful, and counts what it received.
     public private(set) var reflectorCounts = false
+    /// How many times a stateful reflector's counter went back (or stood still) while our numbers went on: its
+    /// session restarted (evicted from its table, the reflector restarted) or it does not count honestly.
+    public private(set) var counterRestarts = 0
+    /// The run of replies since the reflector's counter last restarted.
+    private var segment: CounterSegment?
+    /// Forward losses in the runs before it.
+    private var forwardLossBefore = 0
+    /// Probes between two runs (sent after the last reply of one and before the first of the next) that were not
+    /// answered: the counter restarted among them, so which way they were lost cannot be told.
+    private var lostAcrossRestarts = 0
+
+    /// Replies between two restarts of the reflector's counter: where it began and how far both counters went.
+    private struct CounterSegment {
+        /// Our and the reflector's numbers just before the run: -1 for the first run (both counters started with our
+        /// first probe), the first reply's own for a later one.
+        var startSender, startReflector: Int64
+        var highestSender, highestReflector: Int64
+
+        /// Probes of this run that the reflector never counted: lost on the way there.
+        var forwardLoss: Int {
+            Int(max(0, (self.highestSender - self.startSender) - (self.highestReflector - self.startReflector)))
+        }
+    }
 
     /// Statistics before the first reply.
     public init() {}
@@ -75,27 +98,64 @@ public struct StampStatistics: Sendable {
         self.ttlAtReflector[reply.ttlAtReflector, default: 0] += 1
         if let tos = reply.tosAtReflector { self.tosAtReflector[tos, default: 0] += 1 }
         if let tos = reply.tosHere { self.tosHere[tos, default: 0] += 1 }
+        if reply.dscpHonoured == false { self.dscpDeclined += 1 }
         self.reflectorErrorEstimate = reply.reflectorErrorEstimate
         if let source = reply.sourceSeenByReflector { self.sourceSeenByReflector = source }
         if UInt64(reply.reflectorSequence) != reply.sequence & 0xFFFF_FFFF { self.reflectorCounts = true }
+        self.follow(sender: Int64(reply.sequence), reflector: Int64(reply.reflectorSequence))
         self.highestSenderSequence = max(self.highestSenderSequence, Int64(reply.sequence))
-        self.highestReflectorSequence = max(self.highestReflectorSequence, Int64(reply.reflectorSequence))
+    }
+
+    /// Follows the two counters: a reply later than every one before whose reflector number is not ahead of the last
+    /// one's is a restart of the reflector's counter, and begins a new run. (A reply that comes out of order is left
+    /// out: its numbers are below the run's highest on both sides.)
+    private mutating func follow(sender: Int64, reflector: Int64) {
+        guard var segment = self.segment else {
+            self.segment = CounterSegment(
+                startSender: -1,
+                startReflector: -1,
+                highestSender: sender,
+                highestReflector: reflector
+            )
+            return
+        }
+        guard sender > segment.highestSender else { return }
+        if reflector > segment.highestReflector {
+            segment.highestSender = sender
+            segment.highestReflector = reflector
+            self.segment = segment
+            return
+        }
+        self.counterRestarts += 1
+        self.forwardLossBefore += segment.forwardLoss
+        self.lostAcrossRestarts += Int(sender - segment.highestSender - 1)
+        self.segment = CounterSegment(
+            startSender: sender,
+            startReflector: reflector,
+            highestSender: sender,
+            highestReflector: reflector
+        )
     }
 
     /// Probes lost on the way to the reflector, where a stateful reflector's counter shows it (nil otherwise): the
-    /// test packets sent up to the last one answered that the reflector never counted.
+    /// test packets sent up to the last one answered that the reflector never counted, run by run between restarts
+    /// of its counter.
     public var forwardLoss: Int? {
-        guard self.reflectorCounts, self.highestReflectorSequence >= 0 else { return nil }
-        return Int(max(0, self.highestSenderSequence - self.highestReflectorSequence))
+        guard self.reflectorCounts, let segment = self.segment else { return nil }
+        return self.forwardLossBefore + segment.forwardLoss
     }
 
     /// The `lost` of `sent` probes (numbered from 0) by direction, where a stateful reflector's counter tells (nil
-    /// otherwise): lost on the way there up to the last probe answered, lost on the way back, and lost after the last
-    /// probe answered, whose direction no later reply can tell.
+    /// otherwise): lost on the way there, lost on the way back, and those whose direction no reply can tell (after
+    /// the last probe answered, or where the reflector's counter restarted). No direction is ever given more than
+    /// `lost`, and the three add up to it.
     public func lossByDirection(sent: Int, lost: Int) -> (forward: Int, backward: Int, unknown: Int)? {
-        guard let forward = self.forwardLoss else { return nil }
-        let unknown = min(max(0, sent - 1 - Int(self.highestSenderSequence)), max(0, lost - forward))
-        return (forward, max(0, lost - forward - unknown), unknown)
+        guard let counted = self.forwardLoss else { return nil }
+        let lost = max(0, lost)
+        let forward = min(counted, lost)
+        let afterLast = max(0, sent - 1 - Int(self.highestSenderSequence))
+        let unknown = min(afterLast + self.lostAcrossRestarts, lost - forward)
+        return (forward, lost - forward - unknown, unknown)
     }
 
     /// The clock offset the one-way delays imply (reflector minus sender, nanoseconds): half their difference.
