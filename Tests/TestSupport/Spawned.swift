@@ -91,6 +91,19 @@ public final class Spawned: @unchecked Sendable {
         }
     }
 
+    /// Waits until standard error contains `text`; false after `timeout` or when it ends without it.
+    public func waitForError(_ text: String, timeout: TimeInterval = 10) async -> Bool {
+        await onThread {
+            let deadline = Date(timeIntervalSinceNow: timeout)
+            self.condition.lock()
+            defer { self.condition.unlock() }
+            while true {
+                if String(decoding: self.errBytes, as: UTF8.self).contains(text) { return true }
+                if self.errClosed || !self.condition.wait(until: deadline) { return false }
+            }
+        }
+    }
+
     /// Waits up to `timeout` for the process to exit and its output to end; kills it past that. Returns the exit
     /// status (128 + signal number if killed by a signal).
     @discardableResult

@@ -9,18 +9,6 @@ import UDPEcho
 import Glibc
 #endif
 
-/// A small, seedable generator (SplitMix64), so that a failing run can be replayed from the seed it prints.
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        self.state &+= 0x9E37_79B9_7F4A_7C15
-        var z = self.state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
 /// Test packets as an attacker would write them: random bytes of any length, well-formed base packets followed by
 /// TLVs whose lengths lie, known TLV types at the wrong length, short TWAMP-Light headers, and authenticated packets
 /// whose HMAC is one bit off. Bytes 0-3 of each carry its index (the sender's sequence number), which the reflector

@@ -229,6 +229,110 @@ struct MeshAgentProcess {
     }
 }
 
+/// The peers file as an attacker (or a mistake) leaves it: a FIFO, a file over the limit, a binary file. Each version
+/// is refused whole, saying why in one bounded line; the last good list is kept and probed; the agent stops at once.
+@Suite(.serialized) struct MeshPeersFileAttackTests {
+    /// Swapped for a FIFO with no writer, the file used to block the re-read in open() for ever: the list never
+    /// changed again and SIGTERM was ignored. Now it is refused at once and SIGTERM stops the agent.
+    @Test func aFIFOIsRefusedAndShutdownDoesNotWait() async throws {
+        let (server, port) = try await startServer(["--address", "127.0.0.1:0", "--quiet"])
+        let directory = try temporaryDirectory("fifo")
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let file = directory.appendingPathComponent("peers")
+        try "127.0.0.1:\(port)\n".write(to: file, atomically: false, encoding: .utf8)
+        let agent = try await MeshAgentProcess(["--peers", file.path, "-i", "50ms"])
+        let series = "udpecho_mesh_peer_up{peer=\"127.0.0.1:\(port)\",address=\"127.0.0.1:\(port)\"}"
+        #expect(try await agent.waitFor(series, "1") == "1")
+        try FileManager.default.removeItem(at: file)
+        #expect(mkfifo(file.path, 0o600) == 0)
+        #expect(await agent.process.waitForError("is a FIFO, not a regular file"), "\(agent.process.errorText)")
+        // Still probing the last good list.
+        let sent = try #require(
+            try await agent.value(
+                "udpecho_mesh_probes_sent_total{peer=\"127.0.0.1:\(port)\",address=\"127.0.0.1:\(port)\"}"
+            )
+        )
+        try await Task.sleep(for: .milliseconds(1500))  // the agent publishes its counters once a second
+        let later = try #require(
+            try await agent.value(
+                "udpecho_mesh_probes_sent_total{peer=\"127.0.0.1:\(port)\",address=\"127.0.0.1:\(port)\"}"
+            )
+        )
+        #expect(Int(later)! > Int(sent)!, "\(sent) then \(later)")
+        #expect(try await agent.value(series) == "1")
+        agent.process.signal(SIGTERM)
+        // A hung agent would be killed at the deadline (status 137).
+        #expect(await agent.process.waitForExit(timeout: 5) == 0, "\(agent.process.errorText)")
+        server.signal(SIGTERM)
+        await server.waitForExit()
+    }
+
+    /// A file over 16 MiB was read up to 16 MiB: a peer across the cut (127.0.0.2:40001) became another
+    /// (127.0.0.2:4000) and was probed. Now the version is refused whole with its size and the limit; a binary file
+    /// gets one bounded line, not megabytes.
+    @Test func anOversizedOrBinaryFileIsRefusedWhole() async throws {
+        let (server, port) = try await startServer(["--address", "127.0.0.1:0", "--quiet"])
+        let directory = try temporaryDirectory("big")
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let file = directory.appendingPathComponent("peers")
+        try "127.0.0.1:\(port)\n".write(to: file, atomically: false, encoding: .utf8)
+        let agent = try await MeshAgentProcess(["--peers", file.path, "-i", "50ms"])
+        #expect(try await agent.waitFor("udpecho_mesh_peers", "1") == "1")
+
+        // Comments up to just before 16 MiB, then a peer whose port the old cut fell inside.
+        let limit = 16 << 20
+        let peer = "127.0.0.2:40001\n"
+        var big = "127.0.0.1:\(port)\n"
+        let filler = "# " + String(repeating: "x", count: 1021) + "\n"
+        while big.utf8.count + filler.utf8.count <= limit - 13 { big += filler }
+        big += String(repeating: "#", count: limit - 13 - big.utf8.count - 1) + "\n" + peer
+        #expect(big.utf8.count > limit)
+        try replaceFile(file, with: Data(big.utf8))
+        let size = big.utf8.count
+        #expect(
+            await agent.process.waitForError("is \(size) bytes, more than the \(limit) bytes taken"),
+            "\(agent.process.errorText.suffix(500))"
+        )
+        #expect(try await agent.value("udpecho_mesh_peers") == "1")
+        #expect(!(try await httpGet(agent.metricsURL) ?? "").contains("127.0.0.2"))
+
+        // A megabyte of random bytes: refused as binary, in one short line that quotes one excerpt.
+        var random = SplitMix64(state: 19)
+        try replaceFile(file, with: Data((0..<(1 << 20)).map { _ in UInt8(truncatingIfNeeded: random.next()) }))
+        #expect(await agent.process.waitForError("not UTF-8 text"), "\(agent.process.errorText.suffix(500))")
+        let line = try #require(agent.process.errorText.split(separator: "\n").last { $0.contains("not UTF-8 text") })
+        #expect(line.utf8.count < 600, "\(line.utf8.count) bytes: \(line)")
+        #expect(line.matches(of: /line \d+ \(/).count == 1, "\(line)")
+
+        // A text file of 5,000 bad lines: ten are quoted, the rest counted.
+        try replaceFile(file, with: Data((0..<5000).map { "bad peer \($0)\n" }.joined().utf8))
+        #expect(await agent.process.waitForError("and 4990 more bad lines"), "\(agent.process.errorText.suffix(500))")
+        let many = try #require(agent.process.errorText.split(separator: "\n").last { $0.contains("more bad lines") })
+        #expect(many.matches(of: /line \d+ \(/).count == 10, "\(many)")
+        #expect(try await agent.value("udpecho_mesh_peers") == "1")
+        agent.process.signal(SIGTERM)
+        #expect(await agent.process.waitForExit(timeout: 5) == 0)
+        server.signal(SIGTERM)
+        await server.waitForExit()
+    }
+}
+
+/// A fresh directory under the temporary directory, for files a test replaces.
+func temporaryDirectory(_ name: String) throws -> URL {
+    let directory = FileManager.default.temporaryDirectory.appendingPathComponent(
+        "udpecho-\(name)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+    )
+    try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+    return directory
+}
+
+/// Replaces `file` with `data` in one rename, as a configuration manager does (a reader never sees half of it).
+func replaceFile(_ file: URL, with data: Data) throws {
+    let next = file.appendingPathExtension("next")
+    try data.write(to: next)
+    guard rename(next.path, file.path) == 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno)!) }
+}
+
 /// Names are resolved again every --resolve-interval: in a test host whose /etc/hosts is its own
 /// (`ip netns exec` puts /etc/netns/NAME/hosts over /etc/hosts), a name that gains an address gains a target under
 /// the same `peer` label, and one that loses it loses the target after the grace period.

@@ -91,6 +91,19 @@ public enum AddressError: Error, Equatable, CustomStringConvertible {
         }
     }
 
+    /// What is wrong, without the text itself (for a message that quotes it already, as a peers file's).
+    public var problem: String {
+        switch self {
+        case .empty: "nothing is written; write HOST:PORT"
+        case .missingPort: "there is no port; write HOST:PORT"
+        case .badPort(_, let port): "the port '\(port.excerpt(12))' is not a number; write a port from 0 to 65535"
+        case .portOutOfRange(_, let port): "the port \(port) is out of range; UDP ports go from 0 to 65535"
+        case .unclosedBracket: "unbalanced brackets; write an IPv6 address as [ADDRESS]:PORT, for example [::1]:1337"
+        case .unbracketedIPv6: "ambiguous: an IPv6 address needs brackets around it, as in [::1]:1337"
+        case .emptyHost: "empty brackets; write [ADDRESS]:PORT"
+        }
+    }
+
     /// `text` completed with a port, as the user most likely meant it: `[::1]` -> `[::1]:1337`, `host:` ->
     /// `host:1337`, `::1` -> `[::1]:1337`, `host` -> `host:1337`.
     private static func example(for text: String) -> String {

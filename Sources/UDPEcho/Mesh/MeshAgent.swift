@@ -153,21 +153,19 @@ public final class MeshAgent: Service, Sendable {
         return self.state.withLock { $0.fileStamp != stamp }
     }
 
-    /// The peers of the file, or the previous ones when it cannot be read or has a bad line (said once per change).
+    /// The peers of the file, or the previous ones when it cannot be read, is not a regular file, is too large or
+    /// has a bad line (said once per change).
     private func readPeersFile() -> [MeshPeer] {
         guard let path = self.configuration.peersFile else { return [] }
         let stamp = self.stamp(path) ?? (-1, -1)
-        guard let text = Self.read(path) else {
-            let changed = self.state.withLock { state -> Bool in
-                defer { state.fileStamp = stamp }
-                return state.fileStamp != stamp
-            }
-            if changed {
-                self.onEvent(.peersFileRejected("\(path): cannot be read: \(String(cString: strerror(errno)))"))
-            }
-            return self.state.withLock { $0.filePeers }
+        let peers: Result<[MeshPeer], MeshPeerList.ListError>
+        do {
+            let bytes = try OperatorFile.read(path, limit: MeshPeerList.maximumFileSize)
+            peers = MeshPeerList.parse(bytes: bytes, defaultPort: self.configuration.defaultPort)
+        } catch {
+            return self.rejected(stamp, "\(error); the previous list is kept")
         }
-        switch MeshPeerList.parse(text, defaultPort: self.configuration.defaultPort) {
+        switch peers {
         case .success(let peers):
             self.state.withLock {
                 $0.filePeers = peers
@@ -175,28 +173,17 @@ public final class MeshAgent: Service, Sendable {
             }
             return peers
         case .failure(let error):
-            let changed = self.state.withLock { state -> Bool in
-                defer { state.fileStamp = stamp }
-                return state.fileStamp != stamp
-            }
-            if changed { self.onEvent(.peersFileRejected("\(path): \(error); the previous list is kept")) }
-            return self.state.withLock { $0.filePeers }
+            return self.rejected(stamp, "\(path): \(error); the previous list is kept")
         }
     }
 
-    /// A file's text, up to 16 MiB.
-    static func read(_ path: String) -> String? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while bytes.count < 16 << 20 {
-            let count = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
-            if count < 0 { return nil }
-            if count == 0 { break }
-            bytes += chunk[0..<count]
+    /// The previous list, after saying why the file's version `stamp` was refused (once per version).
+    private func rejected(_ stamp: (Int, Int), _ reason: String) -> [MeshPeer] {
+        let changed = self.state.withLock { state -> Bool in
+            defer { state.fileStamp = stamp }
+            return state.fileStamp != stamp
         }
-        return String(decoding: bytes, as: UTF8.self)
+        if changed { self.onEvent(.peersFileRejected(reason)) }
+        return self.state.withLock { $0.filePeers }
     }
 }

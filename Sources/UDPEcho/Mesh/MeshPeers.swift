@@ -42,7 +42,7 @@ public enum MeshPeerList {
     public struct LineError: Error, Equatable, CustomStringConvertible {
         /// The line's number, from 1.
         public var line: Int
-        /// The line as written.
+        /// The line as written, up to 60 characters, control characters escaped.
         public var text: String
         /// What is wrong with it.
         public var reason: String
@@ -50,16 +50,42 @@ public enum MeshPeerList {
         public var description: String { "line \(self.line) ('\(self.text)'): \(self.reason)" }
     }
 
-    /// Every bad line of a list.
+    /// The bad lines of a list: the first ``ListError/linesShown``, and how many more.
     public struct ListError: Error, Equatable, CustomStringConvertible {
-        /// Every line that is wrong, in order.
+        /// The first lines that are wrong, in order (at most ``linesShown``).
         public var lines: [LineError]
-        /// Every wrong line, separated by semicolons.
-        public var description: String { self.lines.map(\.description).joined(separator: "; ") }
+        /// Wrong lines after those.
+        public var more = 0
+        /// How many wrong lines are described: a binary file put in place of the list has thousands of them, and
+        /// its error must stay a line a person reads.
+        public static let linesShown = 10
+        /// The wrong lines shown, separated by semicolons, and the count of the others.
+        public var description: String {
+            self.lines.map(\.description).joined(separator: "; ")
+                + (self.more > 0 ? "; and \(self.more) more bad line\(self.more == 1 ? "" : "s")" : "")
+        }
     }
 
     /// The most peers a list may name: a list that names more is a mistake, refused whole.
     public static let maximumPeers = 100_000
+    /// The largest peers file read (16 MiB, room for the most peers with long names and comments); a larger one is
+    /// refused whole, with its size.
+    public static let maximumFileSize = 16 << 20
+
+    /// The peers of a file's bytes: UTF-8 text without NUL bytes (a binary file is refused whole, naming the first
+    /// line that is not text), then as ``parse(_:defaultPort:)``.
+    public static func parse(bytes: [UInt8], defaultPort: Int) -> Result<[MeshPeer], ListError> {
+        let text = String(decoding: bytes, as: UTF8.self)
+        if bytes.contains(0) || String(validating: bytes, as: UTF8.self) == nil {
+            let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
+            let index = lines.firstIndex { $0.unicodeScalars.contains { $0 == "\u{FFFD}" || $0 == "\0" } } ?? 0
+            let reason = "not UTF-8 text (a binary file?); none of the file is taken"
+            return .failure(
+                ListError(lines: [LineError(line: index + 1, text: String(lines[index]).excerpt(), reason: reason)])
+            )
+        }
+        return Self.parse(text, defaultPort: defaultPort)
+    }
 
     /// The peers of a file's `text`: one `HOST:PORT` (or `[IPV6]:PORT`) a line; blank lines and text after `#` are
     /// ignored; a line without a port takes `defaultPort`. Duplicates count once. Every bad line is reported, with
@@ -67,7 +93,14 @@ public enum MeshPeerList {
     public static func parse(_ text: String, defaultPort: Int) -> Result<[MeshPeer], ListError> {
         var peers: [MeshPeer] = []
         var seen = Set<MeshPeer>()
-        var errors: [LineError] = []
+        var errors = ListError(lines: [])
+        func refuse(_ line: Int, _ text: String, _ reason: String) {
+            if errors.lines.count < ListError.linesShown {
+                errors.lines.append(LineError(line: line, text: text.excerpt(), reason: reason))
+            } else {
+                errors.more += 1
+            }
+        }
         for (index, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
             let content = raw.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
             let line = content.trimmingWhitespace()
@@ -76,15 +109,13 @@ public enum MeshPeerList {
             case .success(let peer):
                 if seen.insert(peer).inserted { peers.append(peer) }
             case .failure(let error):
-                errors.append(LineError(line: index + 1, text: line, reason: error.description))
+                refuse(index + 1, line, error.problem)
             }
         }
         if peers.count > Self.maximumPeers {
-            errors.append(
-                LineError(line: 0, text: "", reason: "\(peers.count) peers; at most \(Self.maximumPeers) are taken")
-            )
+            refuse(0, "", "\(peers.count) peers; at most \(Self.maximumPeers) are taken")
         }
-        return errors.isEmpty ? .success(peers) : .failure(ListError(lines: errors))
+        return errors.lines.isEmpty ? .success(peers) : .failure(errors)
     }
 
     /// One peer: `HOST:PORT`, `[IPV6]:PORT`, or a host alone (an IPv6 address alone in brackets), with

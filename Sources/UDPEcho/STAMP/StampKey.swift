@@ -50,21 +50,17 @@ public struct StampKey: Sendable {
         return outer.finalize().withUnsafeBytes { body(UnsafeRawBufferPointer(rebasing: $0.prefix(Self.macLength))) }
     }
 
-    /// The key in a file: its bytes, without a trailing newline.
+    /// The most a key file may hold.
+    static let maximumFileSize = 1 << 20
+
+    /// The key in a file: its bytes, without a trailing newline. The file must be a regular file of at most 1 MiB
+    /// (a FIFO would hold the start for ever).
     public init(contentsOfFile path: String) throws(EchoError) {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw .socket(operation: "reading the STAMP key file", address: path, errno: errno) }
-        defer { close(fd) }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 4096)
-        while bytes.count <= 1 << 20 {
-            let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if count < 0 && errno == EINTR { continue }
-            guard count >= 0 else {
-                throw .socket(operation: "reading the STAMP key file", address: path, errno: errno)
-            }
-            if count == 0 { break }
-            bytes += chunk[0..<count]
+        var bytes: [UInt8]
+        do {
+            bytes = try OperatorFile.read(path, limit: Self.maximumFileSize)
+        } catch {
+            throw .invalidConfiguration("the STAMP key file \(error)")
         }
         while bytes.last == 0x0A || bytes.last == 0x0D { bytes.removeLast() }
         guard !bytes.isEmpty else {
