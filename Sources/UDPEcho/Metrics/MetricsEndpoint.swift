@@ -1,8 +1,10 @@
 import Atomics
+import Dispatch
 public import NIOCore
 import NIOHTTP1
 import NIOPosix
 public import ServiceLifecycle
+import Synchronization
 
 /// An HTTP/1.1 endpoint that answers `GET /metrics` with a text body (Prometheus' exposition format), on SwiftNIO,
 /// built to stay small whatever its clients do.
@@ -10,7 +12,12 @@ public import ServiceLifecycle
 /// - A connection's responses are written only as fast as the client reads them: while the socket's send buffer is
 ///   full the endpoint neither reads further requests nor answers the ones it has, so pipelined requests whose
 ///   responses are never read cost one read's worth of memory, not one response each.
-/// - At most ``Configuration/maximumConnections`` connections are served at once; more are closed at once.
+/// - At most ``Configuration/maximumConnections`` connections are served at once, and at most
+///   ``Configuration/maximumConnectionsPerSource`` from one address. Past that, new connections wait in a queue
+///   (``Configuration/maximumQueuedConnections``, then they are closed) and, in order of arrival, take the place of
+///   connections that have waited more than ``Configuration/requestGrace`` for a complete request: clients that
+///   open connections and dribble requests a line at a time (slowloris) cannot keep a scraper out, since a scraper's
+///   request is complete at once.
 /// - A request must be complete within ``Configuration/requestTimeout`` of the connection opening, and the next one
 ///   within ``Configuration/idleTimeout`` of a response; otherwise the connection is closed (slow or idle clients
 ///   cannot hold connections open).
@@ -25,6 +32,12 @@ public final class MetricsEndpoint: Service, Sendable {
     public struct Configuration: Sendable {
         /// Connections served at once.
         public var maximumConnections: Int
+        /// Connections served at once from one address.
+        public var maximumConnectionsPerSource: Int
+        /// Connections that may wait, accepted but not yet read, for a slot while the endpoint is full.
+        public var maximumQueuedConnections: Int
+        /// How long a connection keeps its slot while it waits for a complete request, when others wait for one.
+        public var requestGrace: Duration
         /// How long a new connection may take to send a complete request.
         public var requestTimeout: Duration
         /// How long a connection may wait, after a response, before its next complete request.
@@ -33,17 +46,24 @@ public final class MetricsEndpoint: Service, Sendable {
         /// Limits; see each property.
         public init(
             maximumConnections: Int = 64,
+            maximumConnectionsPerSource: Int = 32,
+            maximumQueuedConnections: Int = 512,
+            requestGrace: Duration = .milliseconds(250),
             requestTimeout: Duration = .seconds(10),
             idleTimeout: Duration = .seconds(120)
         ) {
             self.maximumConnections = maximumConnections
+            self.maximumConnectionsPerSource = maximumConnectionsPerSource
+            self.maximumQueuedConnections = maximumQueuedConnections
+            self.requestGrace = requestGrace
             self.requestTimeout = requestTimeout
             self.idleTimeout = idleTimeout
         }
     }
 
     private let channel: any Channel
-    private let connections: ManagedAtomic<Int>
+    private let connections: ConnectionTable
+    private let queueTimer: RepeatedTask
 
     /// Binds the endpoint; it answers from then on, until ``run()`` returns on shutdown.
     ///
@@ -83,53 +103,83 @@ public final class MetricsEndpoint: Service, Sendable {
     /// Binds the endpoint with a body written a piece at a time, each piece when the connection has taken the
     /// previous one (chunked transfer encoding): a large body (a mesh agent's, tens of megabytes) is never held
     /// whole.
+    ///
+    /// - Throws: ``EchoError/socket(operation:address:errno:)`` when the address cannot be bound.
     public init(
         address: SocketAddress,
         configuration: Configuration = Configuration(),
         stream body: @escaping @Sendable () -> MetricsStream
     ) async throws {
-        let connections = ManagedAtomic(0)
+        let connections = ConnectionTable(configuration)
         self.connections = connections
-        self.channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            // At most 4 KiB a read: a request is a few hundred bytes, and every request one read brings in is
-            // parsed and queued behind the response in progress, so a client pipelining requests it never reads
-            // the answers to could otherwise queue some 1,700 requests a read (64 KiB), which cost memory and,
-            // once it is gone, CPU to throw away.
-            .childChannelOption(
-                .recvAllocator,
-                value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 1024, maximum: 4096)
-            )
-            .childChannelInitializer { channel in
-                guard connections.loadThenWrappingIncrement(ordering: .relaxed) < configuration.maximumConnections
-                else {
-                    connections.wrappingDecrement(ordering: .relaxed)
-                    return channel.close()
+        do {
+            self.channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                // At most 4 KiB a read: a request is a few hundred bytes, and every request one read brings in is
+                // parsed and queued behind the response in progress, so a client pipelining requests it never reads
+                // the answers to could otherwise queue some 1,700 requests a read (64 KiB), which cost memory and,
+                // once it is gone, CPU to throw away.
+                .childChannelOption(
+                    .recvAllocator,
+                    value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 1024, maximum: 4096)
+                )
+                .childChannelInitializer { channel in
+                    // The connection is read only once it has a slot: until then it waits, accepted, in the queue.
+                    let ready = channel.eventLoop.makePromise(of: Void.self)
+                    let admitted = connections.admit(channel, refuse: { ready.fail(ChannelError.ioOnClosedChannel) }) {
+                        slot in
+                        channel.eventLoop.execute {
+                            channel.closeFuture.whenComplete { _ in connections.remove(slot) }
+                            ready.completeWith(
+                                Result {
+                                    try channel.pipeline.syncOperations.addHandler(BackPressureHandler())
+                                    try channel.pipeline.syncOperations.configureHTTPServerPipeline()
+                                    try channel.pipeline.syncOperations.addHandler(
+                                        ScrapeHandler(
+                                            configuration: configuration,
+                                            slot: slot,
+                                            table: connections,
+                                            body: body
+                                        )
+                                    )
+                                }
+                            )
+                        }
+                    }
+                    guard admitted else {
+                        ready.fail(ChannelError.ioOnClosedChannel)
+                        return ready.futureResult
+                    }
+                    return ready.futureResult
                 }
-                channel.closeFuture.whenComplete { _ in connections.wrappingDecrement(ordering: .relaxed) }
-                return channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(BackPressureHandler())
-                    try channel.pipeline.syncOperations.configureHTTPServerPipeline()
-                    try channel.pipeline.syncOperations.addHandler(
-                        ScrapeHandler(configuration: configuration, body: body)
-                    )
-                }
-            }
-            .bind(to: address)
-            .get()
+                .bind(to: address)
+                .get()
+        } catch let error as IOError {
+            throw EchoError.socket(operation: "bind", address: address.hostPortDescription, errno: error.errnoCode)
+        }
+        // While connections wait in the queue, the slots of those that waited past the grace are given to them.
+        let interval = max(configuration.requestGrace / 4, .milliseconds(10))
+        self.queueTimer = self.channel.eventLoop.scheduleRepeatedTask(
+            initialDelay: .nanoseconds(interval.nanoseconds),
+            delay: .nanoseconds(interval.nanoseconds)
+        ) { _ in
+            if connections.queued { connections.serveQueue() }
+        }
     }
 
     /// The address the endpoint listens on, with the real port.
     public var localAddress: SocketAddress? { self.channel.localAddress }
 
     /// Connections open now.
-    public var openConnections: Int { self.connections.load(ordering: .relaxed) }
+    public var openConnections: Int { self.connections.count }
 
     /// Serves until graceful shutdown or cancellation, then closes the listening socket.
     public func run() async throws {
         await withGracefulShutdownHandler {
             await withTaskCancellationHandler {
                 try? await self.channel.closeFuture.get()
+                self.queueTimer.cancel()
+                self.connections.closeQueued()
             } onCancel: {
                 self.channel.close(promise: nil)
             }
@@ -154,6 +204,8 @@ private final class ScrapeHandler: ChannelInboundHandler {
     typealias OutboundOut = HTTPServerResponsePart
 
     private let configuration: MetricsEndpoint.Configuration
+    private let slot: Int
+    private let table: ConnectionTable
     private let body: @Sendable () -> MetricsStream
     /// The body being sent, and whether the connection stays open after it.
     private var streaming: (stream: MetricsStream, keepAlive: Bool)?
@@ -163,8 +215,15 @@ private final class ScrapeHandler: ChannelInboundHandler {
     private var waiting: HTTPRequestHead?
     private var deadline: Scheduled<Void>?
 
-    init(configuration: MetricsEndpoint.Configuration, body: @escaping @Sendable () -> MetricsStream) {
+    init(
+        configuration: MetricsEndpoint.Configuration,
+        slot: Int,
+        table: ConnectionTable,
+        body: @escaping @Sendable () -> MetricsStream
+    ) {
         self.configuration = configuration
+        self.slot = slot
+        self.table = table
         self.body = body
     }
 
@@ -188,6 +247,7 @@ private final class ScrapeHandler: ChannelInboundHandler {
             guard let head = self.request else { return }
             self.request = nil
             self.deadline?.cancel()
+            self.table.answering(self.slot)
             if context.channel.isWritable && self.streaming == nil {
                 self.respond(context, to: head)
             } else {
@@ -259,6 +319,7 @@ private final class ScrapeHandler: ChannelInboundHandler {
         if keepAlive {
             context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: nil)
             self.arm(context, self.configuration.idleTimeout)
+            if self.waiting == nil { self.table.waiting(self.slot) }
             if context.channel.isWritable, let head = self.waiting {
                 self.waiting = nil
                 self.respond(context, to: head)
@@ -278,5 +339,138 @@ private final class ScrapeHandler: ChannelInboundHandler {
         self.deadline = context.eventLoop.scheduleTask(in: .nanoseconds(timeout.nanoseconds)) {
             loopBound.value.close(promise: nil)
         }
+    }
+}
+
+/// The endpoint's connections and what each is doing, across the event loops.
+///
+/// When the endpoint is full, a new connection waits, accepted but not yet read, in a queue served in order of
+/// arrival; it takes the place of a connection that has waited more than ``MetricsEndpoint/Configuration/requestGrace``
+/// for a complete request (the longest waiting first), or of one that closes. So a client that opens connections
+/// and dribbles requests a line at a time (slowloris) can hold a slot for at most the grace before someone waiting
+/// takes it, reconnecting only puts it at the back of the queue, and a scraper, whose request is complete at once,
+/// gets in after the connections queued before it. When the queue is full too, a new connection is closed at once.
+final class ConnectionTable: Sendable {
+    private struct Entry {
+        let channel: any Channel
+        let source: IPKey?
+        /// When it began to wait for a complete request (connected, or answered its last one); nil while a request
+        /// of its is being answered.
+        var waitingSince: UInt64?
+    }
+
+    private struct Waiting {
+        let channel: any Channel
+        let source: IPKey?
+        /// Sets the connection up in `slot` once it has one.
+        let start: @Sendable (Int) -> Void
+        /// Closes it unserved.
+        let refuse: @Sendable () -> Void
+    }
+
+    private struct State {
+        var next = 0
+        var entries: [Int: Entry] = [:]
+        var queue: [Waiting] = []
+    }
+
+    private let state = Mutex(State())
+    private let maximum: Int
+    private let maximumPerSource: Int
+    private let maximumQueued: Int
+    private let grace: UInt64
+
+    init(_ configuration: MetricsEndpoint.Configuration) {
+        self.maximum = max(1, configuration.maximumConnections)
+        self.maximumPerSource = max(1, min(configuration.maximumConnectionsPerSource, self.maximum))
+        self.maximumQueued = max(0, configuration.maximumQueuedConnections)
+        self.grace = UInt64(max(0, configuration.requestGrace.nanoseconds))
+    }
+
+    /// Connections served now (not those queued).
+    var count: Int { self.state.withLock { $0.entries.count } }
+
+    /// Takes `channel` in: `start` is called with its slot now or, when the endpoint is full, once a slot is free
+    /// for it. Returns false when it is refused (the queue is full too).
+    func admit(
+        _ channel: any Channel,
+        refuse: @escaping @Sendable () -> Void,
+        start: @escaping @Sendable (Int) -> Void
+    ) -> Bool {
+        let source = channel.remoteAddress.flatMap { address in address.withRawAddress { raw, _ in IPKey(raw) } }
+        let admitted = self.state.withLock { state -> Bool in
+            guard state.queue.count < self.maximumQueued || self.place(source, in: &state) != nil else { return false }
+            state.queue.append(Waiting(channel: channel, source: source, start: start, refuse: refuse))
+            return true
+        }
+        if admitted { self.serveQueue() }
+        return admitted
+    }
+
+    /// Gives free slots, and those of connections that waited past the grace for a request, to queued connections
+    /// in order of arrival. Called when a connection comes, closes, and on a timer while any are queued.
+    func serveQueue() {
+        let now = DispatchTime.now().uptimeNanoseconds
+        var started: [(Waiting, Int)] = []
+        var evicted: [any Channel] = []
+        self.state.withLock { state in
+            var index = 0
+            while index < state.queue.count {
+                let waiting = state.queue[index]
+                guard let place = self.place(waiting.source, in: &state, now: now) else {
+                    index += 1
+                    continue
+                }
+                if let victim = place.evict { evicted.append(state.entries.removeValue(forKey: victim)!.channel) }
+                let slot = state.next
+                state.next += 1
+                state.entries[slot] = Entry(channel: waiting.channel, source: waiting.source, waitingSince: now)
+                state.queue.remove(at: index)
+                started.append((waiting, slot))
+            }
+        }
+        for channel in evicted { channel.close(promise: nil) }
+        for (waiting, slot) in started { waiting.start(slot) }
+    }
+
+    /// Whether a connection from `source` can be served now: with room to spare (`evict` nil), or in place of the
+    /// connection that has waited longest past the grace (of the same source when the source is at its limit).
+    private func place(_ source: IPKey?, in state: inout State, now: UInt64? = nil) -> (evict: Int?, Void)? {
+        let fromSource = source.map { key in state.entries.values.lazy.filter { $0.source == key }.count } ?? 0
+        let sourceFull = fromSource >= self.maximumPerSource
+        guard sourceFull || state.entries.count >= self.maximum else { return (nil, ()) }
+        guard let now else { return nil }
+        let victim = state.entries.filter { _, entry in
+            guard let since = entry.waitingSince, now >= since + self.grace else { return false }
+            return !sourceFull || entry.source == source
+        }.min { $0.value.waitingSince! < $1.value.waitingSince! }
+        return victim.map { ($0.key, ()) }
+    }
+
+    /// Whether connections wait in the queue.
+    var queued: Bool { self.state.withLock { !$0.queue.isEmpty } }
+
+    /// A request of the connection's is being answered: it cannot be closed to make room.
+    func answering(_ slot: Int) { self.state.withLock { $0.entries[slot]?.waitingSince = nil } }
+
+    /// The connection waits for its next request from now on.
+    func waiting(_ slot: Int) {
+        let now = DispatchTime.now().uptimeNanoseconds
+        self.state.withLock { $0.entries[slot]?.waitingSince = now }
+    }
+
+    /// The connection in `slot` closed: its slot goes to the first that waits for one.
+    func remove(_ slot: Int) {
+        let removed = self.state.withLock { $0.entries.removeValue(forKey: slot) != nil }
+        if removed { self.serveQueue() }
+    }
+
+    /// Closes the queued connections (the endpoint stops).
+    func closeQueued() {
+        let queue = self.state.withLock { state -> [Waiting] in
+            defer { state.queue = [] }
+            return state.queue
+        }
+        for waiting in queue { waiting.refuse() }
     }
 }
