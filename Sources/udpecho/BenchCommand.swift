@@ -49,6 +49,7 @@ struct BenchCommand: AsyncParsableCommand {
 
     @Option(
         name: [.short, .long],
+        parsing: .unconditional,
         help: ArgumentHelp("How long to send (at most 1h).", valueName: "duration"),
         transform: parseDuration
     )
@@ -56,6 +57,7 @@ struct BenchCommand: AsyncParsableCommand {
 
     @Option(
         name: [.customShort("s"), .customLong("size")],
+        parsing: .unconditional,
         help: ArgumentHelp(
             "Payload bytes per request, 16 to the datagram maximum. (default: 64; with --stamp, the test packet and its TLVs: 44, 112 authenticated)",
             valueName: "bytes"
@@ -63,24 +65,30 @@ struct BenchCommand: AsyncParsableCommand {
     )
     var sizeOption: Int?
 
-    @Option(help: ArgumentHelp("Sockets, each its own source port.", valueName: "n"))
+    @Option(parsing: .unconditional, help: ArgumentHelp("Sockets, each its own source port.", valueName: "n"))
     var flows = 4
 
     @Option(
+        parsing: .unconditional,
         help: ArgumentHelp("Closed loop: requests in flight per flow. (default: 32, unless --rate)", valueName: "w")
     )
     var window: Int?
 
-    @Option(help: ArgumentHelp("Open loop: requests per second over all flows.", valueName: "pps"))
+    @Option(
+        parsing: .unconditional,
+        help: ArgumentHelp("Open loop: requests per second over all flows.", valueName: "pps")
+    )
     var rate: Double?
 
     @Option(
         name: [.short, .long],
+        parsing: .unconditional,
         help: ArgumentHelp("Stop after this many requests, if before --duration.", valueName: "n")
     )
     var count: Int?
 
     @Option(
+        parsing: .unconditional,
         help: ArgumentHelp("A request without a reply after this long is lost.", valueName: "duration"),
         transform: parseDuration
     )
@@ -111,6 +119,7 @@ struct BenchCommand: AsyncParsableCommand {
     var timestamps: TimestampSource = .kernel
 
     @Option(
+        parsing: .unconditional,
         help: ArgumentHelp(
             "Open loop: stop sleeping this long before each request is due and poll instead, so that a late wake-up does not delay it (costs up to that much CPU per request). (default: what keeps polling under 5% of a core, at most 200us)",
             valueName: "duration"

@@ -44,10 +44,14 @@ struct ClientCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("The server's host, as the article's -host (default 127.0.0.1).", valueName: "host"))
     var host: String?
 
-    @Option(help: ArgumentHelp("The server's port, as the article's -port (default 1337).", valueName: "port"))
+    @Option(
+        parsing: .unconditional,
+        help: ArgumentHelp("The server's port, as the article's -port (default 1337).", valueName: "port")
+    )
     var port: Int?
 
     @Option(
+        parsing: .unconditional,
         help: ArgumentHelp("How long to wait for the reply (e.g. 500ms, 2s, 1m).", valueName: "duration"),
         transform: parseDuration
     )
@@ -103,6 +107,11 @@ struct ClientCommand: AsyncParsableCommand {
 
     func run() async throws {
         let status = self.output ? Stream.err : Stream.out
+        // SwiftNIO stops the process when it cannot open its event loops' descriptors: check first.
+        do { try DescriptorLimit.ensure(DescriptorLimit.runtime + 4) } catch {
+            Stream.err.line("udpecho: error: \(error)")
+            throw ExitCode(6)
+        }
         // Ctrl-C while waiting (for input, or for the reply): say so and leave with the shell's code for SIGINT.
         let signals = await UnixSignalsSequence(trapping: .sigint, .sigterm)
         Task.detached {

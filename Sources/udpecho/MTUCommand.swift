@@ -31,12 +31,14 @@ struct MTUCommand: AsyncParsableCommand {
 
     @Option(
         name: [.customShort("W"), .customLong("timeout")],
+        parsing: .unconditional,
         help: ArgumentHelp("How long to wait for each probe's echo.", valueName: "duration"),
         transform: parseDuration
     )
     var timeout: Duration = .milliseconds(300)
 
     @Option(
+        parsing: .unconditional,
         help: ArgumentHelp("Tries per size before a size without an answer counts as too big, 1 to 10.", valueName: "n")
     )
     var attempts = 3

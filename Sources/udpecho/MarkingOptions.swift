@@ -4,6 +4,7 @@ import UDPEcho
 /// How probes are marked: DSCP/ECN (or the whole TOS byte), TTL and DF; shared by `ping` and `bench`.
 struct MarkingOptions: ParsableArguments {
     @Option(
+        parsing: .unconditional,
         help: ArgumentHelp(
             "Send with this DSCP, 0 to 63 (46: EF, expedited forwarding; 34: AF41; 0: best effort).",
             valueName: "n"
@@ -20,6 +21,7 @@ struct MarkingOptions: ParsableArguments {
     var ecn: String?
 
     @Option(
+        parsing: .unconditional,
         help: ArgumentHelp(
             "Send with this whole TOS (IPv4) or traffic class (IPv6) byte, 0 to 255: DSCP and ECN at once (instead of --dscp and --ecn).",
             valueName: "n"
@@ -27,7 +29,10 @@ struct MarkingOptions: ParsableArguments {
     )
     var tos: Int?
 
-    @Option(help: ArgumentHelp("Send with this TTL (IPv4) or hop limit (IPv6), 1 to 255.", valueName: "n"))
+    @Option(
+        parsing: .unconditional,
+        help: ArgumentHelp("Send with this TTL (IPv4) or hop limit (IPv6), 1 to 255.", valueName: "n")
+    )
     var ttl: Int?
 
     @Flag(help: "Set Don't Fragment: a probe larger than the path allows is lost or refused, never fragmented.")

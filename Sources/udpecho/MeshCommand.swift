@@ -68,11 +68,13 @@ struct MeshCommand: AsyncParsableCommand {
     var peers: String?
 
     @Option(
+        parsing: .unconditional,
         help: ArgumentHelp("The port of a peer written without one.", valueName: "port")
     )
     var defaultPort = 1337
 
     @Option(
+        parsing: .unconditional,
         help: ArgumentHelp("How often peer names are resolved again.", valueName: "duration"),
         transform: parseDuration
     )
@@ -80,31 +82,41 @@ struct MeshCommand: AsyncParsableCommand {
 
     @Option(
         name: [.short, .long],
+        parsing: .unconditional,
         help: ArgumentHelp("Time between probes to each peer (each within ±10% of it).", valueName: "duration"),
         transform: parseDuration
     )
     var interval: Duration = .seconds(1)
 
-    @Option(help: ArgumentHelp("Source ports to probe from, in turn, 1 to 64.", valueName: "n"))
+    @Option(
+        parsing: .unconditional,
+        help: ArgumentHelp("Source ports to probe from, in turn, 1 to 64.", valueName: "n")
+    )
     var flows = 8
 
     @Option(
         name: [.customShort("s"), .customLong("size")],
+        parsing: .unconditional,
         help: ArgumentHelp("UDP payload bytes per probe, 32 and more.", valueName: "bytes")
     )
     var size = 64
 
     @Option(
         name: [.customShort("W"), .long],
+        parsing: .unconditional,
         help: ArgumentHelp("A probe without a reply after this long is lost.", valueName: "duration"),
         transform: parseDuration
     )
     var timeout: Duration = .seconds(1)
 
-    @Option(help: ArgumentHelp("At most this many probes a second over all peers.", valueName: "n"))
+    @Option(
+        parsing: .unconditional,
+        help: ArgumentHelp("At most this many probes a second over all peers.", valueName: "n")
+    )
     var maxRate: Double = 1100
 
     @Option(
+        parsing: .unconditional,
         help: ArgumentHelp(
             "At most this many bytes a second over all peers, IP and UDP headers included.",
             valueName: "n"
@@ -113,6 +125,7 @@ struct MeshCommand: AsyncParsableCommand {
     var maxBytesRate: Double = 125_000
 
     @Option(
+        parsing: .unconditional,
         help: ArgumentHelp("How long a peer that left the list is still exported.", valueName: "duration"),
         transform: parseDuration
     )
@@ -132,6 +145,7 @@ struct MeshCommand: AsyncParsableCommand {
 
     @Option(
         name: [.customShort("d"), .long],
+        parsing: .unconditional,
         help: ArgumentHelp("With --once: how long to probe.", valueName: "duration"),
         transform: parseDuration
     )
@@ -180,6 +194,15 @@ struct MeshCommand: AsyncParsableCommand {
             Stream.err.line("udpecho: error: \(error)")
             throw ExitCode(2)
         }
+        // The prober's sockets (a flow each, IPv4 and IPv6) and its wake-ups; the echo server's and the STAMP
+        // reflector's sockets, the metrics endpoint's, and SwiftNIO's loops: checked before any is opened (a flow
+        // whose socket cannot be opened would probe less than asked).
+        let threads = EchoServer.defaultThreads
+        let serving = self.once ? 0 : 4 * threads * (self.stampAddress == nil ? 1 : 2) + (self.metrics == nil ? 0 : 80)
+        do { try DescriptorLimit.ensure(DescriptorLimit.runtime + 2 * self.flows + 4 + serving) } catch {
+            Stream.err.line("udpecho: error: \(error)")
+            throw ExitCode.failure
+        }
         let once = self.once
         let agent = MeshAgent(
             .init(
@@ -217,9 +240,9 @@ struct MeshCommand: AsyncParsableCommand {
             Stream.err.line("udpecho: error: \(error)")
             throw ExitCode.failure
         }
-        Stream.out.line(
+        var said = [
             "mesh agent: serving echo on \(server.localAddresses.map(\.hostPortDescription).joined(separator: ", "))"
-        )
+        ]
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: server), .init(service: agent),
         ]
@@ -230,7 +253,7 @@ struct MeshCommand: AsyncParsableCommand {
                     logger: logger
                 )
                 let addresses = reflector.localAddresses.map(\.hostPortDescription).joined(separator: ", ")
-                Stream.out.line("mesh agent: STAMP reflector on \(addresses)")
+                said.append("mesh agent: STAMP reflector on \(addresses)")
                 services.append(.init(service: reflector))
             } catch {
                 Stream.err.line("udpecho: error: \(error)")
@@ -255,13 +278,15 @@ struct MeshCommand: AsyncParsableCommand {
                         return writer.write(into: &buffer, budget: 256 << 10)
                     }
                 }
-                Stream.out.line("metrics on http://\(endpoint.localAddress?.hostPortDescription ?? "?")/metrics")
+                said.append("metrics on http://\(endpoint.localAddress?.hostPortDescription ?? "?")/metrics")
                 services += [.init(service: serverMetrics), .init(service: endpoint)]
             } catch {
                 Stream.err.line("udpecho: error: cannot serve metrics on \(metricsAddress): \(error)")
                 throw ExitCode.failure
             }
         }
+        // Everything is bound before the agent says it serves.
+        for line in said { Stream.out.line(line) }
         let hangups = Task {
             for await _ in await UnixSignalsSequence(trapping: .sighup) { agent.reload() }
         }

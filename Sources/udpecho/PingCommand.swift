@@ -58,11 +58,16 @@ struct PingCommand: AsyncParsableCommand {
     )
     var targetText: String
 
-    @Option(name: [.short, .long], help: ArgumentHelp("Stop after N probes. (default: until Ctrl-C)", valueName: "n"))
+    @Option(
+        name: [.short, .long],
+        parsing: .unconditional,
+        help: ArgumentHelp("Stop after N probes. (default: until Ctrl-C)", valueName: "n")
+    )
     var count: Int?
 
     @Option(
         name: [.short, .long],
+        parsing: .unconditional,
         help: ArgumentHelp("Time between probes, e.g. 1s, 200ms, 500us.", valueName: "duration"),
         transform: parseDuration
     )
@@ -70,6 +75,7 @@ struct PingCommand: AsyncParsableCommand {
 
     @Option(
         name: [.customShort("s"), .customLong("size")],
+        parsing: .unconditional,
         help: ArgumentHelp(
             "Payload bytes per probe, 16 to the datagram maximum. (default: 64; with --stamp, the test packet and its TLVs: 44, 112 authenticated)",
             valueName: "bytes"
@@ -82,6 +88,7 @@ struct PingCommand: AsyncParsableCommand {
     @OptionGroup(title: "Marking and hops") var markingOptions: MarkingOptions
 
     @Option(
+        parsing: .unconditional,
         help: ArgumentHelp(
             "Send the probes in turn from N source ports, 1 to 64: ECMP hashing sends each port over one of the equal-cost paths.",
             valueName: "n"
@@ -97,6 +104,7 @@ struct PingCommand: AsyncParsableCommand {
 
     @Option(
         name: [.customShort("W"), .long],
+        parsing: .unconditional,
         help: ArgumentHelp("How long to wait for each reply.", valueName: "duration"),
         transform: parseDuration
     )

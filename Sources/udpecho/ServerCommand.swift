@@ -70,10 +70,14 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Host to listen on, as the article's -host (instead of --address).", valueName: "host"))
     var host: String?
 
-    @Option(help: ArgumentHelp("Port to listen on, as the article's -port (default 1337).", valueName: "port"))
+    @Option(
+        parsing: .unconditional,
+        help: ArgumentHelp("Port to listen on, as the article's -port (default 1337).", valueName: "port")
+    )
     var port: Int?
 
     @Option(
+        parsing: .unconditional,
         help: ArgumentHelp(
             "Write deadline: how long a reply may wait for room in the send buffer before it is dropped (e.g. 500ms, 2s, 1m).",
             valueName: "duration"
@@ -83,6 +87,7 @@ struct ServerCommand: AsyncParsableCommand {
     var timeout: Duration = .seconds(15)
 
     @Option(
+        parsing: .unconditional,
         help: ArgumentHelp(
             "Sockets and threads serving the port (SO_REUSEPORT); more spread clients over more cores. (default: half the CPU cores, at least 1)"
         )
@@ -96,6 +101,7 @@ struct ServerCommand: AsyncParsableCommand {
     var quiet = false
 
     @Option(
+        parsing: .unconditional,
         help: ArgumentHelp(
             "Datagrams shown per second before their lines collapse into a count; 0 shows every one.",
             valueName: "n"
@@ -103,13 +109,20 @@ struct ServerCommand: AsyncParsableCommand {
     )
     var linesPerSecond = 50
 
-    @Option(help: ArgumentHelp("Receive buffer of each socket, in bytes (SO_RCVBUF).", valueName: "bytes"))
+    @Option(
+        parsing: .unconditional,
+        help: ArgumentHelp("Receive buffer of each socket, in bytes (SO_RCVBUF).", valueName: "bytes")
+    )
     var receiveBuffer = 4 << 20
 
-    @Option(help: ArgumentHelp("Send buffer of each socket, in bytes (SO_SNDBUF).", valueName: "bytes"))
+    @Option(
+        parsing: .unconditional,
+        help: ArgumentHelp("Send buffer of each socket, in bytes (SO_SNDBUF).", valueName: "bytes")
+    )
     var sendBuffer = 4 << 20
 
     @Option(
+        parsing: .unconditional,
         help: ArgumentHelp(
             "After each datagram, keep polling the socket this long (e.g. 50us, 1ms) before sleeping until the next: the thread is not woken for a datagram that comes meanwhile, which takes the wake-up out of the round trip, at the cost of a core kept busy while traffic lasts. (default: 0, never poll; at most 1s)",
             valueName: "duration"
@@ -131,6 +144,7 @@ struct ServerCommand: AsyncParsableCommand {
     var reflectTos = false
 
     @Option(
+        parsing: .unconditional,
         help: ArgumentHelp(
             "Drop datagrams from source ports below N: well-known services, a spoofed loop or a reflection; 0 turns it off.",
             valueName: "n"
@@ -153,6 +167,7 @@ struct ServerCommand: AsyncParsableCommand {
     var allowOwnPort = false
 
     @Option(
+        parsing: .unconditional,
         help: ArgumentHelp(
             "Echo the same datagram from the same address and port at most N times in a row (each within 1s of the one before); the next copies are an echo loop with another echo service, and are dropped. 0 turns it off.",
             valueName: "n"
@@ -174,29 +189,41 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Never answer sources in this prefix (repeatable).", valueName: "cidr"))
     var deny: [String] = []
 
-    @Option(help: ArgumentHelp("Drop (never truncate) datagrams larger than this.", valueName: "bytes"))
+    @Option(
+        parsing: .unconditional,
+        help: ArgumentHelp("Drop (never truncate) datagrams larger than this.", valueName: "bytes")
+    )
     var maxSize: Int?
 
     @Option(
+        parsing: .unconditional,
         help: ArgumentHelp("Replies per second per source prefix (token bucket); 0 turns it off.", valueName: "pps")
     )
     var rateLimit: Double = 10_000
 
-    @Option(help: ArgumentHelp("Burst per source prefix. (default: twice --rate-limit, at least 1)", valueName: "n"))
+    @Option(
+        parsing: .unconditional,
+        help: ArgumentHelp("Burst per source prefix. (default: twice --rate-limit, at least 1)", valueName: "n")
+    )
     var rateBurst: Double?
 
-    @Option(help: ArgumentHelp("Prefix length that makes one IPv4 source.", valueName: "bits"))
+    @Option(parsing: .unconditional, help: ArgumentHelp("Prefix length that makes one IPv4 source.", valueName: "bits"))
     var ratePrefix4 = 32
 
-    @Option(help: ArgumentHelp("Prefix length that makes one IPv6 source.", valueName: "bits"))
+    @Option(parsing: .unconditional, help: ArgumentHelp("Prefix length that makes one IPv6 source.", valueName: "bits"))
     var ratePrefix6 = 64
 
     @Option(
-        help: ArgumentHelp("Sources remembered by the rate limiter, per thread (its memory is fixed).", valueName: "n")
+        parsing: .unconditional,
+        help: ArgumentHelp(
+            "Sources remembered by the rate limiter, per thread (its memory, about 40 bytes a source, is taken at start; 4 to 1048576).",
+            valueName: "n"
+        )
     )
     var rateTable = 16384
 
     @Option(
+        parsing: .unconditional,
         help: ArgumentHelp(
             "Replies per second over all sources, shared out over the threads (each with a burst of at least 1); 0 for no global budget. Loopback sources are outside it unless --limit-loopback.",
             valueName: "pps"
@@ -269,18 +296,26 @@ struct ServerCommand: AsyncParsableCommand {
         _ = try self.guards()
         _ = try self.listenAddress()
         _ = try self.stampConfiguration()
-        if let threads, !(1...1024).contains(threads) {
-            throw ValidationError("--threads \(threads) is out of range; give 1 to 1024")
+        func check(_ value: Int, _ range: ClosedRange<Int>, _ flag: String, _ why: String = "") throws {
+            guard range.contains(value) else {
+                throw ValidationError(
+                    "\(flag) \(value) is out of range; give \(range.lowerBound) to \(range.upperBound)\(why)"
+                )
+            }
         }
-        if self.linesPerSecond < 0 { throw ValidationError("--lines-per-second cannot be negative") }
+        typealias Limits = EchoServer.Configuration
+        if let threads { try check(threads, Limits.threadRange, "--threads") }
+        try check(self.linesPerSecond, 0...1_000_000, "--lines-per-second", " (0 shows every datagram)")
         if self.busyPoll < .zero || self.busyPoll > .seconds(1) {
             throw ValidationError(
                 "--busy-poll must be from 0 to 1s: it keeps a core busy that long after each datagram"
             )
         }
-        if self.receiveBuffer <= 0 || self.sendBuffer <= 0 {
-            throw ValidationError("socket buffer sizes must be positive")
-        }
+        try check(self.receiveBuffer, Limits.bufferSizeRange, "--receive-buffer")
+        try check(self.sendBuffer, Limits.bufferSizeRange, "--send-buffer")
+        try check(self.rateTable, Limits.tableSizeRange, "--rate-table", ": its memory is taken at start, per thread")
+        try check(self.loopLimit, 0...Limits.loopLimitRange.upperBound, "--loop-limit", " (0 turns it off)")
+        if let maxSize { try check(maxSize, 0...65535, "--max-size") }
     }
 
     private func guards() throws -> GuardConfiguration {
@@ -297,11 +332,14 @@ struct ServerCommand: AsyncParsableCommand {
         guard (0...32).contains(self.ratePrefix4), (0...128).contains(self.ratePrefix6) else {
             throw ValidationError("--rate-prefix4 goes from 0 to 32 and --rate-prefix6 from 0 to 128")
         }
-        guard self.rateLimit >= 0, self.globalRate >= 0, self.rateTable >= 4, (self.rateBurst ?? 1) >= 1 else {
-            throw ValidationError("rates cannot be negative, bursts are at least 1, and --rate-table is at least 4")
+        for (flag, rate) in [("--rate-limit", self.rateLimit), ("--global-rate", self.globalRate)] {
+            guard rate >= 0, rate.isFinite else {
+                throw ValidationError("\(flag) \(rate) is out of range: a rate cannot be negative (0 turns it off)")
+            }
         }
-        if let maxSize, maxSize < 0 { throw ValidationError("--max-size cannot be negative") }
-        guard self.loopLimit >= 0 else { throw ValidationError("--loop-limit cannot be negative; 0 turns it off") }
+        if let burst = self.rateBurst, !(burst >= 1 && burst.isFinite) {
+            throw ValidationError("--rate-burst \(burst) is out of range: a burst is at least 1")
+        }
         func prefixes(_ texts: [String], _ flag: String) throws -> [IPPrefix] {
             try texts.map { text in
                 do { return try IPPrefix(parsing: text) } catch { throw ValidationError("\(flag): \(error)") }
@@ -397,10 +435,14 @@ struct ServerCommand: AsyncParsableCommand {
             busyPoll: self.busyPoll,
             reflectTOS: self.reflectTos
         )
-        let server: EchoServer
         // Started by systemd with its sockets (ListenDatagram=): serve those instead of binding.
         let activated = SocketActivation.takeDescriptors()
+        let server: EchoServer
         do {
+            // Each serving thread's socket and event channel, SwiftNIO's loops, and the metrics endpoint's socket and
+            // connections: checked first, since SwiftNIO stops the process when it cannot open its own.
+            let threads = activated.isEmpty ? configuration.threads : activated.count
+            try DescriptorLimit.ensure(DescriptorLimit.runtime + 4 * threads + (self.metrics == nil ? 0 : 80))
             if activated.isEmpty {
                 server = try EchoServer(configuration: configuration, logger: logger) { event in
                     if let line = render(event) { lines.enqueue(line) }
@@ -414,14 +456,9 @@ struct ServerCommand: AsyncParsableCommand {
             Stream.err.line("udpecho: error: \(error)")
             throw ExitCode.failure
         }
-        let addresses = server.localAddresses.map(\.hostPortDescription).joined(separator: ", ")
-        let origin =
-            activated.isEmpty ? "" : " (socket activation: \(activated.count) socket\(activated.count == 1 ? "" : "s"))"
-        let role = configuration.stamp.map { "a STAMP reflector (\(Self.describe($0)))" } ?? "a server"
-        let fields = [("address", addresses)] + (activated.isEmpty ? [] : [("socket-activation", "\(activated.count)")])
-        self.say(format, "running", "running as \(role) on \(addresses)\(origin)", fields)
-
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: server)]
+        // Everything is bound before the server says it runs: a metrics address that cannot be bound stops it first.
+        var metricsURL: String?
         if let metricsAddress = self.metrics {
             let registry = PrometheusCollectorRegistry()
             MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
@@ -432,14 +469,26 @@ struct ServerCommand: AsyncParsableCommand {
                     metrics.publish()
                     return ServerMetrics.addingHelp(to: registry.emitToString())
                 }
-                let url = "http://\(endpoint.localAddress?.hostPortDescription ?? "?")/metrics"
-                self.say(format, "metrics", "metrics on \(url)", [("url", url)])
+                metricsURL = "http://\(endpoint.localAddress?.hostPortDescription ?? "?")/metrics"
                 services += [.init(service: metrics), .init(service: endpoint)]
             } catch {
                 Stream.err.line("udpecho: error: cannot serve metrics on \(metricsAddress): \(error)")
                 throw ExitCode.failure
             }
         }
+        if !activated.isEmpty && (self.address != nil || self.host != nil || self.port != nil) {
+            Stream.err.line(
+                "udpecho: note: serving the sockets the service manager passed (LISTEN_FDS); --address, --host and "
+                    + "--port are not used"
+            )
+        }
+        let addresses = server.localAddresses.map(\.hostPortDescription).joined(separator: ", ")
+        let origin =
+            activated.isEmpty ? "" : " (socket activation: \(activated.count) socket\(activated.count == 1 ? "" : "s"))"
+        let role = configuration.stamp.map { "a STAMP reflector (\(Self.describe($0)))" } ?? "a server"
+        let fields = [("address", addresses)] + (activated.isEmpty ? [] : [("socket-activation", "\(activated.count)")])
+        self.say(format, "running", "running as \(role) on \(addresses)\(origin)", fields)
+        if let metricsURL { self.say(format, "metrics", "metrics on \(metricsURL)", [("url", metricsURL)]) }
 
         let group = ServiceGroup(
             configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)

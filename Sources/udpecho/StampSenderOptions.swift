@@ -22,6 +22,7 @@ struct StampSenderOptions: ParsableArguments {
     var stampLocation = false
 
     @Option(
+        parsing: .unconditional,
         help: ArgumentHelp(
             "STAMP: ask the reflector to reply with this DSCP, and to say which DSCP and ECN the test packets arrived with (a Class of Service TLV).",
             valueName: "dscp"

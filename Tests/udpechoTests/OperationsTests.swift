@@ -86,8 +86,8 @@ let pythonSlowloris = """
 
 /// A launcher that passes a descriptor the way systemd does: as descriptor 3, with LISTEN_PID (this process, which
 /// becomes the server by exec) and LISTEN_FDS=1. `launch.py MODE PROGRAM ARGS...`, where MODE is `bound` (a UDP
-/// socket bound to 127.0.0.1, whose port it prints first), `unbound` (a UDP socket nobody bound) or `pipe` (not a
-/// socket at all).
+/// socket bound to 127.0.0.1, whose port it prints first), `connected` (the same, connected to 127.0.0.1:9),
+/// `unbound` (a UDP socket nobody bound) or `pipe` (not a socket at all).
 let pythonSocketActivation = """
     import os, socket, sys
     mode = sys.argv[1]
@@ -95,9 +95,11 @@ let pythonSocketActivation = """
         descriptor, _ = os.pipe()
     else:
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        if mode == "bound":
+        if mode in ("bound", "connected"):
             s.bind(("127.0.0.1", 0))
             print(s.getsockname()[1], flush=True)
+        if mode == "connected":
+            s.connect(("127.0.0.1", 9))
         descriptor = s.fileno()
     if descriptor != 3:
         os.dup2(descriptor, 3)
@@ -329,12 +331,28 @@ let pythonPipeliner = """
             "\(launched.errorText)"
         )
         #expect(start == "running as a server on 127.0.0.1:\(port) (socket activation: 1 socket)")
+        // The --address given beside the passed socket is not used, and the server says so.
+        #expect(
+            await launched.waitForError("--address, --host and --port are not used"),
+            "\(launched.errorText)"
+        )
         let client = try TestSocket(connectTo: try SocketAddress(ipAddress: "127.0.0.1", port: port))
         client.send(pattern(4097))
         #expect(await client.receive()?.bytes == pattern(4097))
         launched.signal(SIGTERM)
         #expect(await launched.waitForExit() == 0)
         #expect(launched.outputLines.last?.hasPrefix("summary: received=1 echoed=1") == true)
+    }
+
+    /// A connected UDP socket hears one peer only and would send every reply there: refused, not served.
+    @Test func refusesAConnectedSocket() async throws {
+        let result = try await Spawned.run(
+            python,
+            ["python3", "-c", pythonSocketActivation, "connected", udpecho, "server"]
+        )
+        #expect(result.status == 1, "\(result.lines) \(result.error)")
+        #expect(result.error.contains("is a connected UDP socket"), "\(result.error)")
+        #expect(!result.lines.contains { $0.hasPrefix("running") }, "\(result.lines)")
     }
 
     @Test func refusesADescriptorThatIsNotAUDPSocket() async throws {

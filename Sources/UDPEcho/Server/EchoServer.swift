@@ -103,6 +103,46 @@ public final class EchoServer: Service, Sendable {
 
         /// Whether runs are taken coalesced: a STAMP reflector and `reflectTOS` look at each datagram alone.
         var offloads: Bool { self.offload && self.stamp == nil && !self.reflectTOS }
+
+        /// The serving threads a server may have.
+        public static let threadRange = 1...1024
+        /// The socket buffer sizes a server may ask for, in bytes (the kernel may grant less: `net.core.rmem_max`).
+        public static let bufferSizeRange = 1...(1 << 30)
+        /// The sources the rate limiter and the STAMP session table may remember per thread: their memory is
+        /// allocated at start, so a size past this is refused instead of exhausting memory (a million entries of the
+        /// rate table take about 40 MB per thread).
+        public static let tableSizeRange = 4...(1 << 20)
+        /// The echo-loop detector's limit: repeats of one datagram allowed in a row.
+        public static let loopLimitRange = 1...1_000_000
+
+        /// Checks every size and count before anything is allocated or bound.
+        ///
+        /// - Throws: ``EchoError/invalidConfiguration(_:)`` naming the setting and its range.
+        public func validate() throws(EchoError) {
+            func check(_ value: Int, _ range: ClosedRange<Int>, _ name: String) throws(EchoError) {
+                guard range.contains(value) else {
+                    throw .invalidConfiguration(
+                        "\(name) \(value) is out of range; give \(range.lowerBound) to \(range.upperBound)"
+                    )
+                }
+            }
+            try check(self.threads, Self.threadRange, "the thread count")
+            try check(self.batchSize, 1...1024, "the batch size")
+            if let size = self.receiveBufferSize { try check(size, Self.bufferSizeRange, "the receive buffer size") }
+            if let size = self.sendBufferSize { try check(size, Self.bufferSizeRange, "the send buffer size") }
+            if let size = self.guards.maximumSize { try check(size, 0...65535, "the largest datagram size") }
+            if let limit = self.guards.loopLimit { try check(limit, Self.loopLimitRange, "the loop limit") }
+            if let rate = self.guards.rateLimit {
+                try check(rate.tableSize, Self.tableSizeRange, "the rate table size")
+            }
+            if let stamp = self.stamp, stamp.stateful {
+                try check(stamp.sessionTableSize, Self.tableSizeRange, "the STAMP session table size")
+            }
+            if let events = self.eventsPerSecond { try check(events, 1...1_000_000, "the events per second") }
+            guard self.writeTimeout >= .zero, self.busyPoll >= .zero, self.busyPoll <= .seconds(1) else {
+                throw .invalidConfiguration("the write timeout cannot be negative, and busy polling goes from 0 to 1s")
+            }
+        }
     }
 
     /// Half the CPU cores, at least one: each serving thread can keep a core busy, and the kernel's own work for
@@ -144,7 +184,7 @@ public final class EchoServer: Service, Sendable {
         logger: Logger = Logger(label: "udpecho.server", factory: { _ in SwiftLogNoOpLogHandler() }),
         onEvent: (@Sendable (ServerEvent) -> Void)? = nil
     ) throws(EchoError) {
-        precondition(configuration.threads >= 1, "an EchoServer needs at least one thread")
+        try configuration.validate()
         let target = try Self.bindAddress(for: configuration.address)
         let options = Self.socketOptions(configuration)
         var sockets: [ServerSocket] = []
@@ -177,6 +217,9 @@ public final class EchoServer: Service, Sendable {
         onEvent: (@Sendable (ServerEvent) -> Void)? = nil
     ) throws(EchoError) {
         precondition(!descriptors.isEmpty, "adopting needs at least one descriptor")
+        var checked = configuration
+        checked.threads = descriptors.count
+        try checked.validate()
         let options = Self.socketOptions(configuration)
         var sockets: [ServerSocket] = []
         for descriptor in descriptors {

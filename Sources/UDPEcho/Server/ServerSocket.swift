@@ -86,6 +86,18 @@ struct ServerSocket {
             throw .socket(operation: operation, address: name, errno: EINVAL)
         }
         let local = try Self.localAddress(of: fd, asked: try! SocketAddress(ipAddress: "0.0.0.0", port: 0))
+        var peer = sockaddr_storage()
+        var peerLength = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let connected = withUnsafeMutablePointer(to: &peer) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &peerLength) == 0 }
+        }
+        guard !connected else {
+            // A connected socket takes datagrams from one peer only, and would send every reply there.
+            throw .invalidConfiguration(
+                "\(name) is a connected UDP socket (it hears one peer only); the service manager must pass an "
+                    + "unconnected one (systemd: ListenDatagram= in the .socket unit)"
+            )
+        }
         guard local.port != 0 else {
             // Nothing can reach a socket without a port; serving it would only look like serving.
             throw .invalidConfiguration(

@@ -26,6 +26,8 @@ public enum EchoError: Error, CustomStringConvertible {
     case remoteTarget(SocketAddress)
     /// A setting is out of its range; the text says which and why.
     case invalidConfiguration(String)
+    /// Fewer file descriptors can be opened than the command needs: `available` of them under a limit of `limit`.
+    case descriptorsExhausted(needed: Int, available: Int, limit: Int)
 
     /// What went wrong, in words a person can act on.
     public var description: String {
@@ -56,6 +58,10 @@ public enum EchoError: Error, CustomStringConvertible {
                 + "that server, say so with --allow-remote"
         case .invalidConfiguration(let text):
             return text
+        case .descriptorsExhausted(let needed, let available, let limit):
+            return "too few file descriptors: this needs about \(needed), and only \(max(0, available)) more can be "
+                + "opened (the limit is \(limit)); raise it: ulimit -n \(needed + limit - available) in the shell, or "
+                + "LimitNOFILE= in its systemd unit"
         }
     }
 
