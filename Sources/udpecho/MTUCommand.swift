@@ -22,7 +22,12 @@ struct MTUCommand: AsyncParsableCommand {
             bytes of IPv4 and UDP headers, + 48 over IPv6), the probes it took and how long. Run it against an echo \
             server whose own link and path back carry the size too: an echo measures the round trip.
 
-            Exit codes: 0 found; 1 no size came back at all; 2 usage or setup error.
+            On a lossy path a size that goes unanswered may only have been lost: once a try is lost at a size that \
+            came back later, sizes get more tries (up to 12, enough that loss alone calls a size too big less than \
+            once in a thousand), and the result says how lossy the path is and how sure it is.
+
+            Exit codes: 0 found; 1 no size came back whole at all (no answer, or the server answers with something \
+            other than the probe: it cuts or changes every echo); 2 usage or setup error.
             """
     )
 
@@ -74,7 +79,7 @@ struct MTUCommand: AsyncParsableCommand {
         } catch {
             // No answer at any size, or nothing listening: the measurement failed (1); anything else is setup (2).
             switch error {
-            case .timeout, .refused:
+            case .timeout, .refused, .badEchoes:
                 if json {
                     Stream.out.line(jsonLine(MTUJSON.Failure(target: peer, error: "\(error)")))
                 } else {
@@ -110,6 +115,19 @@ struct MTUCommand: AsyncParsableCommand {
         if let local = result.localMTU { how += "; the local interface sends at most \(local) bytes" }
         if !result.confirmed { how += "; not confirmed (the probe limit was reached)" }
         Stream.out.line(how)
+        if result.lossRate > 0 {
+            var lossy =
+                "the path is lossy: \(Int((result.lossRate * 100).rounded()))% of tries at sizes that came back were "
+                + "lost first, so each size got up to 12 tries before it counted as too big"
+            if let chance = result.tooBigByChance {
+                lossy += "; the chance that the next size up was lost, not too big, is \(Self.percent(chance))"
+            }
+            Stream.out.line(lossy)
+        }
+    }
+
+    static func percent(_ value: Double) -> String {
+        value >= 0.01 ? "\(Int((value * 100).rounded()))%" : "\(Double(Int(value * 100_000)) / 1000)%"
     }
 }
 
@@ -122,6 +140,7 @@ extension PathMTUDiscovery.Probe {
         case .fragmentationNeeded(let mtu): text = "too big: ICMP says the MTU on the way is \(mtu)"
         case .tooBigToSend(let mtu): text = "too big for the local interface (MTU \(mtu))"
         case .truncated(let bytes): text = "echoed cut to \(bytes) bytes"
+        case .damaged(let bytes): text = "answered with \(bytes) bytes that are not the probe"
         case .noAnswer: text = "no answer"
         case .refused: text = "refused: nothing listens there"
         }
@@ -154,6 +173,8 @@ struct MTUJSON: Encodable {
     var black_hole, confirmed: Bool
     var local_mtu: Int?
     var truncated_at: Int?
+    var loss_rate: Double
+    var too_big_by_chance: Double?
     var steps: [Probe]
 
     init(_ result: PathMTUDiscovery.Result, target: String) {
@@ -168,6 +189,8 @@ struct MTUJSON: Encodable {
         self.confirmed = result.confirmed
         self.local_mtu = result.localMTU
         self.truncated_at = result.truncatedAt
+        self.loss_rate = result.lossRate
+        self.too_big_by_chance = result.tooBigByChance
         self.steps = result.probes.map { probe in
             switch probe.outcome {
             case .echoed(let roundTrip):
@@ -178,6 +201,8 @@ struct MTUJSON: Encodable {
                 Probe(size: probe.size, attempt: probe.attempt, outcome: "too-big-to-send", mtu: mtu)
             case .truncated(let bytes):
                 Probe(size: probe.size, attempt: probe.attempt, outcome: "truncated", echoed_bytes: bytes)
+            case .damaged(let bytes):
+                Probe(size: probe.size, attempt: probe.attempt, outcome: "damaged", echoed_bytes: bytes)
             case .noAnswer: Probe(size: probe.size, attempt: probe.attempt, outcome: "no-answer")
             case .refused: Probe(size: probe.size, attempt: probe.attempt, outcome: "refused")
             }

@@ -226,3 +226,24 @@ import Glibc
         }
     }
 }
+
+/// Path MTU discovery is a blocking loop on its own thread: cancelling the task stops it within a wait slice, where
+/// it used to wait out every timeout of the search (up to ~40 of them).
+@Suite struct PathMTUDiscoveryCancellationTests {
+    @Test func aCancelledSearchStopsAtOnce() async throws {
+        let silent = try TestSocket()  // bound, never answers
+        let search = Task {
+            try await PathMTUDiscovery.run(.init(target: silent.localAddress, probeTimeout: .seconds(2), attempts: 3))
+        }
+        try await Task.sleep(for: .milliseconds(200))
+        let cancelledAt = ContinuousClock.now
+        search.cancel()
+        let outcome = await search.result
+        let took = ContinuousClock.now - cancelledAt
+        #expect(took < .seconds(1), "\(took)")
+        guard case .failure(let error) = outcome, case .cancelled = error as? EchoError else {
+            Issue.record("\(outcome)")
+            return
+        }
+    }
+}

@@ -11,11 +11,13 @@ let udpecho: String = {
 /// A few lines of Python as an independent UDP peer: an echo server on an ephemeral port that prints its port, and
 /// that can misbehave: never answer (`silent`), lose every third datagram (`lossy`),
 /// hold every reply 50 ms (`hold50`), or every second one 20 ms (`alternate20`), flip a byte of each reply (`flip`, the first; `flip-last`, the last),
-/// answer twice (`dup`), swap each pair of replies (`reorder`), or stop answering for 300 ms once, after its 500th
-/// datagram (`stall`).
+/// answer twice (`dup`), swap each pair of replies (`reorder`), stop answering for 300 ms once, after its 500th
+/// datagram (`stall`), cut every echo by its last byte (`cut1`), or answer half the datagrams, chosen at random
+/// from a fixed seed (`half`).
 let pythonEchoServer = """
-    import socket, sys, time
+    import random, socket, sys, time
     mode = sys.argv[1]
+    chance = random.Random(4)
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     s.bind(("127.0.0.1", 0))
@@ -24,8 +26,10 @@ let pythonEchoServer = """
     while True:
         data, peer = s.recvfrom(65535)
         n += 1
-        if mode == "silent" or (mode == "lossy" and n % 3 == 0):
+        if mode == "silent" or (mode == "lossy" and n % 3 == 0) or (mode == "half" and chance.random() < 0.5):
             continue
+        if mode == "cut1" and data:
+            data = data[:-1]
         if mode == "flip" and data:
             data = bytes([data[0] ^ 0xFF]) + data[1:]
         if mode == "flip-last" and data:

@@ -402,6 +402,36 @@ struct RoutedHosts: NamespaceHosts {
         }
     }
 
+    /// A server that cuts every echo by a byte, or changes its last byte, answers every probe: `mtu` ended with "no
+    /// reply ... the server may be down" after 100 answered probes. Now it says the echoes are not the probes.
+    @Test(arguments: [("cut1", "came back as 65505"), ("flip-last", "came back with byte 15 changed")])
+    func mtuSaysWhenEchoesAreNotTheProbes(mode: String, words: String) async throws {
+        let (server, port) = try await startPythonServer(mode)
+        defer { server.signal(SIGKILL) }
+        let result = try await Spawned.run(udpecho, ["mtu", "127.0.0.1:\(port)"], timeout: 60)
+        #expect(result.status == 1, "\(result.status) \(result.error)")
+        #expect(result.error.contains("answers, but not with the datagram it was sent"), "\(result.error)")
+        #expect(result.error.contains(words), "\(result.error)")
+        #expect(!result.error.contains("may be down"), "\(result.error)")
+    }
+
+    /// A server that answers half the datagrams at random (a fixed seed): once a try is lost at a size that comes
+    /// back later, sizes get more tries, so loss is not taken for size (it reported 24,318 bytes and a black hole on
+    /// loopback); the output says how lossy the path is.
+    @Test func mtuOnALossyPathIsNotFooledByLoss() async throws {
+        let (server, port) = try await startPythonServer("half")
+        defer { server.signal(SIGKILL) }
+        let result = try await Spawned.run(
+            udpecho,
+            ["mtu", "127.0.0.1:\(port)", "--json", "-W", "500ms"],
+            timeout: 200
+        )
+        let object = try #require(try jsonObjects(result.lines).first, "\(result.lines) \(result.error)")
+        #expect(object["largest_payload"] as? Int == 65507, "\(object)")
+        #expect((object["loss_rate"] as? Double ?? 0) > 0.2, "\(object)")
+        #expect(object["black_hole"] as? Bool == false, "\(object)")
+    }
+
     /// Out-of-range marking options are usage errors that say what the range is.
     @Test(arguments: [
         (["--dscp", "64"], "--dscp 64: a DSCP goes from 0 to 63"),

@@ -1,5 +1,6 @@
 import Atomics
 import CUDPEcho
+import Foundation
 public import NIOCore
 
 #if canImport(Glibc)
@@ -60,6 +61,8 @@ public enum PathMTUDiscovery {
         case tooBigToSend(mtu: Int)
         /// The echo came back cut to this many bytes: the echo server (or something on the way) holds no more.
         case truncated(bytes: Int)
+        /// A reply to this probe (its sequence number) that is not its echo: this many bytes, altered.
+        case damaged(bytes: Int)
         /// No echo and no ICMP message within the timeout.
         case noAnswer
         /// ICMP port unreachable: nothing listens at the target.
@@ -100,13 +103,26 @@ public enum PathMTUDiscovery {
         public var localMTU: Int?
         /// Whether the size was confirmed by a last probe after the search.
         public var confirmed: Bool
+        /// The share of tries lost at sizes that were echoed in the end (a try unanswered, then a later one echoed):
+        /// loss on the path that has nothing to do with size. 0 on a clean path.
+        public var lossRate: Double
+        /// On a lossy path, the chance that the size just above the result was called too big by loss alone (it
+        /// went unanswered in every try it got): the result is that sure. nil where no size was called too big for
+        /// want of an answer, or nothing was lost.
+        public var tooBigByChance: Double?
     }
 
     /// The IP packet size RFC 8899 takes as the base that every path is expected to carry.
     public static let basePacket = 1200
 
     /// Searches; returns once the largest size is found and confirmed, or throws ``EchoError/timeout(_:peer:)``
-    /// when no size at all is answered, ``EchoError/refused(peer:)`` when nothing listens.
+    /// when no size at all is answered, ``EchoError/refused(peer:)`` when nothing listens,
+    /// ``EchoError/badEchoes(peer:reason:)`` when the server answers but never with the probe itself, and
+    /// ``EchoError/cancelled`` when the task is cancelled (within 50 ms).
+    ///
+    /// On a lossy path a size that goes unanswered may only have been lost: once a try has been lost at a size
+    /// that came back later, each size gets as many tries as make its "too big" wrong by chance less than once in a
+    /// thousand (up to 12), and a size called too big with fewer is tried again before the result stands.
     ///
     /// - Parameters:
     ///   - configuration: The target, how long to wait for each probe and how many probes to send at most.
@@ -122,13 +138,18 @@ public enum PathMTUDiscovery {
         guard fd >= 0 else {
             throw .socket(operation: "connect to", address: configuration.target.hostPortDescription, errno: -fd)
         }
-        let outcome: Swift.Result<Result, EchoError> = await withCheckedContinuation { continuation in
-            WorkerThread.start {
-                var search = Search(configuration, descriptor: fd, onProbe: onProbe)
-                let result = search.run()
-                close(fd)
-                continuation.resume(returning: result)
+        let cancelled = ManagedAtomic(false)
+        let outcome: Swift.Result<Result, EchoError> = await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                WorkerThread.start {
+                    var search = Search(configuration, descriptor: fd, cancelled: cancelled, onProbe: onProbe)
+                    let result = search.run()
+                    close(fd)
+                    continuation.resume(returning: result)
+                }
             }
+        } onCancel: {
+            cancelled.store(true, ordering: .relaxed)
         }
         return try outcome.get()
     }
@@ -137,19 +158,33 @@ public enum PathMTUDiscovery {
     struct Search {
         let configuration: Configuration
         let fd: Int32
+        let cancelled: ManagedAtomic<Bool>
         let onProbe: (@Sendable (Probe) -> Void)?
         let headers: Int
+        /// Tries at sizes that were echoed in the end, and how many of them went unanswered first.
+        var triesAtEchoedSizes = 0
+        var lostAtEchoedSizes = 0
+        /// Sizes called too big for want of an answer, with the tries each got.
+        var unanswered: [Int: Int] = [:]
+        /// Replies to a probe that were not its echo (altered, or cut again below a size already cut).
+        var damaged = 0
+        var lastDamage: String?
         var probes: [Probe] = []
         var icmpMTUs: [Int] = []
         var localMTU: Int?
-        var blackHole = false
         var truncatedAt: Int?
         var sequence: UInt64 = 0
         var buffer = [UInt8](repeating: 0, count: 65536)
 
-        init(_ configuration: Configuration, descriptor: Int32, onProbe: (@Sendable (Probe) -> Void)?) {
+        init(
+            _ configuration: Configuration,
+            descriptor: Int32,
+            cancelled: ManagedAtomic<Bool>,
+            onProbe: (@Sendable (Probe) -> Void)?
+        ) {
             self.configuration = configuration
             self.fd = descriptor
+            self.cancelled = cancelled
             self.onProbe = onProbe
             self.headers = configuration.target.maximumDatagramPayload == DatagramLimits.ipv6MaximumPayload ? 48 : 28
         }
@@ -168,12 +203,17 @@ public enum PathMTUDiscovery {
             var checkedBase = false
             var confirmed = false
             while self.probes.count < self.configuration.maximumProbes {
+                if self.cancelled.load(ordering: .relaxed) { return .failure(.cancelled) }
                 let outcome = self.probe(candidate)
                 switch outcome {
                 case .echoed:
                     low = max(low, candidate)
+                    if high <= low { high = self.smallestUnanswered(above: low) ?? maximum + 1 }
                 case .refused:
                     return .failure(.refused(peer: self.configuration.target))
+                case .damaged:
+                    // The server answered, but not with the probe: it says nothing of the size.
+                    break
                 case .tooBigToSend(let mtu):
                     high = min(high, candidate)
                     if mtu > self.headers { hint = mtu - self.headers }
@@ -188,9 +228,17 @@ public enum PathMTUDiscovery {
                     }
                 case .noAnswer:
                     high = min(high, candidate)
-                    self.blackHole = true
                 case .truncated(let bytes):
-                    // The path carried it; the echo that came back held only `bytes`: that size is tried next.
+                    // The path carried it; the echo that came back held only `bytes`: that size is tried next. A
+                    // server whose buffer is the limit echoes that size whole; one that cuts it again cuts every
+                    // echo, and no size can be measured through it.
+                    if let before = self.truncatedAt, candidate <= before {
+                        self.damaged += 1
+                        self.lastDamage =
+                            "\(candidate) bytes sent came back as \(bytes), after \(before + 1) or more "
+                            + "came back as \(before): it cuts every echo"
+                        return .failure(self.badEchoes())
+                    }
                     high = min(high, candidate)
                     if bytes > low {
                         hint = bytes
@@ -203,6 +251,13 @@ public enum PathMTUDiscovery {
                     // (a fast answer if it is right).
                     candidate = hintedHigh
                     hintedHigh = Int.max
+                    continue
+                }
+                if low > 0 && high - low <= 1, let tries = self.unanswered[high], tries < self.attemptsNeeded {
+                    // Called too big with fewer tries than the loss seen since asks for: try it again first.
+                    candidate = high
+                    self.unanswered[high] = nil
+                    high = self.smallestUnanswered(above: low) ?? maximum + 1
                     continue
                 }
                 if low > 0 && high - low <= 1 {
@@ -230,15 +285,16 @@ public enum PathMTUDiscovery {
                     // Nothing came back yet, not even the base: halve towards the smallest probe.
                     candidate = max(16, min(bound - 1, candidate) / 2)
                     if candidate >= bound || (candidate == 16 && self.probes.last?.size == 16) {
-                        return .failure(.timeout(self.configuration.probeTimeout, peer: self.configuration.target))
+                        return .failure(self.nothingCameBack())
                     }
                 } else {
                     candidate = (low + bound) / 2
                 }
             }
-            guard low > 0 else {
-                return .failure(.timeout(self.configuration.probeTimeout, peer: self.configuration.target))
-            }
+            guard low > 0 else { return .failure(self.nothingCameBack()) }
+            let loss = self.lossRate
+            let above = self.unanswered[high]
+            let chance = loss > 0 && above != nil ? pow(loss, Double(above!)) : nil
             return .success(
                 Result(
                     largestPayload: low,
@@ -247,26 +303,76 @@ public enum PathMTUDiscovery {
                     probes: self.probes,
                     elapsed: ContinuousClock.now - start,
                     icmpMTUs: self.icmpMTUs,
-                    blackHole: self.blackHole && self.icmpMTUs.isEmpty,
+                    blackHole: self.unanswered[high] != nil && self.icmpMTUs.isEmpty,
                     truncatedAt: self.truncatedAt,
                     localMTU: self.localMTU,
-                    confirmed: confirmed
+                    confirmed: confirmed,
+                    lossRate: loss,
+                    tooBigByChance: chance
                 )
+            )
+        }
+
+        /// The loss seen so far at sizes that came back: tries lost for no reason of size.
+        var lossRate: Double {
+            self.triesAtEchoedSizes == 0 ? 0 : Double(self.lostAtEchoedSizes) / Double(self.triesAtEchoedSizes)
+        }
+
+        /// Tries a size needs before it counts as too big: those configured on a clean path; on a lossy one, enough
+        /// that loss alone leaves it unanswered less than once in a thousand (at most 12).
+        var attemptsNeeded: Int {
+            let loss = self.lossRate
+            guard loss > 0 else { return self.configuration.attempts }
+            let needed = loss >= 1 ? 12 : Int((log(0.001) / log(loss)).rounded(.up))
+            return min(12, max(self.configuration.attempts, needed))
+        }
+
+        /// The smallest size above `size` called too big for want of an answer.
+        func smallestUnanswered(above size: Int) -> Int? {
+            self.unanswered.keys.filter { $0 > size }.min()
+        }
+
+        /// Why nothing came back: the server answered with something else, or it did not answer at all.
+        func nothingCameBack() -> EchoError {
+            self.damaged > 0
+                ? self.badEchoes() : .timeout(self.configuration.probeTimeout, peer: self.configuration.target)
+        }
+
+        func badEchoes() -> EchoError {
+            .badEchoes(
+                peer: self.configuration.target,
+                reason: "\(self.damaged) of \(self.probes.count) probes were answered with something other than "
+                    + "the probe (last: \(self.lastDamage ?? "?"))"
             )
         }
 
         static func basePayload(headers: Int) -> Int { PathMTUDiscovery.basePacket - headers }
 
-        /// Probes `size` up to `attempts` times: an echo or an explicit answer (ICMP, a local refusal) ends it.
+        /// Probes `size` up to ``attemptsNeeded`` times: an echo or an explicit answer (ICMP, a local refusal) ends
+        /// it.
         mutating func probe(_ size: Int) -> Outcome {
             var outcome = Outcome.noAnswer
-            for attempt in 1...self.configuration.attempts {
-                guard self.probes.count < self.configuration.maximumProbes else { return outcome }
+            var attempt = 0
+            while attempt < self.attemptsNeeded {
+                attempt += 1
+                guard self.probes.count < self.configuration.maximumProbes, !self.cancelled.load(ordering: .relaxed)
+                else { break }
                 outcome = self.once(size)
                 let probe = Probe(size: size, attempt: attempt, outcome: outcome)
                 self.probes.append(probe)
                 self.onProbe?(probe)
-                if outcome != .noAnswer { return outcome }
+                if case .damaged = outcome { continue }
+                if outcome != .noAnswer { break }
+            }
+            switch outcome {
+            case .echoed:
+                self.triesAtEchoedSizes += attempt
+                self.lostAtEchoedSizes += attempt - 1
+            case .noAnswer, .damaged:
+                self.unanswered[size] = max(self.unanswered[size] ?? 0, attempt)
+                outcome = .noAnswer
+            default:
+                break
             }
             return outcome
         }
@@ -295,10 +401,12 @@ public enum PathMTUDiscovery {
             }
             let deadline = sentAt + self.configuration.probeTimeout.nanoseconds
             while case let now = cudpecho_now_ns(), now < deadline {
+                // At most 50 ms a wait, so that a cancelled search stops soon.
+                if self.cancelled.load(ordering: .relaxed) { return .noAnswer }
                 let ready = cudpecho_wait(
                     self.fd,
                     cudpecho_pollin,
-                    Int32(clamping: (deadline - now + 999_999) / 1_000_000)
+                    Int32(clamping: min(50, (deadline - now + 999_999) / 1_000_000))
                 )
                 if ready <= 0 { continue }
                 let errors = self.drainErrors()
@@ -314,6 +422,18 @@ public enum PathMTUDiscovery {
                     }
                     if length >= 8 && length < size && self.buffer.prefix(length).elementsEqual(probe.prefix(length)) {
                         return .truncated(bytes: length)
+                    }
+                    if length >= min(8, size) && self.buffer.prefix(min(8, size)).elementsEqual(probe.prefix(8)) {
+                        // This probe's number, but not its bytes.
+                        self.damaged += 1
+                        let first = zip(self.buffer.prefix(length), probe).enumerated().first {
+                            $0.element.0 != $0.element.1
+                        }
+                        self.lastDamage =
+                            length != size
+                            ? "\(size) bytes sent came back as \(length)"
+                            : "\(size) bytes came back with byte \(first?.offset ?? 0) changed"
+                        return .damaged(bytes: length)
                     }
                     // An older probe's late echo, or something else: not this probe's answer.
                 }

@@ -26,6 +26,10 @@ public enum EchoError: Error, CustomStringConvertible {
     case remoteTarget(SocketAddress)
     /// A setting is out of its range; the text says which and why.
     case invalidConfiguration(String)
+    /// The server answers, but not with what it was sent: its replies are altered or cut (`reason` says how).
+    case badEchoes(peer: SocketAddress, reason: String)
+    /// The operation was cancelled.
+    case cancelled
     /// Fewer file descriptors can be opened than the command needs: `available` of them under a limit of `limit`.
     case descriptorsExhausted(needed: Int, available: Int, limit: Int)
 
@@ -58,6 +62,11 @@ public enum EchoError: Error, CustomStringConvertible {
                 + "that server, say so with --allow-remote"
         case .invalidConfiguration(let text):
             return text
+        case .badEchoes(let peer, let reason):
+            return "\(peer.hostPortDescription) answers, but not with the datagram it was sent: \(reason); it is not "
+                + "an echo server, or something on the path changes packets, so no size can be measured through it"
+        case .cancelled:
+            return "cancelled"
         case .descriptorsExhausted(let needed, let available, let limit):
             return "too few file descriptors: this needs about \(needed), and only \(max(0, available)) more can be "
                 + "opened (the limit is \(limit)); raise it: ulimit -n \(needed + limit - available) in the shell, or "
