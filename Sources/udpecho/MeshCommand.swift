@@ -327,7 +327,7 @@ struct MeshCommand: AsyncParsableCommand {
 
 /// `mesh --once`: a line per target.
 func meshOnceLines(_ snapshot: MeshSnapshot) -> [String] {
-    var lines = ["peer  address  sent  received  lost  loss  p50 ms  p99 ms"]
+    var lines = ["peer  address  sent  received  lost  loss  duplicate  corrupt  p50 ms  p99 ms"]
     for target in snapshot.targets.sorted(by: {
         ($0.target.peer.description, $0.target.address.hostPortDescription) < (
             $1.target.peer.description, $1.target.address.hostPortDescription
@@ -339,7 +339,8 @@ func meshOnceLines(_ snapshot: MeshSnapshot) -> [String] {
         let p99 = times.map { $0.count > 0 ? milliseconds($0.percentile(99)) : "-" } ?? "-"
         lines.append(
             "\(target.target.peer)  \(target.target.address.hostPortDescription)  \(target.sent)  \(target.received)  "
-                + "\(target.lost)  \(EchoBenchmark.Result.percent(loss))  \(p50)  \(p99)"
+                + "\(target.lost)  \(EchoBenchmark.Result.percent(loss))  \(target.duplicate)  \(target.corrupt)  "
+                + "\(p50)  \(p99)"
         )
     }
     return lines

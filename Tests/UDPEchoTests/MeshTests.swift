@@ -33,6 +33,17 @@ import Testing
         #expect(error.description.hasPrefix("line 2 ('192.0.2.2:99999'): "))
     }
 
+    /// Round trips are timed on CLOCK_MONOTONIC; the kernel's arrival time (CLOCK_REALTIME) is carried over by the
+    /// offset read when the reply is drained. A realtime step between the arrival and the read shows as an arrival
+    /// before the send or after the read: the read time is taken instead of a negative or inflated round trip.
+    @Test func roundTripsSurviveAClockStep() {
+        #expect(MeshProber.roundTrip(sent: 1_000_000, arrival: 1_300_000, drained: 3_000_000) == 300_000)
+        // Stepped back 1 s between arrival and read: the carried-over arrival lands after the read.
+        #expect(MeshProber.roundTrip(sent: 1_000_000, arrival: 1_001_300_000, drained: 3_000_000) == 2_000_000)
+        // Stepped forward 1 s: it lands before the send.
+        #expect(MeshProber.roundTrip(sent: 1_000_000_000, arrival: 300_000, drained: 1_002_000_000) == 2_000_000)
+    }
+
     @Test func aListTooLongIsRefusedWhole() {
         let text = (0..<(MeshPeerList.maximumPeers + 1)).map { "10.\($0 >> 16 & 255).\($0 >> 8 & 255).\($0 & 255):1" }
             .joined(separator: "\n")

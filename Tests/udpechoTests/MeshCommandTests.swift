@@ -86,6 +86,29 @@ struct MeshAgentProcess {
         await server.waitForExit()
     }
 
+    /// Garbage replies showed in the text report only as loss: the report has duplicate and corrupt columns, so a
+    /// peer that answers twice or changes a byte is told from one that does not answer.
+    @Test(arguments: [("dup", "duplicate"), ("flip", "corrupt")])
+    func onceShowsDuplicateAndCorruptReplies(mode: String, column: String) async throws {
+        let (server, port) = try await startPythonServer(mode)
+        defer { server.signal(SIGKILL) }
+        let result = try await Spawned.run(
+            udpecho,
+            ["mesh", "--once", "-d", "1s", "-i", "50ms", "--flows", "1", "--peer", "127.0.0.1:\(port)"]
+        )
+        let header = try #require(result.lines.first { $0.hasPrefix("peer  address") }, "\(result.lines)")
+        #expect(header == "peer  address  sent  received  lost  loss  duplicate  corrupt  p50 ms  p99 ms")
+        let row = try #require(result.lines.first { $0.hasPrefix("127.0.0.1:\(port)  ") }, "\(result.lines)")
+        let fields = row.split(separator: "  ").map(String.init)
+        let sent = try #require(Int(fields[2]))
+        #expect(sent >= 15, "\(row)")
+        if column == "duplicate" {
+            #expect(fields[3] == "\(sent)" && fields[6] == "\(sent)" && fields[7] == "0", "\(row)")
+        } else {
+            #expect(fields[3] == "0" && fields[6] == "0" && fields[7] == "\(sent)", "\(row)")
+        }
+    }
+
     /// A peer that is not ours (socat echoing through a pipe; one source port, so no fork) is probed like any
     /// echo server.
     @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/socat"), "needs socat"))

@@ -123,6 +123,14 @@ public final class MeshProber: @unchecked Sendable {
     /// The statistics as of the last publication (at most half a second old).
     public func snapshot() -> MeshSnapshot { self.published.withLock { $0 } }
 
+    /// A probe's round trip on CLOCK_MONOTONIC: from `sent` to `arrival` (the kernel's receive time, carried over from
+    /// CLOCK_REALTIME by the clocks' offset when the reply was read at `drained`). The realtime clock may have
+    /// stepped between the arrival and the read (the offset then differs by the step): an arrival before the send or
+    /// after the read is impossible, and the read time, an upper bound a tick late at most, is taken instead.
+    static func roundTrip(sent: Int64, arrival: Int64, drained: Int64) -> Int64 {
+        arrival >= sent && arrival <= drained ? arrival - sent : max(0, drained - sent)
+    }
+
     /// Probes until the task is cancelled; then publishes once more and returns.
     public func run() async {
         await withTaskCancellationHandler {
@@ -261,7 +269,8 @@ struct MeshProberState {
     var generation: [UInt32] = []
     var nextDue: Int64 { self.heap.first?.due ?? Int64.max }
     /// Outstanding probes, by sequence number & mask.
-    var ring: [(sequence: UInt64, target: Int32, flow: UInt16, answered: Bool, sentAt: Int64, sentMonotonic: Int64)]
+    /// Outstanding probes: the send time on CLOCK_MONOTONIC, read just before the send (it never steps).
+    var ring: [(sequence: UInt64, target: Int32, flow: UInt16, answered: Bool, sentMonotonic: Int64)]
     let mask: Int
     var nextSequence: UInt64 = 1
     var oldest: UInt64 = 1
@@ -281,7 +290,7 @@ struct MeshProberState {
         let wanted = configuration.maximumRate * (configuration.timeout.seconds + 1) * 2
         var capacity = 4096
         while Double(capacity) < wanted && capacity < 1 << 22 { capacity <<= 1 }
-        self.ring = Array(repeating: (0, -1, 0, false, 0, 0), count: capacity)
+        self.ring = Array(repeating: (0, -1, 0, false, 0), count: capacity)
         self.mask = capacity - 1
         self.sockets = Array(repeating: Array(repeating: -1, count: configuration.flows), count: 2)
         self.ports = Array(repeating: Array(repeating: 0, count: configuration.flows), count: 2)
@@ -493,13 +502,12 @@ struct MeshProberState {
         self.probe.withUnsafeMutableBytes {
             MeshProbe.write(into: $0, sequence: sequence, target: UInt32(index), flow: flow)
         }
-        let sentAt = cudpecho_realtime_ns()
+        let sentAt = cudpecho_now_ns()
         let result = self.probe.withUnsafeBytes { bytes in
             target.address.withRawAddress { sendto(fd, bytes.baseAddress, bytes.count, Int32(MSG_DONTWAIT), $0, $1) }
         }
         guard result >= 0 else { return }  // not sent (no route, a full buffer): not counted as a probe
-        // The send time on the kernel's receive-timestamp clock (CLOCK_REALTIME); the loss deadline on `now`'s.
-        self.ring[Int(sequence) & self.mask] = (sequence, Int32(index), flow, false, sentAt, now)
+        self.ring[Int(sequence) & self.mask] = (sequence, Int32(index), flow, false, sentAt)
         self.sent[index] += 1
         if self.configuration.perFlow { self.flowCounts[(index * self.configuration.flows + Int(flow)) * 3] += 1 }
     }
@@ -517,7 +525,10 @@ struct MeshProberState {
                     let received = cudpecho_batch_recv(fd, self.batch, 64, 0)
                     if received == -EINTR || received == -ECONNREFUSED || received == -EHOSTUNREACH { continue }
                     guard received > 0 else { break }
-                    let fallback = cudpecho_realtime_ns()
+                    // The kernel stamps arrivals on CLOCK_REALTIME, which steps; probes are timed on CLOCK_MONOTONIC,
+                    // which does not: each arrival is carried over by the offset between the two read now.
+                    let drained = cudpecho_now_ns()
+                    let offset = cudpecho_realtime_ns() - drained
                     for slot in 0..<Int(received) {
                         var length: socklen_t = 0
                         let peer = cudpecho_batch_peer(self.batch, Int32(slot), &length)!
@@ -526,7 +537,12 @@ struct MeshProberState {
                             start: cudpecho_batch_payload(self.batch, Int32(slot)),
                             count: cudpecho_batch_length(self.batch, Int32(slot))
                         )
-                        self.match(reply, from: MeshAddressKey(peer), arrival: arrival != 0 ? arrival : fallback)
+                        self.match(
+                            reply,
+                            from: MeshAddressKey(peer),
+                            arrival: arrival != 0 ? arrival - offset : drained,
+                            drained: drained
+                        )
                     }
                     if received < 64 { break }
                 }
@@ -534,7 +550,13 @@ struct MeshProberState {
         }
     }
 
-    private mutating func match(_ reply: UnsafeRawBufferPointer, from source: MeshAddressKey?, arrival: Int64) {
+    /// `arrival`: the kernel's receive time carried over to CLOCK_MONOTONIC; `drained`: when it was read.
+    private mutating func match(
+        _ reply: UnsafeRawBufferPointer,
+        from source: MeshAddressKey?,
+        arrival: Int64,
+        drained: Int64
+    ) {
         guard reply.count >= MeshProbe.headerSize else { return }
         let sequence = UInt64(littleEndian: reply.loadUnaligned(as: UInt64.self))
         let claimed = Int(UInt32(littleEndian: reply.loadUnaligned(fromByteOffset: 8, as: UInt32.self)))
@@ -567,7 +589,7 @@ struct MeshProberState {
             return
         }
         self.ring[slot].answered = true
-        let roundTrip = max(0, arrival - entry.sentAt)
+        let roundTrip = MeshProber.roundTrip(sent: entry.sentMonotonic, arrival: arrival, drained: drained)
         self.received[index] += 1
         self.lastReply[index] = cudpecho_now_ns()
         let seconds = Double(roundTrip) / 1e9
