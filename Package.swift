@@ -64,6 +64,7 @@ let package = Package(
             name: "UDPEchoTests",
             dependencies: [
                 "UDPEcho",
+                "CUDPEcho",
                 "TestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -6,6 +6,7 @@
 #include <netinet/udp.h>
 #include <errno.h>
 #include <poll.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <pthread.h>
@@ -33,6 +34,59 @@ struct cudpecho_batch {
     uint16_t *segment_size;       // per slot: the segment size of a coalesced run (UDP_GRO), 0 for one datagram
     int dirty;                    // slots [0, dirty) were received into (and made replies) since the last reset
 };
+
+// A bug in the caller, never a condition to survive: stop loudly, as SwiftNIO's preconditions do, instead of
+// sending a reply other than the one asked for.
+__attribute__((noreturn, cold)) static void cudpecho_fail(const char *what) {
+    fprintf(stderr, "udpecho: internal error: %s\n", what);
+    abort();
+}
+
+// Every accessor of a slot checks its index.
+#define CHECK_SLOT(batch, i)                                                                                           \
+    do {                                                                                                               \
+        if ((i) < 0 || (i) >= (batch)->count) cudpecho_fail("batch slot index out of range");                          \
+    } while (0)
+
+// The data of control message `c` of `h` when it holds at least `size` bytes, all within the control buffer; NULL
+// for one whose cmsg_len is short or runs past the buffer (the one way control messages are read).
+static const void *cmsg_payload(const struct msghdr *h, const struct cmsghdr *c, size_t size) {
+    const uint8_t *end = (const uint8_t *)h->msg_control + h->msg_controllen;
+    if (c->cmsg_len < CMSG_LEN(size) || c->cmsg_len > (size_t)(end - (const uint8_t *)c)) {
+        return NULL;
+    }
+    return CMSG_DATA(c);
+}
+
+// Reads a control message's data of exactly the size of `*value` into it; 0 when the message is too short.
+#define CMSG_READ(h, c, value) (cmsg_read((h), (c), (value), sizeof(*(value))))
+static int cmsg_read(const struct msghdr *h, const struct cmsghdr *c, void *value, size_t size) {
+    const void *data = cmsg_payload(h, c, size);
+    if (data == NULL) {
+        return 0;
+    }
+    memcpy(value, data, size);
+    return 1;
+}
+
+// Appends one control message to slot i's outgoing control buffer (the one way they are written); a buffer without
+// room is a bug (CONTROL_SIZE holds everything a reply carries), and stops the process rather than send a run as one
+// oversized datagram or a reply without its marking.
+static void append_control(cudpecho_batch *batch, int i, int level, int type, const void *data, size_t size) {
+    struct msghdr *h = &batch->messages[i].msg_hdr;
+    size_t used = h->msg_control ? h->msg_controllen : 0;
+    if (used + CMSG_SPACE(size) > CONTROL_SIZE) {
+        cudpecho_fail("no room for a control message in a batch slot");
+    }
+    h->msg_control = batch->control[i];
+    h->msg_controllen = used + CMSG_SPACE(size);
+    struct cmsghdr *c = (struct cmsghdr *)((uint8_t *)batch->control[i] + used);
+    memset(c, 0, CMSG_SPACE(size));
+    c->cmsg_level = level;
+    c->cmsg_type = type;
+    c->cmsg_len = CMSG_LEN(size);
+    memcpy(CMSG_DATA(c), data, size);
+}
 
 const short cudpecho_pollin = POLLIN;
 const short cudpecho_pollout = POLLOUT;
@@ -127,19 +181,28 @@ int cudpecho_batch_recv(int fd, cudpecho_batch *batch, int max, int wait) {
     return n < 0 ? -errno : n;
 }
 
-size_t cudpecho_batch_length(const cudpecho_batch *batch, int i) { return batch->messages[i].msg_len; }
+size_t cudpecho_batch_length(const cudpecho_batch *batch, int i) {
+    CHECK_SLOT(batch, i);
+    return batch->messages[i].msg_len;
+}
 
 int cudpecho_batch_truncated(const cudpecho_batch *batch, int i) {
+    CHECK_SLOT(batch, i);
     return (batch->messages[i].msg_hdr.msg_flags & MSG_TRUNC) != 0;
 }
 
-uint8_t *cudpecho_batch_payload(cudpecho_batch *batch, int i) { return batch->iovecs[i].iov_base; }
+uint8_t *cudpecho_batch_payload(cudpecho_batch *batch, int i) {
+    CHECK_SLOT(batch, i);
+    return batch->iovecs[i].iov_base;
+}
 
 void cudpecho_batch_set_length(cudpecho_batch *batch, int i, size_t length) {
+    CHECK_SLOT(batch, i);
     batch->messages[i].msg_len = (unsigned int)(length < batch->slot_size ? length : batch->slot_size);
 }
 
 const struct sockaddr *cudpecho_batch_peer(const cudpecho_batch *batch, int i, socklen_t *length) {
+    CHECK_SLOT(batch, i);
     *length = batch->messages[i].msg_hdr.msg_namelen;
     return (const struct sockaddr *)&batch->peers[i];
 }
@@ -160,72 +223,82 @@ static int is_loopback_v6(const struct in6_addr *a) {
 // Rewrites the received control messages of one slot into a single PKTINFO message naming the source address for
 // the reply (the address the request was sent to). Anything else the kernel reported is not sent back. Returns
 // whether the request arrived on a loopback address (-1: not reported).
-static int prepare_reply_control(struct msghdr *h, cudpecho_datagram_info *info, uint16_t *segment_size) {
+// What a received datagram's control messages said.
+typedef struct {
+    cudpecho_datagram_info info;
+    uint16_t segment_size;
+    int have_v4, have_v6;
     struct in_pktinfo v4;
     struct in6_pktinfo v6;
-    int have_v4 = 0, have_v6 = 0;
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c != NULL; c = CMSG_NXTHDR(h, c)) {
+} parsed_control;
+
+// Reads the control messages of `h`; a message too short for what its type carries is skipped.
+static void parse_control(const struct msghdr *h, parsed_control *out) {
+    out->info = (cudpecho_datagram_info){.timestamp = 0, .ttl = -1, .tos = -1, .family = 0};
+    out->segment_size = 0;
+    out->have_v4 = out->have_v6 = 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c != NULL; c = CMSG_NXTHDR((struct msghdr *)h, c)) {
+        int value;
         if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO) {
-            memcpy(&v4, CMSG_DATA(c), sizeof(v4));
-            have_v4 = 1;
+            out->have_v4 = CMSG_READ(h, c, &out->v4);
         } else if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_PKTINFO) {
-            memcpy(&v6, CMSG_DATA(c), sizeof(v6));
-            have_v6 = 1;
+            out->have_v6 = CMSG_READ(h, c, &out->v6);
         } else if ((c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_TTL)
                    || (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_HOPLIMIT)) {
-            int value;
-            memcpy(&value, CMSG_DATA(c), sizeof(value));
-            info->ttl = (int16_t)value;
+            if (CMSG_READ(h, c, &value)) out->info.ttl = (int16_t)value;
         } else if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_TOS) {
-            info->tos = *(uint8_t *)CMSG_DATA(c);
+            uint8_t tos;
+            if (CMSG_READ(h, c, &tos)) out->info.tos = tos;
         } else if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_TCLASS) {
-            int value;
-            memcpy(&value, CMSG_DATA(c), sizeof(value));
-            info->tos = (int16_t)value;
+            if (CMSG_READ(h, c, &value)) out->info.tos = (int16_t)value;
         } else if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SO_TIMESTAMPING_OLD) {
             struct timespec ts[3];
-            memcpy(ts, CMSG_DATA(c), sizeof(ts));
-            info->timestamp = (int64_t)ts[0].tv_sec * 1000000000 + ts[0].tv_nsec;
+            if (CMSG_READ(h, c, &ts)) out->info.timestamp = (int64_t)ts[0].tv_sec * 1000000000 + ts[0].tv_nsec;
         } else if (c->cmsg_level == IPPROTO_UDP && c->cmsg_type == UDP_GRO) {
-            int value;
-            memcpy(&value, CMSG_DATA(c), sizeof(value));
-            *segment_size = value > 0 && value <= UINT16_MAX ? (uint16_t)value : 0;
+            if (CMSG_READ(h, c, &value)) out->segment_size = value > 0 && value <= UINT16_MAX ? (uint16_t)value : 0;
         }
     }
-    if (have_v4) {
-        info->family = AF_INET;
-        memcpy(info->destination, &v4.ipi_addr, 4);
-    } else if (have_v6) {
-        info->family = AF_INET6;
-        memcpy(info->destination, &v6.ipi6_addr, 16);
+    if (out->have_v4) {
+        out->info.family = AF_INET;
+        memcpy(out->info.destination, &out->v4.ipi_addr, 4);
+    } else if (out->have_v6) {
+        out->info.family = AF_INET6;
+        memcpy(out->info.destination, &out->v6.ipi6_addr, 16);
     }
-    uint8_t *buffer = h->msg_control;
+}
+
+int cudpecho_parse_control(const void *control, size_t length, cudpecho_datagram_info *info, uint16_t *segment_size) {
+    struct msghdr h = {.msg_control = (void *)control, .msg_controllen = length};
+    parsed_control parsed;
+    parse_control(&h, &parsed);
+    *info = parsed.info;
+    *segment_size = parsed.segment_size;
+    return parsed.info.family;
+}
+
+static int prepare_reply_control(cudpecho_batch *batch, int i) {
+    struct msghdr *h = &batch->messages[i].msg_hdr;
+    parsed_control parsed;
+    parse_control(h, &parsed);
+    batch->info[i] = parsed.info;
+    batch->segment_size[i] = parsed.segment_size;
+    int have_v4 = parsed.have_v4, have_v6 = parsed.have_v6;
+    struct in_pktinfo v4 = parsed.v4;
+    struct in6_pktinfo v6 = parsed.v6;
+    // The reply's control messages replace what was received.
+    h->msg_control = NULL;
+    h->msg_controllen = 0;
     int loopback = -1;
     if (have_v4) {
         loopback = (ntohl(v4.ipi_addr.s_addr) >> 24) == 127;
         // Source = the destination of the request; let routing choose the interface.
         struct in_pktinfo reply = {.ipi_ifindex = 0, .ipi_spec_dst = v4.ipi_addr};
-        h->msg_controllen = CMSG_SPACE(sizeof(reply));
-        memset(buffer, 0, h->msg_controllen);
-        struct cmsghdr *c = CMSG_FIRSTHDR(h);
-        c->cmsg_level = IPPROTO_IP;
-        c->cmsg_type = IP_PKTINFO;
-        c->cmsg_len = CMSG_LEN(sizeof(reply));
-        memcpy(CMSG_DATA(c), &reply, sizeof(reply));
+        append_control(batch, i, IPPROTO_IP, IP_PKTINFO, &reply, sizeof(reply));
     } else if (have_v6) {
         loopback = is_loopback_v6(&v6.ipi6_addr);
         // Keep the interface: a link-local source is only meaningful on the link it arrived on.
-        h->msg_controllen = CMSG_SPACE(sizeof(v6));
-        memset(buffer, 0, h->msg_controllen);
-        struct cmsghdr *c = CMSG_FIRSTHDR(h);
-        c->cmsg_level = IPPROTO_IPV6;
-        c->cmsg_type = IPV6_PKTINFO;
-        c->cmsg_len = CMSG_LEN(sizeof(v6));
-        memcpy(CMSG_DATA(c), &v6, sizeof(v6));
-    } else {
-        h->msg_controllen = 0;
+        append_control(batch, i, IPPROTO_IPV6, IPV6_PKTINFO, &v6, sizeof(v6));
     }
-    h->msg_control = h->msg_controllen ? buffer : NULL;
     return loopback;
 }
 
@@ -244,8 +317,7 @@ int cudpecho_batch_prepare_replies(cudpecho_batch *batch, int count, size_t *byt
         batch->info[i] = (cudpecho_datagram_info){.timestamp = 0, .ttl = -1, .tos = -1, .family = 0};
         batch->segment_size[i] = 0;
         if (m->msg_hdr.msg_controllen > 0) {
-            batch->arrived_on_loopback[i] =
-                (int8_t)prepare_reply_control(&m->msg_hdr, &batch->info[i], &batch->segment_size[i]);
+            batch->arrived_on_loopback[i] = (int8_t)prepare_reply_control(batch, i);
         } else {
             m->msg_hdr.msg_control = NULL;
             batch->arrived_on_loopback[i] = -1;
@@ -356,7 +428,10 @@ int cudpecho_epoll_wait(int epoll, uint32_t *tokens, int max, int64_t timeout_ns
     return n;
 }
 
-int cudpecho_batch_arrived_on_loopback(const cudpecho_batch *batch, int i) { return batch->arrived_on_loopback[i]; }
+int cudpecho_batch_arrived_on_loopback(const cudpecho_batch *batch, int i) {
+    CHECK_SLOT(batch, i);
+    return batch->arrived_on_loopback[i];
+}
 
 // MARK: Timestamps and the error queue
 
@@ -368,26 +443,19 @@ int cudpecho_batch_arrived_on_loopback(const cudpecho_batch *batch, int i) { ret
 
 
 void cudpecho_batch_request_timestamp(cudpecho_batch *batch, int i, int hardware, int with_id, uint32_t id) {
+    CHECK_SLOT(batch, i);
     struct msghdr *h = &batch->messages[i].msg_hdr;
-    h->msg_control = batch->control[i];
-    h->msg_controllen = CMSG_SPACE(sizeof(int)) + (with_id ? CMSG_SPACE(sizeof(uint32_t)) : 0);
-    memset(batch->control[i], 0, h->msg_controllen);
-    struct cmsghdr *c = CMSG_FIRSTHDR(h);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SO_TIMESTAMPING_OLD;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
+    h->msg_control = NULL;
+    h->msg_controllen = 0;
     int flags = hardware ? SOF_TIMESTAMPING_TX_HARDWARE : SOF_TIMESTAMPING_TX_SOFTWARE;
-    memcpy(CMSG_DATA(c), &flags, sizeof(flags));
+    append_control(batch, i, SOL_SOCKET, SO_TIMESTAMPING_OLD, &flags, sizeof(flags));
     if (with_id) {
-        c = CMSG_NXTHDR(h, c);
-        c->cmsg_level = SOL_SOCKET;
-        c->cmsg_type = SCM_TS_OPT_ID;
-        c->cmsg_len = CMSG_LEN(sizeof(uint32_t));
-        memcpy(CMSG_DATA(c), &id, sizeof(id));
+        append_control(batch, i, SOL_SOCKET, SCM_TS_OPT_ID, &id, sizeof(id));
     }
 }
 
 void cudpecho_batch_clear_control(cudpecho_batch *batch, int i) {
+    CHECK_SLOT(batch, i);
     batch->messages[i].msg_hdr.msg_control = NULL;
     batch->messages[i].msg_hdr.msg_controllen = 0;
 }
@@ -396,9 +464,8 @@ void cudpecho_batch_clear_control(cudpecho_batch *batch, int i) {
 // clock) nanoseconds; 0 if absent.
 static int64_t timestamp_of(struct msghdr *h, int hardware) {
     for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c != NULL; c = CMSG_NXTHDR(h, c)) {
-        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SO_TIMESTAMPING_OLD) {
-            struct timespec ts[3];
-            memcpy(ts, CMSG_DATA(c), sizeof(ts));
+        struct timespec ts[3];
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SO_TIMESTAMPING_OLD && CMSG_READ(h, c, &ts)) {
             struct timespec *chosen = hardware ? &ts[2] : &ts[0];
             return (int64_t)chosen->tv_sec * 1000000000 + chosen->tv_nsec;
         }
@@ -407,6 +474,7 @@ static int64_t timestamp_of(struct msghdr *h, int hardware) {
 }
 
 int64_t cudpecho_batch_timestamp(const cudpecho_batch *batch, int i, int hardware) {
+    CHECK_SLOT(batch, i);
     return timestamp_of(&((cudpecho_batch *)batch)->messages[i].msg_hdr, hardware);
 }
 
@@ -420,6 +488,7 @@ int cudpecho_batch_recv_errors(int fd, cudpecho_batch *batch, int max) {
 }
 
 int cudpecho_batch_error(const cudpecho_batch *batch, int i, int hardware, cudpecho_error_info *info) {
+    CHECK_SLOT(batch, i);
     struct msghdr *h = &((cudpecho_batch *)batch)->messages[i].msg_hdr;
     memset(info, 0, sizeof(*info));
     int found = 0;
@@ -427,7 +496,7 @@ int cudpecho_batch_error(const cudpecho_batch *batch, int i, int hardware, cudpe
         if ((c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_RECVERR)
             || (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_RECVERR)) {
             struct sock_extended_err error;
-            memcpy(&error, CMSG_DATA(c), sizeof(error));
+            if (!CMSG_READ(h, c, &error)) continue;
             info->error = (int32_t)error.ee_errno;
             info->origin = error.ee_origin;
             info->type = error.ee_type;
@@ -440,7 +509,10 @@ int cudpecho_batch_error(const cudpecho_batch *batch, int i, int hardware, cudpe
     return found;
 }
 
-const cudpecho_datagram_info *cudpecho_batch_info(const cudpecho_batch *batch, int i) { return &batch->info[i]; }
+const cudpecho_datagram_info *cudpecho_batch_info(const cudpecho_batch *batch, int i) {
+    CHECK_SLOT(batch, i);
+    return &batch->info[i];
+}
 
 int cudpecho_enable_datagram_info(int fd, int family) {
     int flags = SOF_TIMESTAMPING_RX_SOFTWARE | SOF_TIMESTAMPING_SOFTWARE;
@@ -452,30 +524,20 @@ int cudpecho_enable_datagram_info(int fd, int family) {
 }
 
 void cudpecho_batch_set_reply_tos(cudpecho_batch *batch, int i, int ipv6, int tos) {
-    struct msghdr *h = &batch->messages[i].msg_hdr;
-    size_t used = h->msg_control ? h->msg_controllen : 0;
-    if (used + CMSG_SPACE(sizeof(int)) > CONTROL_SIZE) {
-        return;
-    }
-    h->msg_control = batch->control[i];
-    h->msg_controllen = used + CMSG_SPACE(sizeof(int));
-    struct cmsghdr *c = (struct cmsghdr *)((uint8_t *)batch->control[i] + used);
-    memset(c, 0, CMSG_SPACE(sizeof(int)));
-    c->cmsg_level = ipv6 ? IPPROTO_IPV6 : IPPROTO_IP;
-    c->cmsg_type = ipv6 ? IPV6_TCLASS : IP_TOS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(c), &tos, sizeof(tos));
+    CHECK_SLOT(batch, i);
+    append_control(batch, i, ipv6 ? IPPROTO_IPV6 : IPPROTO_IP, ipv6 ? IPV6_TCLASS : IP_TOS, &tos, sizeof(tos));
 }
 
 int cudpecho_batch_received_tos(const cudpecho_batch *batch, int i) {
+    CHECK_SLOT(batch, i);
     struct msghdr *h = &((cudpecho_batch *)batch)->messages[i].msg_hdr;
     for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c != NULL; c = CMSG_NXTHDR(h, c)) {
-        if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_TOS) {
-            return *(uint8_t *)CMSG_DATA(c);
+        uint8_t tos;
+        int value;
+        if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_TOS && CMSG_READ(h, c, &tos)) {
+            return tos;
         }
-        if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_TCLASS) {
-            int value;
-            memcpy(&value, CMSG_DATA(c), sizeof(value));
+        if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_TCLASS && CMSG_READ(h, c, &value)) {
             return value;
         }
     }
@@ -496,12 +558,13 @@ int cudpecho_enable_receive_marks(int fd, int family) {
 }
 
 int cudpecho_batch_received_ttl(const cudpecho_batch *batch, int i) {
+    CHECK_SLOT(batch, i);
     struct msghdr *h = &((cudpecho_batch *)batch)->messages[i].msg_hdr;
     for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c != NULL; c = CMSG_NXTHDR(h, c)) {
-        if ((c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_TTL)
-            || (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_HOPLIMIT)) {
-            int value;
-            memcpy(&value, CMSG_DATA(c), sizeof(value));
+        int value;
+        if (((c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_TTL)
+             || (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_HOPLIMIT))
+            && CMSG_READ(h, c, &value)) {
             return value;
         }
     }
@@ -556,29 +619,22 @@ int cudpecho_enable_gro(int fd) {
     return setsockopt(fd, IPPROTO_UDP, UDP_GRO, &on, sizeof(on)) == 0 ? 0 : -errno;
 }
 
-uint16_t cudpecho_batch_segment_size(const cudpecho_batch *batch, int i) { return batch->segment_size[i]; }
+uint16_t cudpecho_batch_segment_size(const cudpecho_batch *batch, int i) {
+    CHECK_SLOT(batch, i);
+    return batch->segment_size[i];
+}
 
 void cudpecho_batch_set_segment_size(cudpecho_batch *batch, int i, uint16_t size) {
+    CHECK_SLOT(batch, i);
     batch->segment_size[i] = size;
-    struct msghdr *h = &batch->messages[i].msg_hdr;
     if (size == 0 || batch->messages[i].msg_len <= size) {
         return; // one datagram: a plain write
     }
-    size_t used = h->msg_control ? h->msg_controllen : 0;
-    if (used + CMSG_SPACE(sizeof(uint16_t)) > CONTROL_SIZE) {
-        return;
-    }
-    h->msg_control = batch->control[i];
-    h->msg_controllen = used + CMSG_SPACE(sizeof(uint16_t));
-    struct cmsghdr *c = (struct cmsghdr *)((uint8_t *)batch->control[i] + used);
-    memset(c, 0, CMSG_SPACE(sizeof(uint16_t)));
-    c->cmsg_level = IPPROTO_UDP;
-    c->cmsg_type = UDP_SEGMENT;
-    c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
-    memcpy(CMSG_DATA(c), &size, sizeof(size));
+    append_control(batch, i, IPPROTO_UDP, UDP_SEGMENT, &size, sizeof(size));
 }
 
 int cudpecho_batch_send_split(int fd, cudpecho_batch *batch, int i, int *sent) {
+    CHECK_SLOT(batch, i);
     struct msghdr *h = &batch->messages[i].msg_hdr;
     size_t length = batch->messages[i].msg_len;
     size_t size = batch->segment_size[i] ? batch->segment_size[i] : length;
@@ -650,11 +706,11 @@ int cudpecho_batch_send_run(int fd, cudpecho_batch *batch, int start, int count,
 }
 
 int cudpecho_batch_received_segment_size(const cudpecho_batch *batch, int i) {
+    CHECK_SLOT(batch, i);
     struct msghdr *h = &((cudpecho_batch *)batch)->messages[i].msg_hdr;
     for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c != NULL; c = CMSG_NXTHDR(h, c)) {
-        if (c->cmsg_level == IPPROTO_UDP && c->cmsg_type == UDP_GRO) {
-            int value;
-            memcpy(&value, CMSG_DATA(c), sizeof(value));
+        int value;
+        if (c->cmsg_level == IPPROTO_UDP && c->cmsg_type == UDP_GRO && CMSG_READ(h, c, &value)) {
             return value;
         }
     }
@@ -697,7 +753,7 @@ int cudpecho_read_socket_error(int fd, int *error, int *origin, int *type, int *
         if ((c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_RECVERR)
             || (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_RECVERR)) {
             struct sock_extended_err e;
-            memcpy(&e, CMSG_DATA(c), sizeof(e));
+            if (!CMSG_READ(&h, c, &e)) continue;
             *error = (int)e.ee_errno;
             *origin = e.ee_origin;
             *type = e.ee_type;

@@ -56,6 +56,11 @@ int cudpecho_batch_prepare_replies(cudpecho_batch *batch, int count, size_t *byt
 int cudpecho_batch_arrived_on_loopback(const cudpecho_batch *batch, int i);
 
 /// After ``cudpecho_batch_prepare_replies``: the receive timestamp, TTL and TOS of slot `i`.
+// Reads control messages as a received datagram's are read (the one parser, bounds-checked: a message whose
+// cmsg_len is short for its type, or runs past `length`, is skipped): what they say into `info` and `segment_size`.
+// Returns the family of the destination address found (AF_INET, AF_INET6), or 0.
+int cudpecho_parse_control(const void *control, size_t length, cudpecho_datagram_info *info, uint16_t *segment_size);
+
 const cudpecho_datagram_info *cudpecho_batch_info(const cudpecho_batch *batch, int i);
 
 /// Sends the reply in slot `i` with this TOS (IPv4) or traffic class (IPv6) byte: DSCP and ECN, appended to its

@@ -1,5 +1,5 @@
 import Atomics
-public import NIOCore
+import NIOCore
 import NIOPosix
 public import ServiceLifecycle
 import Synchronization

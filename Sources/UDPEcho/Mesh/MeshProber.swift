@@ -1,6 +1,6 @@
 import Atomics
 import CUDPEcho
-public import NIOCore
+import NIOCore
 import Synchronization
 
 #if canImport(Glibc)

@@ -1,0 +1,74 @@
+import CUDPEcho
+import TestSupport
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The C shim's one way to read control messages: a message whose `cmsg_len` is short for its type, or that runs
+/// past the buffer, is skipped, never read past; and its one way to write them stops the process, loudly, when a
+/// slot's buffer has no room (a reply would otherwise leave without its segment size: a run as one oversized
+/// datagram) or a slot index is out of range.
+@Suite struct ControlMessageTests {
+    /// `cmsg_len`, level, type and data, laid out as the kernel lays a message out (aligned to 8 bytes).
+    func message(length: Int, level: Int32, type: Int32, data: [UInt8]) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: 16)
+        withUnsafeBytes(of: length) { bytes.replaceSubrange(0..<8, with: $0) }
+        withUnsafeBytes(of: level) { bytes.replaceSubrange(8..<12, with: $0) }
+        withUnsafeBytes(of: type) { bytes.replaceSubrange(12..<16, with: $0) }
+        bytes += data
+        while bytes.count % 8 != 0 { bytes.append(0) }
+        return bytes
+    }
+
+    func parse(_ control: [UInt8]) -> (info: cudpecho_datagram_info, segment: UInt16, family: Int32) {
+        var info = cudpecho_datagram_info()
+        var segment: UInt16 = 0
+        let family = control.withUnsafeBytes { cudpecho_parse_control($0.baseAddress, $0.count, &info, &segment) }
+        return (info, segment, family)
+    }
+
+    @Test func readsWellFormedMessages() {
+        let ttl = self.message(length: 16 + 4, level: Int32(IPPROTO_IP), type: IP_TTL, data: [61, 0, 0, 0])
+        let tos = self.message(length: 16 + 1, level: Int32(IPPROTO_IP), type: IP_TOS, data: [0xB8])
+        let gro = self.message(length: 16 + 4, level: Int32(IPPROTO_UDP), type: 104, data: [0xDC, 0x05, 0, 0])
+        let parsed = self.parse(ttl + tos + gro)
+        #expect(parsed.info.ttl == 61 && parsed.info.tos == 0xB8 && parsed.segment == 1500)
+        #expect(parsed.family == 0)
+    }
+
+    /// A TTL message whose `cmsg_len` covers one byte of its four, a packet-info message cut short, and one whose
+    /// length runs past the buffer: none is read.
+    @Test func skipsMessagesThatLieAboutTheirLength() {
+        let shortTTL = self.message(length: 16 + 1, level: Int32(IPPROTO_IP), type: IP_TTL, data: [61])
+        let shortInfo = self.message(length: 16 + 4, level: Int32(IPPROTO_IP), type: IP_PKTINFO, data: [1, 0, 0, 0])
+        #expect(self.parse(shortTTL).info.ttl == -1)
+        let parsed = self.parse(shortInfo)
+        #expect(parsed.family == 0, "a 4-byte in_pktinfo was read as 12")
+        let pastTheEnd = self.message(length: 16 + 4096, level: Int32(IPPROTO_IP), type: IP_TTL, data: [61, 0, 0, 0])
+        #expect(self.parse(pastTheEnd).info.ttl == -1)
+        var random = SplitMix64(state: 2026)
+        for _ in 0..<2000 {
+            let count = Int(random.next() % 200)
+            let bytes = (0..<count).map { _ in UInt8(truncatingIfNeeded: random.next()) }
+            _ = self.parse(bytes)
+        }
+    }
+
+    /// The third TOS message of a slot does not fit: the process stops with a message, rather than sending the reply
+    /// without it.
+    @Test func aFullControlBufferStopsTheProcess() async {
+        await #expect(processExitsWith: .failure) {
+            let batch = cudpecho_batch_create(1, 2048)
+            for _ in 0..<64 { cudpecho_batch_set_reply_tos(batch, 0, 0, 46 << 2) }
+        }
+    }
+
+    @Test func aSlotOutOfRangeStopsTheProcess() async {
+        await #expect(processExitsWith: .failure) {
+            let batch = cudpecho_batch_create(4, 2048)
+            _ = cudpecho_batch_length(batch, 4)
+        }
+    }
+}
