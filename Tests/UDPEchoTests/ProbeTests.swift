@@ -218,7 +218,13 @@ import Glibc
                     if case .reply = event { replies.withLock { $0 += 1 } }
                 }
             }
-            while replies.withLock({ $0 }) < 3 { await Task.yield() }
+            defer { task.cancel() }
+            // Waits for three replies for at most 10 s: a ping that never answers fails here instead of hanging.
+            let deadline = ContinuousClock.now + .seconds(10)
+            while replies.withLock({ $0 }) < 3 && ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(5))
+            }
+            try #require(replies.withLock { $0 } >= 3, "no three replies within 10 s")
             task.cancel()
             let result = try await task.value
             #expect(result.counts.received >= 3)

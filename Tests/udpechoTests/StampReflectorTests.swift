@@ -392,7 +392,7 @@ func stampExchange(_ port: Int, _ mode: String, key: String? = nil) async throws
         func averageMicroseconds(_ direction: String) throws -> Double {
             let line = try #require(run.lines.first { $0.contains("\(direction):") }, "\(run.lines) \(run.error)")
             let values = line.matches(of: /([\d.]+)(us|ms)/).map { Double($0.1)! * ($0.2 == "ms" ? 1000 : 1) }
-            #expect(values.count >= 3, "\(line)")
+            try #require(values.count >= 3, "\(line)")
             return values[2]  // min, max, avg, jitter
         }
         let outbound = try averageMicroseconds("Outbound")
