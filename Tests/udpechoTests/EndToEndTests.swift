@@ -158,7 +158,7 @@ import Glibc
         (["--address", "[::1]"], "for example [::1]:1337"),
         (["--address", "localhost:"], "for example localhost:1337"),
         (["--timeout", "2562048h"], "longer than 2562047h47m16.854775807s"),
-        (["--loop-limit=-1"], "cannot be negative"),
+        (["--loop-limit=-1"], "--loop-limit -1 is out of range; give 0 to 1000000 (0 turns it off)"),
     ])
     func rejectsBadArguments(arguments: [String], message: String) async throws {
         let result = try await Spawned.run(udpecho, ["server"] + arguments)

@@ -170,8 +170,11 @@ public final class MetricsEndpoint: Service, Sendable {
     /// The address the endpoint listens on, with the real port.
     public var localAddress: SocketAddress? { self.channel.localAddress }
 
-    /// Connections open now.
+    /// Connections served now.
     public var openConnections: Int { self.connections.count }
+
+    /// Connections that wait in the queue for a slot now.
+    public var queuedConnections: Int { self.connections.queuedCount }
 
     /// Serves until graceful shutdown or cancellation, then closes the listening socket.
     public func run() async throws {
@@ -210,6 +213,8 @@ private final class ScrapeHandler: ChannelInboundHandler {
     /// The body being sent, and whether the connection stays open after it.
     private var streaming: (stream: MetricsStream, keepAlive: Bool)?
     private var pumping = false
+    /// A response is about to start, in a task of the event loop.
+    private var scheduled = false
     private var request: HTTPRequestHead?
     /// A complete request whose response waits until the client reads what it was sent before.
     private var waiting: HTTPRequestHead?
@@ -248,8 +253,8 @@ private final class ScrapeHandler: ChannelInboundHandler {
             self.request = nil
             self.deadline?.cancel()
             self.table.answering(self.slot)
-            if context.channel.isWritable && self.streaming == nil {
-                self.respond(context, to: head)
+            if context.channel.isWritable && self.streaming == nil && !self.scheduled {
+                self.respondSoon(context, to: head)
             } else {
                 self.waiting = head
             }
@@ -259,11 +264,26 @@ private final class ScrapeHandler: ChannelInboundHandler {
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         if context.channel.isWritable && self.streaming != nil {
             self.pump(context)
-        } else if context.channel.isWritable, let head = self.waiting {
+        } else if context.channel.isWritable && !self.scheduled, let head = self.waiting {
             self.waiting = nil
-            self.respond(context, to: head)
+            self.respondSoon(context, to: head)
         }
         context.fireChannelWritabilityChanged()
+    }
+
+    /// Answers `head` in a task of the event loop rather than at once: a client that pipelines thousands of requests
+    /// gets them answered one a turn of the loop, so the other connections of that loop (a scraper's) are served in
+    /// between. (Answered back to back, 3,200 requests queued in the socket of a client that had gone held a
+    /// scrape on the same loop for 8.6 s on a loaded machine, in the test of never-read pipelined requests.)
+    private func respondSoon(_ context: ChannelHandlerContext, to head: HTTPRequestHead) {
+        self.scheduled = true
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        context.eventLoop.execute {
+            let (handler, context) = loopBound.value
+            handler.scheduled = false
+            guard context.channel.isActive else { return }
+            handler.respond(context, to: head)
+        }
     }
 
     private func respond(_ context: ChannelHandlerContext, to head: HTTPRequestHead) {
@@ -322,7 +342,7 @@ private final class ScrapeHandler: ChannelInboundHandler {
             if self.waiting == nil { self.table.waiting(self.slot) }
             if context.channel.isWritable, let head = self.waiting {
                 self.waiting = nil
-                self.respond(context, to: head)
+                self.respondSoon(context, to: head)
             }
         } else {
             let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
@@ -449,6 +469,9 @@ final class ConnectionTable: Sendable {
 
     /// Whether connections wait in the queue.
     var queued: Bool { self.state.withLock { !$0.queue.isEmpty } }
+
+    /// How many wait in the queue.
+    var queuedCount: Int { self.state.withLock { $0.queue.count } }
 
     /// A request of the connection's is being answered: it cannot be closed to make room.
     func answering(_ slot: Int) { self.state.withLock { $0.entries[slot]?.waitingSince = nil } }
