@@ -133,24 +133,14 @@ public final class MeshProber: @unchecked Sendable {
 
     /// Probes until the task is cancelled; then publishes once more and returns.
     public func run() async {
-        await withTaskCancellationHandler {
-            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                let box = UncheckedProber(self)
-                WorkerThread.start {
-                    box.value.loop()
-                    continuation.resume()
-                }
-            }
+        let prober = UnsafeTransfer(self)
+        await runOnOwnThread {
+            prober.wrappedValue.loop()
         } onCancel: {
             self.stop.store(true, ordering: .relaxed)
             var one: UInt64 = 1
             _ = write(self.wake, &one, 8)
         }
-    }
-
-    private struct UncheckedProber: @unchecked Sendable {
-        let value: MeshProber
-        init(_ value: MeshProber) { self.value = value }
     }
 
     // MARK: The probing thread

@@ -139,15 +139,11 @@ public enum PathMTUDiscovery {
             throw .socket(operation: "connect to", address: configuration.target.hostPortDescription, errno: -fd)
         }
         let cancelled = ManagedAtomic(false)
-        let outcome: Swift.Result<Result, EchoError> = await withTaskCancellationHandler {
-            await withCheckedContinuation { continuation in
-                WorkerThread.start {
-                    var search = Search(configuration, descriptor: fd, cancelled: cancelled, onProbe: onProbe)
-                    let result = search.run()
-                    close(fd)
-                    continuation.resume(returning: result)
-                }
-            }
+        let outcome: Swift.Result<Result, EchoError> = await runOnOwnThread {
+            var search = Search(configuration, descriptor: fd, cancelled: cancelled, onProbe: onProbe)
+            let result = search.run()
+            close(fd)
+            return result
         } onCancel: {
             cancelled.store(true, ordering: .relaxed)
         }

@@ -224,44 +224,34 @@ extension ProbeEngine {
         onProgress: (@Sendable (ProbeProgress) -> Void)?
     ) async -> EchoBenchmark.Result {
         let stop = ManagedAtomic(false)
-        let engine = UncheckedBox(self)
-        return await withTaskCancellationHandler {
-            await withCheckedContinuation { continuation in
-                WorkerThread.start {
-                    let start = ContinuousClock.now
-                    engine.value.run(stop: stop, onEvent: onEvent, onProgress: onProgress)
-                    let elapsed = ContinuousClock.now - start
-                    var result = EchoBenchmark.Result(
-                        counts: engine.value.counts,
-                        times: engine.value.times,
-                        latencies: engine.value.latencies,
-                        lateness: engine.value.lateness,
-                        jitter: engine.value.jitter,
-                        timestamps: engine.value.timestamps,
-                        timestampFallbacks: engine.value.timestampFallbacks,
-                        roundTripSampling: Int(engine.value.roundTripStride),
-                        stamp: engine.value.stampStatistics,
-                        elapsed: elapsed,
-                        activeTime: engine.value.activeTime
-                    )
-                    result.gso = engine.value.offload
-                    let refused = engine.value.offloadRefused
-                    result.gsoRefusal = refused == 0 ? nil : String(cString: strerror(refused))
-                    result.coalescedReplies = engine.value.coalescedReplies
-                    result.marking = engine.value.markingStatistics
-                    result.flows = engine.value.flowStatistics
-                    result.lastSendError = engine.value.lastSendError
-                    continuation.resume(returning: result)
-                }
-            }
+        let engine = UnsafeTransfer(self)
+        return await runOnOwnThread {
+            let start = ContinuousClock.now
+            engine.wrappedValue.run(stop: stop, onEvent: onEvent, onProgress: onProgress)
+            let elapsed = ContinuousClock.now - start
+            var result = EchoBenchmark.Result(
+                counts: engine.wrappedValue.counts,
+                times: engine.wrappedValue.times,
+                latencies: engine.wrappedValue.latencies,
+                lateness: engine.wrappedValue.lateness,
+                jitter: engine.wrappedValue.jitter,
+                timestamps: engine.wrappedValue.timestamps,
+                timestampFallbacks: engine.wrappedValue.timestampFallbacks,
+                roundTripSampling: Int(engine.wrappedValue.roundTripStride),
+                stamp: engine.wrappedValue.stampStatistics,
+                elapsed: elapsed,
+                activeTime: engine.wrappedValue.activeTime
+            )
+            result.gso = engine.wrappedValue.offload
+            let refused = engine.wrappedValue.offloadRefused
+            result.gsoRefusal = refused == 0 ? nil : String(cString: strerror(refused))
+            result.coalescedReplies = engine.wrappedValue.coalescedReplies
+            result.marking = engine.wrappedValue.markingStatistics
+            result.flows = engine.wrappedValue.flowStatistics
+            result.lastSendError = engine.wrappedValue.lastSendError
+            return result
         } onCancel: {
             stop.store(true, ordering: .relaxed)
         }
     }
-}
-
-/// Moves a value owned by one thread at a time across a thread start.
-struct UncheckedBox<Value>: @unchecked Sendable {
-    let value: Value
-    init(_ value: Value) { self.value = value }
 }

@@ -394,28 +394,3 @@ extension SocketAddress {
         return copy
     }
 }
-
-/// A plain POSIX thread for a loop that blocks in system calls, which must not run on Swift's cooperative pool.
-enum WorkerThread {
-    private final class Box {
-        let body: () -> Void
-        init(_ body: @escaping () -> Void) { self.body = body }
-    }
-
-    static func start(_ body: @escaping @Sendable () -> Void) {
-        let box = Unmanaged.passRetained(Box(body)).toOpaque()
-        var thread = pthread_t()
-        let status = pthread_create(
-            &thread,
-            nil,
-            { raw in
-                let box = Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue()
-                box.body()
-                return nil
-            },
-            box
-        )
-        precondition(status == 0, "pthread_create failed: \(status)")
-        pthread_detach(thread)
-    }
-}
