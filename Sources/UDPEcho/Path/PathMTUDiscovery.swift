@@ -1,6 +1,5 @@
 import Atomics
 import CUDPEcho
-import Foundation
 public import NIOCore
 
 #if canImport(Glibc)
