@@ -437,6 +437,9 @@ int cudpecho_batch_arrived_on_loopback(const cudpecho_batch *batch, int i) {
 
 #include <linux/errqueue.h>
 
+const int cudpecho_ee_origin_local = SO_EE_ORIGIN_LOCAL;
+const int cudpecho_ee_origin_timestamping = SO_EE_ORIGIN_TIMESTAMPING;
+
 #ifndef SCM_TS_OPT_ID
 #define SCM_TS_OPT_ID 81
 #endif

@@ -129,6 +129,10 @@ extern const short cudpecho_pollin;
 extern const short cudpecho_pollout;
 /// SO_REUSEPORT, which SwiftNIO has no shorthand for.
 extern const int cudpecho_so_reuseport;
+/// Where an error-queue message comes from (linux/errqueue.h): the local stack (an MTU it knows), or a transmit
+/// timestamp.
+extern const int cudpecho_ee_origin_local;
+extern const int cudpecho_ee_origin_timestamping;
 
 // MARK: Events from the serving threads
 

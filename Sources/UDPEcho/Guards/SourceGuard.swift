@@ -8,8 +8,9 @@ import Musl
 
 /// One serving thread's guards and their state (see ``GuardConfiguration`` for what each guard is for).
 ///
-/// A copy shares the tables of the original (their memory is fixed and allocated once), so the worker can take a
-/// copy for a batch and store it back without copying a table.
+/// Its tables (the rate limiter's, the loop detector's) are fixed in size and allocated once; a copy would share
+/// them. The serving thread keeps its guard in memory of its own and works on it through a pointer, so the struct is
+/// never copied on the hot path.
 struct SourceGuard {
     private let configuration: GuardConfiguration
     private let threads: Int

@@ -447,7 +447,7 @@ public enum PathMTUDiscovery {
             var info: UInt32 = 0
             while cudpecho_read_socket_error(self.fd, &error, &origin, &type, &code, &info) == 1 {
                 if error == EMSGSIZE {
-                    if origin == 1 {  // SO_EE_ORIGIN_LOCAL
+                    if origin == cudpecho_ee_origin_local {
                         found.local = Int(info)
                     } else {
                         found.icmp = Int(info)

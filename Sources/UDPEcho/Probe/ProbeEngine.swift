@@ -647,7 +647,7 @@ final class ProbeEngine {
             guard received > 0 else { return }
             for slot in 0..<Int(received)
             where cudpecho_batch_error(self.receive, Int32(slot), self.hardware, &info) != 0 {
-                if info.origin == 4 {  // SO_EE_ORIGIN_TIMESTAMPING
+                if Int32(info.origin) == cudpecho_ee_origin_timestamping {
                     if info.timestamp != 0 { flow.recordDeparture(key: info.data, at: info.timestamp) }
                 } else if info.error == ECONNREFUSED {
                     // The ICMP error quotes the probe: its sequence number says which one was refused.
