@@ -25,7 +25,12 @@ import Glibc
     func parse(_ control: [UInt8]) -> (info: cudpecho_datagram_info, segment: UInt16, family: Int32) {
         var info = cudpecho_datagram_info()
         var segment: UInt16 = 0
-        let family = control.withUnsafeBytes { cudpecho_parse_control($0.baseAddress, $0.count, &info, &segment) }
+        // An allocation of exactly the buffer's size, so that AddressSanitizer (scripts/sanitize.sh) sees any read
+        // past its end.
+        let exact = UnsafeMutableRawBufferPointer.allocate(byteCount: max(1, control.count), alignment: 8)
+        defer { exact.deallocate() }
+        exact.copyBytes(from: control)
+        let family = cudpecho_parse_control(exact.baseAddress, control.count, &info, &segment)
         return (info, segment, family)
     }
 
