@@ -16,7 +16,7 @@ fi
 if [ "$which" = both ] || [ "$which" = address ]; then
   # Leaks reported at exit are checked too, less the memory that libraries we did not write keep for the life of the
   # process (.ci/lsan-suppressions.txt says which, and why).
-  LSAN_OPTIONS="suppressions=$PWD/.ci/lsan-suppressions.txt" ASAN_OPTIONS=halt_on_error=1 \
+  LSAN_OPTIONS="suppressions=$PWD/.ci/lsan-suppressions.txt:print_suppressions=0" ASAN_OPTIONS=halt_on_error=1 \
     swift test --sanitize=address -Xcc -fsanitize=undefined -Xcc -fno-sanitize-recover=undefined \
     --scratch-path .build-asan --filter UDPEchoTests
 fi

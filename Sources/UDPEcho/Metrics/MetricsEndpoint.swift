@@ -441,7 +441,9 @@ final class ConnectionTable: Sendable {
                     index += 1
                     continue
                 }
-                if let victim = place.evict { evicted.append(state.entries.removeValue(forKey: victim)!.channel) }
+                if case .replacing(let victim) = place {
+                    evicted.append(state.entries.removeValue(forKey: victim)!.channel)
+                }
                 let slot = state.next
                 state.next += 1
                 state.entries[slot] = Entry(channel: waiting.channel, source: waiting.source, waitingSince: now)
@@ -453,18 +455,27 @@ final class ConnectionTable: Sendable {
         for (waiting, slot) in started { waiting.start(slot) }
     }
 
-    /// Whether a connection from `source` can be served now: with room to spare (`evict` nil), or in place of the
-    /// connection that has waited longest past the grace (of the same source when the source is at its limit).
-    private func place(_ source: IPKey?, in state: inout State, now: UInt64? = nil) -> (evict: Int?, Void)? {
+    /// How a connection can be served now.
+    private enum Placement {
+        /// There is room for it.
+        case free
+        /// In place of the connection in this slot, which has waited longest past the grace.
+        case replacing(Int)
+    }
+
+    /// Whether a connection from `source` can be served now: with room to spare, or (when `now` is given) in place
+    /// of the connection that has waited longest past the grace (of the same source when the source is at its
+    /// limit); nil when it must wait.
+    private func place(_ source: IPKey?, in state: inout State, now: UInt64? = nil) -> Placement? {
         let fromSource = source.map { key in state.entries.values.lazy.filter { $0.source == key }.count } ?? 0
         let sourceFull = fromSource >= self.maximumPerSource
-        guard sourceFull || state.entries.count >= self.maximum else { return (nil, ()) }
+        guard sourceFull || state.entries.count >= self.maximum else { return .free }
         guard let now else { return nil }
         let victim = state.entries.filter { _, entry in
             guard let since = entry.waitingSince, now >= since + self.grace else { return false }
             return !sourceFull || entry.source == source
         }.min { $0.value.waitingSince! < $1.value.waitingSince! }
-        return victim.map { ($0.key, ()) }
+        return victim.map { .replacing($0.key) }
     }
 
     /// Whether connections wait in the queue.
