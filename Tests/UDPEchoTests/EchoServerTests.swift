@@ -54,6 +54,12 @@ import Glibc
             let v6 = try TestSocket(host: "::1")
             v6.send([4, 5], to: try clientAddress(of: server, host: "::1"))
             #expect(await v6.receive()?.bytes == [4, 5])
+            // Events reach the handler on the event thread, after the reply may have: wait for the last one (at most
+            // 5 s; ThreadSanitizer slows the event thread enough to lose that race).
+            let deadline = ContinuousClock.now + .seconds(5)
+            while !events.all.contains(.echoed(bytes: 2, to: v6.localAddress)) && ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(5))
+            }
             let seen = events.all
             #expect(seen.contains(.received(bytes: 3, from: v4.localAddress)))
             #expect(seen.contains(.echoed(bytes: 3, to: v4.localAddress)))
