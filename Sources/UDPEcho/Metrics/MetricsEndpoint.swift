@@ -163,7 +163,7 @@ public final class MetricsEndpoint: Service, Sendable {
             initialDelay: .nanoseconds(interval.nanoseconds),
             delay: .nanoseconds(interval.nanoseconds)
         ) { _ in
-            if connections.queued { connections.serveQueue() }
+            if connections.queuedCount > 0 { connections.serveQueue() }
         }
     }
 
@@ -477,9 +477,6 @@ final class ConnectionTable: Sendable {
         }.min { $0.value.waitingSince! < $1.value.waitingSince! }
         return victim.map { .replacing($0.key) }
     }
-
-    /// Whether connections wait in the queue.
-    var queued: Bool { self.state.withLock { !$0.queue.isEmpty } }
 
     /// How many wait in the queue.
     var queuedCount: Int { self.state.withLock { $0.queue.count } }
