@@ -32,6 +32,8 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
+                // The metrics endpoint's fuzz target runs its pipeline on an embedded channel.
+                .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Atomics", package: "swift-atomics"),
@@ -53,6 +55,13 @@ let package = Package(
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ]
+        ),
+        // libFuzzer's driver for the library's fuzz targets (`scripts/fuzz.sh TARGET SECONDS` builds it with
+        // -sanitize=fuzzer,address and -DFUZZING); built plainly, it runs the inputs it is given once each.
+        .executableTarget(
+            name: "udpecho-fuzz",
+            dependencies: ["UDPEcho"],
+            path: "Sources/UDPEchoFuzz"
         ),
         // Independent peers for the tests: plain sockets on the system calls, and a runner for spawned processes.
         .target(

@@ -490,16 +490,15 @@ int cudpecho_batch_recv_errors(int fd, cudpecho_batch *batch, int max) {
     return n < 0 ? -errno : n;
 }
 
-int cudpecho_batch_error(const cudpecho_batch *batch, int i, int hardware, cudpecho_error_info *info) {
-    CHECK_SLOT(batch, i);
-    struct msghdr *h = &((cudpecho_batch *)batch)->messages[i].msg_hdr;
+int cudpecho_parse_error_control(const void *control, size_t length, int hardware, cudpecho_error_info *info) {
+    struct msghdr h = {.msg_control = (void *)control, .msg_controllen = length};
     memset(info, 0, sizeof(*info));
     int found = 0;
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c != NULL; c = CMSG_NXTHDR(h, c)) {
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&h); c != NULL; c = CMSG_NXTHDR(&h, c)) {
         if ((c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_RECVERR)
             || (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_RECVERR)) {
             struct sock_extended_err error;
-            if (!CMSG_READ(h, c, &error)) continue;
+            if (!CMSG_READ(&h, c, &error)) continue;
             info->error = (int32_t)error.ee_errno;
             info->origin = error.ee_origin;
             info->type = error.ee_type;
@@ -508,8 +507,14 @@ int cudpecho_batch_error(const cudpecho_batch *batch, int i, int hardware, cudpe
             found = 1;
         }
     }
-    info->timestamp = timestamp_of(h, hardware);
+    info->timestamp = timestamp_of(&h, hardware);
     return found;
+}
+
+int cudpecho_batch_error(const cudpecho_batch *batch, int i, int hardware, cudpecho_error_info *info) {
+    CHECK_SLOT(batch, i);
+    const struct msghdr *h = &batch->messages[i].msg_hdr;
+    return cudpecho_parse_error_control(h->msg_control, h->msg_controllen, hardware, info);
 }
 
 const cudpecho_datagram_info *cudpecho_batch_info(const cudpecho_batch *batch, int i) {

@@ -243,6 +243,10 @@ int64_t cudpecho_batch_timestamp(const cudpecho_batch *batch, int i, int hardwar
 int cudpecho_batch_recv_errors(int fd, cudpecho_batch *batch, int max);
 /// Reads the error of slot `i` after ``cudpecho_batch_recv_errors``; returns 0 if it carries none.
 int cudpecho_batch_error(const cudpecho_batch *batch, int i, int hardware, cudpecho_error_info *info);
+/// Reads error-queue control messages (IP_RECVERR, IPV6_RECVERR, SO_TIMESTAMPING) as
+/// ``cudpecho_batch_error`` does, from any buffer: a message short for its type, or running past `length`, is
+/// skipped. Returns whether an error was found.
+int cudpecho_parse_error_control(const void *control, size_t length, int hardware, cudpecho_error_info *info);
 
 /// An eventfd (non-blocking, close-on-exec) for waking a thread that waits in epoll. Returns it or -errno.
 int cudpecho_eventfd(void);

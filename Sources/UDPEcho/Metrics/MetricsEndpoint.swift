@@ -1,6 +1,7 @@
 import Atomics
 import Dispatch
 public import NIOCore
+import NIOEmbedded
 import NIOHTTP1
 import NIOPosix
 public import ServiceLifecycle
@@ -503,5 +504,53 @@ final class ConnectionTable: Sendable {
             return state.queue
         }
         for waiting in queue { waiting.refuse() }
+    }
+}
+
+extension MetricsEndpoint {
+    /// The fuzzer's entry: `request` as a client's bytes on one connection, through the pipeline a real one gets,
+    /// on an embedded channel, in pieces of the sizes the bytes themselves choose; then the connection's timers run
+    /// out. Whatever the bytes, the handler must neither crash nor trip one of SwiftNIO's preconditions.
+    static func fuzz(request: UnsafeRawBufferPointer) {
+        let configuration = Configuration()
+        let table = ConnectionTable(configuration)
+        let channel = EmbeddedChannel()
+        let given = ManagedAtomic(-1)
+        let admitted = table.admit(channel, refuse: {}, start: { given.store($0, ordering: .relaxed) })
+        let slot = given.load(ordering: .relaxed)
+        precondition(admitted && slot >= 0, "a first connection is refused")
+        do {
+            try channel.pipeline.syncOperations.addHandler(BackPressureHandler())
+            try channel.pipeline.syncOperations.configureHTTPServerPipeline()
+            try channel.pipeline.syncOperations.addHandler(
+                ScrapeHandler(configuration: configuration, slot: slot, table: table) {
+                    var pieces = 3
+                    return MetricsStream { buffer in
+                        buffer.writeString("udpecho_fuzz_piece \(pieces)\n")
+                        pieces -= 1
+                        return pieces > 0
+                    }
+                }
+            )
+            try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 9)).wait()
+        } catch {
+            preconditionFailure("pipeline: \(error)")
+        }
+        // In pieces, as a client's bytes come in several reads.
+        var offset = 0
+        while offset < request.count && channel.isActive {
+            let piece = min(request.count - offset, 1 + Int(request[offset]) % 512)
+            let buffer = channel.allocator.buffer(
+                bytes: UnsafeRawBufferPointer(rebasing: request[offset..<offset + piece])
+            )
+            // A request SwiftNIO's decoder refuses is answered 400 and the connection closed: not a fault.
+            _ = try? channel.writeInbound(buffer)
+            channel.embeddedEventLoop.run()
+            offset += piece
+        }
+        channel.embeddedEventLoop.advanceTime(by: .seconds(120))
+        while (try? channel.readOutbound(as: IOData.self)) != nil {}
+        _ = try? channel.finish()
+        table.remove(slot)
     }
 }

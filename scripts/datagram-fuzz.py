@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Fuzz a running udpecho server with random datagrams from several sources and check every one.
 
-usage: scripts/fuzz.py HOST:PORT METRICS_URL [--count N] [--seed S]
+usage: scripts/datagram-fuzz.py HOST:PORT METRICS_URL [--count N] [--seed S]
 
 Sends COUNT datagrams (default 10000) of random sizes from 0 to 65507 bytes with random contents, each from one of
 several sources (distinct loopback addresses and ports, and, when run as root, a source on port 1023 and one on port
@@ -37,7 +37,7 @@ def main():
     host, port = args.target.rsplit(":", 1)
     target = (host, int(port))
     if not host.startswith("127."):
-        sys.exit("fuzz.py: the target must be a loopback address")
+        sys.exit("datagram-fuzz.py: the target must be a loopback address")
     rng = random.Random(args.seed)
     print(f"seed {args.seed}", flush=True)
 
