@@ -3,6 +3,8 @@ import Foundation
 import TestSupport
 import Testing
 
+@testable import UDPEcho
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -88,6 +90,9 @@ import Glibc
         case "slotOutOfRange":
             let batch = cudpecho_batch_create(4, 2048)
             _ = cudpecho_batch_length(batch, 4)
+        case "badDescriptor":
+            // A send on a descriptor that is not open: a bug of ours, never a dropped datagram.
+            _ = try? SystemCall.posix("sendto") { sendto(-1, nil, 0, 0, nil, 0) }
         default:
             return
         }

@@ -1,0 +1,67 @@
+import NIOCore
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// One target's counts, as of a snapshot.
+public struct MeshTargetStatistics: Sendable {
+    /// The target counted.
+    public var target: MeshTarget
+    /// Probes sent.
+    public var sent: UInt64 = 0
+    /// Probes answered in time.
+    public var received: UInt64 = 0
+    /// Probes not answered within the timeout.
+    public var lost: UInt64 = 0
+    /// Replies to a probe already answered.
+    public var duplicate: UInt64 = 0
+    /// Replies whose bytes differ from the probe's.
+    public var corrupt: UInt64 = 0
+    /// Probes not sent because a rate cap was reached.
+    public var skipped: UInt64 = 0
+    /// Round trips: their sum (seconds) and how many fell in each bucket of ``MeshProber/bucketBounds`` (the last:
+    /// above 10 s), not cumulative.
+    public var rttSum: Double = 0
+    /// How many round trips fell in each bucket (see ``rttSum``).
+    public var buckets: [UInt64] = []
+    /// Whether a reply came within the last three intervals (and a timeout).
+    public var up = false
+    /// Whether the target left the peer list (it is exported until its grace period ends).
+    public var removed = false
+    /// With per-flow counts: sent, received and lost of each flow, in flow order, and each flow's source port.
+    public var flowCounts: [UInt64] = []
+    /// With per-flow counts: each flow's source port, in flow order.
+    public var flowPorts: [Int] = []
+    /// The round trips, when percentiles were asked for.
+    public var times: RoundTripTimes?
+
+    init(target: MeshTarget) { self.target = target }
+}
+
+/// Every target's counts at one moment.
+public struct MeshSnapshot: Sendable {
+    /// Each target's counts.
+    public var targets: [MeshTargetStatistics] = []
+    /// The source ports (flows) each target is probed from.
+    public var flows = 0
+    /// Whether the targets carry per-flow counts.
+    public var perFlow = false
+}
+
+/// An address and port as compared on the receive path (no formatting): IPv4 mapped into IPv6.
+struct MeshAddressKey: Equatable {
+    var address: IPKey
+    var port: UInt16
+
+    init?(_ raw: UnsafePointer<sockaddr>) {
+        guard let address = IPKey(raw) else { return nil }
+        self.address = address
+        self.port =
+            Int32(raw.pointee.sa_family) == AF_INET
+            ? raw.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { UInt16(bigEndian: $0.pointee.sin_port) }
+            : raw.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { UInt16(bigEndian: $0.pointee.sin6_port) }
+    }
+}
