@@ -254,3 +254,52 @@ let pythonHTTPSteps = """
         )
     }
 }
+
+/// The Prometheus exporter as a library user runs it: a registry of its own (two exporters in one process do not
+/// share counters, and nothing is bootstrapped globally), the server's counters current at each scrape, and the
+/// body a mesh appends after them.
+@Suite struct PrometheusExporterTests {
+    @Test func twoExportersServeTheirOwnServersCountersAndWhatFollows() async throws {
+        try await withServer { first in
+            try await withServer { second in
+                let loopback = try SocketAddress(ipAddress: "127.0.0.1", port: 0)
+                let plain = try await PrometheusExporter(address: loopback, server: first)
+                let withMore = try await PrometheusExporter(address: loopback, server: second) {
+                    var pieces = 0
+                    return MetricsStream { buffer in
+                        buffer.writeString("udpecho_test_more{piece=\"\(pieces)\"} 1\n")
+                        pieces += 1
+                        return pieces < 3
+                    }
+                }
+                let running = [Task { try await plain.run() }, Task { try await withMore.run() }]
+                defer { for task in running { task.cancel() } }
+                // Three datagrams echoed by the first server, one by the second.
+                for (server, count) in [(first, 3), (second, 1)] {
+                    let client = try TestSocket(connectTo: try clientAddress(of: server))
+                    for index in 0..<count {
+                        #expect(client.send(Array("ping \(index)".utf8)) == 0)
+                        #expect(await client.receive()?.bytes == Array("ping \(index)".utf8))
+                    }
+                }
+                let script = """
+                    import sys, urllib.request
+                    for url in sys.argv[1:]:
+                        body = urllib.request.urlopen(url, timeout=10).read().decode().splitlines()
+                        echoed = [l for l in body if l.startswith('udpecho_datagrams_total{direction="echoed"}')]
+                        more = [l for l in body if l.startswith("udpecho_test_more")]
+                        print(echoed[0].split()[-1] if echoed else "none", len(more), body[-1] if more else "-")
+                    """
+                let result = try await Spawned.run(
+                    python,
+                    ["python3", "-c", script, plain.url, withMore.url],
+                    timeout: 30
+                )
+                #expect(
+                    result.lines == ["3 0 -", "1 3 udpecho_test_more{piece=\"2\"} 1"],
+                    "\(result.lines) \(result.error)"
+                )
+            }
+        }
+    }
+}

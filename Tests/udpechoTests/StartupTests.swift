@@ -25,7 +25,7 @@ import Glibc
         (["client", "--address", "127.0.0.1:9", "--timeout", "-1s"], "'-1s' is not a duration: it is negative"),
         // ping and mesh say 2 for a usage error, as ping(8) does.
         (["ping", "127.0.0.1:9", "-c", "-1"], "-c/--count must be at least 1"),
-        (["mesh", "--peer", "127.0.0.1:9", "--flows", "-3"], "the flows go from 1 to 64"),
+        (["mesh", "--peer", "127.0.0.1:9", "--flows", "-3"], "--flows -3: from 1 to 64 source ports"),
     ])
     func sizesAndNegativeNumbersAreUsageErrors(arguments: [String], message: String) async throws {
         let result = try await Spawned.run(udpecho, arguments)

@@ -40,7 +40,9 @@ public final class ServerMetrics: Service, Sendable {
     /// - Parameters:
     ///   - server: The server whose counters to publish.
     ///   - interval: How often ``run()`` publishes.
-    public init(server: EchoServer, interval: Duration = .seconds(1)) {
+    ///   - factory: Where the metrics go: the process's metrics system unless given (``PrometheusExporter`` gives a
+    ///     registry of its own).
+    public init(server: EchoServer, interval: Duration = .seconds(1), factory: MetricsFactory = MetricsSystem.factory) {
         self.server = server
         self.interval = interval
         var empty = EchoServerStatistics()
@@ -48,28 +50,28 @@ public final class ServerMetrics: Service, Sendable {
         self.state = Mutex(empty)
         self.datagrams = Dictionary(
             uniqueKeysWithValues: ["received", "echoed"].map {
-                ($0, Counter(label: "udpecho_datagrams_total", dimensions: [("direction", $0)]))
+                ($0, Counter(label: "udpecho_datagrams_total", dimensions: [("direction", $0)], factory: factory))
             }
         )
         self.bytes = Dictionary(
             uniqueKeysWithValues: ["received", "echoed"].map {
-                ($0, Counter(label: "udpecho_bytes_total", dimensions: [("direction", $0)]))
+                ($0, Counter(label: "udpecho_bytes_total", dimensions: [("direction", $0)], factory: factory))
             }
         )
         self.dropped = Dictionary(
             uniqueKeysWithValues: DropReason.allCases.map {
-                ($0, Counter(label: "udpecho_dropped_total", dimensions: [("reason", $0.rawValue)]))
+                ($0, Counter(label: "udpecho_dropped_total", dimensions: [("reason", $0.rawValue)], factory: factory))
             }
         )
-        self.receiveErrors = Counter(label: "udpecho_receive_errors_total")
+        self.receiveErrors = Counter(label: "udpecho_receive_errors_total", factory: factory)
         self.perThread = (0..<server.configuration.threads).map {
-            Counter(label: "udpecho_thread_datagrams_total", dimensions: [("thread", "\($0)")])
+            Counter(label: "udpecho_thread_datagrams_total", dimensions: [("thread", "\($0)")], factory: factory)
         }
-        self.rateLimitSources = Gauge(label: "udpecho_rate_limit_sources")
-        self.rateLimitEvictions = Counter(label: "udpecho_rate_limit_evictions_total")
-        self.stampSessions = Gauge(label: "udpecho_stamp_sessions")
-        self.offloadRuns = Counter(label: "udpecho_offload_runs_total")
-        self.offloadFallbacks = Counter(label: "udpecho_offload_fallbacks_total")
+        self.rateLimitSources = Gauge(label: "udpecho_rate_limit_sources", factory: factory)
+        self.rateLimitEvictions = Counter(label: "udpecho_rate_limit_evictions_total", factory: factory)
+        self.stampSessions = Gauge(label: "udpecho_stamp_sessions", factory: factory)
+        self.offloadRuns = Counter(label: "udpecho_offload_runs_total", factory: factory)
+        self.offloadFallbacks = Counter(label: "udpecho_offload_fallbacks_total", factory: factory)
     }
 
     /// Adds to the metrics what the server counted since the last call. Safe to call from several threads at once

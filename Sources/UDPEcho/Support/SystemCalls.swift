@@ -1,3 +1,5 @@
+import CUDPEcho
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)

@@ -55,18 +55,7 @@ struct BenchCommand: AsyncParsableCommand {
     )
     var duration: Duration = .seconds(10)
 
-    @Option(
-        name: [.customShort("s"), .customLong("size")],
-        parsing: .unconditional,
-        help: ArgumentHelp(
-            "Payload bytes per request, 16 to the datagram maximum. (default: 64; with --stamp, the test packet and its TLVs: 44, 112 authenticated)",
-            valueName: "bytes"
-        )
-    )
-    var sizeOption: Int?
-
-    @Option(parsing: .unconditional, help: ArgumentHelp("Sockets, each its own source port.", valueName: "n"))
-    var flows = 4
+    @OptionGroup(title: "Flows and loss") var probe: ProbeOptions<BenchRole>
 
     @Option(
         parsing: .unconditional,
@@ -86,13 +75,6 @@ struct BenchCommand: AsyncParsableCommand {
         help: ArgumentHelp("Stop after this many requests, if before --duration.", valueName: "n")
     )
     var count: Int?
-
-    @Option(
-        parsing: .unconditional,
-        help: ArgumentHelp("A request without a reply after this long is lost.", valueName: "duration"),
-        transform: parseDuration
-    )
-    var lossTimeout: Duration = .seconds(1)
 
     @Option(
         help: ArgumentHelp(
@@ -161,11 +143,11 @@ struct BenchCommand: AsyncParsableCommand {
             configuration = EchoBenchmark.Configuration(
                 target: address,
                 duration: self.duration,
-                size: probeSize(self.sizeOption, stamp: stamp, target: address),
-                flows: self.flows,
+                size: probeSize(self.probe.sizeOption, stamp: stamp, target: address),
+                flows: self.probe.flows,
                 load: load,
                 count: self.count,
-                lossTimeout: self.lossTimeout,
+                lossTimeout: self.probe.timeout,
                 allowRemote: self.allowRemote,
                 timestamps: self.timestamps,
                 spin: self.spin,
@@ -211,7 +193,7 @@ struct BenchCommand: AsyncParsableCommand {
             }
         }
         if let path = self.plot {
-            let title = "udpecho bench \(peer): \(self.flows) flows, \(self.describe(load)), \(size)\(what)"
+            let title = "udpecho bench \(peer): \(self.probe.flows) flows, \(self.describe(load)), \(size)\(what)"
             var curves: [(label: String, times: RoundTripTimes)] = []
             if openLoop { curves.append(("latency from the schedule", result.latencies)) }
             curves.append(("round trip from the departure (\(result.timestamps) timestamps)", result.times))
@@ -221,7 +203,7 @@ struct BenchCommand: AsyncParsableCommand {
             Stream.out.line(BenchJSON.encode(result, target: peer, configuration: configuration))
         } else {
             Stream.out.line(
-                "bench \(target) (\(peer)): \(self.flows) flows, \(self.describe(load)), \(size)\(what), " + clock
+                "bench \(target) (\(peer)): \(self.probe.flows) flows, \(self.describe(load)), \(size)\(what), " + clock
                     + (self.gso ? ", \(Self.describeGSO(result))" : "")
             )
             for line in result.benchSummary(size: size, openLoop: openLoop) { Stream.out.line(line) }

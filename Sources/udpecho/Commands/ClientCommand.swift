@@ -35,20 +35,7 @@ struct ClientCommand: AsyncParsableCommand {
             """
     )
 
-    @Option(
-        help: ArgumentHelp("The server, as HOST:PORT or [IPV6]:PORT.", valueName: "host:port"),
-        transform: parseAddress
-    )
-    var address: HostAndPort?
-
-    @Option(help: ArgumentHelp("The server's host, as the article's -host (default 127.0.0.1).", valueName: "host"))
-    var host: String?
-
-    @Option(
-        parsing: .unconditional,
-        help: ArgumentHelp("The server's port, as the article's -port (default 1337).", valueName: "port")
-    )
-    var port: Int?
+    @OptionGroup var endpoint: EndpointOptions<ServerRole>
 
     @Option(
         parsing: .unconditional,
@@ -76,7 +63,7 @@ struct ClientCommand: AsyncParsableCommand {
     }
 
     private func serverAddress() throws -> HostAndPort? {
-        try chooseAddress(address: self.address, host: self.host, port: self.port, defaultHost: "127.0.0.1")
+        try self.endpoint.endpoint()
     }
 
     /// What ended the exchange, with its exit code.

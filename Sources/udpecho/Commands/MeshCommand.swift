@@ -1,9 +1,7 @@
 import ArgumentParser
 import FoundationEssentials
 import Logging
-import Metrics
 import NIOCore
-import Prometheus
 import ServiceLifecycle
 import UDPEcho
 import UnixSignals
@@ -88,26 +86,7 @@ struct MeshCommand: AsyncParsableCommand {
     )
     var interval: Duration = .seconds(1)
 
-    @Option(
-        parsing: .unconditional,
-        help: ArgumentHelp("Source ports to probe from, in turn, 1 to 64.", valueName: "n")
-    )
-    var flows = 8
-
-    @Option(
-        name: [.customShort("s"), .customLong("size")],
-        parsing: .unconditional,
-        help: ArgumentHelp("UDP payload bytes per probe, 32 and more.", valueName: "bytes")
-    )
-    var size = 64
-
-    @Option(
-        name: [.customShort("W"), .long],
-        parsing: .unconditional,
-        help: ArgumentHelp("A probe without a reply after this long is lost.", valueName: "duration"),
-        transform: parseDuration
-    )
-    var timeout: Duration = .seconds(1)
+    @OptionGroup(title: "Flows and loss") var probe: ProbeOptions<MeshRole>
 
     @Option(
         parsing: .unconditional,
@@ -175,9 +154,9 @@ struct MeshCommand: AsyncParsableCommand {
     func proberConfiguration() -> MeshProber.Configuration {
         MeshProber.Configuration(
             interval: self.interval,
-            flows: self.flows,
-            size: self.size,
-            timeout: self.timeout,
+            flows: self.probe.flows,
+            size: self.probe.sizeOption ?? 64,
+            timeout: self.probe.timeout,
             maximumRate: self.maxRate,
             maximumBytesPerSecond: self.maxBytesRate,
             perFlow: self.perFlowMetrics,
@@ -199,7 +178,7 @@ struct MeshCommand: AsyncParsableCommand {
         // whose socket cannot be opened would probe less than asked).
         let threads = EchoServer.defaultThreads
         let serving = self.once ? 0 : 4 * threads * (self.stampAddress == nil ? 1 : 2) + (self.metrics == nil ? 0 : 80)
-        do { try DescriptorLimit.ensure(DescriptorLimit.runtime + 2 * self.flows + 4 + serving) } catch {
+        do { try DescriptorLimit.ensure(DescriptorLimit.runtime + 2 * self.probe.flows + 4 + serving) } catch {
             Stream.err.line("udpecho: error: \(error)")
             throw ExitCode.failure
         }
@@ -261,25 +240,17 @@ struct MeshCommand: AsyncParsableCommand {
             }
         }
         if let metricsAddress = self.metrics {
-            let registry = PrometheusCollectorRegistry()
-            MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
-            let serverMetrics = ServerMetrics(server: server)
             do {
                 // The mesh's metrics go out a piece at a time as the scraper reads them: 10,000 peers make 26 MB.
-                let endpoint = try await MetricsEndpoint(address: try await resolveTarget(metricsAddress)) {
-                    serverMetrics.publish()
-                    var server: String? = ServerMetrics.addingHelp(to: registry.emitToString())
+                let exporter = try await PrometheusExporter(
+                    address: try await resolveTarget(metricsAddress),
+                    server: server
+                ) {
                     var writer = MeshMetrics.Writer(prober.snapshot())
-                    return MetricsStream { buffer in
-                        if let text = server {
-                            buffer.writeString(text)
-                            server = nil
-                        }
-                        return writer.write(into: &buffer, budget: 256 << 10)
-                    }
+                    return MetricsStream { buffer in writer.write(into: &buffer, budget: 256 << 10) }
                 }
-                said.append("metrics on http://\(endpoint.localAddress?.hostPortDescription ?? "?")/metrics")
-                services += [.init(service: serverMetrics), .init(service: endpoint)]
+                said.append("metrics on \(exporter.url)")
+                services.append(.init(service: exporter))
             } catch {
                 Stream.err.line("udpecho: error: cannot serve metrics on \(metricsAddress): \(error)")
                 throw ExitCode.failure
@@ -312,7 +283,7 @@ struct MeshCommand: AsyncParsableCommand {
         prober.finishSending()
         // The replies still on their way; a probe not answered by then is lost. A bit past the timeout, so that
         // the last expiry and publication have run.
-        try? await Task.sleep(for: self.timeout + .milliseconds(600))
+        try? await Task.sleep(for: self.probe.timeout + .milliseconds(600))
         probing.cancel()
         await probing.value
         let snapshot = prober.snapshot()

@@ -73,42 +73,17 @@ struct PingCommand: AsyncParsableCommand {
     )
     var interval: Duration = .seconds(1)
 
-    @Option(
-        name: [.customShort("s"), .customLong("size")],
-        parsing: .unconditional,
-        help: ArgumentHelp(
-            "Payload bytes per probe, 16 to the datagram maximum. (default: 64; with --stamp, the test packet and its TLVs: 44, 112 authenticated)",
-            valueName: "bytes"
-        )
-    )
-    var sizeOption: Int?
-
     @OptionGroup var stampOptions: StampSenderOptions
 
     @OptionGroup(title: "Marking and hops") var markingOptions: MarkingOptions
 
-    @Option(
-        parsing: .unconditional,
-        help: ArgumentHelp(
-            "Send the probes in turn from N source ports, 1 to 64: ECMP hashing sends each port over one of the equal-cost paths.",
-            valueName: "n"
-        )
-    )
-    var flows = 1
+    @OptionGroup(title: "Flows and loss") var probe: ProbeOptions<PingRole>
 
     @Flag(
         help:
             "With --flows: per source port, loss and round-trip percentiles, and the ports whose loss or latency stands apart from the rest (a statistical test: see README)."
     )
     var flowStats = false
-
-    @Option(
-        name: [.customShort("W"), .long],
-        parsing: .unconditional,
-        help: ArgumentHelp("How long to wait for each reply.", valueName: "duration"),
-        transform: parseDuration
-    )
-    var timeout: Duration = .seconds(1)
 
     @Option(
         help: ArgumentHelp(
@@ -127,16 +102,11 @@ struct PingCommand: AsyncParsableCommand {
     func validate() throws {
         if let count, count < 1 { throw ValidationError("-c/--count must be at least 1") }
         _ = try self.stampOptions.target(self.targetText)
-        if let size = self.sizeOption, size < 16 {
+        if let size = self.probe.sizeOption, size < 16 {
             throw ValidationError("-s/--size must be at least 16: a probe carries its sequence number and send time")
         }
         if self.interval < .microseconds(1) { throw ValidationError("-i/--interval must be at least 1us") }
-        if !(1...EchoPinger.Configuration.maximumFlows).contains(self.flows) {
-            throw ValidationError(
-                "--flows \(self.flows): from 1 to \(EchoPinger.Configuration.maximumFlows) source ports"
-            )
-        }
-        if self.flowStats && self.flows < 3 {
+        if self.flowStats && self.probe.flows < 3 {
             throw ValidationError("--flow-stats compares the flows with each other: give --flows 3 or more")
         }
     }
@@ -156,17 +126,17 @@ struct PingCommand: AsyncParsableCommand {
             Stream.err.line("udpecho: error: \(error)")
             throw ExitCode(2)
         }
-        let size = probeSize(self.sizeOption, stamp: stamp, target: address)
+        let size = probeSize(self.probe.sizeOption, stamp: stamp, target: address)
         let configuration = EchoPinger.Configuration(
             target: address,
             count: self.count,
             interval: self.interval,
             size: size,
-            timeout: self.timeout,
+            timeout: self.probe.timeout,
             timestamps: self.timestamps,
             stamp: stamp,
             marking: marking,
-            flows: self.flows
+            flows: self.probe.flows
         )
         do { try configuration.validate() } catch {
             Stream.err.line("udpecho: error: \(error)")
@@ -174,7 +144,7 @@ struct PingCommand: AsyncParsableCommand {
         }
         let peer = address.hostPortDescription
         let lines = LineQueue(to: .out)
-        let (json, quiet, timeout) = (self.json, self.quiet, self.timeout)
+        let (json, quiet, timeout) = (self.json, self.quiet, self.probe.timeout)
         let what = stamp != nil ? "STAMP test packets" : "UDP payload"
         let header = "PING \(target) (\(peer)): \(size) bytes of \(what)"
         let result = try await exitOnSetupError {

@@ -1,9 +1,7 @@
 import ArgumentParser
 import FoundationEssentials
 import Logging
-import Metrics
 import NIOCore
-import Prometheus
 import ServiceLifecycle
 import UDPEcho
 
@@ -57,24 +55,7 @@ struct ServerCommand: AsyncParsableCommand {
             """
     )
 
-    @Option(
-        name: .long,
-        help: ArgumentHelp(
-            "Where to listen. :PORT means every local address, IPv4 and IPv6. (default: :1337; :862 with --protocol stamp)",
-            valueName: "host:port"
-        ),
-        transform: parseAddress
-    )
-    var address: HostAndPort?
-
-    @Option(help: ArgumentHelp("Host to listen on, as the article's -host (instead of --address).", valueName: "host"))
-    var host: String?
-
-    @Option(
-        parsing: .unconditional,
-        help: ArgumentHelp("Port to listen on, as the article's -port (default 1337).", valueName: "port")
-    )
-    var port: Int?
+    @OptionGroup var endpoint: EndpointOptions<ListenRole>
 
     @Option(
         parsing: .unconditional,
@@ -397,7 +378,7 @@ struct ServerCommand: AsyncParsableCommand {
     }
 
     private func listenAddress() throws -> HostAndPort {
-        try chooseAddress(address: self.address, host: self.host, port: self.port, defaultHost: nil)
+        try self.endpoint.endpoint()
             ?? HostAndPort(host: nil, port: self.protocol == .stamp ? StampReflectorConfiguration.defaultPort : 1337)
     }
 
@@ -460,23 +441,19 @@ struct ServerCommand: AsyncParsableCommand {
         // Everything is bound before the server says it runs: a metrics address that cannot be bound stops it first.
         var metricsURL: String?
         if let metricsAddress = self.metrics {
-            let registry = PrometheusCollectorRegistry()
-            MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
-            let metrics = ServerMetrics(server: server)
             do {
-                // Each scrape first publishes the server's latest counters, so that what it shows is current.
-                let endpoint = try await MetricsEndpoint(address: try await resolveTarget(metricsAddress)) {
-                    metrics.publish()
-                    return ServerMetrics.addingHelp(to: registry.emitToString())
-                }
-                metricsURL = "http://\(endpoint.localAddress?.hostPortDescription ?? "?")/metrics"
-                services += [.init(service: metrics), .init(service: endpoint)]
+                let exporter = try await PrometheusExporter(
+                    address: try await resolveTarget(metricsAddress),
+                    server: server
+                )
+                metricsURL = exporter.url
+                services.append(.init(service: exporter))
             } catch {
                 Stream.err.line("udpecho: error: cannot serve metrics on \(metricsAddress): \(error)")
                 throw ExitCode.failure
             }
         }
-        if !activated.isEmpty && (self.address != nil || self.host != nil || self.port != nil) {
+        if !activated.isEmpty && self.endpoint.isGiven {
             Stream.err.line(
                 "udpecho: note: serving the sockets the service manager passed (LISTEN_FDS); --address, --host and "
                     + "--port are not used"
