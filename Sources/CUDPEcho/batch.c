@@ -232,6 +232,15 @@ typedef struct {
     struct in6_pktinfo v6;
 } parsed_control;
 
+// Nanoseconds of a timestamp the kernel reported, 0 (none) for one no clock can give: a time before 1970 or past
+// 2262, or nanoseconds out of range (the multiplication would overflow: undefined behaviour, found by fuzzing).
+static int64_t timespec_ns(const struct timespec *ts) {
+    if (ts->tv_sec < 0 || ts->tv_sec >= INT64_MAX / 1000000000 || ts->tv_nsec < 0 || ts->tv_nsec >= 1000000000) {
+        return 0;
+    }
+    return (int64_t)ts->tv_sec * 1000000000 + ts->tv_nsec;
+}
+
 // Reads the control messages of `h`; a message too short for what its type carries is skipped.
 static void parse_control(const struct msghdr *h, parsed_control *out) {
     out->info = (cudpecho_datagram_info){.timestamp = 0, .ttl = -1, .tos = -1, .family = 0};
@@ -253,7 +262,7 @@ static void parse_control(const struct msghdr *h, parsed_control *out) {
             if (CMSG_READ(h, c, &value)) out->info.tos = (int16_t)value;
         } else if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SO_TIMESTAMPING_OLD) {
             struct timespec ts[3];
-            if (CMSG_READ(h, c, &ts)) out->info.timestamp = (int64_t)ts[0].tv_sec * 1000000000 + ts[0].tv_nsec;
+            if (CMSG_READ(h, c, &ts)) out->info.timestamp = timespec_ns(&ts[0]);
         } else if (c->cmsg_level == IPPROTO_UDP && c->cmsg_type == UDP_GRO) {
             if (CMSG_READ(h, c, &value)) out->segment_size = value > 0 && value <= UINT16_MAX ? (uint16_t)value : 0;
         }
@@ -470,7 +479,7 @@ static int64_t timestamp_of(struct msghdr *h, int hardware) {
         struct timespec ts[3];
         if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SO_TIMESTAMPING_OLD && CMSG_READ(h, c, &ts)) {
             struct timespec *chosen = hardware ? &ts[2] : &ts[0];
-            return (int64_t)chosen->tv_sec * 1000000000 + chosen->tv_nsec;
+            return timespec_ns(chosen);
         }
     }
     return 0;

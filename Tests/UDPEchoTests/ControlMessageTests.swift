@@ -64,6 +64,27 @@ import Glibc
         }
     }
 
+    /// A timestamp message whose seconds no clock can give (past 2262, or before 1970), or whose nanoseconds are out
+    /// of range, reads as no timestamp: converting it to nanoseconds overflowed a signed 64-bit integer, undefined
+    /// behaviour that the fuzzer found (Fuzz/regressions/control-messages/timestamp-overflow).
+    @Test func timestampsNoClockCanGiveReadAsNone() {
+        func timestamping(seconds: Int, nanoseconds: Int) -> [UInt8] {
+            var data = [UInt8]()
+            for value in [seconds, nanoseconds, 0, 0, seconds, nanoseconds] {
+                withUnsafeBytes(of: value) { data += $0 }
+            }
+            return self.message(length: 16 + 48, level: SOL_SOCKET, type: SO_TIMESTAMPING_OLD, data: data)
+        }
+        #expect(self.parse(timestamping(seconds: 1_700_000_000, nanoseconds: 5)).info.timestamp == 1_700_000_000_000_000_005)
+        for (seconds, nanoseconds) in [(51_791_395_714_760_704, 0), (-1, 0), (1_700_000_000, 1_000_000_000), (1, -1)] {
+            let control = timestamping(seconds: seconds, nanoseconds: nanoseconds)
+            #expect(self.parse(control).info.timestamp == 0, "\(seconds) s \(nanoseconds) ns")
+            var error = cudpecho_error_info()
+            control.withUnsafeBytes { _ = cudpecho_parse_error_control($0.baseAddress, $0.count, 1, &error) }
+            #expect(error.timestamp == 0, "\(seconds) s \(nanoseconds) ns, hardware")
+        }
+    }
+
     /// The third TOS message of a slot does not fit: the process stops with a message, rather than sending the reply
     /// without it. (Run in a process of its own: this test binary again, with only the child test below. Swift
     /// Testing's exit tests wait for any child of the process, and spun at 100% CPU beside the tests that spawn
