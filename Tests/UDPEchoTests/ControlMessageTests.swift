@@ -75,7 +75,9 @@ import Glibc
             }
             return self.message(length: 16 + 48, level: SOL_SOCKET, type: SO_TIMESTAMPING_OLD, data: data)
         }
-        #expect(self.parse(timestamping(seconds: 1_700_000_000, nanoseconds: 5)).info.timestamp == 1_700_000_000_000_000_005)
+        #expect(
+            self.parse(timestamping(seconds: 1_700_000_000, nanoseconds: 5)).info.timestamp == 1_700_000_000_000_000_005
+        )
         for (seconds, nanoseconds) in [(51_791_395_714_760_704, 0), (-1, 0), (1_700_000_000, 1_000_000_000), (1, -1)] {
             let control = timestamping(seconds: seconds, nanoseconds: nanoseconds)
             #expect(self.parse(control).info.timestamp == 0, "\(seconds) s \(nanoseconds) ns")

@@ -36,11 +36,17 @@ final class EchoWorker: @unchecked Sendable {
     struct DroppedDatagram {
         var slot: Int32
         var length: Int32
-        var reason: UInt8
+        var reason: DropReason
     }
 
-    /// The outcome of a slot whose datagrams were dropped one by one (reported from the dropped-datagram list).
-    private static let droppedOneByOne: UInt8 = 0xFF
+    /// What became of a slot of the current batch (kept once a drop happened in it).
+    enum SlotOutcome: Equatable {
+        case echoed
+        case dropped(DropReason)
+        /// Every datagram of the slot's run was dropped, each reported on its own from the dropped-datagram list.
+        case droppedOneByOne
+    }
+
     /// Dropped datagrams of runs remembered per batch for their events; past that they are only counted.
     private static let droppedDatagramCapacity = 4096
 
@@ -55,8 +61,8 @@ final class EchoWorker: @unchecked Sendable {
 
     // Owned by the worker thread alone once `run()` starts.
     private let batch: OpaquePointer
-    /// Per slot of the current batch, once a drop happened in it: 0 echoed, else DropReason index + 1.
-    private let outcomes: UnsafeMutablePointer<UInt8>
+    /// Per slot of the current batch, once a drop happened in it.
+    private let outcomes: UnsafeMutablePointer<SlotOutcome>
     private let errnos: UnsafeMutablePointer<Int32>
     private var batchHasDrops = false
     private var budget: EventBudget
@@ -89,7 +95,7 @@ final class EchoWorker: @unchecked Sendable {
         self.settings = settings
         self.events = settings.reporting == .none ? nil : events
         self.outcomes = .allocate(capacity: settings.batchSize)
-        self.outcomes.initialize(repeating: 0, count: settings.batchSize)
+        self.outcomes.initialize(repeating: .echoed, count: settings.batchSize)
         self.errnos = .allocate(capacity: settings.batchSize)
         self.errnos.initialize(repeating: 0, count: settings.batchSize)
         self.droppedDatagrams = .allocate(capacity: Self.droppedDatagramCapacity)
@@ -199,7 +205,7 @@ final class EchoWorker: @unchecked Sendable {
         }
         if self.batchHasRuns {
             // Each run leaves as one write of the segment size it came with: the client gets the datagrams it sent.
-            for index in 0..<count where !self.batchHasDrops || self.outcomes[index] == 0 {
+            for index in 0..<count where !self.batchHasDrops || self.outcomes[index] == .echoed {
                 let slot = Int32(index)
                 cudpecho_batch_set_segment_size(self.batch, slot, cudpecho_batch_segment_size(self.batch, slot))
             }
@@ -207,9 +213,9 @@ final class EchoWorker: @unchecked Sendable {
         if self.batchHasDrops {
             var start = 0
             while start < count {
-                while start < count && self.outcomes[start] != 0 { start += 1 }
+                while start < count && self.outcomes[start] != .echoed { start += 1 }
                 var end = start
-                while end < count && self.outcomes[end] == 0 { end += 1 }
+                while end < count && self.outcomes[end] == .echoed { end += 1 }
                 if end > start { self.send(start, end, count) }
                 start = end
             }
@@ -220,7 +226,7 @@ final class EchoWorker: @unchecked Sendable {
         if self.batchHasDrops || self.reflector != nil || self.droppedDatagramCount > 0 {
             var echoedBytes = 0
             var echoed = 0
-            for index in 0..<count where !self.batchHasDrops || self.outcomes[index] == 0 {
+            for index in 0..<count where !self.batchHasDrops || self.outcomes[index] == .echoed {
                 echoed += self.datagrams(in: index)
                 echoedBytes &+= cudpecho_batch_length(self.batch, Int32(index))
             }
@@ -285,7 +291,7 @@ final class EchoWorker: @unchecked Sendable {
         guard let lastReason else { return }
         if kept == 0 {
             self.markDropped(index, count, lastReason, errno: 0)
-            self.outcomes[index] = Self.droppedOneByOne
+            self.outcomes[index] = .droppedOneByOne
         } else {
             cudpecho_batch_set_length(self.batch, slot, kept)
         }
@@ -296,7 +302,7 @@ final class EchoWorker: @unchecked Sendable {
             self.droppedDatagrams[self.droppedDatagramCount] = DroppedDatagram(
                 slot: slot,
                 length: Int32(length),
-                reason: UInt8(reason.ordinal)
+                reason: reason
             )
         }
         self.droppedDatagramCount += 1
@@ -307,7 +313,7 @@ final class EchoWorker: @unchecked Sendable {
         let now = cudpecho_now_ns()
         let sourceGuard = self.sourceGuard
         sourceGuard.pointee.refreshInterfaces(now: now)
-        for index in 0..<count where !self.batchHasDrops || self.outcomes[index] == 0 {
+        for index in 0..<count where !self.batchHasDrops || self.outcomes[index] == .echoed {
             if self.batchHasRuns && cudpecho_batch_segment_size(self.batch, Int32(index)) != 0 {
                 self.guardRun(index, count, sourceGuard, now: now)
                 continue
@@ -341,7 +347,7 @@ final class EchoWorker: @unchecked Sendable {
         defer { self.reflector = reflector }
         reflector.refreshClock(now: now)
         let ipv6 = self.socket.localAddress.protocol == .inet6
-        for index in 0..<count where !self.batchHasDrops || self.outcomes[index] == 0 {
+        for index in 0..<count where !self.batchHasDrops || self.outcomes[index] == .echoed {
             let slot = Int32(index)
             var length: socklen_t = 0
             let info = cudpecho_batch_info(self.batch, slot)!.pointee
@@ -373,7 +379,7 @@ final class EchoWorker: @unchecked Sendable {
     /// of the udpecho ping probes that ask for one.
     private func reflectMarking(_ count: Int) {
         let ipv6 = self.socket.localAddress.protocol == .inet6
-        for index in 0..<count where !self.batchHasDrops || self.outcomes[index] == 0 {
+        for index in 0..<count where !self.batchHasDrops || self.outcomes[index] == .echoed {
             let slot = Int32(index)
             let info = cudpecho_batch_info(self.batch, slot)!.pointee
             _ = MarkingReport.fill(
@@ -481,10 +487,10 @@ final class EchoWorker: @unchecked Sendable {
     /// Marks slot `index` as not to be sent, without counting it.
     private func markDropped(_ index: Int, _ count: Int, _ reason: DropReason, errno: Int32) {
         if !self.batchHasDrops {
-            self.outcomes.update(repeating: 0, count: count)
+            self.outcomes.update(repeating: .echoed, count: count)
             self.batchHasDrops = true
         }
-        self.outcomes[index] = UInt8(reason.ordinal + 1)
+        self.outcomes[index] = .dropped(reason)
         self.errnos[index] = errno
     }
 
@@ -511,8 +517,10 @@ final class EchoWorker: @unchecked Sendable {
         let now = cudpecho_now_ns()
         if self.batchHasDrops || self.batchHasRuns {
             for index in 0..<count {
-                let outcome = self.batchHasDrops ? self.outcomes[index] : 0
-                if outcome == Self.droppedOneByOne || (outcome == 0 && self.settings.reporting == .errors) { continue }
+                let outcome = self.batchHasDrops ? self.outcomes[index] : .echoed
+                if outcome == .droppedOneByOne || (outcome == .echoed && self.settings.reporting == .errors) {
+                    continue
+                }
                 let size = Int(cudpecho_batch_segment_size(self.batch, Int32(index)))
                 let length = cudpecho_batch_length(self.batch, Int32(index))
                 guard size != 0 && length > size else {
@@ -528,7 +536,7 @@ final class EchoWorker: @unchecked Sendable {
             for dropped in 0..<min(self.droppedDatagramCount, Self.droppedDatagramCapacity) {
                 let datagram = self.droppedDatagrams[dropped]
                 if self.budget.take(now: now) {
-                    self.emit(Int(datagram.slot), outcome: datagram.reason + 1, length: Int(datagram.length))
+                    self.emit(Int(datagram.slot), outcome: .dropped(datagram.reason), length: Int(datagram.length))
                 }
             }
             if self.droppedDatagramCount > Self.droppedDatagramCapacity {
@@ -537,19 +545,26 @@ final class EchoWorker: @unchecked Sendable {
         } else {
             // Every datagram echoed: take the window's budget for the whole batch in one step.
             for index in 0..<self.budget.take(count, now: now) {
-                self.emit(index, outcome: 0, length: cudpecho_batch_length(self.batch, Int32(index)))
+                self.emit(index, outcome: .echoed, length: cudpecho_batch_length(self.batch, Int32(index)))
             }
         }
         self.reportSuppressed(now: now)
     }
 
-    private func emit(_ index: Int, outcome: UInt8, length: Int) {
+    private func emit(_ index: Int, outcome: SlotOutcome, length: Int) {
         var peerLength: socklen_t = 0
         let raw = cudpecho_batch_peer(self.batch, Int32(index), &peerLength)!
         var event = cudpecho_event()
-        event.kind = UInt8(outcome == 0 ? CUDPECHO_EVENT_ECHOED : CUDPECHO_EVENT_DROPPED)
-        event.reason = outcome == 0 ? 0 : outcome - 1
-        event.error = outcome == 0 ? 0 : self.errnos[index]
+        switch outcome {
+        case .echoed:
+            event.kind = UInt8(CUDPECHO_EVENT_ECHOED)
+        case .dropped(let reason):
+            event.kind = UInt8(CUDPECHO_EVENT_DROPPED)
+            event.reason = UInt8(reason.ordinal)
+            event.error = self.errnos[index]
+        case .droppedOneByOne:
+            preconditionFailure("a run dropped datagram by datagram is reported from the dropped-datagram list")
+        }
         event.value = UInt64(length)
         cudpecho_event_set_peer(&event, raw, peerLength)
         self.push(&event)
