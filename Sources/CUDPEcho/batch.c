@@ -1,3 +1,6 @@
+// Longer than 500 lines on purpose: the batch (recvmmsg/sendmmsg buffers, peers, control messages, offload) is one
+// opaque structure whose fields only this file touches, so that Swift code cannot index past a slot; the control
+// message parser and writer are the one way to read and write a cmsg (bounds-checked, fuzzed).
 #define _GNU_SOURCE
 #include "CUDPEcho.h"
 
@@ -254,12 +257,13 @@ static void parse_control(const struct msghdr *h, parsed_control *out) {
             out->have_v6 = CMSG_READ(h, c, &out->v6);
         } else if ((c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_TTL)
                    || (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_HOPLIMIT)) {
-            if (CMSG_READ(h, c, &value)) out->info.ttl = (int16_t)value;
+            // The kernel gives 0-255; anything else is no TTL (the callers rely on -1 or a byte).
+            if (CMSG_READ(h, c, &value) && value >= 0 && value <= 255) out->info.ttl = (int16_t)value;
         } else if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_TOS) {
             uint8_t tos;
             if (CMSG_READ(h, c, &tos)) out->info.tos = tos;
         } else if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_TCLASS) {
-            if (CMSG_READ(h, c, &value)) out->info.tos = (int16_t)value;
+            if (CMSG_READ(h, c, &value) && value >= 0 && value <= 255) out->info.tos = (int16_t)value;
         } else if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SO_TIMESTAMPING_OLD) {
             struct timespec ts[3];
             if (CMSG_READ(h, c, &ts)) out->info.timestamp = timespec_ns(&ts[0]);
@@ -547,18 +551,9 @@ void cudpecho_batch_set_reply_tos(cudpecho_batch *batch, int i, int ipv6, int to
 
 int cudpecho_batch_received_tos(const cudpecho_batch *batch, int i) {
     CHECK_SLOT(batch, i);
-    struct msghdr *h = &((cudpecho_batch *)batch)->messages[i].msg_hdr;
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c != NULL; c = CMSG_NXTHDR(h, c)) {
-        uint8_t tos;
-        int value;
-        if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_TOS && CMSG_READ(h, c, &tos)) {
-            return tos;
-        }
-        if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_TCLASS && CMSG_READ(h, c, &value)) {
-            return value;
-        }
-    }
-    return -1;
+    parsed_control parsed;
+    parse_control(&batch->messages[i].msg_hdr, &parsed);
+    return parsed.info.tos;
 }
 
 int cudpecho_enable_receive_marks(int fd, int family) {
@@ -576,16 +571,9 @@ int cudpecho_enable_receive_marks(int fd, int family) {
 
 int cudpecho_batch_received_ttl(const cudpecho_batch *batch, int i) {
     CHECK_SLOT(batch, i);
-    struct msghdr *h = &((cudpecho_batch *)batch)->messages[i].msg_hdr;
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c != NULL; c = CMSG_NXTHDR(h, c)) {
-        int value;
-        if (((c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_TTL)
-             || (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_HOPLIMIT))
-            && CMSG_READ(h, c, &value)) {
-            return value;
-        }
-    }
-    return -1;
+    parsed_control parsed;
+    parse_control(&batch->messages[i].msg_hdr, &parsed);
+    return parsed.info.ttl;
 }
 
 int cudpecho_set_marking(int fd, int family, int tos, int ttl, int dont_fragment) {

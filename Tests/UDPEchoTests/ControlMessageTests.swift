@@ -64,6 +64,21 @@ import Glibc
         }
     }
 
+    /// A traffic class or hop limit message carries an int; one outside 0-255 (none the kernel sends) reads as not
+    /// reported (-1), never as a negative or truncated byte that a caller's UInt8(...) would trap on. The fuzzer
+    /// found a traffic class of -73 (Fuzz/regressions/control-messages/traffic-class-out-of-range).
+    @Test func markingsOutsideAByteReadAsNotReported() {
+        func int(_ value: Int32) -> [UInt8] { withUnsafeBytes(of: value) { Array($0) } }
+        for value: Int32 in [-73, 256, 70_000, -1] {
+            let tclass = self.message(length: 16 + 4, level: Int32(IPPROTO_IPV6), type: IPV6_TCLASS, data: int(value))
+            let hops = self.message(length: 16 + 4, level: Int32(IPPROTO_IPV6), type: IPV6_HOPLIMIT, data: int(value))
+            let parsed = self.parse(tclass + hops)
+            #expect(parsed.info.tos == -1 && parsed.info.ttl == -1, "\(value): \(parsed.info)")
+        }
+        let good = self.message(length: 16 + 4, level: Int32(IPPROTO_IPV6), type: IPV6_TCLASS, data: int(255))
+        #expect(self.parse(good).info.tos == 255)
+    }
+
     /// A timestamp message whose seconds no clock can give (past 2262, or before 1970), or whose nanoseconds are out
     /// of range, reads as no timestamp: converting it to nanoseconds overflowed a signed 64-bit integer, undefined
     /// behaviour that the fuzzer found (Fuzz/regressions/control-messages/timestamp-overflow).

@@ -85,13 +85,13 @@ import Glibc
     }
 
     /// A FIFO given as the STAMP key file would hold the start for ever (open blocks until a writer comes): refused
-    /// at once.
+    /// at once. (A start that blocked would be killed at the run's 10 s timeout, without exit status 64; the time
+    /// itself is not asserted, since a loaded machine stretches any start.)
     @Test func aKeyFileThatIsAFIFOIsRefused() async throws {
         let directory = try temporaryDirectory("key")
         defer { try? FileManager.default.removeItem(at: directory) }
         let fifo = directory.appendingPathComponent("key")
         #expect(mkfifo(fifo.path, 0o600) == 0)
-        let started = ContinuousClock.now
         let result = try await Spawned.run(
             udpecho,
             ["server", "--protocol", "stamp", "--address", "127.0.0.1:0", "--stamp-key-file", fifo.path],
@@ -99,6 +99,5 @@ import Glibc
         )
         #expect(result.status == 64, "\(result.status) \(result.error)")
         #expect(result.error.contains("is a FIFO, not a regular file"), "\(result.error)")
-        #expect(ContinuousClock.now - started < .seconds(5))
     }
 }

@@ -155,19 +155,7 @@ public enum MeshMetrics {
     }
 
     /// A label value escaped as the exposition format wants: backslash, double quote and newline.
-    static func escape(_ value: String) -> String {
-        guard value.contains(where: { $0 == "\\" || $0 == "\"" || $0 == "\n" }) else { return value }
-        var escaped = ""
-        for character in value {
-            switch character {
-            case "\\": escaped += "\\\\"
-            case "\"": escaped += "\\\""
-            case "\n": escaped += "\\n"
-            default: escaped.append(character)
-            }
-        }
-        return escaped
-    }
+    static func escape(_ value: String) -> String { value.escaping(["\\": "\\\\", "\"": "\\\"", "\n": "\\n"]) }
 
     /// A number as Prometheus reads it: `5e-05`, `0.25`, `1`.
     static func number(_ value: Double) -> String {

@@ -1,3 +1,7 @@
+// Longer than 500 lines on purpose: this is the echo path of one serving thread, receive, guards, STAMP, offload
+// runs, send and the write deadline, and the order of those steps over one batch is the thing to review. Split
+// across files, the per-slot state they share (outcomes, errnos, the dropped-datagram list) would have to be widened
+// from private to the whole module.
 import Atomics
 import CUDPEcho
 import NIOCore

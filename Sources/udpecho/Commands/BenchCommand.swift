@@ -39,13 +39,7 @@ struct BenchCommand: AsyncParsableCommand {
             """
     )
 
-    @Argument(
-        help: ArgumentHelp(
-            "The echo server, as HOST:PORT or [IPV6]:PORT; with --stamp, a STAMP reflector, HOST alone meaning port 862.",
-            valueName: "host:port"
-        )
-    )
-    var targetText: String
+    @OptionGroup var target: TargetArgument
 
     @Option(
         name: [.short, .long],
@@ -130,12 +124,12 @@ struct BenchCommand: AsyncParsableCommand {
         if self.window != nil && self.rate != nil {
             throw ValidationError("give either --window (closed loop) or --rate (open loop), not both")
         }
-        _ = try self.stampOptions.target(self.targetText)
+        _ = try self.stampOptions.target(self.target.text)
     }
 
     func run() async throws {
         let load: EchoBenchmark.Load = self.rate.map { .rate($0) } ?? .window(self.window ?? 32)
-        let target = try self.stampOptions.target(self.targetText)
+        let target = try self.stampOptions.target(self.target.text)
         let stamp = try self.stampOptions.configuration()
         let configuration: EchoBenchmark.Configuration
         do {

@@ -118,3 +118,34 @@ struct JSONLogHandler: LogHandler {
         Stream.err.line(jsonLine(object))
     }
 }
+
+extension EchoServerStatistics {
+    /// Every counter as a field, for the JSON summary.
+    var fields: [(String, String)] {
+        var fields = [
+            ("received", "\(self.received)"), ("echoed", "\(self.echoed)"), ("dropped", "\(self.dropped)"),
+            ("bytes-received", "\(self.receivedBytes)"), ("bytes-echoed", "\(self.echoedBytes)"),
+            ("receive-errors", "\(self.receiveErrors)"), ("offload-runs", "\(self.coalescedRuns)"),
+            ("offload-fallbacks", "\(self.offloadFallbacks)"),
+        ]
+        for reason in DropReason.allCases { fields.append(("dropped-\(reason)", "\(self.drops[reason, default: 0])")) }
+        return fields
+    }
+
+    /// One line with every counter, printed when the server stops.
+    func summaryLine(lostLines: Int) -> String {
+        var text = "summary: received=\(self.received) echoed=\(self.echoed) dropped=\(self.dropped)"
+        if self.dropped > 0 {
+            let reasons = DropReason.allCases.compactMap { reason in
+                self.drops[reason].map { "\(reason)=\($0)" }
+            }
+            text += " (\(reasons.joined(separator: " ")))"
+        }
+        text += " bytes-received=\(self.receivedBytes) bytes-echoed=\(self.echoedBytes)"
+        if self.receiveErrors > 0 { text += " receive-errors=\(self.receiveErrors)" }
+        if self.coalescedRuns > 0 { text += " offload-runs=\(self.coalescedRuns)" }
+        if self.offloadFallbacks > 0 { text += " offload-fallbacks=\(self.offloadFallbacks)" }
+        if lostLines > 0 { text += " lines-not-printed=\(lostLines) (standard output was too slow)" }
+        return text
+    }
+}
