@@ -87,3 +87,18 @@ extension IPKey {
             : withUnsafeBytes(of: (self.high.bigEndian, self.low.bigEndian)) { Array($0) }
     }
 }
+
+/// An address and port as compared on the receive path (no formatting): IPv4 mapped into IPv6.
+struct EndpointKey: Equatable {
+    var address: IPKey
+    var port: UInt16
+
+    init?(_ raw: UnsafePointer<sockaddr>) {
+        guard let address = IPKey(raw) else { return nil }
+        self.address = address
+        self.port =
+            Int32(raw.pointee.sa_family) == AF_INET
+            ? raw.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { UInt16(bigEndian: $0.pointee.sin_port) }
+            : raw.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { UInt16(bigEndian: $0.pointee.sin6_port) }
+    }
+}

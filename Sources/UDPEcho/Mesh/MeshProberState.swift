@@ -13,7 +13,7 @@ struct MeshProberState {
     let buckets = MeshProber.bucketBounds.count + 1
     var targets: [MeshTarget?] = []
     /// Each target's address as compared with a reply's source.
-    var keys: [MeshAddressKey?] = []
+    var keys: [EndpointKey?] = []
     /// Replies and the error queue, read in batches.
     let receiver: DatagramReceiver
     var indexOf: [MeshTarget: Int] = [:]
@@ -92,7 +92,7 @@ struct MeshProberState {
             self.openSockets(family: family)
             let index = self.free.popLast() ?? self.grow()
             self.targets[index] = target
-            self.keys[index] = target.address.withRawAddress { raw, _ in MeshAddressKey(raw) }
+            self.keys[index] = target.address.withRawAddress { raw, _ in EndpointKey(raw) }
             self.indexOf[target] = index
             self.reset(index)
             // A random point of the first interval: agents started together do not probe together.
@@ -304,7 +304,7 @@ struct MeshProberState {
                         let arrival = cudpecho_batch_timestamp(receiver.datagrams, Int32(slot), 0)
                         self.match(
                             receiver.datagram(slot),
-                            from: MeshAddressKey(peer),
+                            from: EndpointKey(peer),
                             arrival: arrival != 0 ? arrival - offset : drained,
                             drained: drained
                         )
@@ -317,7 +317,7 @@ struct MeshProberState {
     /// `arrival`: the kernel's receive time carried over to CLOCK_MONOTONIC; `drained`: when it was read.
     private mutating func match(
         _ reply: UnsafeRawBufferPointer,
-        from source: MeshAddressKey?,
+        from source: EndpointKey?,
         arrival: Int64,
         drained: Int64
     ) {

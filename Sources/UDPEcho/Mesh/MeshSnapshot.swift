@@ -50,18 +50,3 @@ public struct MeshSnapshot: Sendable {
     /// Whether the targets carry per-flow counts.
     public var perFlow = false
 }
-
-/// An address and port as compared on the receive path (no formatting): IPv4 mapped into IPv6.
-struct MeshAddressKey: Equatable {
-    var address: IPKey
-    var port: UInt16
-
-    init?(_ raw: UnsafePointer<sockaddr>) {
-        guard let address = IPKey(raw) else { return nil }
-        self.address = address
-        self.port =
-            Int32(raw.pointee.sa_family) == AF_INET
-            ? raw.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { UInt16(bigEndian: $0.pointee.sin_port) }
-            : raw.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { UInt16(bigEndian: $0.pointee.sin6_port) }
-    }
-}
