@@ -22,7 +22,7 @@ import UDPEcho
 
         // "Send a datagram".
         let client = try await EchoClient.connect(to: try HostAndPort(parsing: address))
-        let reply = try await client.echo(ByteBuffer(string: "hello"), timeout: .seconds(2))
+        let reply = try await client.echo(ByteBuffer(string: "hello"), timeout: .seconds(5))
         #expect(reply.payload == ByteBuffer(string: "hello"))
         #expect(reply.from.hostPortDescription == address)
         #expect(reply.roundTripTime > .zero)
