@@ -1,5 +1,6 @@
 import CUDPEcho
 import Foundation
+import NIOCore
 import Testing
 
 @testable import UDPEcho
@@ -176,6 +177,57 @@ import Testing
         } else {
             Issue.record("a 20-byte reply is not called corrupt")
         }
+    }
+
+    /// The mesh's matcher: one ring for every target; a reply counts for the target its probe went to, only from
+    /// that target's address, and only with the probe's bytes.
+    @Test func theMeshMatcherCountsOnlyWhatItsTargetSent() throws {
+        func key(_ ip: String) throws -> EndpointKey {
+            try SocketAddress(ipAddress: ip, port: 9000).withSockAddr { raw, _ in EndpointKey(raw)! }
+        }
+        let keys: [EndpointKey?] = [try key("127.0.0.2"), try key("127.0.0.3")]
+        let ring = ProbeRing(capacity: 8, first: 1)
+        var targetOf = [Int32](repeating: -1, count: 8)
+        var flowOf = [UInt16](repeating: 0, count: 8)
+        var probes: [UInt64: [UInt8]] = [:]
+        for (target, flow) in [(0, UInt16(2)), (1, UInt16(0))] {
+            let (sequence, position) = ring.next(departure: 0) { _, _ in }
+            targetOf[position] = Int32(target)
+            flowOf[position] = flow
+            var bytes = [UInt8](repeating: 0, count: 48)
+            bytes.withUnsafeMutableBytes {
+                MeshProbe.write(into: $0, sequence: sequence, target: UInt32(target), flow: flow)
+            }
+            probes[sequence] = bytes
+        }
+        func verdict(_ bytes: [UInt8], from source: EndpointKey?) -> MeshReplyMatcher.Verdict {
+            bytes.withUnsafeBytes {
+                MeshReplyMatcher.match(
+                    $0,
+                    from: source,
+                    ring: ring,
+                    targetOf: targetOf,
+                    flowOf: flowOf,
+                    keys: keys,
+                    size: 48
+                )
+            }
+        }
+        #expect(verdict(probes[1]!, from: keys[0]) == .answer(target: 0, position: 1))
+        #expect(verdict(probes[1]!, from: keys[1]) == .ignored)  // another host's copy: not the target's reply
+        ring.resolve(1, as: .answered)
+        #expect(verdict(probes[1]!, from: keys[0]) == .duplicate(target: 0))
+        var flipped = probes[2]!
+        flipped[30] ^= 0x10
+        #expect(verdict(flipped, from: keys[1]) == .corrupt(target: 1))
+        var future = probes[2]!
+        future.withUnsafeMutableBytes { $0.storeBytes(of: UInt64(5).littleEndian, as: UInt64.self) }
+        #expect(verdict(future, from: keys[1]) == .corrupt(target: 1))
+        #expect(verdict(future, from: keys[0]) == .ignored)
+        ring.expire(before: 1) { _, _ in }  // probe 2 lost: a reply now is not counted again
+        #expect(verdict(probes[2]!, from: keys[1]) == .duplicate(target: 1))
+        #expect(verdict(Array(probes[2]!.prefix(15)), from: keys[1]) == .ignored)
+        #expect(verdict(probes[2]!, from: nil) == .ignored)
     }
 
     @Test func theErrnoPolicyIsOneList() {

@@ -321,46 +321,29 @@ struct MeshProberState {
         arrival: Int64,
         drained: Int64
     ) {
-        guard reply.count >= MeshProbe.headerSize else { return }
-        let sequence = UInt64(littleEndian: reply.loadUnaligned(as: UInt64.self))
-        let claimed = Int(UInt32(littleEndian: reply.loadUnaligned(fromByteOffset: 8, as: UInt32.self)))
+        let verdict = MeshReplyMatcher.match(
+            reply,
+            from: source,
+            ring: self.ring,
+            targetOf: self.targetOf,
+            flowOf: self.flowOf,
+            keys: self.keys,
+            size: self.configuration.size
+        )
+        let index: Int
         let position: Int
-        let outstanding: Bool
-        switch self.ring.lookUp(sequence) {
-        case .notYetSent:
-            // A reply that names a target but no probe sent yet is counted against that target only if it came
-            // from its address.
-            if claimed < self.targets.count, self.targets[claimed] != nil, source == self.keys[claimed] {
-                self.corrupt[claimed] += 1
-            }
+        switch verdict {
+        case .ignored: return
+        case .corrupt(let target):
+            self.corrupt[target] += 1
             return
-        case .forgotten, .notSent, .refused:
+        case .duplicate(let target):
+            self.duplicate[target] += 1
             return
-        case .outstanding(let at):
-            (position, outstanding) = (at, true)
-        case .answered(let at), .lost(let at):
-            (position, outstanding) = (at, false)
+        case .answer(let target, let at):
+            (index, position) = (target, at)
         }
-        let index = Int(self.targetOf[position])
-        guard index >= 0, self.targets[index] != nil, source == self.keys[index] else { return }
-        guard
-            MeshProbe.matches(
-                reply,
-                size: self.configuration.size,
-                sequence: sequence,
-                target: UInt32(index),
-                flow: self.flowOf[position]
-            )
-        else {
-            self.corrupt[index] += 1
-            return
-        }
-        guard outstanding else {
-            // Another reply to an answered probe; a reply after the loss timeout is counted here too (the probe
-            // is already counted lost, and is not counted again).
-            self.duplicate[index] += 1
-            return
-        }
+        let sequence = UInt64(littleEndian: reply.loadUnaligned(as: UInt64.self))
         self.ring.resolve(sequence, as: .answered)
         let roundTrip = MeshProber.roundTrip(sent: self.ring.departure[position], arrival: arrival, drained: drained)
         self.received[index] += 1
