@@ -230,6 +230,51 @@ import Testing
         #expect(verdict(probes[2]!, from: nil) == .ignored)
     }
 
+    /// Reading the error queue while a batch of replies is being read (the engine does, for a transmit timestamp
+    /// that came after its reply) leaves the replies still to be read as they were: the two have buffers of their
+    /// own. (With one batch for both, the error message overwrote slot 0.)
+    @Test func theErrorQueueIsReadWithoutTouchingTheRepliesBeingRead() throws {
+        let receiver = try #require(DatagramReceiver())
+        let a = try SystemCall.udpSocket(family: AF_INET, nonBlocking: true)
+        defer { close(a) }
+        let loopback = try SocketAddress(ipAddress: "127.0.0.1", port: 0)
+        try SystemCall.posix("bind") { loopback.withSockAddr { bind(a, $0, socklen_t($1)) } }
+        #expect(cudpecho_enable_timestamps(a, AF_INET, -1) == 0)  // the error queue only
+        let here = try #require(SocketAddress.local(of: a))
+        // A port nobody listens on: a datagram from `a` to it comes back as an ICMP error on `a`'s error queue.
+        let closed = try SystemCall.udpSocket(family: AF_INET)
+        try SystemCall.posix("bind") { loopback.withSockAddr { bind(closed, $0, socklen_t($1)) } }
+        let nowhere = try #require(SocketAddress.local(of: closed))
+        close(closed)
+        let probe = Array("probe-q!".utf8)
+        _ = probe.withUnsafeBytes { bytes in
+            nowhere.withSockAddr { sendto(a, bytes.baseAddress, bytes.count, 0, $0, socklen_t($1)) }
+        }
+        let b = try SystemCall.udpSocket(family: AF_INET)
+        defer { close(b) }
+        let replies = (0..<3).map { index in [UInt8](repeating: UInt8(0x41 + index), count: 100 + index) }
+        for reply in replies {
+            _ = reply.withUnsafeBytes { bytes in
+                here.withSockAddr { sendto(b, bytes.baseAddress, bytes.count, 0, $0, socklen_t($1)) }
+            }
+        }
+        #expect(cudpecho_wait(a, cudpecho_pollin, 2000) > 0)
+        var read: [[UInt8]] = []
+        var refused: [[UInt8]] = []
+        receiver.drain(a) { count in
+            for slot in 0..<count {
+                let before = Array(receiver.datagram(slot))
+                receiver.drainErrors(a, hardware: 0) { info, quoted in
+                    if info.error == ECONNREFUSED { refused.append(Array(quoted)) }
+                }
+                #expect(Array(receiver.datagram(slot)) == before, "slot \(slot) changed under the error queue's read")
+                read.append(before)
+            }
+        }
+        #expect(read == replies)
+        #expect(refused == [probe])
+    }
+
     @Test func theErrnoPolicyIsOneList() {
         #expect(ProbeErrnoPolicy.afterSend(EINTR, offloading: false) == .retry)
         #expect(ProbeErrnoPolicy.afterSend(EIO, offloading: true) == .stopOffloading)

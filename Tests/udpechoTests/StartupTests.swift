@@ -23,13 +23,17 @@ import Glibc
         (["server", "--lines-per-second", "-5"], "--lines-per-second -5 is out of range"),
         (["server", "--loop-limit", "-2"], "--loop-limit -2 is out of range"),
         (["client", "--address", "127.0.0.1:9", "--timeout", "-1s"], "'-1s' is not a duration: it is negative"),
-        // ping and mesh say 2 for a usage error, as ping(8) does.
+        // ping, bench and mesh say 2 for a usage error, as ping(8) does.
         (["ping", "127.0.0.1:9", "-c", "-1"], "-c/--count must be at least 1"),
         (["mesh", "--peer", "127.0.0.1:9", "--flows", "-3"], "--flows -3: from 1 to 64 source ports"),
+        // The options ping, bench and mesh share say the same, under every name (bench's --loss-timeout too).
+        (["bench", "127.0.0.1:9", "--flows", "0"], "--flows 0: from 1 to 64 source ports"),
+        (["bench", "127.0.0.1:9", "--loss-timeout", "0s"], "-W/--timeout must be more than 0"),
+        (["ping", "127.0.0.1:9", "-W", "0s"], "-W/--timeout must be more than 0"),
     ])
     func sizesAndNegativeNumbersAreUsageErrors(arguments: [String], message: String) async throws {
         let result = try await Spawned.run(udpecho, arguments)
-        let usage: Int32 = ["ping", "mesh"].contains(arguments[0]) ? 2 : 64
+        let usage: Int32 = ["ping", "mesh", "bench"].contains(arguments[0]) ? 2 : 64
         #expect(result.status == usage, "\(arguments): \(result.status) \(result.error)")
         #expect(result.error.contains(message), "\(arguments): \(result.error)")
         #expect(!result.error.contains("Missing value"), "\(result.error)")

@@ -61,12 +61,10 @@ final class ProbeEngine {
         var flowStatistics = false
     }
 
-    static let headerSize = 16
-
     /// Throws unless `size` holds a probe's header and fits one datagram to `target`.
     static func validate(size: Int, target: SocketAddress) throws(EchoError) {
         let maximum = target.maximumDatagramPayload
-        guard (Self.headerSize...maximum).contains(size) else {
+        guard (EchoProbeFormat.headerSize...maximum).contains(size) else {
             throw .invalidConfiguration(
                 "the size \(size) is out of range: a probe carries a 16-byte sequence number and timestamp, "
                     + "and one datagram to \(target.hostPortDescription) holds at most \(maximum) bytes"
@@ -157,7 +155,7 @@ final class ProbeEngine {
     /// - Throws: ``EchoError`` when a socket cannot be opened, or hardware timestamps are asked for and the interface
     ///   towards the target has none.
     init(_ configuration: Configuration) throws(EchoError) {
-        precondition(configuration.size >= Self.headerSize && configuration.flows >= 1)
+        precondition(configuration.size >= EchoProbeFormat.headerSize && configuration.flows >= 1)
         var configuration = configuration
         if configuration.offload { configuration.timestamps = .user }
         self.offload = configuration.offload

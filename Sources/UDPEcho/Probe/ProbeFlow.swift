@@ -25,10 +25,8 @@ final class ProbeFlow {
     let stampTimestamp: UnsafeMutablePointer<UInt64>
     /// Writes STAMP test packets instead of echo probes.
     let stamp: StampProbeWriter?
-    /// Transmit timestamp IDs to sequence numbers, by `ID & mask`.
+    /// Transmit timestamp IDs to sequence numbers, by the ring position an ID would have as a sequence number.
     private let keys: UnsafeMutablePointer<UInt64>
-    private let mask: Int
-    private let size: Int
     private var highestReceived: UInt64? = nil
     /// The next transmit timestamp ID.
     private(set) var nextKey: UInt32 = 0
@@ -57,8 +55,6 @@ final class ProbeFlow {
         markingReport: Bool = false
     ) throws(EchoError) {
         self.index = index
-        self.size = size
-        self.mask = capacity - 1
         let family: Int32 = if case .v6 = target { AF_INET6 } else { AF_INET }
         let fd: Int32
         do {
@@ -144,7 +140,7 @@ final class ProbeFlow {
         } else {
             self.format.write(into: payload, sequence: sequence, scheduledAt: scheduledAt)
         }
-        cudpecho_batch_set_length(batch, Int32(slot), self.size)
+        cudpecho_batch_set_length(batch, Int32(slot), self.format.size)
         return sequence
     }
 
@@ -152,13 +148,13 @@ final class ProbeFlow {
     func assignKey(to sequence: UInt64) -> UInt32 {
         let key = self.nextKey
         self.nextKey &+= 1
-        self.keys[Int(key) & self.mask] = sequence
+        self.keys[self.ring.position(UInt64(key))] = sequence
         return key
     }
 
     /// Records the kernel's transmit timestamp of the send with ID `key`.
     func recordDeparture(key: UInt32, at time: Int64) {
-        let sequence = self.keys[Int(key) & self.mask]
+        let sequence = self.keys[self.ring.position(UInt64(key))]
         guard sequence != .max, self.ring.remembers(sequence) else { return }
         self.kernelDeparture[self.ring.position(sequence)] = time
     }

@@ -163,8 +163,8 @@ public final class EchoServer: Service, Sendable {
     private let delivery: EventDelivery?
     private let stopping = ManagedAtomic(false)
     private let state = Mutex(State.idle)
-    /// Called once ``run()`` has returned: the end of a ``ServerEvents`` sequence.
-    private let onStopped = Mutex<[@Sendable () -> Void]>([])
+    /// Called once ``run()`` has returned (the end of a ``ServerEvents`` sequence); nil once it has.
+    private let onStopped = Mutex<[@Sendable () -> Void]?>([])
     private let logger: Logger
 
     private enum State {
@@ -364,16 +364,16 @@ public final class EchoServer: Service, Sendable {
         self.state.withLock { $0 = .finished }
         self.logger.debug("stopped", metadata: ["address": "\(self.localAddress.hostPortDescription)"])
         for body in self.onStopped.withLock({ bodies in
-            defer { bodies = [] }
-            return bodies
+            defer { bodies = nil }
+            return bodies ?? []
         }) { body() }
     }
 
     /// Calls `body` once ``run()`` has returned, after the last event (at once if it has returned already).
     func whenStopped(_ body: @escaping @Sendable () -> Void) {
         let finished = self.onStopped.withLock { bodies -> Bool in
-            guard self.state.withLock({ $0 }) != .finished else { return true }
-            bodies.append(body)
+            guard bodies != nil else { return true }
+            bodies!.append(body)
             return false
         }
         if finished { body() }

@@ -42,9 +42,11 @@ struct ServerSocket {
         case .v6: family = AF_INET6
         case .unixDomainSocket: throw .socket(operation: "bind", address: address.description, errno: EAFNOSUPPORT)
         }
-        let fd = socket(family, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), Int32(IPPROTO_UDP))
-        guard fd >= 0 else {
-            throw .socket(operation: "socket for", address: address.hostPortDescription, errno: errno)
+        let fd: Int32
+        do {
+            fd = try SystemCall.udpSocket(family: family)
+        } catch {
+            throw .socket(operation: "socket for", address: address.hostPortDescription, errno: error.errno)
         }
         do throws(EchoError) {
             let wildcard = address.isUnspecified
@@ -55,9 +57,10 @@ struct ServerSocket {
                 try Self.setOption(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, 0, "IPV6_V6ONLY", address)
             }
             try Self.prepare(fd, family: family, address: address, options: options)
-            let status = address.withRawAddress { Glibc.bind(fd, $0, $1) }
-            guard status == 0 else {
-                throw .socket(operation: "bind", address: address.hostPortDescription, errno: errno)
+            do {
+                try SystemCall.posix("bind") { address.withRawAddress { Glibc.bind(fd, $0, $1) } }
+            } catch {
+                throw .socket(operation: "bind", address: address.hostPortDescription, errno: error.errno)
             }
             if options.reusePort && options.first {
                 try Self.setOption(fd, SOL_SOCKET, cudpecho_so_reuseport, 1, "SO_REUSEPORT", address)

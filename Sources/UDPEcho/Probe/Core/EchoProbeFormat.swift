@@ -37,13 +37,10 @@ struct EchoProbeFormat {
         }
     }
 
-    /// The sequence number and scheduled time a reply carries, nil when it is shorter than a header.
-    static func header(of reply: UnsafeRawBufferPointer) -> (sequence: UInt64, scheduledAt: Int64)? {
+    /// The sequence number a reply carries, nil when it is shorter than a header.
+    static func sequence(of reply: UnsafeRawBufferPointer) -> UInt64? {
         guard reply.count >= Self.headerSize else { return nil }
-        return (
-            UInt64(littleEndian: reply.loadUnaligned(as: UInt64.self)),
-            Int64(littleEndian: reply.loadUnaligned(fromByteOffset: 8, as: Int64.self))
-        )
+        return UInt64(littleEndian: reply.loadUnaligned(as: UInt64.self))
     }
 
     /// Where `reply` differs from the probe due at `scheduledAt` that it names, in words; nil when it is the probe.

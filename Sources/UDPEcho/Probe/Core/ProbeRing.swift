@@ -29,7 +29,6 @@ final class ProbeRing {
         case refused
     }
 
-    let capacity: Int
     private let mask: Int
     private let sequences: UnsafeMutablePointer<UInt64>
     private let states: UnsafeMutablePointer<UInt8>
@@ -45,7 +44,6 @@ final class ProbeRing {
     /// A ring of `capacity` probes (a power of two) whose first sequence number is `first`.
     init(capacity: Int, first: UInt64 = 0) {
         precondition(capacity > 0 && capacity & (capacity - 1) == 0, "a ring's capacity is a power of two")
-        self.capacity = capacity
         self.mask = capacity - 1
         self.sequences = .allocate(capacity: capacity)
         self.sequences.initialize(repeating: .max, count: capacity)

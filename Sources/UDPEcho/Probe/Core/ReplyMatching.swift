@@ -23,7 +23,7 @@ enum EchoReplyMatcher {
         format: EchoProbeFormat,
         scheduled: UnsafePointer<Int64>
     ) -> ReplyVerdict {
-        guard let (sequence, _) = EchoProbeFormat.header(of: reply) else {
+        guard let sequence = EchoProbeFormat.sequence(of: reply) else {
             return .corrupt(sequence: nil, reason: "shorter than a probe's header", resolves: false)
         }
         switch ring.lookUp(sequence) {
