@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -11,6 +12,7 @@ public final class TestSocket: @unchecked Sendable {
     public let descriptor: Int32
     public let localAddress: SocketAddress
     private var closed = false
+    private let lastFailure = Mutex("")
 
     /// Binds a socket to `host` on `port` (by default an ephemeral one), and connects it to `peer` if given.
     public init(host: String = "127.0.0.1", port: Int = 0, connectTo peer: SocketAddress? = nil) throws {
@@ -69,21 +71,48 @@ public final class TestSocket: @unchecked Sendable {
     }
 
     private func receiveBlocking(timeoutMilliseconds: Int32) -> (bytes: [UInt8], from: SocketAddress)? {
+        // A signal handled on this thread ends poll early with EINTR (poll is never restarted): wait out the rest.
+        let deadline = ContinuousClock.now + .milliseconds(Int(timeoutMilliseconds))
         var poller = pollfd(fd: self.descriptor, events: Int16(POLLIN), revents: 0)
-        guard poll(&poller, 1, timeoutMilliseconds) == 1 else { return nil }
+        while true {
+            let left = deadline - ContinuousClock.now
+            let milliseconds = max(
+                0,
+                Int32(left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000)
+            )
+            let ready = poll(&poller, 1, milliseconds)
+            if ready == 1 { break }
+            if ready < 0 && errno == EINTR { continue }
+            self.lastFailure.withLock {
+                $0 =
+                    ready == 0
+                    ? "no datagram in \(timeoutMilliseconds) ms" : "poll: \(String(cString: strerror(errno)))"
+            }
+            return nil
+        }
         var buffer = [UInt8](repeating: 0, count: 65536)
         var storage = sockaddr_storage()
         var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        let count = buffer.withUnsafeMutableBytes { raw in
-            withUnsafeMutablePointer(to: &storage) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    recvfrom(self.descriptor, raw.baseAddress, raw.count, 0, $0, &length)
+        var count = 0
+        repeat {
+            count = buffer.withUnsafeMutableBytes { raw in
+                withUnsafeMutablePointer(to: &storage) {
+                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                        recvfrom(self.descriptor, raw.baseAddress, raw.count, 0, $0, &length)
+                    }
                 }
             }
+        } while count < 0 && errno == EINTR
+        guard count >= 0 else {
+            self.lastFailure.withLock { $0 = "recvfrom: \(String(cString: strerror(errno)))" }
+            return nil
         }
-        guard count >= 0 else { return nil }
         return (Array(buffer[0..<count]), socketAddress(storage))
     }
+
+    /// Why the last ``receive(timeoutMilliseconds:)`` that returned nil did (a timeout, or the socket's error, such
+    /// as a refusal by ICMP), for a test's failure message.
+    public var failure: String { self.lastFailure.withLock { $0 } }
 }
 
 public struct TestSocketError: Error, CustomStringConvertible {

@@ -15,7 +15,8 @@ import Testing
         let client = try TestSocket(connectTo: try clientAddress(of: server))
         for index in 0..<3 {
             #expect(client.send(Array("event \(index)".utf8)) == 0)
-            #expect(await client.receive()?.bytes == Array("event \(index)".utf8))
+            let reply = await client.receive()
+            #expect(reply?.bytes == Array("event \(index)".utf8), "\(client.failure)")
         }
         var seen: [String] = []
         for await event in events {

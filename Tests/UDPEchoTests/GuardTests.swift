@@ -60,8 +60,10 @@ import Glibc
     @Test func dropsDatagramsFromItsOwnEndpoint() async throws {
         let server = try await withServer(try self.server(GuardConfiguration())) { server in
             let marker = try TestSocket()
-            // Another loopback address, the server's own port: what a spoofed "reply to ourselves" looks like.
-            let mirror = try TestSocket(host: "127.0.0.1", port: server.localAddress.port!)
+            // Another loopback address, the server's own port: what a spoofed "reply to ourselves" looks like. The
+            // address is one of 127/8's sixteen million, not 127.0.0.1, where another test's socket may already hold
+            // that port number (it was "address in use" once in a sanitizer run).
+            let mirror = try TestSocket(host: isolatedLoopback(), port: server.localAddress.port!)
             #expect(await !self.answered(mirror, [1], to: server.localAddress, marker: marker))
             return server
         }

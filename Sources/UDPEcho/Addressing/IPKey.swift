@@ -39,6 +39,21 @@ struct IPKey: Hashable {
         }
     }
 
+    /// From an address's bytes: 4 (IPv4) or 16 (IPv6); nil for any other length.
+    init?(bytes: [UInt8]) {
+        var value: (UInt64, UInt64) = (0, 0)
+        switch bytes.count {
+        case 4:
+            value.1 = Self.mappedPrefix | bytes.reduce(0) { $0 << 8 | UInt64($1) }
+        case 16:
+            value.0 = bytes[0..<8].reduce(0) { $0 << 8 | UInt64($1) }
+            value.1 = bytes[8..<16].reduce(0) { $0 << 8 | UInt64($1) }
+        default:
+            return nil
+        }
+        self.init(high: value.0, low: value.1)
+    }
+
     var isIPv4: Bool { self.high == 0 && self.low >> 32 == 0x0000_ffff }
     var ipv4: UInt32 { UInt32(truncatingIfNeeded: self.low) }
 
@@ -89,9 +104,14 @@ extension IPKey {
 }
 
 /// An address and port as compared on the receive path (no formatting): IPv4 mapped into IPv6.
-struct EndpointKey: Equatable {
+struct EndpointKey: Hashable {
     var address: IPKey
     var port: UInt16
+
+    init(address: IPKey, port: UInt16) {
+        self.address = address
+        self.port = port
+    }
 
     init?(_ raw: UnsafePointer<sockaddr>) {
         guard let address = IPKey(raw) else { return nil }

@@ -69,6 +69,12 @@ public final class EchoServer: Service, Sendable {
         /// echo server's replies otherwise carry the system's default marking, so a client learns nothing of how
         /// the path treats its marking on the way back. Datagrams are then taken one by one (no offload).
         public var reflectTOS: Bool
+        /// Answer the test packets of these TWAMP sessions (RFC 5357 §4.2) instead of echoing; ``TwampServer`` sets
+        /// it for the test port it negotiates.
+        var twampSessions: TwampSessionTable?
+
+        /// Whether each datagram is a test packet to reflect (STAMP or TWAMP), not an echo.
+        var reflects: Bool { self.stamp != nil || self.twampSessions != nil }
 
         /// Creates a configuration; see each property for its meaning.
         public init(
@@ -102,7 +108,7 @@ public final class EchoServer: Service, Sendable {
         }
 
         /// Whether runs are taken coalesced: a STAMP reflector and `reflectTOS` look at each datagram alone.
-        var offloads: Bool { self.offload && self.stamp == nil && !self.reflectTOS }
+        var offloads: Bool { self.offload && !self.reflects && !self.reflectTOS }
 
         /// The serving threads a server may have.
         public static let threadRange = 1...1024
@@ -254,7 +260,8 @@ public final class EchoServer: Service, Sendable {
             stamp: configuration.stamp,
             offload: configuration.offloads,
             busyPoll: configuration.busyPoll,
-            reflectTOS: configuration.reflectTOS && configuration.stamp == nil
+            reflectTOS: configuration.reflectTOS && !configuration.reflects,
+            twampSessions: configuration.twampSessions
         )
         var workers: [EchoWorker] = []
         do throws(EchoError) {
@@ -287,9 +294,9 @@ public final class EchoServer: Service, Sendable {
             reusePort: configuration.threads > 1,
             receiveBufferSize: configuration.receiveBufferSize,
             sendBufferSize: configuration.sendBufferSize,
-            datagramInfo: configuration.stamp != nil,
+            datagramInfo: configuration.reflects,
             offload: configuration.offloads,
-            receiveMarks: configuration.reflectTOS && configuration.stamp == nil
+            receiveMarks: configuration.reflectTOS && !configuration.reflects
         )
     }
 

@@ -33,6 +33,8 @@ final class EchoWorker: @unchecked Sendable {
         var busyPoll: Duration = .zero
         /// Reply with the marking each datagram arrived with, and fill in udpecho ping's marking report.
         var reflectTOS = false
+        /// Reflect the test packets of these TWAMP sessions instead of echoing.
+        var twampSessions: TwampSessionTable?
     }
 
     /// A datagram of a coalesced run that a guard dropped while the rest of its run is echoed (or, when the whole
@@ -75,6 +77,7 @@ final class EchoWorker: @unchecked Sendable {
     /// batch retained and released each of its tables) and without the class property's exclusivity checks.
     private let sourceGuard: UnsafeMutablePointer<SourceGuard>
     private var reflector: StampReflector?
+    private var twampReflector: TwampReflector?
     /// Whether the current batch holds a coalesced run.
     private var batchHasRuns = false
     private let droppedDatagrams: UnsafeMutablePointer<DroppedDatagram>
@@ -109,6 +112,7 @@ final class EchoWorker: @unchecked Sendable {
             to: SourceGuard(settings.guards, localAddress: socket.localAddress, threads: settings.threads)
         )
         self.reflector = settings.stamp.map { StampReflector($0, localAddress: socket.localAddress) }
+        self.twampReflector = settings.twampSessions.map { TwampReflector(table: $0) }
     }
 
     deinit {
@@ -204,6 +208,8 @@ final class EchoWorker: @unchecked Sendable {
         }
         if self.reflector != nil {
             self.reflectStamp(count)
+        } else if self.twampReflector != nil {
+            self.reflectTwamp(count)
         } else if self.settings.reflectTOS {
             self.reflectMarking(count)
         }
@@ -227,7 +233,7 @@ final class EchoWorker: @unchecked Sendable {
             self.send(0, count, count)
         }
 
-        if self.batchHasDrops || self.reflector != nil || self.droppedDatagramCount > 0 {
+        if self.batchHasDrops || self.reflector != nil || self.twampReflector != nil || self.droppedDatagramCount > 0 {
             var echoedBytes = 0
             var echoed = 0
             for index in 0..<count where !self.batchHasDrops || self.outcomes[index] == .echoed {
@@ -377,6 +383,32 @@ final class EchoWorker: @unchecked Sendable {
             }
         }
         self.counters.set(.stampSessions, reflector.sessionCount)
+    }
+
+    /// Turns the TWAMP test packets of the batch into reflected packets, in place; drops (and counts) the rest.
+    private func reflectTwamp(_ count: Int) {
+        let now = cudpecho_now_ns()
+        let transmitTime = cudpecho_realtime_ns()
+        var reflector = self.twampReflector!
+        defer { self.twampReflector = reflector }
+        reflector.beginBatch(now: now)
+        for index in 0..<count where !self.batchHasDrops || self.outcomes[index] == .echoed {
+            let slot = Int32(index)
+            var length: socklen_t = 0
+            let outcome = reflector.reflect(
+                UnsafeMutableRawPointer(cudpecho_batch_payload(self.batch, slot)!),
+                length: cudpecho_batch_length(self.batch, slot),
+                capacity: self.settings.slotSize,
+                peer: cudpecho_batch_peer(self.batch, slot, &length)!,
+                info: cudpecho_batch_info(self.batch, slot)!.pointee,
+                transmitTime: transmitTime,
+                now: now
+            )
+            switch outcome {
+            case .drop(let reason): self.drop(index, count, reason, errno: 0)
+            case .reply(let replyLength, _): cudpecho_batch_set_length(self.batch, slot, replyLength)
+            }
+        }
     }
 
     /// Gives each reply the traffic class its datagram arrived with (CE as ECT(0)), and fills in the marking report

@@ -37,8 +37,10 @@ public enum DropReason: String, CaseIterable, Sendable, Hashable, CustomStringCo
     case rateLimited = "rate-limited"
     /// Guard: the global reply budget was used up.
     case overBudget = "over-budget"
-    /// STAMP: an authenticated test packet whose HMAC does not verify (a wrong key, or a forgery).
+    /// STAMP and TWAMP: an authenticated test packet whose HMAC does not verify (a wrong key, or a forgery).
     case auth
+    /// TWAMP: a test packet from an address and port with no running test session.
+    case noSession = "no-session"
     /// STAMP: not a test packet: shorter than a TWAMP-Light sender's 14-byte header, or, authenticated, than 112.
     case malformed
 

@@ -57,6 +57,8 @@ struct ServerCommand: AsyncParsableCommand {
 
     @OptionGroup var endpoint: EndpointOptions<ListenRole>
 
+    @OptionGroup(title: "TWAMP (--protocol twamp)") var twamp: TwampServerOptions
+
     @Option(
         parsing: .unconditional,
         help: ArgumentHelp(
@@ -277,6 +279,11 @@ struct ServerCommand: AsyncParsableCommand {
         _ = try self.guards()
         _ = try self.listenAddress()
         _ = try self.stampConfiguration()
+        if self.protocol != .twamp && self.twamp.isGiven {
+            throw ValidationError(
+                "--twamp-modes, --key-file, --test-port and --allow-third-party need --protocol twamp"
+            )
+        }
         func check(_ value: Int, _ range: ClosedRange<Int>, _ flag: String, _ why: String = "") throws {
             guard range.contains(value) else {
                 throw ValidationError(
@@ -377,9 +384,9 @@ struct ServerCommand: AsyncParsableCommand {
             .joined(separator: ", ")
     }
 
-    private func listenAddress() throws -> HostAndPort {
+    func listenAddress() throws -> HostAndPort {
         try self.endpoint.endpoint()
-            ?? HostAndPort(host: nil, port: self.protocol == .stamp ? StampReflectorConfiguration.defaultPort : 1337)
+            ?? HostAndPort(host: nil, port: self.protocol == .echo ? 1337 : StampReflectorConfiguration.defaultPort)
     }
 
     func run() async throws {
@@ -399,6 +406,10 @@ struct ServerCommand: AsyncParsableCommand {
             return format == .json ? record.json() : record.text
         }
         let logger = Logger(label: "udpecho")
+        if self.protocol == .twamp {
+            try await self.runTwamp(format: format, logger: logger)
+            return
+        }
         // Lines are formatted on the server's event thread and written by a printer thread: never on a serving
         // thread.
         let lines = LineQueue(to: .out)
@@ -489,19 +500,18 @@ struct ServerCommand: AsyncParsableCommand {
 
 extension ServerCommand {
     /// A line of the server's own: as text, or as a JSON object with `event` and `fields`.
-    fileprivate func line(_ format: LogFormat, _ event: String, _ text: String, _ fields: [(String, String)]) -> String
-    {
+    func line(_ format: LogFormat, _ event: String, _ text: String, _ fields: [(String, String)]) -> String {
         format == .text ? text : EventRecord(level: .notice, name: event, fields: fields).json()
     }
 
-    fileprivate func say(_ format: LogFormat, _ event: String, _ text: String, _ fields: [(String, String)]) {
+    func say(_ format: LogFormat, _ event: String, _ text: String, _ fields: [(String, String)]) {
         Stream.out.line(self.line(format, event, text, fields))
     }
 }
 
 /// What `udpecho server` speaks.
 enum ServerProtocol: String, ExpressibleByArgument, CaseIterable {
-    case echo, stamp
+    case echo, stamp, twamp
 }
 
 extension StampTimestampFormat: ExpressibleByArgument {}

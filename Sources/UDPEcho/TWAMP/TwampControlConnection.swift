@@ -1,0 +1,358 @@
+import CUDPEcho
+import Crypto
+
+/// The server's side of one TWAMP-Control connection (RFC 5357 §3), without its socket: bytes in, bytes and
+/// session changes out. ``TwampServer`` runs one per TCP connection on SwiftNIO; the tests and the fuzz targets feed
+/// it bytes directly.
+///
+/// The connection goes through set-up (Server Greeting, then the client's Set-Up-Response, answered by Server-Start),
+/// then requests (Request-TW-Session, each answered by Accept-Session), Start-Sessions (Start-Ack; the sessions are
+/// answered from then on), and Stop-Sessions (each session answered for its timeout more, then ended). Anything out of
+/// place, malformed, or with an HMAC that does not verify closes the connection, and its sessions end with it.
+struct TwampControlConnection {
+    enum Action: Equatable {
+        case send([UInt8])
+        /// Close the connection, for this reason (for the log).
+        case close(String)
+    }
+
+    enum Phase: Equatable {
+        case setUp
+        case requests
+        case testing
+        case closed
+    }
+
+    /// The context a connection needs from its server.
+    struct Context {
+        var configuration: TwampServerConfiguration
+        var table: TwampSessionTable
+        /// The control client's and this server's addresses on the connection.
+        var peer: IPKey
+        var local: IPKey
+        /// The Session-Reflector's UDP port.
+        var testPort: UInt16
+        /// Reserves room for a session among the server's; false when the server has no room.
+        var reserve: () -> Bool
+        /// Gives back reserved room.
+        var release: (Int) -> Void
+        var count: (WritableKeyPath<TwampServerStatistics, Int>) -> Void
+        /// CLOCK_REALTIME and CLOCK_MONOTONIC, ns.
+        var realtime: () -> Int64 = { cudpecho_realtime_ns() }
+        var monotonic: () -> Int64 = { cudpecho_now_ns() }
+        /// The server's start, as an NTP timestamp.
+        var startTime: UInt64 = 0
+    }
+
+    private let context: Context
+    private(set) var phase = Phase.setUp
+    private var greeting: ServerGreeting
+    private var cipher: ControlCipher?
+    private var sessionKeys: ControlCipher.SessionKeys?
+    private var mode = IPPMModes.unauthenticated
+    /// Bytes received and not yet used: `raw` still encrypted (whole blocks are decrypted into `clear` as they come).
+    private var raw: [UInt8] = []
+    private var clear: [UInt8] = []
+    /// Sessions accepted and not yet started, and those started.
+    private(set) var pending: [(session: TwampTestSession, timeout: Int64)] = []
+    private(set) var running: [(session: TwampTestSession, timeout: Int64)] = []
+
+    /// The most bytes a client may send ahead of the server's answers: two of the largest messages. More is a
+    /// client that does not read, or a flood.
+    static let maximumBuffered = 2 * SessionRequest.size
+
+    init(context: Context) {
+        self.context = context
+        self.greeting = ServerGreeting(
+            modes: context.configuration.modes,
+            challenge: randomBytes(16),
+            salt: randomBytes(16),
+            count: context.configuration.keyDerivationCount
+        )
+    }
+
+    /// The Server Greeting that opens the connection.
+    func greetingBytes() -> [UInt8] { self.greeting.encoded() }
+
+    /// Whether the connection waits for the rest of a message it has begun (the stall timer runs).
+    var hasPartialMessage: Bool { self.phase == .setUp || !self.raw.isEmpty || !self.clear.isEmpty }
+
+    /// Takes bytes from the client and says what to do.
+    mutating func receive(_ bytes: some Collection<UInt8>) -> [Action] {
+        guard self.phase != .closed else { return [] }
+        self.raw.append(contentsOf: bytes)
+        var actions: [Action] = []
+        while self.phase != .closed {
+            let before = actions.count
+            guard let progressed = self.step(&actions) else { break }
+            if !progressed && actions.count == before { break }
+        }
+        if self.phase != .closed && self.raw.count + self.clear.count > Self.maximumBuffered {
+            actions += self.fail("the client sent \(self.raw.count + self.clear.count) bytes ahead of the answers")
+        }
+        return actions
+    }
+
+    /// One message, if it is all here: true if one was handled, false if more bytes are needed, nil when closed.
+    private mutating func step(_ actions: inout [Action]) -> Bool? {
+        switch self.phase {
+        case .closed:
+            return nil
+        case .setUp:
+            guard self.raw.count >= SetUpResponse.size else { return false }
+            let message = Array(self.raw.prefix(SetUpResponse.size))
+            self.raw.removeFirst(SetUpResponse.size)
+            actions += self.setUp(try! SetUpResponse(decoding: message))
+            return true
+        case .requests, .testing:
+            self.decryptAvailable()
+            guard let command = self.clear.first else { return false }
+            let size: Int
+            switch ControlCommand(rawValue: command) {
+            case .requestTWSession where self.phase == .requests: size = SessionRequest.size
+            case .startSessions where self.phase == .requests: size = StartSessions.size
+            case .stopSessions where self.phase == .testing: size = StopSessions.size
+            case .requestSession?, .fetchSession?:
+                actions += self.fail("command \(command) is OWAMP's, not TWAMP's")
+                return nil
+            default:
+                let place = self.phase == .testing ? "while sessions run" : "before Start-Sessions"
+                actions += self.fail("command \(command) is not allowed \(place)")
+                return nil
+            }
+            guard self.clear.count >= size else { return false }
+            var message = Array(self.clear.prefix(size))
+            self.clear.removeFirst(size)
+            if var cipher = self.cipher {
+                cipher.addReceived(message[0..<(size - 16)])
+                let verified = cipher.checkReceived(message[(size - 16)...])
+                self.cipher = cipher
+                guard verified else {
+                    actions += self.fail("a message's HMAC does not verify")
+                    return nil
+                }
+            }
+            message.replaceSubrange((size - 16)..<size, with: [UInt8](repeating: 0, count: 16))
+            switch ControlCommand(rawValue: command)! {
+            case .requestTWSession: actions += self.request(message)
+            case .startSessions: actions += self.start()
+            case .stopSessions: actions += self.stop(message)
+            default: break
+            }
+            return true
+        }
+    }
+
+    /// Decrypts the whole blocks received (in the keyed modes; in unauthenticated mode the bytes are clear).
+    private mutating func decryptAvailable() {
+        guard var cipher = self.cipher else {
+            self.clear += self.raw
+            self.raw.removeAll()
+            return
+        }
+        let whole = self.raw.count / ippmBlock * ippmBlock
+        guard whole > 0 else { return }
+        var blocks = Array(self.raw.prefix(whole))
+        self.raw.removeFirst(whole)
+        cipher.decrypt(&blocks)
+        self.cipher = cipher
+        self.clear += blocks
+    }
+
+    private mutating func setUp(_ response: SetUpResponse) -> [Action] {
+        let offered = self.context.configuration.modes
+        let chosen = response.mode
+        guard chosen.rawValue.nonzeroBitCount == 1, offered.contains(chosen) else {
+            self.context.count(\.modeRefused)
+            return self.refuseSetUp(.notSupported, "the client chose mode \(chosen), not one offered (\(offered))")
+        }
+        self.mode = chosen
+        guard chosen.usesKey else {
+            self.phase = .requests
+            return [.send(ServerStart(accept: .ok, startTime: self.context.startTime).encoded())]
+        }
+        // An unknown identity costs the same key derivation as a known one, and gets the same refusal as a wrong
+        // secret: the server is no oracle for which identities it knows.
+        let known = self.context.configuration.keys?.secret(for: response.keyID)
+        let secret = known ?? randomBytes(16)
+        let key = ControlToken.derivedKey(secret: secret, salt: self.greeting.salt, count: self.greeting.count)
+        let (challenge, keys) = ControlToken.open(response.token, under: key)
+        var difference: UInt8 = 0
+        for (left, right) in zip(challenge, self.greeting.challenge) { difference |= left ^ right }
+        guard known != nil, difference == 0 else {
+            self.context.count(\.authenticationFailures)
+            return self.refuseSetUp(.failure, "the key identity or its secret does not match")
+        }
+        let serverIV = randomBytes(16)
+        var cipher = ControlCipher(keys: keys, sendIV: serverIV, receiveIV: response.clientIV)
+        var start = ServerStart(accept: .ok, serverIV: serverIV, startTime: self.context.startTime).encoded()
+        cipher.addSent(start[32..<48])
+        cipher.encrypt(&start, from: 32)
+        self.cipher = cipher
+        self.sessionKeys = keys
+        self.phase = .requests
+        return [.send(start)]
+    }
+
+    private mutating func refuseSetUp(_ accept: IPPMAccept, _ reason: String) -> [Action] {
+        self.phase = .closed
+        return [.send(ServerStart(accept: accept).encoded()), .close(reason)]
+    }
+
+    /// Seals a message whose last 16 bytes are its HMAC.
+    private mutating func sealed(_ message: [UInt8]) -> [UInt8] {
+        guard var cipher = self.cipher else { return message }
+        var bytes = message
+        cipher.addSent(bytes[0..<(bytes.count - 16)])
+        bytes.replaceSubrange((bytes.count - 16)..., with: cipher.sentDigest())
+        cipher.encrypt(&bytes)
+        self.cipher = cipher
+        return bytes
+    }
+
+    private mutating func request(_ bytes: [UInt8]) -> [Action] {
+        let request: SessionRequest
+        do {
+            request = try SessionRequest(decoding: bytes)
+        } catch {
+            return self.fail("Request-TW-Session: \(error)")
+        }
+        switch self.admit(request) {
+        case .failure(let refusal):
+            self.context.count(\.sessionsRefused)
+            return [.send(self.sealed(AcceptSession(accept: refusal.accept).encoded()))]
+        case .success(let session):
+            self.context.count(\.sessionsAccepted)
+            let timeout = min(
+                Self.nanoseconds(ntp: request.timeout),
+                self.context.configuration.maximumSessionTimeout.nanoseconds
+            )
+            self.pending.append((session, timeout))
+            let accept = AcceptSession(accept: .ok, port: self.context.testPort, sid: session.sid)
+            return [.send(self.sealed(accept.encoded()))]
+        }
+    }
+
+    struct Refusal: Error {
+        var accept: IPPMAccept
+        var reason: String
+    }
+
+    /// Whether the request may have a session, and the session if so.
+    private func admit(_ request: SessionRequest) -> Result<TwampTestSession, Refusal> {
+        let configuration = self.context.configuration
+        let ownSessions = self.pending.count + self.running.count
+        guard ownSessions < configuration.maximumSessionsPerConnection else {
+            return .failure(Refusal(accept: .permanentLimitation, reason: "the connection has its most sessions"))
+        }
+        let peerIsIPv4 = self.context.peer.isIPv4
+        guard (request.ipVersion == 4) == peerIsIPv4 else {
+            return .failure(Refusal(accept: .notSupported, reason: "the session's IP version is not the connection's"))
+        }
+        let zero = request.senderAddress.allSatisfy { $0 == 0 }
+        guard let named = IPKey(bytes: request.senderAddress) else {
+            return .failure(Refusal(accept: .failure, reason: "bad sender address"))
+        }
+        let sender = zero ? self.context.peer : named
+        let receiverZero = request.receiverAddress.allSatisfy { $0 == 0 }
+        let receiver = IPKey(bytes: request.receiverAddress)
+        if !configuration.allowThirdParty {
+            guard sender == self.context.peer else {
+                return .failure(Refusal(accept: .failure, reason: "the sender is not the control client"))
+            }
+            guard receiverZero || receiver == self.context.local else {
+                return .failure(Refusal(accept: .failure, reason: "the receiver is not this server"))
+            }
+        }
+        guard request.senderPort >= 1024 else {
+            // The serving path drops datagrams from well-known ports (GuardConfiguration): such a session would
+            // never be answered.
+            return .failure(Refusal(accept: .notSupported, reason: "sender port \(request.senderPort) is below 1024"))
+        }
+        guard request.paddingLength <= configuration.maximumPadding else {
+            return .failure(Refusal(accept: .notSupported, reason: "padding \(request.paddingLength) is too long"))
+        }
+        // Type-P: RFC 5357 §3.5's DSCP form (the top two bits zero) is accepted; the reflector answers with the
+        // system's marking.
+        guard request.typeP >> 30 == 0 else {
+            return .failure(Refusal(accept: .notSupported, reason: "Type-P \(request.typeP) is not a DSCP"))
+        }
+        let now = self.context.realtime()
+        let start = StampTimestampFormat.ntp.decode(request.startTime, taiOffset: 0)
+        let window = configuration.startTimeWindow.nanoseconds
+        guard request.startTime == 0 || abs(start - now) <= window else {
+            return .failure(Refusal(accept: .failure, reason: "the start time is too far from now"))
+        }
+        let endpoint = EndpointKey(address: sender, port: request.senderPort)
+        guard !self.pending.contains(where: { $0.session.sender == endpoint }),
+            !self.running.contains(where: { $0.session.sender == endpoint }),
+            !self.context.table.contains(endpoint)
+        else {
+            return .failure(Refusal(accept: .temporaryLimitation, reason: "the sender's port has a session already"))
+        }
+        guard self.context.reserve() else {
+            return .failure(Refusal(accept: .temporaryLimitation, reason: "the server has its most sessions"))
+        }
+        var sid = Array(self.context.local.bytes.suffix(4))
+        sid += withUnsafeBytes(of: StampTimestampFormat.ntp.encode(now, taiOffset: 0).bigEndian) { Array($0) }
+        sid += randomBytes(4)
+        let cipher = self.sessionKeys.map {
+            TestSessionCipher(encrypted: self.mode == .encrypted, sid: sid, control: $0)
+        }
+        return .success(TwampTestSession(sid: sid, sender: endpoint, cipher: cipher, deadline: .max))
+    }
+
+    private mutating func start() -> [Action] {
+        let now = self.context.monotonic()
+        let duration = self.context.configuration.maximumSessionDuration.nanoseconds
+        for entry in self.pending { entry.session.end(at: now &+ duration) }
+        guard self.context.table.start(self.pending.map(\.session), now: now) else {
+            // Another connection's session took a sender's port meanwhile.
+            self.context.release(self.pending.count)
+            self.pending.removeAll()
+            return [.send(self.sealed(StartAck(accept: .temporaryLimitation).encoded()))]
+        }
+        self.running += self.pending
+        self.pending.removeAll()
+        self.phase = .testing
+        return [.send(self.sealed(StartAck(accept: .ok).encoded()))]
+    }
+
+    private mutating func stop(_ bytes: [UInt8]) -> [Action] {
+        do {
+            _ = try StopSessions(decoding: bytes)
+        } catch {
+            return self.fail("Stop-Sessions: \(error)")
+        }
+        // Each session is answered for its timeout more (packets still in flight), then ends.
+        let now = self.context.monotonic()
+        for entry in self.running { entry.session.end(at: now &+ entry.timeout) }
+        self.context.release(self.running.count)
+        self.running.removeAll()
+        self.phase = .requests
+        return []
+    }
+
+    private mutating func fail(_ reason: String) -> [Action] {
+        self.context.count(\.protocolErrors)
+        self.phase = .closed
+        return [.close(reason)]
+    }
+
+    /// Ends every session of the connection at once (it closed).
+    mutating func close() {
+        self.context.table.remove(self.running.map(\.session))
+        self.context.release(self.running.count + self.pending.count)
+        self.running.removeAll()
+        self.pending.removeAll()
+        self.phase = .closed
+    }
+
+    /// An NTP-format duration (32.32 seconds) in ns, saturating.
+    static func nanoseconds(ntp value: UInt64) -> Int64 {
+        let seconds = value >> 32
+        let fraction = value & 0xFFFF_FFFF
+        guard seconds < 9_000_000_000 else { return .max }
+        return Int64(seconds) * 1_000_000_000 + Int64((fraction * 1_000_000_000) >> 32)
+    }
+}
