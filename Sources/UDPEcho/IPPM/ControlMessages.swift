@@ -44,12 +44,12 @@ public enum IPPMAccept: UInt8, Sendable, Hashable, CustomStringConvertible {
 
     public var description: String {
         switch self {
-        case .ok: "accepted"
-        case .failure: "refused (failure, reason unspecified)"
-        case .internalError: "refused (internal error)"
-        case .notSupported: "refused (some aspect of the request is not supported)"
-        case .permanentLimitation: "refused (cannot perform the request due to permanent resource limitations)"
-        case .temporaryLimitation: "refused (cannot perform the request due to temporary resource limitations)"
+        case .ok: "0, OK"
+        case .failure: "1, failure, reason unspecified"
+        case .internalError: "2, internal error"
+        case .notSupported: "3, some aspect of the request is not supported"
+        case .permanentLimitation: "4, cannot be done: a permanent resource limitation"
+        case .temporaryLimitation: "5, cannot be done now: a temporary resource limitation"
         }
     }
 }

@@ -38,6 +38,8 @@ public enum EchoPinger {
         /// ECMP hashing sends each port over one of the equal-cost paths, and the result has each flow's loss and
         /// round trips (``EchoBenchmark/Result/flows``) when there is more than one.
         public var flows: Int
+        /// The local port of the first flow; nil takes any (a TWAMP session sets it).
+        var sourcePort: Int?
         /// The most flows a run can spread its probes over.
         public static let maximumFlows = 64
 
@@ -120,6 +122,7 @@ public enum EchoPinger {
                 spin: min(Self.spin, configuration.interval / 2),
                 beforeSend: beforeSend,
                 stamp: configuration.stamp,
+                sourcePort: configuration.sourcePort,
                 marking: configuration.marking,
                 arrivalMarks: true,
                 markingReport: configuration.stamp == nil,

@@ -211,7 +211,9 @@ extension ProbeEngine {
         // The round trip without the time the reflector held the packet: (T4 - T1) - (T3 - T2).
         let roundTrip = times.roundTrip - max(0, reflectorTime)
         self.record(times, roundTrip: roundTrip, of: sequence, at: position, on: flow)
-        let tlvs = StampReplyDecoder.tlvs(reply, from: writer.layout.size)
+        let tlvs =
+            writer.configuration.twamp == nil
+            ? StampReplyDecoder.tlvs(reply, from: writer.layout.size) : (tos: nil, dscpHonoured: nil, source: nil)
         let stampReply = StampReply(
             sequence: sequence,
             bytes: reply.count,

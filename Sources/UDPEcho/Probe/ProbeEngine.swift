@@ -48,6 +48,8 @@ final class ProbeEngine {
         var beforeSend: ((UInt64) -> Void)? = nil
         /// Send STAMP test packets (a Session-Sender) instead of echo probes.
         var stamp: StampSenderConfiguration? = nil
+        /// The first flow's local port (a TWAMP session's sender port, which the request named); nil: any.
+        var sourcePort: Int? = nil
         /// Send each flow's batch as one segmented write (UDP GSO) and take replies coalesced (UDP GRO). The times
         /// are then the program's clock reads: the kernel timestamps a segmented write, and a coalesced run, once.
         var offload = false
@@ -211,7 +213,8 @@ final class ProbeEngine {
                     stamp: writer,
                     marking: configuration.marking,
                     receiveMarks: configuration.arrivalMarks,
-                    markingReport: configuration.markingReport
+                    markingReport: configuration.markingReport,
+                    sourcePort: index == 0 ? configuration.sourcePort : nil
                 )
                 self.flows.append(flow)
                 if index == 0 && configuration.arrivalMarks {

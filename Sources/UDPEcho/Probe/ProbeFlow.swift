@@ -52,7 +52,8 @@ final class ProbeFlow {
         stamp: StampProbeWriter?,
         marking: PathMarking = PathMarking(),
         receiveMarks: Bool = false,
-        markingReport: Bool = false
+        markingReport: Bool = false,
+        sourcePort: Int? = nil
     ) throws(EchoError) {
         self.index = index
         let family: Int32 = if case .v6 = target { AF_INET6 } else { AF_INET }
@@ -64,6 +65,15 @@ final class ProbeFlow {
         }
         _ = cudpecho_set_buffer_size(fd, SO_RCVBUF, 4 << 20)
         _ = cudpecho_set_buffer_size(fd, SO_SNDBUF, 4 << 20)
+        if let sourcePort {
+            let wildcard = try! SocketAddress(ipAddress: family == AF_INET6 ? "::" : "0.0.0.0", port: sourcePort)
+            do {
+                try SystemCall.posix("bind") { wildcard.withRawAddress { bind(fd, $0, $1) } }
+            } catch {
+                Glibc.close(fd)
+                throw .socket(operation: "bind", address: wildcard.hostPortDescription, errno: error.errno)
+            }
+        }
         do {
             try SystemCall.posix("connect") { target.withRawAddress { connect(fd, $0, $1) } }
         } catch {

@@ -33,11 +33,20 @@ public struct StampSenderConfiguration: Sendable {
         self.timestampFormat = timestampFormat
     }
 
-    var layout: StampLayout { self.key == nil ? .unauthenticated : .authenticated }
+    /// TWAMP test packets of a session TWAMP-Control negotiated (RFC 5357 §4.1.2), set by ``TwampPinger``, instead
+    /// of STAMP's: no SSID or TLVs, and in the keyed modes the session's AES and HMAC-SHA1 instead of STAMP's
+    /// HMAC-SHA-256. A reflected TWAMP packet has a STAMP packet's fields in the same places.
+    var twamp: TwampTestFormat?
+
+    var layout: StampLayout {
+        if let twamp { return twamp.cipher == nil ? .unauthenticated : .authenticated }
+        return self.key == nil ? .unauthenticated : .authenticated
+    }
 
     /// The TLVs after the base packet, as the sender sends them (the reflector fills them in).
     func tlvTemplate(ipv6: Bool) -> [UInt8] {
         var bytes: [UInt8] = []
+        guard self.twamp == nil else { return bytes }
         if self.location {
             // Ports, then room for the source and destination addresses of the target's family.
             let size: UInt8 = ipv6 ? 16 : 4
@@ -57,7 +66,10 @@ public struct StampSenderConfiguration: Sendable {
 
     /// The size of a test packet without padding: the base packet and the TLVs (which depend on the target's
     /// family: a Location TLV has room for its addresses).
-    public func minimumSize(ipv6: Bool) -> Int { self.layout.size + self.tlvTemplate(ipv6: ipv6).count }
+    public func minimumSize(ipv6: Bool) -> Int {
+        if let twamp { return twamp.senderSize }
+        return self.layout.size + self.tlvTemplate(ipv6: ipv6).count
+    }
 }
 
 /// What a reflected packet said, decoded.
@@ -125,7 +137,11 @@ enum StampReplyDecoder {
     > {
         let layout = configuration.layout
         let base = UnsafeRawPointer(reply.baseAddress!)
-        if let key = configuration.key {
+        if let cipher = configuration.twamp?.cipher {
+            guard reply.count >= layout.size else { return .failure(.tooShort(reply.count, layout.size)) }
+            // Decrypted where it lies: the receive buffer is the engine's, and each reply is decoded once.
+            guard cipher.openReflected(UnsafeMutableRawBufferPointer(mutating: reply)) else { return .failure(.hmac) }
+        } else if configuration.twamp == nil, let key = configuration.key {
             guard reply.count >= layout.size else { return .failure(.tooShort(reply.count, layout.size)) }
             guard key.verify(UnsafeRawBufferPointer(rebasing: reply[0..<layout.hmac!]), mac: base + layout.hmac!) else {
                 return .failure(.hmac)
@@ -251,13 +267,19 @@ struct StampProbeWriter {
         var template = configuration.tlvTemplate(ipv6: ipv6)
         let minimum = layout.size + template.count
         let padding = size - minimum
-        guard padding == 0 || padding >= 4 else {
+        if let twamp = configuration.twamp {
+            guard size >= twamp.senderSize else {
+                throw .invalidConfiguration(
+                    "a TWAMP test packet is at least \(twamp.senderSize) bytes in this mode, not \(size)"
+                )
+            }
+        } else if !(padding == 0 || padding >= 4) {
             throw .invalidConfiguration(
                 "a STAMP test packet of \(size) bytes cannot be made: the base packet and TLVs take \(minimum), "
                     + "and padding needs at least 4 more (an Extra Padding TLV); give \(minimum) or \(minimum + 4)+"
             )
         }
-        if padding >= 4 {
+        if configuration.twamp == nil && padding >= 4 {
             let length = padding - 4
             template += [0, StampTLVType.extraPadding.rawValue, UInt8(length >> 8), UInt8(length & 0xFF)]
             template += [UInt8](repeating: 0, count: length)
@@ -274,6 +296,17 @@ struct StampProbeWriter {
 
     /// Writes test packet `sequence` sent at `realtime` (T1); returns T1 as written.
     func write(into payload: UnsafeMutableRawPointer, sequence: UInt64, realtime: Int64) -> UInt64 {
+        if let twamp = self.configuration.twamp {
+            // Sequence number, timestamp and error estimate (after 12 bytes of MBZ in the keyed modes), zero padding.
+            let timestamp = StampTimestampFormat.ntp.encode(realtime, taiOffset: self.clock.taiOffset)
+            let at = twamp.cipher == nil ? 4 : 16
+            payload.initializeMemory(as: UInt8.self, repeating: 0, count: self.size)
+            payload.storeBigEndian(UInt32(truncatingIfNeeded: sequence), at: 0)
+            payload.storeBigEndian(timestamp, at: at)
+            payload.storeBigEndian(self.errorEstimate & 0xBFFF, at: at + 8)
+            twamp.cipher?.sealSender(UnsafeMutableRawBufferPointer(start: payload, count: self.size))
+            return timestamp
+        }
         let layout = self.layout
         payload.initializeMemory(as: UInt8.self, repeating: 0, count: layout.size)
         let timestamp = self.configuration.timestampFormat.encode(realtime, taiOffset: self.clock.taiOffset)

@@ -296,7 +296,8 @@ public final class EchoServer: Service, Sendable {
             sendBufferSize: configuration.sendBufferSize,
             datagramInfo: configuration.reflects,
             offload: configuration.offloads,
-            receiveMarks: configuration.reflectTOS && !configuration.reflects
+            receiveMarks: configuration.reflectTOS && !configuration.reflects,
+            hopLimit: configuration.twampSessions == nil ? nil : 255
         )
     }
 

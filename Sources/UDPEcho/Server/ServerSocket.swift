@@ -28,6 +28,9 @@ struct ServerSocket {
         var offload = false
         /// Ask for each datagram's TTL and TOS (replies that reflect the marking need them).
         var receiveMarks = false
+        /// The TTL (hop limit) of what the socket sends; nil keeps the system's. A TWAMP reflector sends with 255
+        /// (RFC 5357 §4.2), so that the sender can count the hops back.
+        var hopLimit: Int32?
     }
 
     /// Opens a UDP socket and binds it to `address`.
@@ -118,7 +121,8 @@ struct ServerSocket {
                 sendBufferSize: options.sendBufferSize,
                 datagramInfo: options.datagramInfo,
                 offload: options.offload,
-                receiveMarks: options.receiveMarks
+                receiveMarks: options.receiveMarks,
+                hopLimit: options.hopLimit
             )
         )
         return ServerSocket(descriptor: fd, localAddress: local)
@@ -144,6 +148,13 @@ struct ServerSocket {
             if result < 0 {
                 throw .socket(operation: "TTLs and TOS bytes on", address: address.hostPortDescription, errno: -result)
             }
+        }
+        if var hops = options.hopLimit {
+            // A dual-stack socket sends IPv4 with IP_TTL and IPv6 with IPV6_UNICAST_HOPS: both are set.
+            let size = socklen_t(MemoryLayout<Int32>.size)
+            var result = setsockopt(fd, Int32(IPPROTO_IP), IP_TTL, &hops, size)
+            if family == AF_INET6 { result = setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_UNICAST_HOPS, &hops, size) }
+            if result < 0 { throw .socket(operation: "the TTL on", address: address.hostPortDescription, errno: errno) }
         }
         if options.offload {
             // A kernel without UDP_GRO (before 5.0) refuses it: then every datagram comes alone, as without.

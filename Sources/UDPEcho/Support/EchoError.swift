@@ -32,6 +32,8 @@ public enum EchoError: Error, CustomStringConvertible {
     case cancelled
     /// Fewer file descriptors can be opened than the command needs: `available` of them under a limit of `limit`.
     case descriptorsExhausted(needed: Int, available: Int, limit: Int)
+    /// A TWAMP or OWAMP server refused, or broke, the control protocol (`reason` says how).
+    case control(peer: String, reason: String)
 
     /// What went wrong, in words a person can act on.
     public var description: String {
@@ -67,6 +69,8 @@ public enum EchoError: Error, CustomStringConvertible {
                 + "an echo server, or something on the path changes packets, so no size can be measured through it"
         case .cancelled:
             return "cancelled"
+        case .control(let peer, let reason):
+            return "\(peer): \(reason)"
         case .descriptorsExhausted(let needed, let available, let limit):
             return "too few file descriptors: this needs about \(needed), and only \(max(0, available)) more can be "
                 + "opened (the limit is \(limit)); raise it: ulimit -n \(needed + limit - available) in the shell, or "

@@ -69,6 +69,8 @@ struct PingCommand: AsyncParsableCommand {
 
     @OptionGroup var stampOptions: StampSenderOptions
 
+    @OptionGroup(title: "TWAMP") var twampOptions: TwampClientOptions
+
     @OptionGroup(title: "Marking and hops") var markingOptions: MarkingOptions
 
     @OptionGroup(title: "Flows and loss") var probe: ProbeOptions<PingRole>
@@ -96,6 +98,12 @@ struct PingCommand: AsyncParsableCommand {
     func validate() throws {
         if let count, count < 1 { throw ValidationError("-c/--count must be at least 1") }
         _ = try self.stampOptions.target(self.target.text)
+        if self.twampOptions.twamp && self.stampOptions.stamp {
+            throw ValidationError("--twamp and --stamp are two ways to measure: give one")
+        }
+        if self.twampOptions.twamp && self.probe.flows > 1 {
+            throw ValidationError("--twamp measures one session: --flows needs --stamp or plain echoes")
+        }
         if let size = self.probe.sizeOption, size < 16 {
             throw ValidationError("-s/--size must be at least 16: a probe carries its sequence number and send time")
         }
@@ -106,6 +114,10 @@ struct PingCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        if self.twampOptions.twamp {
+            try await self.runTwamp()
+            return
+        }
         let address: SocketAddress
         let target = try self.stampOptions.target(self.target.text)
         var stamp = try self.stampOptions.configuration()

@@ -1,0 +1,376 @@
+import CUDPEcho
+public import NIOCore
+import NIOPosix
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// What a TWAMP Control-Client asks of a server (RFC 5357 §3): the mode, the key, and the test session.
+public struct TwampClientConfiguration: Sendable {
+    /// The server's TWAMP-Control address (TCP, port 862 by default).
+    public var server: SocketAddress
+    /// The mode to use; nil takes the most protected one the server offers that this configuration can speak
+    /// (encrypted, then authenticated, with a key; unauthenticated without).
+    public var mode: IPPMModes?
+    /// The key identity and shared secret of the keyed modes (as in a pfstore file).
+    public var keyID: String?
+    public var secret: [UInt8]?
+    /// How long the control exchange may take, from connecting to the Start-Ack.
+    public var controlTimeout: Duration
+    /// How long after Stop-Sessions the reflector should still answer (the request's Timeout).
+    public var sessionTimeout: Duration
+    /// The DSCP of the test packets, in the request's Type-P descriptor.
+    public var dscp: UInt8
+
+    /// A configuration; see each property.
+    public init(
+        server: SocketAddress,
+        mode: IPPMModes? = nil,
+        keyID: String? = nil,
+        secret: [UInt8]? = nil,
+        controlTimeout: Duration = .seconds(10),
+        sessionTimeout: Duration = .seconds(2),
+        dscp: UInt8 = 0
+    ) {
+        self.server = server
+        self.mode = mode
+        self.keyID = keyID
+        self.secret = secret
+        self.controlTimeout = controlTimeout
+        self.sessionTimeout = sessionTimeout
+        self.dscp = dscp
+    }
+}
+
+/// A negotiated and started TWAMP test session: where to send the test packets from and to, and how to protect them.
+public struct TwampSession: Sendable {
+    /// The mode the connection runs in.
+    public var mode: IPPMModes
+    /// The Session-Reflector's address (the server's address, with the port of its Accept-Session).
+    public var reflector: SocketAddress
+    /// The local port the test packets must come from (the request named it).
+    public var senderPort: Int
+    /// The session identifier.
+    public var sid: [UInt8]
+    /// The test packets' keys, in the keyed modes.
+    var cipher: TestSessionCipher?
+}
+
+/// Pings through a TWAMP session (RFC 5357): sets it up with TWAMP-Control, sends its test packets as
+/// ``EchoPinger`` sends STAMP's (the same events, statistics and summary: round trip without the reflector's time,
+/// forward and backward delay, the reflector's sequence numbers for the loss split), then stops it.
+public enum TwampPinger {
+    /// Runs `configuration` (its target and STAMP settings are replaced by the session's) through a session that
+    /// `twamp` sets up; `size` is each test packet's size, nil for the mode's smallest.
+    ///
+    /// - Throws: ``EchoError/control(peer:reason:)`` when the server refuses or breaks the control protocol, and what
+    ///   ``EchoPinger/run(_:onStart:onEvent:)`` throws.
+    public static func run(
+        _ configuration: EchoPinger.Configuration,
+        twamp: TwampClientConfiguration,
+        size: Int? = nil,
+        onSession: (@Sendable (TwampSession, Int) -> Void)? = nil,
+        onStart: (@Sendable (TimestampSource) -> Void)? = nil,
+        onEvent: @escaping @Sendable (ProbeEvent) -> Void
+    ) async throws -> EchoBenchmark.Result {
+        let senderPort = try Self.freePort(ipv6: twamp.server.protocol == .inet6)
+        // The engine's probes are at least 16 bytes; a request names the padding after the mode's fields.
+        let sizeFor = { (mode: IPPMModes) -> Int in
+            let smallest = TwampTestFormat.senderSize(keyed: mode.usesKey)
+            return max(size ?? max(16, smallest), smallest)
+        }
+        let padding = { (mode: IPPMModes) in sizeFor(mode) - TwampTestFormat.senderSize(keyed: mode.usesKey) }
+        return try await TwampControlClient.withSession(twamp, senderPort: senderPort, padding: padding) { session in
+            var run = configuration
+            run.target = session.reflector
+            run.size = sizeFor(session.mode)
+            run.sourcePort = session.senderPort
+            var stamp = StampSenderConfiguration(ssid: 0)
+            stamp.twamp = TwampTestFormat(cipher: session.cipher)
+            run.stamp = stamp
+            onSession?(session, run.size)
+            return try await EchoPinger.run(run, onStart: onStart, onEvent: onEvent)
+        }
+    }
+
+    /// A UDP port free now, for the session's sender (the request must name it before the socket is made).
+    private static func freePort(ipv6: Bool) throws(EchoError) -> Int {
+        let wildcard = try! SocketAddress(ipAddress: ipv6 ? "::" : "0.0.0.0", port: 0)
+        let fd: Int32
+        do { fd = try SystemCall.udpSocket(family: ipv6 ? AF_INET6 : AF_INET) } catch {
+            throw .socket(operation: "socket for", address: wildcard.hostPortDescription, errno: error.errno)
+        }
+        defer { close(fd) }
+        do {
+            try SystemCall.posix("bind") { wildcard.withRawAddress { bind(fd, $0, $1) } }
+        } catch {
+            throw .socket(operation: "bind", address: wildcard.hostPortDescription, errno: error.errno)
+        }
+        return SocketAddress.local(of: fd)?.port ?? 0
+    }
+}
+
+/// The Control-Client's side of TWAMP-Control, over a SwiftNIO connection: set up, request one session, start it,
+/// and, when the test is done, stop it.
+enum TwampControlClient {
+    /// Opens the control connection, requests and starts one session whose test packets come from `senderPort` with
+    /// `padding` bytes after their fields, runs `body` with it, then sends Stop-Sessions and closes.
+    static func withSession<Result: Sendable>(
+        _ configuration: TwampClientConfiguration,
+        senderPort: Int,
+        padding: (IPPMModes) -> Int,
+        _ body: (TwampSession) async throws -> Result
+    ) async throws -> Result {
+        let peer = configuration.server.hostPortDescription
+        let channel: NIOAsyncChannel<ByteBuffer, ByteBuffer>
+        do {
+            channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .connectTimeout(.nanoseconds(configuration.controlTimeout.nanoseconds))
+                .channelOption(.socketOption(.tcp_nodelay), value: 1)
+                .connect(to: configuration.server) { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+                    }
+                }
+        } catch let error as IOError {
+            throw EchoError.socket(operation: "TWAMP-Control connect to", address: peer, errno: error.errnoCode)
+        } catch let error as ChannelError {
+            throw EchoError.control(peer: peer, reason: "cannot connect to TWAMP-Control: \(error)")
+        }
+        // The whole control exchange has one deadline: past it the connection is closed, which ends any read.
+        let deadline = channel.channel.eventLoop.scheduleTask(
+            in: .nanoseconds(configuration.controlTimeout.nanoseconds)
+        ) { [channel = channel.channel] in channel.close(promise: nil) }
+        return try await channel.executeThenClose { inbound, outbound in
+            var reader = ControlReader(iterator: inbound.makeAsyncIterator(), peer: peer)
+            var exchange = ClientExchange(configuration: configuration, peer: peer)
+            let greeting = try ServerGreeting(decoding: try await reader.read(ServerGreeting.size)).checked(peer)
+            try await outbound.write(ByteBuffer(bytes: try exchange.setUp(greeting)))
+            try exchange.started(try await reader.read(ServerStart.size))
+            try await outbound.write(
+                ByteBuffer(bytes: exchange.request(senderPort: senderPort, padding: padding(exchange.mode)))
+            )
+            let accept = try exchange.accepted(try await reader.read(AcceptSession.size))
+            try await outbound.write(ByteBuffer(bytes: exchange.seal(StartSessions().encoded())))
+            try exchange.acknowledged(try await reader.read(StartAck.size))
+            deadline.cancel()
+            var reflector = configuration.server
+            reflector.port = Int(accept.port)
+            let session = TwampSession(
+                mode: exchange.mode,
+                reflector: reflector,
+                senderPort: senderPort,
+                sid: accept.sid,
+                cipher: exchange.keys.map {
+                    TestSessionCipher(encrypted: exchange.mode == .encrypted, sid: accept.sid, control: $0)
+                }
+            )
+            let result = try await body(session)
+            try? await outbound.write(ByteBuffer(bytes: exchange.seal(StopSessions(sessionCount: 1).encoded())))
+            return result
+        }
+    }
+}
+
+extension ServerGreeting {
+    /// The greeting, if the server is willing to talk and its key derivation is bounded.
+    fileprivate func checked(_ peer: String) throws(EchoError) -> ServerGreeting {
+        guard !self.modes.intersection([.unauthenticated, .authenticated, .encrypted]).isEmpty else {
+            throw .control(
+                peer: peer,
+                reason: "the TWAMP server refuses the connection (its greeting offers no mode: it may be at its "
+                    + "connection limit, or not serve this address)"
+            )
+        }
+        return self
+    }
+}
+
+/// Reads whole control messages from the connection.
+struct ControlReader {
+    var iterator: NIOAsyncChannelInboundStream<ByteBuffer>.AsyncIterator
+    let peer: String
+    private var buffered: [UInt8] = []
+
+    init(iterator: NIOAsyncChannelInboundStream<ByteBuffer>.AsyncIterator, peer: String) {
+        self.iterator = iterator
+        self.peer = peer
+    }
+
+    mutating func read(_ count: Int) async throws -> [UInt8] {
+        while self.buffered.count < count {
+            guard var next = try await self.iterator.next() else {
+                throw EchoError.control(
+                    peer: self.peer,
+                    reason: "the TWAMP server closed the control connection (or it timed out) after "
+                        + "\(self.buffered.count) bytes of a \(count)-byte message"
+                )
+            }
+            self.buffered += next.readBytes(length: next.readableBytes) ?? []
+        }
+        defer { self.buffered.removeFirst(count) }
+        return Array(self.buffered.prefix(count))
+    }
+}
+
+/// The client's half of the control messages: choosing the mode, the keys, and sealing and opening messages.
+struct ClientExchange {
+    let configuration: TwampClientConfiguration
+    let peer: String
+    private(set) var mode = IPPMModes.unauthenticated
+    private(set) var keys: ControlCipher.SessionKeys?
+    private var clientIV: [UInt8] = []
+    private var cipher: ControlCipher?
+
+    init(configuration: TwampClientConfiguration, peer: String) {
+        self.configuration = configuration
+        self.peer = peer
+    }
+
+    /// The Set-Up-Response to a greeting.
+    mutating func setUp(_ greeting: ServerGreeting) throws(EchoError) -> [UInt8] {
+        let haveKey = self.configuration.secret != nil && self.configuration.keyID != nil
+        let wanted: [IPPMModes] =
+            if let mode = self.configuration.mode { [mode] } else if haveKey {
+                [.encrypted, .authenticated, .unauthenticated]
+            } else { [.unauthenticated] }
+        guard let mode = wanted.first(where: { greeting.modes.contains($0) }) else {
+            throw .control(
+                peer: self.peer,
+                reason:
+                    "the TWAMP server offers \(greeting.modes) mode, not \(wanted.map(\.description).joined(separator: " or "))"
+                    + (haveKey || self.configuration.mode != nil ? "" : " (give a key for the others)")
+            )
+        }
+        self.mode = mode
+        guard mode.usesKey else { return SetUpResponse(mode: mode).encoded() }
+        guard let secret = self.configuration.secret, let keyID = self.configuration.keyID else {
+            throw .control(peer: self.peer, reason: "\(mode) mode needs a key identity and secret")
+        }
+        guard ControlToken.countRange.contains(greeting.count) else {
+            throw .control(
+                peer: self.peer,
+                reason: "the server asks for \(greeting.count) rounds of PBKDF2, outside \(ControlToken.countRange): "
+                    + "refused (a huge count would keep this client hashing for hours)"
+            )
+        }
+        let keys = ControlCipher.SessionKeys.random()
+        let key = ControlToken.derivedKey(secret: secret, salt: greeting.salt, count: greeting.count)
+        let token = ControlToken.seal(challenge: greeting.challenge, keys: keys, under: key)
+        self.keys = keys
+        self.clientIV = randomBytes(16)
+        return SetUpResponse(mode: mode, keyID: Array(keyID.utf8), token: token, clientIV: self.clientIV).encoded()
+    }
+
+    /// Reads the Server-Start.
+    mutating func started(_ bytes: [UInt8]) throws(EchoError) {
+        let start: ServerStart
+        do { start = try ServerStart(decoding: bytes) } catch { throw .control(peer: self.peer, reason: "\(error)") }
+        guard start.accept == .ok else {
+            let hint = self.mode.usesKey ? " (a wrong key identity or secret is refused so)" : ""
+            throw .control(
+                peer: self.peer,
+                reason: "the TWAMP server refused the connection (Accept \(start.accept))\(hint)"
+            )
+        }
+        guard let keys = self.keys else { return }
+        var cipher = ControlCipher(keys: keys, sendIV: self.clientIV, receiveIV: start.serverIV)
+        var last = Array(bytes[32..<48])
+        cipher.decrypt(&last)
+        cipher.addReceived(last[...])
+        self.cipher = cipher
+    }
+
+    /// A Request-TW-Session for one session from `senderPort`.
+    mutating func request(senderPort: Int, padding: Int) -> [UInt8] {
+        let ipv6 = if case .v6 = self.configuration.server { true } else { false }
+        let now = cudpecho_realtime_ns()
+        let timeout = self.configuration.sessionTimeout.nanoseconds
+        let request = SessionRequest(
+            ipVersion: ipv6 ? 6 : 4,
+            senderPort: UInt16(senderPort),
+            receiverPort: UInt16(self.configuration.server.port ?? 0),
+            // Zeros: the addresses of the control connection (the server's is the receiver).
+            senderAddress: [UInt8](repeating: 0, count: ipv6 ? 16 : 4),
+            receiverAddress: [UInt8](repeating: 0, count: ipv6 ? 16 : 4),
+            paddingLength: UInt32(padding),
+            startTime: StampTimestampFormat.ntp.encode(now, taiOffset: 0),
+            timeout: UInt64(timeout / 1_000_000_000) << 32 | UInt64((timeout % 1_000_000_000) << 32 / 1_000_000_000),
+            typeP: UInt32(self.configuration.dscp & 0x3F)
+        )
+        return self.seal(request.encoded())
+    }
+
+    /// Seals a message whose last 16 bytes are its HMAC (in the keyed modes).
+    mutating func seal(_ message: [UInt8]) -> [UInt8] {
+        guard var cipher = self.cipher else { return message }
+        var bytes = message
+        cipher.addSent(bytes[0..<(bytes.count - 16)])
+        bytes.replaceSubrange((bytes.count - 16)..., with: cipher.sentDigest())
+        cipher.encrypt(&bytes)
+        self.cipher = cipher
+        return bytes
+    }
+
+    /// Opens a message from the server whose last 16 bytes are its HMAC.
+    mutating func open(_ message: [UInt8], _ name: String) throws(EchoError) -> [UInt8] {
+        guard var cipher = self.cipher else { return message }
+        var bytes = message
+        cipher.decrypt(&bytes)
+        cipher.addReceived(bytes[0..<(bytes.count - 16)])
+        let verified = cipher.checkReceived(bytes[(bytes.count - 16)...])
+        self.cipher = cipher
+        guard verified else { throw .control(peer: self.peer, reason: "the \(name)'s HMAC does not verify") }
+        return bytes
+    }
+
+    mutating func accepted(_ bytes: [UInt8]) throws(EchoError) -> AcceptSession {
+        let accept: AcceptSession
+        do {
+            accept = try AcceptSession(decoding: try self.open(bytes, "Accept-Session"))
+        } catch let error as EchoError {
+            throw error
+        } catch {
+            throw .control(peer: self.peer, reason: "\(error)")
+        }
+        guard accept.accept == .ok else {
+            throw .control(
+                peer: self.peer,
+                reason: "the TWAMP server refused the test session (Accept \(accept.accept))"
+            )
+        }
+        guard accept.port != 0 else {
+            throw .control(peer: self.peer, reason: "the TWAMP server accepted the session on port 0")
+        }
+        return accept
+    }
+
+    mutating func acknowledged(_ bytes: [UInt8]) throws(EchoError) {
+        let ack: StartAck
+        do {
+            ack = try StartAck(decoding: try self.open(bytes, "Start-Ack"))
+        } catch let error as EchoError {
+            throw error
+        } catch {
+            throw .control(peer: self.peer, reason: "\(error)")
+        }
+        guard ack.accept == .ok else {
+            throw .control(peer: self.peer, reason: "the TWAMP server refused Start-Sessions (Accept \(ack.accept))")
+        }
+    }
+}
+
+/// How a TWAMP session's test packets are made: in the clear, or with the session's keys.
+struct TwampTestFormat: Sendable {
+    var cipher: TestSessionCipher?
+
+    /// A sender's packet without padding: 14 bytes unauthenticated, 48 in the keyed modes.
+    var senderSize: Int { Self.senderSize(keyed: self.cipher != nil) }
+
+    static func senderSize(keyed: Bool) -> Int {
+        keyed ? TestSessionCipher.senderSize : TwampReflector.shortestUnauthenticated
+    }
+}
