@@ -227,7 +227,9 @@ func stampKeyFile(_ key: String) throws -> URL {
         )
         #expect(ping.status == 0, "\(ping.error)")
         #expect(
-            ping.lines.contains { $0.hasPrefix("stamp: the reflector declined the DSCP asked of it in 5 replies (RP=1") },
+            ping.lines.contains {
+                $0.hasPrefix("stamp: the reflector declined the DSCP asked of it in 5 replies (RP=1")
+            },
             "\(ping.lines)"
         )
         #expect(

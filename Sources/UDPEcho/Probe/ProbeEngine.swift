@@ -204,6 +204,7 @@ final class ProbeEngine {
                 try StampProbeWriter(stamp, size: configuration.size, ipv6: family == AF_INET6)
             }
             self.stampStatistics = writer == nil ? nil : StampStatistics()
+            if configuration.stamp?.twamp != nil { self.stampStatistics?.reflectorCounts = true }
             for index in 0..<configuration.flows {
                 let flow = try ProbeFlow(
                     index: index,

@@ -58,8 +58,9 @@ public struct StampStatistics: Sendable {
     public var sourceSeenByReflector: String?
     /// The highest sender sequence number answered.
     var highestSenderSequence: Int64 = -1
-    /// Whether the reflector's sequence numbers ever differed from ours: it is stateful, and counts what it received.
-    public private(set) var reflectorCounts = false
+    /// Whether the reflector counts what it received: its sequence numbers differed from ours once (a stateful STAMP
+    /// reflector), or it is a TWAMP reflector, whose sequence number is its own count (RFC 5357 §4.2.1).
+    public internal(set) var reflectorCounts = false
     /// How many times a stateful reflector's counter went back (or stood still) while our numbers went on: its
     /// session restarted (evicted from its table, the reflector restarted) or it does not count honestly.
     public private(set) var counterRestarts = 0
