@@ -97,7 +97,11 @@ struct PingCommand: AsyncParsableCommand {
 
     func validate() throws {
         if let count, count < 1 { throw ValidationError("-c/--count must be at least 1") }
-        _ = try self.stampOptions.target(self.target.text)
+        if self.twampOptions.twamp {
+            _ = try self.twampOptions.target(self.target.text)
+        } else {
+            _ = try self.stampOptions.target(self.target.text)
+        }
         if self.twampOptions.twamp && self.stampOptions.stamp {
             throw ValidationError("--twamp and --stamp are two ways to measure: give one")
         }

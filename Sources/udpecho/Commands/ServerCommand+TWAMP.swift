@@ -38,13 +38,15 @@ extension ServerCommand {
         try await group.run()
         let statistics = server.statistics
         let reflected = server.reflectorStatistics
-        let summary =
-            "connections=\(statistics.connections) refused=\(statistics.connectionsRefused) "
-            + "sessions=\(statistics.sessionsAccepted) sessions-refused=\(statistics.sessionsRefused) "
-            + "auth-failures=\(statistics.authenticationFailures) protocol-errors=\(statistics.protocolErrors) "
-            + "stalled=\(statistics.stalled) reflected=\(reflected.echoed) "
-            + "dropped=\(reflected.drops.values.reduce(0, +))"
+        let fields: [(String, String)] = [
+            ("connections", "\(statistics.connections)"), ("refused", "\(statistics.connectionsRefused)"),
+            ("sessions", "\(statistics.sessionsAccepted)"), ("sessions-refused", "\(statistics.sessionsRefused)"),
+            ("auth-failures", "\(statistics.authenticationFailures)"),
+            ("protocol-errors", "\(statistics.protocolErrors)"), ("stalled", "\(statistics.stalled)"),
+            ("reflected", "\(reflected.echoed)"), ("dropped", "\(reflected.drops.values.reduce(0, +))"),
+        ]
+        let summary = fields.map { "\($0.0)=\($0.1)" }.joined(separator: " ")
         Stream.out.line(self.line(format, "cancelled", "cancelled", []))
-        Stream.out.line(self.line(format, "summary", summary, []))
+        Stream.out.line(self.line(format, "summary", summary, fields))
     }
 }
