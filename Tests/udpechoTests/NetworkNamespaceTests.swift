@@ -121,6 +121,10 @@ func setUp(_ commands: [[String]], namespaces: [String]) async throws {
 
 func removeNamespaces(_ namespaces: [String]) async {
     for namespace in namespaces {
+        // A process left in the host (a peer's daemon and the children it forked) would outlive it, cut off from
+        // any network: it is killed first.
+        let pids = Spawned.runBlocking(TestNetwork.ip, ["netns", "pids", namespace]).output.split(separator: "\n")
+        for pid in pids.compactMap({ Int32($0) }) { kill(pid, SIGKILL) }
         _ = try? await Spawned.run(TestNetwork.ip, ["netns", "del", namespace])
     }
 }

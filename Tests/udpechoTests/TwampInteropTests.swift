@@ -44,6 +44,17 @@ func twampdDirectory() throws -> String {
     return directory
 }
 
+/// `command` started with no signal blocked: a process the test runner starts inherits its thread's signal mask, in
+/// which SIGINT and SIGTERM are blocked, and a daemon that does not unblock them (dumpcap, twampd) would never stop
+/// on one.
+func withSignalsUnblocked(_ command: [String]) -> [String] {
+    [
+        "/usr/bin/python3", "-c",
+        "import os, signal, sys; signal.pthread_sigmask(signal.SIG_SETMASK, []); "
+            + "[signal.signal(s, signal.SIG_DFL) for s in (signal.SIGINT, signal.SIGTERM)]; os.execv(sys.argv[1], sys.argv[1:])",
+    ] + command
+}
+
 /// The numbers of a twping statistics line, "round-trip time min/median/max = 0.0153/0.1/0.147 ms".
 func twpingTimes(_ lines: [String], _ prefix: String) -> [Double]? {
     guard let line = lines.first(where: { $0.hasPrefix(prefix) }),
@@ -85,7 +96,10 @@ func twpingTimes(_ lines: [String], _ prefix: String) -> [Double]? {
                 timeout: 60
             )
             #expect(twping.status == 0, "\(twping.error)")
-            #expect(twping.lines.contains { $0.hasPrefix("20 sent, 0 lost (0.000%), 0 send duplicates") }, "\(twping.lines)")
+            #expect(
+                twping.lines.contains { $0.hasPrefix("20 sent, 0 lost (0.000%), 0 send duplicates") },
+                "\(twping.lines)"
+            )
             for prefix in ["round-trip time", "send time", "reflect time"] {
                 let times = try #require(twpingTimes(twping.lines, prefix), "\(prefix): \(twping.lines)")
                 #expect(times.count == 3 && times.allSatisfy { $0 >= 0 }, "\(prefix): \(times)")
@@ -110,9 +124,12 @@ func twpingTimes(_ lines: [String], _ prefix: String) -> [Double]? {
             let twampd = try Spawned(
                 TestNetwork.ip,
                 [
-                    "netns", "exec", host.name, bin + "/twampd", "-c", directory + "/conf", "-R", directory + "/var",
-                    "-d", directory + "/data", "-f", "-Z",
+                    "netns", "exec", host.name,
                 ]
+                    + withSignalsUnblocked([
+                        bin + "/twampd", "-c", directory + "/conf", "-R", directory + "/var", "-d", directory + "/data",
+                        "-f", "-Z",
+                    ])
             )
             defer { twampd.signal(SIGTERM) }
             var ping: (status: Int32, output: Data, lines: [String], error: String)?
@@ -153,9 +170,12 @@ func twpingTimes(_ lines: [String], _ prefix: String) -> [Double]? {
             let twampd = try Spawned(
                 TestNetwork.ip,
                 [
-                    "netns", "exec", host.name, bin + "/twampd", "-c", directory + "/conf", "-R", directory + "/var",
-                    "-d", directory + "/data", "-f", "-Z",
+                    "netns", "exec", host.name,
                 ]
+                    + withSignalsUnblocked([
+                        bin + "/twampd", "-c", directory + "/conf", "-R", directory + "/var", "-d", directory + "/data",
+                        "-f", "-Z",
+                    ])
             )
             defer { twampd.signal(SIGTERM) }
             var error = ""
@@ -173,6 +193,125 @@ func twpingTimes(_ lines: [String], _ prefix: String) -> [Double]? {
                 try await Task.sleep(for: .milliseconds(100))
             }
             #expect(error.contains("refused the connection (Accept"), "\(error)")
+        }
+    }
+}
+
+/// Wireshark's dissectors (tshark) read a capture of our client's session with our server: every control message
+/// by its name, the test packets both ways, nothing malformed.
+@Suite struct TwampDissectorTests {
+    static var available: Bool {
+        TestNetwork.available && FileManager.default.isExecutableFile(atPath: "/usr/bin/tshark")
+            && FileManager.default.isExecutableFile(atPath: "/usr/bin/dumpcap")
+    }
+
+    @Test(.enabled(if: available, "needs root, ip and tshark (.ci/run installs it)"))
+    func wiresharkDecodesOurSessionWhole() async throws {
+        try await withHosts(try await LoopbackHost()) { host in
+            let capture = NSTemporaryDirectory() + "udpecho-twamp-\(uniqueHostID()).pcap"
+            defer { try? FileManager.default.removeItem(atPath: capture) }
+            let (server, _) = try await startServer(["--protocol", "twamp", "-q"], inNamespace: host.name)
+            // Wireshark's capture tool itself (tshark would run it as a child, which outlives a signal to tshark),
+            // its output to a file: it is started once the file says it captures.
+            let log = capture + ".log"
+            FileManager.default.createFile(atPath: log, contents: nil)
+            defer { try? FileManager.default.removeItem(atPath: log) }
+            let dumpcap = Process()
+            dumpcap.executableURL = URL(fileURLWithPath: TestNetwork.ip)
+            dumpcap.arguments =
+                ["netns", "exec", host.name]
+                + withSignalsUnblocked(["/usr/bin/dumpcap", "-i", "lo", "-f", "port 862", "-w", capture])
+            dumpcap.standardOutput = FileHandle.nullDevice
+            dumpcap.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
+            try dumpcap.run()
+            let started = ContinuousClock.now
+            while !((try? String(contentsOfFile: log, encoding: .utf8))?.contains("Capturing on") ?? false) {
+                try #require(ContinuousClock.now - started < .seconds(10), "dumpcap did not start capturing")
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            let ping = try await Spawned.run(
+                TestNetwork.ip,
+                ["netns", "exec", host.name, udpecho, "ping", "--twamp", "127.0.0.1", "-c", "5", "-i", "10ms", "-q"]
+            )
+            #expect(ping.status == 0, "\(ping.error)")
+            // The Stop-Sessions and the connection's end reach the capture before it stops.
+            try await Task.sleep(for: .milliseconds(500))
+            dumpcap.interrupt()
+            await onThread { dumpcap.waitUntilExit() }
+            server.signal(SIGINT)
+            _ = await server.waitForExit()
+            let read = try await Spawned.run("/usr/bin/tshark", ["-r", capture])
+            #expect(read.status == 0, "\(read.error)")
+            for message in [
+                "Server Greeting", "Setup Response", "Server Start, (OK)", "Request Session", "Accept Session, (OK)",
+                "Start Sessions", "Start Sessions ACK, (OK)", "Stop Session",
+            ] {
+                #expect(read.lines.contains { $0.hasSuffix(message) || $0.contains(message + ",") }, "\(message)")
+            }
+            #expect(read.lines.filter { $0.contains("TWAMP-Test") }.count == 10, "\(read.lines)")
+            let verbose = try await Spawned.run("/usr/bin/tshark", ["-r", capture, "-V"])
+            #expect(!verbose.lines.contains { $0.localizedCaseInsensitiveContains("malformed") })
+            #expect(!verbose.lines.contains { $0.contains("[Expert Info (Error") })
+        }
+    }
+}
+
+/// Our TWAMP client against our server through a test host that loses about 30% of the test packets on the way to
+/// the reflector and 20% of the replies on the way back: in every mode and family, the reflector's own count splits
+/// the loss by direction.
+@Suite struct TwampLossTests {
+    @Test(
+        .enabled(if: FirewalledHost.available, "needs root, ip and nft to make a firewalled network namespace"),
+        arguments: ["unauthenticated", "authenticated", "encrypted"],
+        ["127.0.0.1", "::1"]
+    )
+    func theLossSplitsByDirection(mode: String, host address: String) async throws {
+        try await withHosts(try await FirewalledHost()) { host in
+            let directory = NSTemporaryDirectory() + "udpecho-keys-\(uniqueHostID())"
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            let keys = try writeKeyFile(in: directory)
+            let control = address.contains(":") ? "[\(address)]" : address
+            let (server, _) = try await startServer(
+                [
+                    "--protocol", "twamp", "--address", "\(control):862", "--test-port", "18862", "--key-file", keys,
+                    "-q",
+                ],
+                inNamespace: host.name
+            )
+            for rule in [
+                ["in", "udp", "dport", "18862", "numgen", "random", "mod", "10", "<", "3", "drop"],
+                ["in", "udp", "sport", "18862", "numgen", "random", "mod", "10", "<", "2", "drop"],
+            ] {
+                let result = try await Spawned.run(
+                    TestNetwork.ip,
+                    ["netns", "exec", host.name, "nft", "add", "rule", "inet", "udpecho"] + rule
+                )
+                #expect(result.status == 0, "\(result.error)")
+            }
+            let ping = try await Spawned.run(
+                TestNetwork.ip,
+                [
+                    "netns", "exec", host.name, udpecho, "ping", "--twamp", control, "--twamp-mode", mode,
+                    "--key-file", keys, "-c", "400", "-i", "1ms", "-W", "200ms", "-q", "--json",
+                ],
+                timeout: 60
+            )
+            let summary = try #require(try jsonObjects(ping.lines).last, "\(ping.error)")
+            let stamp = try #require(summary["stamp"] as? [String: Any], "\(summary)")
+            let lost = try #require(summary["lost"] as? Int)
+            let forward = try #require(stamp["lost_forward"] as? Int, "\(stamp)")
+            let backward = try #require(stamp["lost_backward"] as? Int)
+            let unknown = try #require(stamp["lost_direction_unknown"] as? Int)
+            #expect(forward + backward + unknown == lost)
+            #expect((70...170).contains(forward), "forward \(forward) of 400 (about 120 expected)")
+            #expect((25...95).contains(backward), "backward \(backward) (about 56 expected)")
+            server.signal(SIGINT)
+            #expect(await server.waitForExit() == 0)
+            let line = try #require(server.outputLines.last { $0.contains("reflected=") }, "\(server.outputLines)")
+            let reflected = try #require(line.firstMatch(of: /reflected=(\d+)/).flatMap { Int($0.1) })
+            // The reflector answered exactly what reached it: all but the forward losses (and some of those after the
+            // last reply, whose direction no reply tells).
+            #expect((400 - forward - unknown...400 - forward).contains(reflected), "\(line); forward \(forward)")
         }
     }
 }

@@ -69,7 +69,10 @@ extension PingCommand {
         } else {
             Stream.out.line("")
             Stream.out.line("--- \(target) udpecho ping statistics (TWAMP) ---")
-            for line in result.pingSummary(marked: marking.isSet, far: "the reflector") { Stream.out.line(line) }
+            for line in result.pingSummary(marked: marking.isSet, far: "the reflector") {
+                // The same measurements as STAMP's, said of TWAMP.
+                Stream.out.line(line.hasPrefix("stamp: ") ? "twamp: " + line.dropFirst(7) : line)
+            }
         }
         if result.counts.received == 0 { throw ExitCode(1) }
     }
