@@ -106,6 +106,29 @@ def seeds():
     extended = struct.pack("@IBBBBII", 111, 2, 3, 3, 0, 0, 0) + socket.inet_aton("127.0.0.1") + bytes(12)
     yield "control-messages", "error-queue", cmsg(0, 11, extended) + cmsg(1, 37, timestamps)
     yield "control-messages", "short-length", struct.pack("@QiI", 8, 0, 8) + bytes(8)
+    # TWAMP-Control (RFC 5357): a client's messages after the greeting, and a server's answers.
+    setup = struct.pack("!I", 1) + bytes(160)
+    request = bytes([5, 4, 0, 0]) + bytes(8) + struct.pack("!HH", 40000, 862) + bytes(32) + bytes(16) + \
+        struct.pack("!IQQI", 0, 0xE9A5_0000_0000_0000, 2 << 32, 0) + bytes(24)
+    start = bytes([2]) + bytes(31)
+    stop = bytes([3, 0, 0, 0]) + struct.pack("!I", 1) + bytes(24)
+    yield "twamp-control-server", "unauthenticated", b"\x00" + setup + request + start + stop
+    yield "twamp-control-server", "authenticated", b"\x01" + request + start
+    yield "twamp-control-server", "encrypted", b"\x03" + request + request + start
+    greeting = bytes(12) + struct.pack("!I", 7) + bytes(32) + struct.pack("!I", 1024) + bytes(12)
+    server_start = bytes(15) + b"\x00" + bytes(32)
+    accept = bytes([0, 0]) + struct.pack("!H", 862) + bytes(16) + bytes(28)
+    yield "twamp-control-client", "unauthenticated", bytes(12) + struct.pack("!I", 1) + bytes(48) + \
+        server_start + accept + bytes(32)
+    yield "twamp-control-client", "keyed", greeting + server_start + accept + bytes(32)
+    yield "twamp-control-client", "refused", bytes(12) + struct.pack("!I", 1) + bytes(48) + bytes(15) + b"\x01" + \
+        bytes(32)
+    yield "twamp-reflector", "unauthenticated", b"\x00" + struct.pack("!IQH", 1, 0xE9A5_0000_0000_0000, 0)
+    yield "twamp-reflector", "padded-ipv6", b"\x04" + struct.pack("!IQH", 1, 0xE9A5_0000_0000_0000, 0) + bytes(30)
+    yield "twamp-reflector", "authenticated", b"\x01" + bytes(48)
+    yield "twamp-reflector", "encrypted", b"\x02" + bytes(64)
+    yield "key-file", "pfstore", b"# made by pfstore\nalice 636f727265637420686f727365\nbob\tABCDEF\n\n"
+    yield "key-file", "bad", b"alice 636\nbob\ncarol zz\n"
 
 
 def main():

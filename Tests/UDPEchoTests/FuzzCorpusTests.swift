@@ -30,7 +30,9 @@ import Testing
             contentsOf: Self.root.deletingLastPathComponent().appendingPathComponent("scripts/fuzz.sh"),
             encoding: .utf8
         )
-        let listed = script.split(separator: "\n").first { $0.hasPrefix("targets=(") } ?? ""
+        // The list may run over several lines, to its closing parenthesis.
+        let start = try #require(script.range(of: "\ntargets=("))
+        let listed = script[start.upperBound...].prefix { $0 != ")" }
         for target in FuzzTarget.allCases { #expect(listed.contains(target.rawValue), "\(target.rawValue)") }
     }
 }

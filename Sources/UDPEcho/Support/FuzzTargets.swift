@@ -32,6 +32,16 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     /// Control messages as `recvmmsg` leaves them, read by the C shim: a received datagram's (PKTINFO, TTL, TOS,
     /// timestamps, GRO) and an error queue's (IP_RECVERR).
     case controlMessages = "control-messages"
+    /// Bytes from a TWAMP control client at the server, from the Set-Up-Response on: unauthenticated, or (the first
+    /// byte chooses) authenticated and encrypted with the client's side sealing each message, so that the bytes reach
+    /// the request parser behind the cipher.
+    case twampControlServer = "twamp-control-server"
+    /// A TWAMP server's answers at the client: Server Greeting, Server-Start, Accept-Session, Start-Ack.
+    case twampControlClient = "twamp-control-client"
+    /// A TWAMP test packet at the reflector, from the sender of a running session in one of the three modes.
+    case twampReflector = "twamp-reflector"
+    /// A key file in perfSONAR's pfstore format (`--key-file`).
+    case keyFile = "key-file"
 
     /// Runs the target once over `data`.
     public func run(_ data: UnsafeRawBufferPointer) {
@@ -43,6 +53,10 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         case .arguments: FuzzHarness.arguments(data)
         case .markingReport: FuzzHarness.markingReport(data)
         case .controlMessages: FuzzHarness.controlMessages(data)
+        case .twampControlServer: FuzzHarness.twampControlServer(data)
+        case .twampControlClient: FuzzHarness.twampControlClient(data)
+        case .twampReflector: FuzzHarness.twampReflector(data)
+        case .keyFile: FuzzHarness.keyFile(data)
         }
     }
 }
