@@ -315,3 +315,55 @@ func twpingTimes(_ lines: [String], _ prefix: String) -> [Double]? {
         }
     }
 }
+
+/// `udpecho server --protocol twamp` as operators run it: its metrics count what the control protocol did.
+@Suite struct TwampServerCommandTests {
+    @Test(
+        .enabled(
+            if: FileManager.default.isExecutableFile(atPath: "/usr/bin/promtool"),
+            "needs promtool (Debian: prometheus)"
+        )
+    )
+    func itsMetricsCountSessionsAndRefusals() async throws {
+        let directory = NSTemporaryDirectory() + "udpecho-keys-\(uniqueHostID())"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let keys = try writeKeyFile(in: directory)
+        let wrong = directory + "/wrong.pfs"
+        try "alice 77726f6e67\n".write(toFile: wrong, atomically: true, encoding: .utf8)
+        let (server, port) = try await startServer([
+            "--protocol", "twamp", "--address", "127.0.0.1:0", "--test-port", "0", "--key-file", keys, "--metrics",
+            "127.0.0.1:0",
+        ])
+        let url = try #require(
+            await server.waitForLine { $0.hasPrefix("metrics on ") }.map { String($0.dropFirst("metrics on ".count)) }
+        )
+        for (file, expected) in [(keys, Int32(0)), (wrong, 2)] {
+            let ping = try await Spawned.run(
+                udpecho,
+                ["ping", "--twamp", "127.0.0.1:\(port)", "--key-file", file, "-c", "3", "-i", "10ms", "-q"]
+            )
+            #expect(ping.status == (expected == 0 ? 0 : 2), "\(ping.error)")
+        }
+        let scrape = try await Spawned.run(
+            "/usr/bin/env",
+            [
+                "python3", "-c",
+                "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1]).read().decode())",
+                url,
+            ]
+        )
+        let text = String(decoding: scrape.output, as: UTF8.self)
+        for sample in [
+            "udpecho_twamp_control_connections_total{result=\"served\"} 2",
+            "udpecho_twamp_setup_failures_total{reason=\"authentication\"} 1",
+            "udpecho_twamp_sessions_total{result=\"accepted\"} 1",
+            "udpecho_datagrams_total{direction=\"echoed\"} 3",
+        ] {
+            #expect(text.contains(sample + "\n"), "\(sample) in \(text)")
+        }
+        let check = try await Spawned.run("/usr/bin/promtool", ["check", "metrics"], input: Array(text.utf8))
+        #expect(check.status == 0, "\(check.lines) \(check.error)")
+        server.signal(SIGINT)
+        #expect(await server.waitForExit() == 0)
+    }
+}

@@ -120,6 +120,61 @@ public final class TwampServer: Service, Sendable {
     /// The reflector's counts (test packets answered, and dropped by reason).
     public var reflectorStatistics: EchoServerStatistics { self.reflector.statistics }
 
+    /// The serving path of the test packets, whose counters ``PrometheusExporter`` serves.
+    public var reflectorServer: EchoServer { self.reflector }
+
+    /// Control connections open now.
+    public var openConnections: Int { self.shared.state.withLock { $0.open } }
+
+    /// The control protocol's counters in Prometheus' text format, for ``PrometheusExporter``'s `more`.
+    public func metricsText() -> String {
+        let statistics = self.statistics
+        let open = self.openConnections
+        var text = ""
+        func family(_ name: String, _ type: String, _ help: String, _ samples: [(String, Int)]) {
+            text += "# HELP udpecho_twamp_\(name) \(help)\n# TYPE udpecho_twamp_\(name) \(type)\n"
+            for (labels, value) in samples { text += "udpecho_twamp_\(name)\(labels) \(value)\n" }
+        }
+        family(
+            "control_connections_total",
+            "counter",
+            "TWAMP-Control connections, served or refused at a limit (total or per source).",
+            [("{result=\"served\"}", statistics.connections), ("{result=\"refused\"}", statistics.connectionsRefused)]
+        )
+        family("control_connections", "gauge", "TWAMP-Control connections open now.", [("", open)])
+        family(
+            "setup_failures_total",
+            "counter",
+            "Set-Up-Responses refused: a mode not offered, or a key identity or secret that does not match.",
+            [
+                ("{reason=\"mode\"}", statistics.modeRefused),
+                ("{reason=\"authentication\"}", statistics.authenticationFailures),
+            ]
+        )
+        family(
+            "control_closed_total",
+            "counter",
+            "TWAMP-Control connections closed by the server: a malformed or out-of-order message or a bad HMAC, or a stall.",
+            [("{reason=\"protocol-error\"}", statistics.protocolErrors), ("{reason=\"stalled\"}", statistics.stalled)]
+        )
+        family(
+            "sessions_total",
+            "counter",
+            "Test sessions requested, accepted or refused (a policy or a limit).",
+            [
+                ("{result=\"accepted\"}", statistics.sessionsAccepted),
+                ("{result=\"refused\"}", statistics.sessionsRefused),
+            ]
+        )
+        family(
+            "sessions_running",
+            "gauge",
+            "Test sessions the reflector answers now.",
+            [("", statistics.runningSessions)]
+        )
+        return text
+    }
+
     /// Serves until cancelled or shut down gracefully; then closes the control port and the reflector.
     public func run() async throws {
         let sweeper = self.channel.eventLoop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) {

@@ -23,6 +23,28 @@ extension ServerCommand {
             Stream.err.line("udpecho: error: \(error)")
             throw ExitCode.failure
         }
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: server)]
+        var metricsURL: String?
+        if let metricsAddress = self.metrics {
+            do {
+                let exporter = try await PrometheusExporter(
+                    address: try await resolveTarget(metricsAddress),
+                    server: server.reflectorServer
+                ) {
+                    var text: String? = server.metricsText()
+                    return MetricsStream { buffer in
+                        if let chunk = text { buffer.writeString(chunk) }
+                        text = nil
+                        return false
+                    }
+                }
+                metricsURL = exporter.url
+                services.append(.init(service: exporter))
+            } catch {
+                Stream.err.line("udpecho: error: cannot serve metrics on \(metricsAddress): \(error)")
+                throw ExitCode.failure
+            }
+        }
         let control = server.controlAddress?.hostPortDescription ?? "?"
         let test = server.testAddress.hostPortDescription
         let modes = server.configuration.modes.description
@@ -32,8 +54,9 @@ extension ServerCommand {
             "running as a TWAMP server (\(modes)) on \(control) (TCP), reflecting on \(test) (UDP)",
             [("address", control), ("test-address", test), ("modes", modes)]
         )
+        if let metricsURL { self.say(format, "metrics", "metrics on \(metricsURL)", [("url", metricsURL)]) }
         let group = ServiceGroup(
-            configuration: .init(services: [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+            configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         )
         try await group.run()
         let statistics = server.statistics
