@@ -38,6 +38,8 @@ run() {
   sleep 0.5
   test=$port
   if [ "$mode" = twamp ]; then
+    # The last run's port must not be read while this one's client starts.
+    rm -f "$work/sessions.out"
     mkfifo "$work/hold"
     python3 "$here/scripts/twamp-sessions.py" 127.0.0.1 "$port" "$base" "$count" <"$work/hold" >"$work/sessions.out" &
     control=$!

@@ -214,7 +214,7 @@ func twpingTimes(_ lines: [String], _ prefix: String) -> [Double]? {
             // Wireshark's capture tool itself (tshark would run it as a child, which outlives a signal to tshark),
             // its output to a file: it is started once the file says it captures.
             let log = capture + ".log"
-            FileManager.default.createFile(atPath: log, contents: nil)
+            _ = FileManager.default.createFile(atPath: log, contents: nil)
             defer { try? FileManager.default.removeItem(atPath: log) }
             let dumpcap = Process()
             dumpcap.executableURL = URL(fileURLWithPath: TestNetwork.ip)

@@ -51,7 +51,7 @@ final class TwampTestSession: Sendable {
 /// The TWAMP test sessions that are running, shared between the control connections (which add and end them) and
 /// the serving threads (which answer their packets).
 ///
-/// A serving thread takes the table once per batch (``current``: a copy of a dictionary, which is a reference count)
+/// A serving thread takes the table once per batch (a copy of the dictionary, which costs a reference count)
 /// and looks each packet's source up in it; a control connection's change replaces the dictionary. Sessions past their
 /// deadline are swept out on each change and by ``sweep(now:)``.
 public final class TwampSessionTable: Sendable {

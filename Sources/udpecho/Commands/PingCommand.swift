@@ -36,6 +36,12 @@ struct PingCommand: AsyncParsableCommand {
             One-way delays need synchronized clocks: the summary says whether the reflector claims it and what \
             offset the delays imply. A stateful reflector's counter splits the losses into forward and backward.
 
+            With --twamp it measures through a TWAMP server (RFC 5357: a router's, perfSONAR's twampd): it sets up \
+            a session over TWAMP-Control (TCP, port 862 if none is given) in the most protected mode the server \
+            offers that it can speak (--twamp-mode to choose; --key-file for authenticated and encrypted), pings \
+            it as --stamp does, and stops it:
+              udpecho ping --twamp 192.0.2.1 --key-file alice.pfs -c 100 -i 10ms
+
             --dscp, --ecn (or --tos), --ttl and --df mark the probes. Each reply line ends with the TTL it \
             arrived with (ttl=63) and, when a marking was asked, its DSCP and ECN; against `udpecho server \
             --reflect-tos` (or a STAMP reflector, with --stamp) also what the probe arrived with there, and the \

@@ -44,9 +44,18 @@ struct ServerCommand: AsyncParsableCommand {
             TWAMP-Light sender) gets forward and backward delay apart. Test packets from port 862 (another \
             reflector) and replies of its own coming back are dropped as loops.
 
+            With --protocol twamp it is a TWAMP server (RFC 5357): TWAMP-Control on TCP 862 (SwiftNIO; no thread per \
+            connection) negotiates test sessions in unauthenticated, authenticated or encrypted mode (keys from \
+            --key-file, perfSONAR's pfstore format), and every session's test packets are reflected on one UDP port \
+            (--test-port, 862), answered only for the senders of running sessions. By default a session's sender must \
+            be the control client itself (--allow-third-party lifts that); connections, sessions and their duration \
+            are capped (the --max-* options), stalled and misbehaving control connections closed, and all of it \
+            counted in the summary and the metrics. perfSONAR's twping and routers' TWAMP clients measure it.
+
             Examples:
               udpecho server
               udpecho server --protocol stamp --stamp-stateful
+              udpecho server --protocol twamp --key-file /etc/udpecho/twamp.pfs
               udpecho server --address 127.0.0.1:7000 --quiet --metrics 127.0.0.1:9107
               udpecho server --address :7 --rate-limit 100 --allow 192.0.2.0/24
 
@@ -222,7 +231,7 @@ struct ServerCommand: AsyncParsableCommand {
 
     @Option(
         help: ArgumentHelp(
-            "echo: write every datagram back; stamp: answer as a STAMP Session-Reflector (RFC 8762, RFC 8972; TWAMP-Light senders too), on port 862 unless --address says otherwise.",
+            "echo: write every datagram back; stamp: answer as a STAMP Session-Reflector (RFC 8762, RFC 8972; TWAMP-Light senders too); twamp: a TWAMP server with its control protocol (RFC 5357); stamp and twamp on port 862 unless --address says otherwise.",
             valueName: "protocol"
         )
     )
