@@ -318,6 +318,30 @@ func twpingTimes(_ lines: [String], _ prefix: String) -> [Double]? {
 
 /// `udpecho server --protocol twamp` as operators run it: its metrics count what the control protocol did.
 @Suite struct TwampServerCommandTests {
+    /// `bench --twamp` loads one session, open loop, and reports it as `bench --stamp` does; --flows other than one
+    /// is a usage error.
+    @Test func benchLoadsOneSession() async throws {
+        let (server, port) = try await startServer([
+            "--protocol", "twamp", "--address", "127.0.0.1:0", "--test-port", "0", "-q",
+        ])
+        let bench = try await Spawned.run(
+            udpecho,
+            ["bench", "--twamp", "127.0.0.1:\(port)", "--rate", "2000", "-d", "1s", "--json"],
+            timeout: 30
+        )
+        #expect(bench.status == 0, "\(bench.error)")
+        let summary = try #require(try jsonObjects(bench.lines).last, "\(bench.error)")
+        #expect(summary["received"] as? Int == 2000 && summary["lost"] as? Int == 0, "\(summary)")
+        let stamp = try #require(summary["stamp"] as? [String: Any], "\(summary)")
+        #expect(stamp["lost_forward"] as? Int == 0, "\(stamp)")
+        let flows = try await Spawned.run(udpecho, ["bench", "--twamp", "127.0.0.1:\(port)", "--flows", "4"])
+        #expect(flows.status == 2 && flows.error.contains("--flows must be 1"), "\(flows.error)")
+        server.signal(SIGINT)
+        #expect(await server.waitForExit() == 0)
+        let line = try #require(server.outputLines.last { $0.contains("reflected=") })
+        #expect(line.contains("sessions=1 ") && line.contains("reflected=2000 "), "\(line)")
+    }
+
     @Test(
         .enabled(
             if: FileManager.default.isExecutableFile(atPath: "/usr/bin/promtool"),

@@ -61,6 +61,9 @@ public enum EchoBenchmark {
         /// class.
         public var marking: PathMarking
 
+        /// The local port of the first flow; nil takes any (a TWAMP session sets it).
+        var sourcePort: Int?
+
         /// A configuration; see each property. The defaults are a closed loop of 4 flows x 32 for 10 s.
         public init(
             target: SocketAddress,
@@ -209,6 +212,7 @@ public enum EchoBenchmark {
                         return .zero
                     }(),
                 stamp: configuration.stamp,
+                sourcePort: configuration.sourcePort,
                 offload: configuration.gso,
                 marking: configuration.marking
             )

@@ -392,6 +392,7 @@ final class EchoWorker: @unchecked Sendable {
         var reflector = self.twampReflector!
         defer { self.twampReflector = reflector }
         reflector.beginBatch(now: now)
+        let ipv6 = self.socket.localAddress.protocol == .inet6
         for index in 0..<count where !self.batchHasDrops || self.outcomes[index] == .echoed {
             let slot = Int32(index)
             var length: socklen_t = 0
@@ -405,8 +406,15 @@ final class EchoWorker: @unchecked Sendable {
                 now: now
             )
             switch outcome {
-            case .drop(let reason): self.drop(index, count, reason, errno: 0)
-            case .reply(let replyLength, _): cudpecho_batch_set_length(self.batch, slot, replyLength)
+            case .drop(let reason):
+                self.drop(index, count, reason, errno: 0)
+            case .reply(let replyLength, let tos):
+                cudpecho_batch_set_length(self.batch, slot, replyLength)
+                if let tos {
+                    // A v4-mapped peer on a dual-stack socket gets an IPv4 packet: IP_TOS, not IPV6_TCLASS.
+                    let mapped = cudpecho_batch_info(self.batch, slot)!.pointee.family == AF_INET
+                    cudpecho_batch_set_reply_tos(self.batch, slot, ipv6 && !mapped ? 1 : 0, Int32(tos))
+                }
             }
         }
     }

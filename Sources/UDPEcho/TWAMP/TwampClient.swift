@@ -96,6 +96,40 @@ public enum TwampPinger {
         }
     }
 
+    /// Loads a TWAMP session as ``EchoBenchmark`` loads a STAMP reflector: `configuration`'s target, size, flows and
+    /// STAMP settings are replaced by the session's (one flow: one session), `size` is each test packet's size, nil
+    /// for the mode's smallest.
+    ///
+    /// - Throws: ``EchoError/control(peer:reason:)`` when the server refuses or breaks the control protocol, and what
+    ///   ``EchoBenchmark/run(_:onProgress:)`` throws.
+    public static func bench(
+        _ configuration: EchoBenchmark.Configuration,
+        twamp: TwampClientConfiguration,
+        size: Int? = nil,
+        onSession: (@Sendable (TwampSession, Int) -> Void)? = nil,
+        onProgress: (@Sendable (ProbeProgress) -> Void)? = nil
+    ) async throws -> EchoBenchmark.Result {
+        let senderPort = try Self.freePort(ipv6: twamp.server.protocol == .inet6)
+        let sizeFor = { (mode: IPPMModes) -> Int in
+            let smallest = TwampTestFormat.senderSize(keyed: mode.usesKey)
+            return max(size ?? max(16, smallest), smallest)
+        }
+        let padding = { (mode: IPPMModes) in sizeFor(mode) - TwampTestFormat.senderSize(keyed: mode.usesKey) }
+        return try await TwampControlClient.withSession(twamp, senderPort: senderPort, padding: padding) { session in
+            var run = configuration
+            run.target = session.reflector
+            run.size = sizeFor(session.mode)
+            run.flows = 1
+            run.sourcePort = session.senderPort
+            var stamp = StampSenderConfiguration(ssid: 0)
+            stamp.twamp = TwampTestFormat(cipher: session.cipher)
+            run.stamp = stamp
+            try run.validate()
+            onSession?(session, run.size)
+            return try await EchoBenchmark.run(run, onProgress: onProgress)
+        }
+    }
+
     /// A UDP port free now, for the session's sender (the request must name it before the socket is made).
     private static func freePort(ipv6: Bool) throws(EchoError) -> Int {
         let wildcard = try! SocketAddress(ipAddress: ipv6 ? "::" : "0.0.0.0", port: 0)

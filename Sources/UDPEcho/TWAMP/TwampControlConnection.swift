@@ -272,8 +272,8 @@ struct TwampControlConnection {
         guard request.paddingLength <= configuration.maximumPadding else {
             return .failure(Refusal(accept: .notSupported, reason: "padding \(request.paddingLength) is too long"))
         }
-        // Type-P: RFC 5357 §3.5's DSCP form (the top two bits zero) is accepted; the reflector answers with the
-        // system's marking.
+        // Type-P: RFC 5357 §3.5's DSCP form (the top two bits zero); the replies leave with that DSCP. Only the control
+        // client's own address gets them (no third party by default), so it chooses the marking of its own replies.
         guard request.typeP >> 30 == 0 else {
             return .failure(Refusal(accept: .notSupported, reason: "Type-P \(request.typeP) is not a DSCP"))
         }
@@ -299,7 +299,16 @@ struct TwampControlConnection {
         let cipher = self.sessionKeys.map {
             TestSessionCipher(encrypted: self.mode == .encrypted, sid: sid, control: $0)
         }
-        return .success(TwampTestSession(sid: sid, sender: endpoint, cipher: cipher, deadline: .max))
+        let dscp = UInt8(request.typeP & 0x3F)
+        return .success(
+            TwampTestSession(
+                sid: sid,
+                sender: endpoint,
+                cipher: cipher,
+                tos: dscp == 0 ? nil : dscp << 2,
+                deadline: .max
+            )
+        )
     }
 
     private mutating func start() -> [Action] {

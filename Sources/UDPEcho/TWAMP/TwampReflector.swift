@@ -107,6 +107,6 @@ struct TwampReflector {
         }
         session.cipher?.sealReflected(UnsafeMutableRawBufferPointer(start: packet, count: replyLength))
         session.reflected.wrappingIncrement(ordering: .relaxed)
-        return .reply(length: replyLength, tos: nil)
+        return .reply(length: replyLength, tos: session.tos)
     }
 }

@@ -14,6 +14,9 @@ final class TwampTestSession: Sendable {
     let sender: EndpointKey
     /// Authenticated or encrypted mode's keys; nil in unauthenticated mode.
     let cipher: TestSessionCipher?
+    /// The traffic class byte the replies leave with: the DSCP the request's Type-P descriptor asked for (RFC 5357
+    /// §3.5), ECN not-ECT; nil for the system's.
+    let tos: UInt8?
     /// The reflector's own sequence number (RFC 5357 §4.2.1: it counts the packets it reflects, from zero).
     private let sequence = ManagedAtomic<UInt32>(0)
     /// Test packets answered, and refused because their HMAC did not verify.
@@ -23,10 +26,11 @@ final class TwampTestSession: Sendable {
     /// from Start-Sessions, or its timeout after Stop-Sessions.
     let deadline: ManagedAtomic<Int64>
 
-    init(sid: [UInt8], sender: EndpointKey, cipher: TestSessionCipher?, deadline: Int64) {
+    init(sid: [UInt8], sender: EndpointKey, cipher: TestSessionCipher?, tos: UInt8? = nil, deadline: Int64) {
         self.sid = sid
         self.sender = sender
         self.cipher = cipher
+        self.tos = tos
         self.deadline = ManagedAtomic(deadline)
     }
 

@@ -1,6 +1,7 @@
 import ArgumentParser
 import FoundationEssentials
 import NIOCore
+import Synchronization
 import UDPEcho
 
 #if canImport(Glibc)
@@ -112,6 +113,8 @@ struct BenchCommand: AsyncParsableCommand {
 
     @OptionGroup var stampOptions: StampSenderOptions
 
+    @OptionGroup(title: "TWAMP") var twampOptions: TwampClientOptions
+
     @OptionGroup(title: "Marking") var markingOptions: MarkingOptions
 
     @Flag(help: "Print the result as one JSON object.")
@@ -124,20 +127,38 @@ struct BenchCommand: AsyncParsableCommand {
         if self.window != nil && self.rate != nil {
             throw ValidationError("give either --window (closed loop) or --rate (open loop), not both")
         }
-        _ = try self.stampOptions.target(self.target.text)
+        if self.twampOptions.twamp {
+            _ = try self.twampOptions.target(self.target.text)
+            if self.stampOptions.stamp {
+                throw ValidationError("--twamp and --stamp are two ways to measure: give one")
+            }
+            if (self.probe.flowsOption ?? 1) != 1 {
+                throw ValidationError("--twamp loads one session from one port: --flows must be 1")
+            }
+            if self.gso { throw ValidationError("--gso and --twamp cannot go together: test packets go one by one") }
+        } else {
+            _ = try self.stampOptions.target(self.target.text)
+        }
     }
 
     func run() async throws {
         let load: EchoBenchmark.Load = self.rate.map { .rate($0) } ?? .window(self.window ?? 32)
-        let target = try self.stampOptions.target(self.target.text)
+        let twamping = self.twampOptions.twamp
+        let target =
+            twamping ? try self.twampOptions.target(self.target.text) : try self.stampOptions.target(self.target.text)
         let stamp = try self.stampOptions.configuration()
-        let configuration: EchoBenchmark.Configuration
+        var configuration: EchoBenchmark.Configuration
+        var twamp: TwampClientConfiguration?
         do {
             let address = try await resolveTarget(target)
+            if twamping {
+                twamp = try self.twampOptions.configuration(server: address)
+                twamp?.dscp = self.markingOptions.marking.trafficClass?.dscp ?? 0
+            }
             configuration = EchoBenchmark.Configuration(
                 target: address,
                 duration: self.duration,
-                size: probeSize(self.probe.sizeOption, stamp: stamp, target: address),
+                size: twamping ? 64 : probeSize(self.probe.sizeOption, stamp: stamp, target: address),
                 flows: self.probe.flows,
                 load: load,
                 count: self.count,
@@ -155,20 +176,44 @@ struct BenchCommand: AsyncParsableCommand {
             throw ExitCode(2)
         }
         let showProgress = isatty(2) == 1 && !self.json
+        let progress: @Sendable (ProbeProgress) -> Void = { progress in
+            if showProgress { Stream.err.write("\r\(progress.line)   ") }
+        }
+        // A TWAMP session decides where the test packets go and how large they are.
+        let negotiated = Mutex<(reflector: SocketAddress, size: Int)?>(nil)
+        let plan = configuration
+        let askedSize = self.probe.sizeOption
+        let session = twamp
         let result = try await exitOnSetupError {
             try await runUntilInterrupted {
-                try await EchoBenchmark.run(configuration) { progress in
-                    if showProgress { Stream.err.write("\r\(progress.line)   ") }
+                if let session {
+                    try await TwampPinger.bench(
+                        plan,
+                        twamp: session,
+                        size: askedSize,
+                        onSession: { session, size in
+                            negotiated.withLock { $0 = (session.reflector, size) }
+                        },
+                        onProgress: progress
+                    )
+                } else {
+                    try await EchoBenchmark.run(plan, onProgress: progress)
                 }
             }
         }
         if showProgress { Stream.err.write("\n") }
+        if let (reflector, size) = negotiated.withLock({ $0 }) {
+            configuration.target = reflector
+            configuration.size = size
+            configuration.flows = 1
+            configuration.stamp = StampSenderConfiguration(ssid: 0)
+        }
 
         let peer = configuration.target.hostPortDescription
         let openLoop = self.rate != nil
         let clock = result.timestamps.label
         let size = configuration.size
-        let what = stamp != nil ? "-byte STAMP test packets" : "-byte requests"
+        let what = twamping ? "-byte TWAMP test packets" : stamp != nil ? "-byte STAMP test packets" : "-byte requests"
         if let path = self.histogram {
             let roundTrip = "udpecho bench: round trip, from each request's departure to its reply; \(clock)"
             if openLoop {
@@ -187,7 +232,7 @@ struct BenchCommand: AsyncParsableCommand {
             }
         }
         if let path = self.plot {
-            let title = "udpecho bench \(peer): \(self.probe.flows) flows, \(self.describe(load)), \(size)\(what)"
+            let title = "udpecho bench \(peer): \(configuration.flows) flows, \(self.describe(load)), \(size)\(what)"
             var curves: [(label: String, times: RoundTripTimes)] = []
             if openLoop { curves.append(("latency from the schedule", result.latencies)) }
             curves.append(("round trip from the departure (\(result.timestamps) timestamps)", result.times))
@@ -197,7 +242,8 @@ struct BenchCommand: AsyncParsableCommand {
             Stream.out.line(BenchJSON.encode(result, target: peer, configuration: configuration))
         } else {
             Stream.out.line(
-                "bench \(target) (\(peer)): \(self.probe.flows) flows, \(self.describe(load)), \(size)\(what), " + clock
+                "bench \(target) (\(peer)): \(configuration.flows) flows, \(self.describe(load)), \(size)\(what), "
+                    + clock
                     + (self.gso ? ", \(Self.describeGSO(result))" : "")
             )
             for line in result.benchSummary(size: size, openLoop: openLoop) { Stream.out.line(line) }

@@ -8,10 +8,12 @@ extension PingCommand {
     func runTwamp() async throws {
         let target = try self.twampOptions.target(self.target.text)
         let address: SocketAddress
-        let twamp: TwampClientConfiguration
+        var twamp: TwampClientConfiguration
         do {
             address = try await resolveTarget(target)
             twamp = try self.twampOptions.configuration(server: address)
+            // The DSCP the probes are marked with is asked of the replies too (the request's Type-P).
+            twamp.dscp = self.markingOptions.marking.trafficClass?.dscp ?? 0
         } catch {
             Stream.err.line("udpecho: error: \(error)")
             throw ExitCode(2)
@@ -32,12 +34,13 @@ extension PingCommand {
         }
         let probes = configuration
         let size = self.probe.sizeOption
+        let session = twamp
         let lines = LineQueue(to: .out)
         let (json, quiet, timeout) = (self.json, self.quiet, self.probe.timeout)
         let peer = Mutex("")
         let result = try await exitOnSetupError {
             try await runUntilInterrupted {
-                try await TwampPinger.run(probes, twamp: twamp, size: size) { session, size in
+                try await TwampPinger.run(probes, twamp: session, size: size) { session, size in
                     let reflector = session.reflector.hostPortDescription
                     peer.withLock { $0 = reflector }
                     if !json && !quiet {

@@ -14,8 +14,15 @@ protocol ProbeRole {
 /// before it is lost (`-W/--timeout`; `bench` also reads its earlier name, `--loss-timeout`), and the probes' size
 /// (`-s/--size`, whose default each command chooses).
 struct ProbeOptions<Role: ProbeRole>: ParsableArguments {
-    @Option(parsing: .unconditional, help: ArgumentHelp(Role.flowsHelp, valueName: "n"))
-    var flows = Role.defaultFlows
+    @Option(
+        name: .customLong("flows"),
+        parsing: .unconditional,
+        help: ArgumentHelp(Role.flowsHelp + " (default: \(Role.defaultFlows))", valueName: "n")
+    )
+    var flowsOption: Int?
+
+    /// The flows given, or the command's default.
+    var flows: Int { self.flowsOption ?? Role.defaultFlows }
 
     @Option(
         name: [.customShort("W"), .customLong("timeout"), .customLong("loss-timeout")],
@@ -57,7 +64,7 @@ enum PingRole: ProbeRole {
 /// `udpecho bench`: four flows by default.
 enum BenchRole: ProbeRole {
     static let defaultFlows = 4
-    static let flowsHelp = "Sockets, each its own source port, 1 to 64."
+    static let flowsHelp = "Sockets, each its own source port, 1 to 64 (one with --twamp: one session)."
     static let defaultTimeout = Duration.seconds(1)
     static let timeoutHelp = "A request without a reply after this long is lost."
     static let sizeHelp =
