@@ -11,7 +11,9 @@ import Testing
         var configuration = EchoServer.Configuration(address: HostAndPort(host: isolatedLoopback(), port: 0))
         configuration.threads = 1
         let (server, events) = try EchoServer.withEvents(configuration: configuration)
-        let running = Task { try await server.run() }
+        // Only once it serves: under ThreadSanitizer, with the whole suite starting at once, the task that runs the
+        // server once started more than 5 s late, and the first reply came after the client had stopped waiting.
+        let running = try await startServing(server)
         let client = try TestSocket(connectTo: try clientAddress(of: server))
         for index in 0..<3 {
             #expect(client.send(Array("event \(index)".utf8)) == 0)

@@ -251,6 +251,37 @@ import Testing
         }
     }
 
+    /// The server's limit on sessions counts every connection's: past it a request is refused for now (Accept 5),
+    /// and a connection that closes gives its sessions' room back.
+    @Test func theServersSessionLimitSpansConnections() async throws {
+        let limit: (inout TwampServerConfiguration) -> Void = { $0.maximumSessions = 3 }
+        try await withServer(limit) { server in
+            var first: TestTCPClient? = try await self.openUnauthenticated(server)
+            let second = try await self.openUnauthenticated(server)
+            func ask(_ client: TestTCPClient, _ port: UInt16) async throws -> IPPMAccept {
+                client.send(Self.request(port: port))
+                return try AcceptSession(decoding: try #require(await client.receive(AcceptSession.size))).accept
+            }
+            #expect(try await ask(first!, 40000) == .ok)
+            #expect(try await ask(first!, 40001) == .ok)
+            #expect(try await ask(second, 40002) == .ok)
+            #expect(try await ask(second, 40003) == .temporaryLimitation)
+            first = nil
+            try await waitUntil { server.openConnections == 1 }
+            #expect(try await ask(second, 40004) == .ok)
+        }
+    }
+
+    /// A connection with no session running that stays silent past the idle timeout is closed.
+    @Test func anIdleConnectionIsClosed() async throws {
+        let idle: (inout TwampServerConfiguration) -> Void = { $0.idleTimeout = .seconds(1) }
+        try await withServer(idle) { server in
+            let client = try await self.openUnauthenticated(server)
+            #expect(await client.closes(withinMilliseconds: 15000))
+            #expect(server.statistics.stalled == 0 && server.statistics.protocolErrors == 0)
+        }
+    }
+
     /// More bytes ahead of the answers than two requests: a client that does not read, or a flood; closed.
     @Test func aClientFarAheadOfItsAnswersIsClosed() async throws {
         try await withServer { server in
