@@ -169,7 +169,12 @@ import Glibc
         let statistics = server.statistics
         #expect(statistics.received == 2002)
         #expect(statistics.rateTableEntries <= 64)
-        #expect(statistics.rateTableEvictions >= 2000 - 64)
+        // Every source that reached the table and found its set full evicted one. A datagram dropped before the table
+        // is not an eviction: the kernel may give one of the 2000 sockets (each on an address of its own) the server's
+        // own port number, dropped as from the server's port. One ThreadSanitizer run counted 1935 of 1937.
+        let beforeTheTable = statistics.drops.filter { $0.key != .rateLimited }.values.reduce(0, +)
+        #expect(beforeTheTable <= 3, "\(statistics.drops)")
+        #expect(statistics.rateTableEvictions >= 2001 - beforeTheTable - 64, "\(statistics.drops)")
     }
 
     /// An echo loop passes one datagram back and forth unchanged; past the loop limit the same bytes from the same
