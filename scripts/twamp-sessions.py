@@ -3,7 +3,8 @@
 127.0.0.1 ports BASE..BASE+COUNT-1, starts them, prints the reflector's port, and holds the connection (the
 sessions run) until its standard input closes. An independent control client for scripts/twamp-cost.sh.
 
-usage: twamp-sessions.py HOST PORT BASE COUNT
+usage: twamp-sessions.py HOST PORT BASE COUNT [SOURCE]   (SOURCE: the address to connect from, and so the
+                                                         sessions' sender address)
 """
 import socket
 import struct
@@ -23,7 +24,8 @@ def read(sock, count):
 
 def main():
     host, port, base, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-    sock = socket.create_connection((host, port), timeout=10)
+    source = (sys.argv[5], 0) if len(sys.argv) > 5 else None
+    sock = socket.create_connection((host, port), timeout=10, source_address=source)
     greeting = read(sock, 64)
     modes = struct.unpack("!I", greeting[12:16])[0]
     if not modes & 1:

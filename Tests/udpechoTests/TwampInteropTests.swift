@@ -391,3 +391,49 @@ func twpingTimes(_ lines: [String], _ prefix: String) -> [Double]? {
         #expect(await server.waitForExit() == 0)
     }
 }
+
+/// Two of our TWAMP servers made to answer each other: a session at each names the other's reflector as its sender
+/// (each set up from the other's address, so no third party is involved), and one forged test packet from B's
+/// reflector reaches A. A answers B, B answers A, and A drops what comes back, recognizing its own timestamp in the
+/// copy of the sender's: one exchange each way, then nothing (RFC 8762 §4.6's loop, which STAMP's reflector also ends).
+@Suite struct TwampLoopTests {
+    @Test(.enabled(if: geteuid() == 0, "forging a source address needs a raw socket (root)"))
+    func twoOfOurReflectorsStopAnsweringEachOther() async throws {
+        let (a, b) = ("127.0.0.2", "127.0.0.3")
+        let (serverA, controlA) = try await startServer([
+            "--protocol", "twamp", "--address", "\(a):0", "--test-port", "0",
+        ])
+        let (serverB, controlB) = try await startServer([
+            "--protocol", "twamp", "--address", "\(b):0", "--test-port", "0",
+        ])
+        func testPort(_ server: Spawned) throws -> Int {
+            let line = server.outputLines.first { $0.contains("reflecting on") } ?? ""
+            return try #require(line.firstMatch(of: /reflecting on [^ ]*:(\d+)/).flatMap { Int($0.1) }, "\(line)")
+        }
+        let (portA, portB) = (try testPort(serverA), try testPort(serverB))
+        let script = packageRoot.appendingPathComponent("scripts/twamp-sessions.py").path
+        // At A, from B's address: a session whose sender is B's reflector; at B, from A's address, the other way.
+        let atA = try Spawned("/usr/bin/python3", [script, a, "\(controlA)", "\(portB)", "1", b])
+        let atB = try Spawned("/usr/bin/python3", [script, b, "\(controlB)", "\(portA)", "1", a])
+        #expect(await atA.waitForLine { Int($0) == portA } != nil, "\(atA.errorText)")
+        #expect(await atB.waitForLine { Int($0) == portB } != nil, "\(atB.errorText)")
+        let forge = try await Spawned.run(
+            "/usr/bin/env",
+            ["python3", "-c", pythonForge, b, "\(portB)", a, "\(portA)", "hex:" + String(repeating: "00", count: 41)]
+        )
+        #expect(forge.status == 0, "\(forge.error)")
+        try await Task.sleep(for: .seconds(1))
+        atA.closeInput()
+        atB.closeInput()
+        _ = await atA.waitForExit()
+        _ = await atB.waitForExit()
+        for server in [serverA, serverB] {
+            server.signal(SIGINT)
+            #expect(await server.waitForExit() == 0)
+        }
+        let summaryA = try #require(serverA.outputLines.last { $0.contains("reflected=") })
+        let summaryB = try #require(serverB.outputLines.last { $0.contains("reflected=") })
+        #expect(summaryA.contains("reflected=1 ") && summaryA.hasSuffix("dropped=1"), "\(summaryA)")
+        #expect(summaryB.contains("reflected=1 ") && summaryB.hasSuffix("dropped=0"), "\(summaryB)")
+    }
+}

@@ -304,6 +304,9 @@ public final class EchoServer: Service, Sendable {
     /// Whether ``run()`` has started the serving threads (and not yet returned).
     var isRunning: Bool { self.state.withLock { $0 == .running } }
 
+    /// Whether ``run()`` has been called (it may have returned since).
+    var hasStarted: Bool { self.state.withLock { $0 != .idle } }
+
     /// The addresses of all the server's sockets (several when it adopted several).
     public var localAddresses: [SocketAddress] { self.sockets.map(\.localAddress) }
 

@@ -77,6 +77,9 @@ public final class TwampServer: Service, Sendable {
         do {
             self.channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                // No control connection is taken before run(): a session started before the reflector serves would
+                // have its test packets wait in the socket (the kernel still completes handshakes into the backlog).
+                .serverChannelOption(.autoRead, value: false)
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
                 .childChannelOption(
                     .recvAllocator,
@@ -183,6 +186,9 @@ public final class TwampServer: Service, Sendable {
         defer { sweeper.cancel() }
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await self.reflector.run() }
+            // Control connections once the reflector's threads serve.
+            while !self.reflector.hasStarted && !Task.isCancelled { try? await Task.sleep(for: .milliseconds(1)) }
+            try? await self.channel.setOption(.autoRead, value: true).get()
             group.addTask {
                 await withGracefulShutdownHandler {
                     await withTaskCancellationHandler {
