@@ -27,6 +27,10 @@ import Testing
         change(&configuration)
         let server = try await TwampServer(configuration: configuration)
         let running = Task { try await server.run() }
+        // As startServing does for echo servers: on a loaded machine (the whole suite starting at once) the task that
+        // runs the server has started more than 10 s late, past the client's control timeout.
+        let deadline = ContinuousClock.now + .seconds(60)
+        while !server.isServing && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(1)) }
         do {
             let result = try await body(server)
             running.cancel()

@@ -1,3 +1,4 @@
+import Atomics
 import CUDPEcho
 import Logging
 public import NIOCore
@@ -24,6 +25,7 @@ public final class TwampServer: Service, Sendable {
     private let channel: any Channel
     private let shared: Shared
     private let logger: Logger
+    private let serving = ManagedAtomic(false)
 
     /// The counters and the connections per source, under one lock.
     final class Shared: Sendable {
@@ -126,6 +128,9 @@ public final class TwampServer: Service, Sendable {
     /// The serving path of the test packets, whose counters ``PrometheusExporter`` serves.
     public var reflectorServer: EchoServer { self.reflector }
 
+    /// Whether ``run()`` has started the reflector and takes control connections.
+    var isServing: Bool { self.serving.load(ordering: .acquiring) }
+
     /// Control connections open now.
     public var openConnections: Int { self.shared.state.withLock { $0.open } }
 
@@ -189,6 +194,7 @@ public final class TwampServer: Service, Sendable {
             // Control connections once the reflector's threads serve.
             while !self.reflector.hasStarted && !Task.isCancelled { try? await Task.sleep(for: .milliseconds(1)) }
             try? await self.channel.setOption(.autoRead, value: true).get()
+            self.serving.store(true, ordering: .releasing)
             group.addTask {
                 await withGracefulShutdownHandler {
                     await withTaskCancellationHandler {
