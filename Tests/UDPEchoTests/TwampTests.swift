@@ -276,6 +276,29 @@ import Testing
         }
     }
 
+    /// Stopped sessions still answered for their timeout count against the limits: stopping and starting again cannot
+    /// pile sessions up; past their timeout their room comes back.
+    @Test func stoppedSessionsCountUntilTheirTimeoutEnds() async throws {
+        let limit: (inout TwampServerConfiguration) -> Void = { $0.maximumSessionsPerConnection = 2 }
+        try await withServer(limit) { server in
+            let client = try await self.openUnauthenticated(server)
+            func ask(_ port: UInt16, timeout: UInt64) async throws -> IPPMAccept {
+                client.send(Self.request(port: port, timeout: timeout))
+                return try AcceptSession(decoding: try #require(await client.receive(AcceptSession.size))).accept
+            }
+            #expect(try await ask(40000, timeout: 1 << 32) == .ok)  // answered for 1 s after Stop-Sessions
+            #expect(try await ask(40001, timeout: 0) == .ok)
+            client.send(StartSessions().encoded())
+            #expect(try StartAck(decoding: try #require(await client.receive(StartAck.size))).accept == .ok)
+            client.send(StopSessions(sessionCount: 2).encoded())
+            // The one stopped without a timeout is gone at once; the other still counts.
+            #expect(try await ask(40002, timeout: 0) == .ok)
+            #expect(try await ask(40003, timeout: 0) == .permanentLimitation)
+            try await Task.sleep(for: .milliseconds(1200))
+            #expect(try await ask(40004, timeout: 0) == .ok)
+        }
+    }
+
     /// A connection with no session running that stays silent past the idle timeout is closed.
     @Test func anIdleConnectionIsClosed() async throws {
         let idle: (inout TwampServerConfiguration) -> Void = { $0.idleTimeout = .seconds(1) }

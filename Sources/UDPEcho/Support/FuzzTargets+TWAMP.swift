@@ -81,7 +81,7 @@ extension FuzzHarness {
             let piece = min(bytes.count - offset, 1 + Int(bytes[offset] % 97))
             actions += connection.receive(bytes[offset..<(offset + piece)])
             offset += piece
-            precondition(connection.pending.count + connection.running.count <= 8, "past the session limit")
+            precondition(connection.sessionCount <= 8, "past the session limit")
         }
         for action in actions {
             if case .send(let message) = action {

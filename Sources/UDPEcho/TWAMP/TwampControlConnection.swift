@@ -53,9 +53,14 @@ struct TwampControlConnection {
     /// Bytes received and not yet used: `raw` still encrypted (whole blocks are decrypted into `clear` as they come).
     private var raw: [UInt8] = []
     private var clear: [UInt8] = []
-    /// Sessions accepted and not yet started, and those started.
+    /// Sessions accepted and not yet started, those started, and those stopped but still answered for their timeout
+    /// (until `deadline`). All three count against the limits, and all end when the connection closes.
     private(set) var pending: [(session: TwampTestSession, timeout: Int64)] = []
     private(set) var running: [(session: TwampTestSession, timeout: Int64)] = []
+    private(set) var stopping: [(session: TwampTestSession, deadline: Int64)] = []
+
+    /// The connection's sessions, in every state.
+    var sessionCount: Int { self.pending.count + self.running.count + self.stopping.count }
 
     /// The most bytes a client may send ahead of the server's answers: two of the largest messages. More is a
     /// client that does not read, or a flood.
@@ -211,6 +216,7 @@ struct TwampControlConnection {
     }
 
     private mutating func request(_ bytes: [UInt8]) -> [Action] {
+        self.pruneStopped()
         let request: SessionRequest
         do {
             request = try SessionRequest(decoding: bytes)
@@ -241,8 +247,7 @@ struct TwampControlConnection {
     /// Whether the request may have a session, and the session if so.
     private func admit(_ request: SessionRequest) -> Result<TwampTestSession, Refusal> {
         let configuration = self.context.configuration
-        let ownSessions = self.pending.count + self.running.count
-        guard ownSessions < configuration.maximumSessionsPerConnection else {
+        guard self.sessionCount < configuration.maximumSessionsPerConnection else {
             return .failure(Refusal(accept: .permanentLimitation, reason: "the connection has its most sessions"))
         }
         let peerIsIPv4 = self.context.peer.isIPv4
@@ -286,6 +291,7 @@ struct TwampControlConnection {
         let endpoint = EndpointKey(address: sender, port: request.senderPort)
         guard !self.pending.contains(where: { $0.session.sender == endpoint }),
             !self.running.contains(where: { $0.session.sender == endpoint }),
+            !self.stopping.contains(where: { $0.session.sender == endpoint }),
             !self.context.table.contains(endpoint)
         else {
             return .failure(Refusal(accept: .temporaryLimitation, reason: "the sender's port has a session already"))
@@ -333,13 +339,28 @@ struct TwampControlConnection {
         } catch {
             return self.fail("Stop-Sessions: \(error)")
         }
-        // Each session is answered for its timeout more (packets still in flight), then ends.
+        // Each session is answered for its timeout more (packets still in flight), then ends; until then it counts
+        // against the limits, so that stopping and starting again cannot pile up sessions.
         let now = self.context.monotonic()
-        for entry in self.running { entry.session.end(at: now &+ entry.timeout) }
-        self.context.release(self.running.count)
+        for entry in self.running {
+            let deadline = now &+ entry.timeout
+            entry.session.end(at: deadline)
+            self.stopping.append((entry.session, deadline))
+        }
         self.running.removeAll()
+        self.pruneStopped()
         self.phase = .requests
         return []
+    }
+
+    /// Ends the stopped sessions past their timeout: out of the reflector's table, and their room given back.
+    private mutating func pruneStopped() {
+        let now = self.context.monotonic()
+        let ended = self.stopping.filter { $0.deadline <= now }
+        guard !ended.isEmpty else { return }
+        self.stopping.removeAll { $0.deadline <= now }
+        self.context.table.remove(ended.map(\.session))
+        self.context.release(ended.count)
     }
 
     private mutating func fail(_ reason: String) -> [Action] {
@@ -348,12 +369,13 @@ struct TwampControlConnection {
         return [.close(reason)]
     }
 
-    /// Ends every session of the connection at once (it closed).
+    /// Ends every session of the connection at once (it closed), stopped ones in their timeout too.
     mutating func close() {
-        self.context.table.remove(self.running.map(\.session))
-        self.context.release(self.running.count + self.pending.count)
+        self.context.table.remove(self.running.map(\.session) + self.stopping.map(\.session))
+        self.context.release(self.sessionCount)
         self.running.removeAll()
         self.pending.removeAll()
+        self.stopping.removeAll()
         self.phase = .closed
     }
 
