@@ -318,6 +318,22 @@ func twpingTimes(_ lines: [String], _ prefix: String) -> [Double]? {
 
 /// `udpecho server --protocol twamp` as operators run it: its metrics count what the control protocol did.
 @Suite struct TwampServerCommandTests {
+    /// TWAMP's options are usage errors without `--protocol twamp` or out of range, each saying what is wrong; a
+    /// key file that is a directory is refused before anything runs.
+    @Test(arguments: [
+        (["--max-sessions", "5"], "need --protocol twamp"),
+        (["--key-file", "/dev/null"], "need --protocol twamp"),
+        (["--protocol", "twamp", "--test-port", "70000"], "--test-port 70000 is out of range"),
+        (["--protocol", "twamp", "--twamp-modes", "fast"], "'fast' is not a mode"),
+        (["--protocol", "twamp", "--twamp-modes", "encrypted"], "need a key file with at least one key"),
+        (["--protocol", "twamp", "--key-file", "/tmp"], "not a regular file"),
+    ])
+    func badOptionsAreClearErrors(arguments: [String], message: String) async throws {
+        let run = try await Spawned.run(udpecho, ["server", "--address", "127.0.0.1:0"] + arguments)
+        #expect(run.status != 0)
+        #expect(run.error.contains(message), "\(run.error)")
+    }
+
     /// `bench --twamp` loads one session, open loop, and reports it as `bench --stamp` does; --flows other than one
     /// is a usage error.
     @Test func benchLoadsOneSession() async throws {

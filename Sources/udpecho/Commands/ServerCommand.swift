@@ -66,7 +66,7 @@ struct ServerCommand: AsyncParsableCommand {
 
     @OptionGroup var endpoint: EndpointOptions<ListenRole>
 
-    @OptionGroup(title: "TWAMP (--protocol twamp)") var twamp: TwampServerOptions
+    @OptionGroup(title: "TWAMP server") var twamp: TwampServerOptions
 
     @Option(
         parsing: .unconditional,
@@ -290,7 +290,8 @@ struct ServerCommand: AsyncParsableCommand {
         _ = try self.stampConfiguration()
         if self.protocol != .twamp && self.twamp.isGiven {
             throw ValidationError(
-                "--twamp-modes, --key-file, --test-port and --allow-third-party need --protocol twamp"
+                "--twamp-modes, --key-file, --test-port, the --max-* limits of TWAMP and --allow-third-party need "
+                    + "--protocol twamp"
             )
         }
         func check(_ value: Int, _ range: ClosedRange<Int>, _ flag: String, _ why: String = "") throws {

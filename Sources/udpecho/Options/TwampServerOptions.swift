@@ -52,8 +52,12 @@ struct TwampServerOptions: ParsableArguments {
     )
     var allowThirdParty = false
 
+    /// Whether any of these options differs from its default (they mean nothing without --protocol twamp).
     var isGiven: Bool {
         self.twampModes != nil || self.keyFile != nil || self.testPort != 862 || self.allowThirdParty
+            || self.maxControlConnections != 64 || self.maxControlConnectionsPerSource != 8
+            || self.maxSessionsPerConnection != 1024 || self.maxSessions != 16384
+            || self.maxSessionDuration != .seconds(3600)
     }
 
     /// The server's configuration, listening for control connections on `address`.
