@@ -276,6 +276,39 @@ import Testing
         }
     }
 
+    /// With `allowThirdParty` a session may name another sender (the operator's choice); without it, refused (above).
+    @Test func aThirdPartySenderNeedsTheServersLeave() async throws {
+        let open: (inout TwampServerConfiguration) -> Void = { $0.allowThirdParty = true }
+        try await withServer(open) { server in
+            let client = try await self.openUnauthenticated(server)
+            client.send(Self.request(port: 40000, senderAddress: [192, 0, 2, 1]))
+            let answer = try AcceptSession(decoding: try #require(await client.receive(AcceptSession.size)))
+            #expect(answer.accept == .ok)
+        }
+    }
+
+    /// A session is answered at most `maximumSessionDuration` after Start-Sessions, whatever its client does.
+    @Test func aSessionEndsAtItsLongestDuration() async throws {
+        // Long enough for the first packet's answer on a loaded machine.
+        let short: (inout TwampServerConfiguration) -> Void = { $0.maximumSessionDuration = .seconds(3) }
+        try await withServer(short) { server in
+            let client = try await self.openUnauthenticated(server)
+            let sender = try TestSocket(host: "127.0.0.1")
+            let control = try #require(server.controlAddress)
+            let target = try SocketAddress(ipAddress: control.ipAddress!, port: server.testAddress.port!)
+            client.send(Self.request(port: UInt16(sender.localAddress.port!)))
+            _ = try #require(await client.receive(AcceptSession.size))
+            client.send(StartSessions().encoded())
+            _ = try #require(await client.receive(StartAck.size))
+            sender.send([UInt8](repeating: 0, count: 41), to: target)
+            #expect(await sender.receive() != nil, "\(sender.failure)")
+            try await Task.sleep(for: .milliseconds(3500))
+            sender.send([UInt8](repeating: 0, count: 41), to: target)
+            #expect(await sender.receive(timeoutMilliseconds: 300) == nil, "answered past its longest duration")
+            try await waitUntil { server.reflectorStatistics.drops[.noSession] == 1 }
+        }
+    }
+
     /// Stopped sessions still answered for their timeout count against the limits: stopping and starting again cannot
     /// pile sessions up; past their timeout their room comes back.
     @Test func stoppedSessionsCountUntilTheirTimeoutEnds() async throws {

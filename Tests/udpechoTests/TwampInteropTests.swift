@@ -55,6 +55,19 @@ func withSignalsUnblocked(_ command: [String]) -> [String] {
     ] + command
 }
 
+/// perfSONAR's twampd in the foreground (`-Z`, `-f`: allowed as root) in test host `host`, configured by
+/// ``twampdDirectory()``.
+func startTwampd(_ bin: String, _ directory: String, in host: LoopbackHost) throws -> Spawned {
+    try Spawned(
+        TestNetwork.ip,
+        ["netns", "exec", host.name]
+            + withSignalsUnblocked([
+                bin + "/twampd", "-c", directory + "/conf", "-R", directory + "/var", "-d", directory + "/data", "-f",
+                "-Z",
+            ])
+    )
+}
+
 /// The numbers of a twping statistics line, "round-trip time min/median/max = 0.0153/0.1/0.147 ms".
 func twpingTimes(_ lines: [String], _ prefix: String) -> [Double]? {
     guard let line = lines.first(where: { $0.hasPrefix(prefix) }),
@@ -121,16 +134,7 @@ func twpingTimes(_ lines: [String], _ prefix: String) -> [Double]? {
         let bin = try #require(perfsonarBin, "perfSONAR's tools did not build")
         try await withHosts(try await LoopbackHost()) { host in
             let directory = try twampdDirectory()
-            let twampd = try Spawned(
-                TestNetwork.ip,
-                [
-                    "netns", "exec", host.name,
-                ]
-                    + withSignalsUnblocked([
-                        bin + "/twampd", "-c", directory + "/conf", "-R", directory + "/var", "-d", directory + "/data",
-                        "-f", "-Z",
-                    ])
-            )
+            let twampd = try startTwampd(bin, directory, in: host)
             defer { twampd.signal(SIGTERM) }
             var ping: (status: Int32, output: Data, lines: [String], error: String)?
             // twampd prints nothing when it listens: the first attempts may come before it does.
@@ -167,16 +171,7 @@ func twpingTimes(_ lines: [String], _ prefix: String) -> [Double]? {
             let directory = try twampdDirectory()
             let wrong = directory + "/wrong.pfs"
             try "alice 77726f6e67\n".write(toFile: wrong, atomically: true, encoding: .utf8)
-            let twampd = try Spawned(
-                TestNetwork.ip,
-                [
-                    "netns", "exec", host.name,
-                ]
-                    + withSignalsUnblocked([
-                        bin + "/twampd", "-c", directory + "/conf", "-R", directory + "/var", "-d", directory + "/data",
-                        "-f", "-Z",
-                    ])
-            )
+            let twampd = try startTwampd(bin, directory, in: host)
             defer { twampd.signal(SIGTERM) }
             var error = ""
             for _ in 0..<50 {

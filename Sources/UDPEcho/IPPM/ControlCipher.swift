@@ -70,6 +70,23 @@ struct ControlCipher: Sendable {
         }
     }
 
+    /// A message whose last 16 bytes are its HMAC, ready to send: the HMAC of what came before (and of anything added
+    /// since the last one sent) put in, then every block encrypted.
+    mutating func seal(_ message: [UInt8]) -> [UInt8] {
+        var bytes = message
+        self.addSent(bytes[0..<(bytes.count - 16)])
+        bytes.replaceSubrange((bytes.count - 16)..., with: self.sentDigest())
+        self.encrypt(&bytes)
+        return bytes
+    }
+
+    /// Whether the cleartext message `bytes`, whose last 16 bytes are its HMAC, verifies (what came before it
+    /// counted in).
+    mutating func verify(_ bytes: [UInt8]) -> Bool {
+        self.addReceived(bytes[0..<(bytes.count - 16)])
+        return self.checkReceived(bytes[(bytes.count - 16)...])
+    }
+
     /// Adds cleartext blocks to what the next HMAC sent covers.
     mutating func addSent(_ bytes: ArraySlice<UInt8>) { self.sendMAC.update(data: bytes) }
 

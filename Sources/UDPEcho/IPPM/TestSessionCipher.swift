@@ -14,7 +14,8 @@ import _CryptoExtras
 struct TestSessionCipher: Sendable {
     let encrypted: Bool
     private let key: SymmetricKey
-    private let hmacKey: SymmetricKey
+    /// HMAC-SHA1 keyed with the session's HMAC key, nothing hashed yet.
+    private let mac: HMAC<Insecure.SHA1>
 
     /// Where a sender's packet has its HMAC, and how long its fixed part is.
     static let senderHMAC = 32
@@ -38,7 +39,7 @@ struct TestSessionCipher: Sendable {
             hmac += block
             chain = block
         }
-        self.hmacKey = SymmetricKey(data: hmac)
+        self.mac = HMAC<Insecure.SHA1>(key: SymmetricKey(data: hmac))
     }
 
     /// Signs and encrypts a sender's packet in place (its fields written in the clear).
@@ -61,37 +62,38 @@ struct TestSessionCipher: Sendable {
         self.open(packet, blocks: self.encrypted ? 6 : 1, hmacAt: Self.reflectedHMAC)
     }
 
+    /// The HMAC of the first `blocks` blocks: a copy of the keyed state made once (no key set up per packet).
+    private func digest(_ packet: UnsafeMutableRawBufferPointer, blocks: Int) -> HMAC<Insecure.SHA1>.MAC {
+        var mac = self.mac
+        mac.update(data: UnsafeRawBufferPointer(rebasing: packet[0..<(blocks * 16)]))
+        return mac.finalize()
+    }
+
+    /// Signs, then encrypts in place (CBC, IV zero: block by block, each XORed with the ciphertext before it).
     private func seal(_ packet: UnsafeMutableRawBufferPointer, blocks: Int, hmacAt: Int) {
         precondition(packet.count >= hmacAt + 16)
-        var mac = HMAC<Insecure.SHA1>(key: self.hmacKey)
-        mac.update(data: UnsafeRawBufferPointer(rebasing: packet[0..<(blocks * 16)]))
-        let digest = mac.finalize()
-        digest.withUnsafeBytes { bytes in
+        self.digest(packet, blocks: blocks).withUnsafeBytes { bytes in
             for index in 0..<16 { packet[hmacAt + index] = bytes[index] }
         }
-        var chain = [UInt8](repeating: 0, count: 16)
         for block in 0..<blocks {
-            var bytes = (0..<16).map { packet[block * 16 + $0] ^ chain[$0] }
+            let start = block * 16
+            if block > 0 { for index in 0..<16 { packet[start + index] ^= packet[start - 16 + index] } }
+            var bytes = UnsafeMutableRawBufferPointer(rebasing: packet[start..<(start + 16)])
             try! AES.permute(&bytes, key: self.key)
-            for index in 0..<16 { packet[block * 16 + index] = bytes[index] }
-            chain = bytes
         }
     }
 
+    /// Decrypts in place, last block first (so that the ciphertext before each is still there to XOR), then checks
+    /// the HMAC.
     private func open(_ packet: UnsafeMutableRawBufferPointer, blocks: Int, hmacAt: Int) -> Bool {
         guard packet.count >= hmacAt + 16 else { return false }
-        var chain = [UInt8](repeating: 0, count: 16)
-        for block in 0..<blocks {
-            let cipherBlock = Array(packet[(block * 16)..<(block * 16 + 16)])
-            var bytes = cipherBlock
+        for block in (0..<blocks).reversed() {
+            let start = block * 16
+            var bytes = UnsafeMutableRawBufferPointer(rebasing: packet[start..<(start + 16)])
             try! AES.inversePermute(&bytes, key: self.key)
-            for index in 0..<16 { packet[block * 16 + index] = bytes[index] ^ chain[index] }
-            chain = cipherBlock
+            if block > 0 { for index in 0..<16 { packet[start + index] ^= packet[start - 16 + index] } }
         }
-        var mac = HMAC<Insecure.SHA1>(key: self.hmacKey)
-        mac.update(data: UnsafeRawBufferPointer(rebasing: packet[0..<(blocks * 16)]))
-        let digest = mac.finalize()
-        return digest.withUnsafeBytes { bytes in
+        return self.digest(packet, blocks: blocks).withUnsafeBytes { bytes in
             var difference: UInt8 = 0
             for index in 0..<16 { difference |= bytes[index] ^ packet[hmacAt + index] }
             return difference == 0

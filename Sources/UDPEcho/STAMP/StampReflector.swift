@@ -88,6 +88,19 @@ struct StampReflector {
     /// a reply of ours come back: a minute either way (round trips, and the reflector's own clock steps).
     static let loopWindow: Int64 = 60_000_000_000
 
+    /// Whether a test packet's copy of the sender's timestamp (`echoed`, zero in a test packet) is one this reflector
+    /// wrote as T3 within ``loopWindow``: a reply of ours come back.
+    static func isOwnReply(
+        _ echoed: UInt64,
+        format: StampTimestampFormat,
+        transmitTime: Int64,
+        taiOffset: Int
+    ) -> Bool {
+        guard echoed != 0 else { return false }
+        let age = transmitTime - format.decode(echoed, taiOffset: taiOffset)
+        return age > -Self.loopWindow && age < Self.loopWindow
+    }
+
     /// Sessions in the stateful table now.
     var sessionCount: Int { self.sessions?.count ?? 0 }
 
@@ -135,15 +148,13 @@ struct StampReflector {
         // sender's timestamp, it then carries the T3 this reflector wrote a round trip ago. A test packet has zeros
         // there (MBZ), or a TWAMP-Light sender's padding, which falls within a minute of this clock by chance once in
         // 3.6e7 packets; so a sender's random padding is answered, and a loop ends at its second pass through here.
-        let echoedTimestamp = source.loadBigEndian(UInt64.self, at: layout.senderTimestamp)
-        if echoedTimestamp != 0 {
-            let age =
-                transmitTime
-                - self.configuration.timestampFormat.decode(
-                    echoedTimestamp,
-                    taiOffset: self.clock.taiOffset
-                )
-            if age > -Self.loopWindow && age < Self.loopWindow { return .drop(.loop) }
+        if Self.isOwnReply(
+            source.loadBigEndian(UInt64.self, at: layout.senderTimestamp),
+            format: self.configuration.timestampFormat,
+            transmitTime: transmitTime,
+            taiOffset: self.clock.taiOffset
+        ) {
+            return .drop(.loop)
         }
         let senderSequence = source.loadBigEndian(UInt32.self, at: layout.sequence)
         let senderTimestamp = source.loadUnaligned(fromByteOffset: layout.timestamp, as: UInt64.self)

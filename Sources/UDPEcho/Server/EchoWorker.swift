@@ -356,31 +356,16 @@ final class EchoWorker: @unchecked Sendable {
         var reflector = self.reflector!
         defer { self.reflector = reflector }
         reflector.refreshClock(now: now)
-        let ipv6 = self.socket.localAddress.protocol == .inet6
-        for index in 0..<count where !self.batchHasDrops || self.outcomes[index] == .echoed {
-            let slot = Int32(index)
-            var length: socklen_t = 0
-            let info = cudpecho_batch_info(self.batch, slot)!.pointee
-            let outcome = reflector.reflect(
-                UnsafeMutableRawPointer(cudpecho_batch_payload(self.batch, slot)!),
-                length: cudpecho_batch_length(self.batch, slot),
+        self.reflectEach(count) { payload, length, peer, info in
+            reflector.reflect(
+                payload,
+                length: length,
                 capacity: self.settings.slotSize,
-                peer: cudpecho_batch_peer(self.batch, slot, &length)!,
+                peer: peer,
                 info: info,
                 transmitTime: transmitTime,
                 now: now
             )
-            switch outcome {
-            case .drop(let reason):
-                self.drop(index, count, reason, errno: 0)
-            case .reply(let replyLength, let tos):
-                cudpecho_batch_set_length(self.batch, slot, replyLength)
-                if let tos {
-                    // A v4-mapped peer on a dual-stack socket gets an IPv4 packet: IP_TOS, not IPV6_TCLASS.
-                    let mapped = info.family == AF_INET
-                    cudpecho_batch_set_reply_tos(self.batch, slot, ipv6 && !mapped ? 1 : 0, Int32(tos))
-                }
-            }
         }
         self.counters.set(.stampSessions, reflector.sessionCount)
     }
@@ -392,18 +377,36 @@ final class EchoWorker: @unchecked Sendable {
         var reflector = self.twampReflector!
         defer { self.twampReflector = reflector }
         reflector.beginBatch(now: now)
+        self.reflectEach(count) { payload, length, peer, info in
+            reflector.reflect(
+                payload,
+                length: length,
+                capacity: self.settings.slotSize,
+                peer: peer,
+                info: info,
+                transmitTime: transmitTime,
+                now: now
+            )
+        }
+    }
+
+    /// Runs `reflect` over each datagram of the batch still to be answered, and carries out its outcome: the reply's
+    /// length and traffic class, or the drop.
+    private func reflectEach(
+        _ count: Int,
+        _ reflect: (UnsafeMutableRawPointer, Int, UnsafePointer<sockaddr>, cudpecho_datagram_info) ->
+            StampReflector.Outcome
+    ) {
         let ipv6 = self.socket.localAddress.protocol == .inet6
         for index in 0..<count where !self.batchHasDrops || self.outcomes[index] == .echoed {
             let slot = Int32(index)
             var length: socklen_t = 0
-            let outcome = reflector.reflect(
+            let info = cudpecho_batch_info(self.batch, slot)!.pointee
+            let outcome = reflect(
                 UnsafeMutableRawPointer(cudpecho_batch_payload(self.batch, slot)!),
-                length: cudpecho_batch_length(self.batch, slot),
-                capacity: self.settings.slotSize,
-                peer: cudpecho_batch_peer(self.batch, slot, &length)!,
-                info: cudpecho_batch_info(self.batch, slot)!.pointee,
-                transmitTime: transmitTime,
-                now: now
+                cudpecho_batch_length(self.batch, slot),
+                cudpecho_batch_peer(self.batch, slot, &length)!,
+                info
             )
             switch outcome {
             case .drop(let reason):
@@ -412,7 +415,7 @@ final class EchoWorker: @unchecked Sendable {
                 cudpecho_batch_set_length(self.batch, slot, replyLength)
                 if let tos {
                     // A v4-mapped peer on a dual-stack socket gets an IPv4 packet: IP_TOS, not IPV6_TCLASS.
-                    let mapped = cudpecho_batch_info(self.batch, slot)!.pointee.family == AF_INET
+                    let mapped = info.family == AF_INET
                     cudpecho_batch_set_reply_tos(self.batch, slot, ipv6 && !mapped ? 1 : 0, Int32(tos))
                 }
             }

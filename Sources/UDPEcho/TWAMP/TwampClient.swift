@@ -76,22 +76,13 @@ public enum TwampPinger {
         onStart: (@Sendable (TimestampSource) -> Void)? = nil,
         onEvent: @escaping @Sendable (ProbeEvent) -> Void
     ) async throws -> EchoBenchmark.Result {
-        let senderPort = try Self.freePort(ipv6: twamp.server.protocol == .inet6)
-        // The engine's probes are at least 16 bytes; a request names the padding after the mode's fields.
-        let sizeFor = { (mode: IPPMModes) -> Int in
-            let smallest = TwampTestFormat.senderSize(keyed: mode.usesKey)
-            return max(size ?? max(16, smallest), smallest)
-        }
-        let padding = { (mode: IPPMModes) in sizeFor(mode) - TwampTestFormat.senderSize(keyed: mode.usesKey) }
-        return try await TwampControlClient.withSession(twamp, senderPort: senderPort, padding: padding) { session in
+        try await Self.withTestSession(twamp, size: size) { session, size, stamp in
             var run = configuration
             run.target = session.reflector
-            run.size = sizeFor(session.mode)
+            run.size = size
             run.sourcePort = session.senderPort
-            var stamp = StampSenderConfiguration(ssid: 0)
-            stamp.twamp = TwampTestFormat(cipher: session.cipher)
             run.stamp = stamp
-            onSession?(session, run.size)
+            onSession?(session, size)
             return try await EchoPinger.run(run, onStart: onStart, onEvent: onEvent)
         }
     }
@@ -109,24 +100,37 @@ public enum TwampPinger {
         onSession: (@Sendable (TwampSession, Int) -> Void)? = nil,
         onProgress: (@Sendable (ProbeProgress) -> Void)? = nil
     ) async throws -> EchoBenchmark.Result {
+        try await Self.withTestSession(twamp, size: size) { session, size, stamp in
+            var run = configuration
+            run.target = session.reflector
+            run.size = size
+            run.flows = 1
+            run.sourcePort = session.senderPort
+            run.stamp = stamp
+            try run.validate()
+            onSession?(session, size)
+            return try await EchoBenchmark.run(run, onProgress: onProgress)
+        }
+    }
+
+    /// Sets up and starts one session from a free local port, runs `body` with it, the test packets' size (`size`,
+    /// or the mode's smallest that the probe engine sends: at least 16 bytes) and the sender's settings, then stops it.
+    private static func withTestSession<Result: Sendable>(
+        _ twamp: TwampClientConfiguration,
+        size: Int?,
+        _ body: (TwampSession, Int, StampSenderConfiguration) async throws -> Result
+    ) async throws -> Result {
         let senderPort = try Self.freePort(ipv6: twamp.server.protocol == .inet6)
         let sizeFor = { (mode: IPPMModes) -> Int in
             let smallest = TwampTestFormat.senderSize(keyed: mode.usesKey)
             return max(size ?? max(16, smallest), smallest)
         }
+        // The request names the padding after the mode's fields.
         let padding = { (mode: IPPMModes) in sizeFor(mode) - TwampTestFormat.senderSize(keyed: mode.usesKey) }
         return try await TwampControlClient.withSession(twamp, senderPort: senderPort, padding: padding) { session in
-            var run = configuration
-            run.target = session.reflector
-            run.size = sizeFor(session.mode)
-            run.flows = 1
-            run.sourcePort = session.senderPort
             var stamp = StampSenderConfiguration(ssid: 0)
             stamp.twamp = TwampTestFormat(cipher: session.cipher)
-            run.stamp = stamp
-            try run.validate()
-            onSession?(session, run.size)
-            return try await EchoBenchmark.run(run, onProgress: onProgress)
+            return try await body(session, sizeFor(session.mode), stamp)
         }
     }
 
@@ -340,13 +344,7 @@ struct ClientExchange {
 
     /// Seals a message whose last 16 bytes are its HMAC (in the keyed modes).
     mutating func seal(_ message: [UInt8]) -> [UInt8] {
-        guard var cipher = self.cipher else { return message }
-        var bytes = message
-        cipher.addSent(bytes[0..<(bytes.count - 16)])
-        bytes.replaceSubrange((bytes.count - 16)..., with: cipher.sentDigest())
-        cipher.encrypt(&bytes)
-        self.cipher = cipher
-        return bytes
+        self.cipher?.seal(message) ?? message
     }
 
     /// Opens a message from the server whose last 16 bytes are its HMAC.
@@ -354,8 +352,7 @@ struct ClientExchange {
         guard var cipher = self.cipher else { return message }
         var bytes = message
         cipher.decrypt(&bytes)
-        cipher.addReceived(bytes[0..<(bytes.count - 16)])
-        let verified = cipher.checkReceived(bytes[(bytes.count - 16)...])
+        let verified = cipher.verify(bytes)
         self.cipher = cipher
         guard verified else { throw .control(peer: self.peer, reason: "the \(name)'s HMAC does not verify") }
         return bytes

@@ -128,11 +128,8 @@ struct TwampControlConnection {
             guard self.clear.count >= size else { return false }
             var message = Array(self.clear.prefix(size))
             self.clear.removeFirst(size)
-            if var cipher = self.cipher {
-                cipher.addReceived(message[0..<(size - 16)])
-                let verified = cipher.checkReceived(message[(size - 16)...])
-                self.cipher = cipher
-                guard verified else {
+            if self.cipher != nil {
+                guard self.cipher!.verify(message) else {
                     actions += self.fail("a message's HMAC does not verify")
                     return nil
                 }
@@ -206,13 +203,7 @@ struct TwampControlConnection {
 
     /// Seals a message whose last 16 bytes are its HMAC.
     private mutating func sealed(_ message: [UInt8]) -> [UInt8] {
-        guard var cipher = self.cipher else { return message }
-        var bytes = message
-        cipher.addSent(bytes[0..<(bytes.count - 16)])
-        bytes.replaceSubrange((bytes.count - 16)..., with: cipher.sentDigest())
-        cipher.encrypt(&bytes)
-        self.cipher = cipher
-        return bytes
+        self.cipher?.seal(message) ?? message
     }
 
     private mutating func request(_ bytes: [UInt8]) -> [Action] {

@@ -74,10 +74,13 @@ struct TwampReflector {
             }
             // A reflected packet come back as a test packet (see StampReflector): its sender-timestamp copy holds the
             // T3 this reflector wrote a round trip ago.
-            let echoed = UnsafeRawPointer(packet).loadBigEndian(UInt64.self, at: layout.senderTimestamp)
-            if echoed != 0 {
-                let age = transmitTime - StampTimestampFormat.ntp.decode(echoed, taiOffset: self.clock.taiOffset)
-                if age > -StampReflector.loopWindow && age < StampReflector.loopWindow { return .drop(.loop) }
+            if StampReflector.isOwnReply(
+                UnsafeRawPointer(packet).loadBigEndian(UInt64.self, at: layout.senderTimestamp),
+                format: .ntp,
+                transmitTime: transmitTime,
+                taiOffset: self.clock.taiOffset
+            ) {
+                return .drop(.loop)
             }
         }
         let clear = UnsafeRawPointer(packet)
