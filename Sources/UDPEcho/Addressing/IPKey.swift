@@ -1,3 +1,5 @@
+import NIOCore
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -120,5 +122,13 @@ struct EndpointKey: Hashable {
             Int32(raw.pointee.sa_family) == AF_INET
             ? raw.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { UInt16(bigEndian: $0.pointee.sin_port) }
             : raw.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { UInt16(bigEndian: $0.pointee.sin6_port) }
+    }
+}
+
+extension IPKey {
+    /// The address with `port`, as a socket address of its own family (IPv4 for a mapped address).
+    func socketAddress(port: Int) -> SocketAddress {
+        let buffer = ByteBuffer(bytes: self.bytes)
+        return try! SocketAddress(packedIPAddress: buffer, port: port)
     }
 }

@@ -326,7 +326,6 @@ struct ClientExchange {
     mutating func request(senderPort: Int, padding: Int) -> [UInt8] {
         let ipv6 = if case .v6 = self.configuration.server { true } else { false }
         let now = cudpecho_realtime_ns()
-        let timeout = self.configuration.sessionTimeout.nanoseconds
         let request = SessionRequest(
             ipVersion: ipv6 ? 6 : 4,
             senderPort: UInt16(senderPort),
@@ -336,7 +335,7 @@ struct ClientExchange {
             receiverAddress: [UInt8](repeating: 0, count: ipv6 ? 16 : 4),
             paddingLength: UInt32(padding),
             startTime: StampTimestampFormat.ntp.encode(now, taiOffset: 0),
-            timeout: UInt64(timeout / 1_000_000_000) << 32 | UInt64((timeout % 1_000_000_000) << 32 / 1_000_000_000),
+            timeout: IPPMTime.ntpDuration(nanoseconds: self.configuration.sessionTimeout.nanoseconds),
             typeP: UInt32(self.configuration.dscp & 0x3F)
         )
         return self.seal(request.encoded())

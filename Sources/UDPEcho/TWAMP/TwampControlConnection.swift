@@ -9,19 +9,9 @@ import Crypto
 /// then requests (Request-TW-Session, each answered by Accept-Session), Start-Sessions (Start-Ack; the sessions are
 /// answered from then on), and Stop-Sessions (each session answered for its timeout more, then ended). Anything out of
 /// place, malformed, or with an HMAC that does not verify closes the connection, and its sessions end with it.
-struct TwampControlConnection {
-    enum Action: Equatable {
-        case send([UInt8])
-        /// Close the connection, for this reason (for the log).
-        case close(String)
-    }
-
-    enum Phase: Equatable {
-        case setUp
-        case requests
-        case testing
-        case closed
-    }
+struct TwampControlConnection: ControlServerConnection {
+    typealias Action = ControlAction
+    typealias Phase = ControlPhase
 
     /// The context a connection needs from its server.
     struct Context {
@@ -46,13 +36,7 @@ struct TwampControlConnection {
 
     private let context: Context
     private(set) var phase = Phase.setUp
-    private var greeting: ServerGreeting
-    private var cipher: ControlCipher?
-    private var sessionKeys: ControlCipher.SessionKeys?
-    private var mode = IPPMModes.unauthenticated
-    /// Bytes received and not yet used: `raw` still encrypted (whole blocks are decrypted into `clear` as they come).
-    private var raw: [UInt8] = []
-    private var clear: [UInt8] = []
+    private var channel: ControlServerChannel
     /// Sessions accepted and not yet started, those started, and those stopped but still answered for their timeout
     /// (until `deadline`). All three count against the limits, and all end when the connection closes.
     private(set) var pending: [(session: TwampTestSession, timeout: Int64)] = []
@@ -68,32 +52,31 @@ struct TwampControlConnection {
 
     init(context: Context) {
         self.context = context
-        self.greeting = ServerGreeting(
+        self.channel = ControlServerChannel(
             modes: context.configuration.modes,
-            challenge: randomBytes(16),
-            salt: randomBytes(16),
-            count: context.configuration.keyDerivationCount
+            keys: context.configuration.keys,
+            keyDerivationCount: context.configuration.keyDerivationCount
         )
     }
 
     /// The Server Greeting that opens the connection.
-    func greetingBytes() -> [UInt8] { self.greeting.encoded() }
+    func greetingBytes() -> [UInt8] { self.channel.greetingBytes() }
 
     /// Whether the connection waits for the rest of a message it has begun (the stall timer runs).
-    var hasPartialMessage: Bool { self.phase == .setUp || !self.raw.isEmpty || !self.clear.isEmpty }
+    var hasPartialMessage: Bool { self.phase == .setUp || self.channel.buffered > 0 }
 
     /// Takes bytes from the client and says what to do.
     mutating func receive(_ bytes: some Collection<UInt8>) -> [Action] {
         guard self.phase != .closed else { return [] }
-        self.raw.append(contentsOf: bytes)
+        self.channel.append(bytes)
         var actions: [Action] = []
         while self.phase != .closed {
             let before = actions.count
             guard let progressed = self.step(&actions) else { break }
             if !progressed && actions.count == before { break }
         }
-        if self.phase != .closed && self.raw.count + self.clear.count > Self.maximumBuffered {
-            actions += self.fail("the client sent \(self.raw.count + self.clear.count) bytes ahead of the answers")
+        if self.phase != .closed && self.channel.buffered > Self.maximumBuffered {
+            actions += self.fail("the client sent \(self.channel.buffered) bytes ahead of the answers")
         }
         return actions
     }
@@ -104,14 +87,11 @@ struct TwampControlConnection {
         case .closed:
             return nil
         case .setUp:
-            guard self.raw.count >= SetUpResponse.size else { return false }
-            let message = Array(self.raw.prefix(SetUpResponse.size))
-            self.raw.removeFirst(SetUpResponse.size)
-            actions += self.setUp(try! SetUpResponse(decoding: message))
+            guard let response = self.channel.takeSetUpResponse() else { return false }
+            actions += self.setUp(response)
             return true
         case .requests, .testing:
-            self.decryptAvailable()
-            guard let command = self.clear.first else { return false }
+            guard let command = self.channel.peek() else { return false }
             let size: Int
             switch ControlCommand(rawValue: command) {
             case .requestTWSession where self.phase == .requests: size = SessionRequest.size
@@ -125,14 +105,10 @@ struct TwampControlConnection {
                 actions += self.fail("command \(command) is not allowed \(place)")
                 return nil
             }
-            guard self.clear.count >= size else { return false }
-            var message = Array(self.clear.prefix(size))
-            self.clear.removeFirst(size)
-            if self.cipher != nil {
-                guard self.cipher!.verify(message) else {
-                    actions += self.fail("a message's HMAC does not verify")
-                    return nil
-                }
+            guard var message = self.channel.take(size) else { return false }
+            guard self.channel.verify(message) else {
+                actions += self.fail("a message's HMAC does not verify")
+                return nil
             }
             message.replaceSubrange((size - 16)..<size, with: [UInt8](repeating: 0, count: 16))
             switch ControlCommand(rawValue: command)! {
@@ -145,66 +121,20 @@ struct TwampControlConnection {
         }
     }
 
-    /// Decrypts the whole blocks received (in the keyed modes; in unauthenticated mode the bytes are clear).
-    private mutating func decryptAvailable() {
-        guard var cipher = self.cipher else {
-            self.clear += self.raw
-            self.raw.removeAll()
-            return
-        }
-        let whole = self.raw.count / ippmBlock * ippmBlock
-        guard whole > 0 else { return }
-        var blocks = Array(self.raw.prefix(whole))
-        self.raw.removeFirst(whole)
-        cipher.decrypt(&blocks)
-        self.cipher = cipher
-        self.clear += blocks
-    }
-
     private mutating func setUp(_ response: SetUpResponse) -> [Action] {
-        let offered = self.context.configuration.modes
-        let chosen = response.mode
-        guard chosen.rawValue.nonzeroBitCount == 1, offered.contains(chosen) else {
-            self.context.count(\.modeRefused)
-            return self.refuseSetUp(.notSupported, "the client chose mode \(chosen), not one offered (\(offered))")
-        }
-        self.mode = chosen
-        guard chosen.usesKey else {
+        switch self.channel.setUp(response, startTime: self.context.startTime) {
+        case .accepted(let start):
             self.phase = .requests
-            return [.send(ServerStart(accept: .ok, startTime: self.context.startTime).encoded())]
+            return [.send(start)]
+        case .refused(let start, let reason, let mode):
+            self.context.count(mode ? \.modeRefused : \.authenticationFailures)
+            self.phase = .closed
+            return [.send(start), .close(reason)]
         }
-        // An unknown identity costs the same key derivation as a known one, and gets the same refusal as a wrong
-        // secret: the server is no oracle for which identities it knows.
-        let known = self.context.configuration.keys?.secret(for: response.keyID)
-        let secret = known ?? randomBytes(16)
-        let key = ControlToken.derivedKey(secret: secret, salt: self.greeting.salt, count: self.greeting.count)
-        let (challenge, keys) = ControlToken.open(response.token, under: key)
-        var difference: UInt8 = 0
-        for (left, right) in zip(challenge, self.greeting.challenge) { difference |= left ^ right }
-        guard known != nil, difference == 0 else {
-            self.context.count(\.authenticationFailures)
-            return self.refuseSetUp(.failure, "the key identity or its secret does not match")
-        }
-        let serverIV = randomBytes(16)
-        var cipher = ControlCipher(keys: keys, sendIV: serverIV, receiveIV: response.clientIV)
-        var start = ServerStart(accept: .ok, serverIV: serverIV, startTime: self.context.startTime).encoded()
-        cipher.addSent(start[32..<48])
-        cipher.encrypt(&start, from: 32)
-        self.cipher = cipher
-        self.sessionKeys = keys
-        self.phase = .requests
-        return [.send(start)]
-    }
-
-    private mutating func refuseSetUp(_ accept: IPPMAccept, _ reason: String) -> [Action] {
-        self.phase = .closed
-        return [.send(ServerStart(accept: accept).encoded()), .close(reason)]
     }
 
     /// Seals a message whose last 16 bytes are its HMAC.
-    private mutating func sealed(_ message: [UInt8]) -> [UInt8] {
-        self.cipher?.seal(message) ?? message
-    }
+    private mutating func sealed(_ message: [UInt8]) -> [UInt8] { self.channel.sealed(message) }
 
     private mutating func request(_ bytes: [UInt8]) -> [Action] {
         self.pruneStopped()
@@ -221,7 +151,7 @@ struct TwampControlConnection {
         case .success(let session):
             self.context.count(\.sessionsAccepted)
             let timeout = min(
-                Self.nanoseconds(ntp: request.timeout),
+                IPPMTime.nanoseconds(ntp: request.timeout),
                 self.context.configuration.maximumSessionTimeout.nanoseconds
             )
             self.pending.append((session, timeout))
@@ -293,8 +223,8 @@ struct TwampControlConnection {
         var sid = Array(self.context.local.bytes.suffix(4))
         sid += withUnsafeBytes(of: StampTimestampFormat.ntp.encode(now, taiOffset: 0).bigEndian) { Array($0) }
         sid += randomBytes(4)
-        let cipher = self.sessionKeys.map {
-            TestSessionCipher(encrypted: self.mode == .encrypted, sid: sid, control: $0)
+        let cipher = self.channel.sessionKeys.map {
+            TestSessionCipher(encrypted: self.channel.mode == .encrypted, sid: sid, control: $0)
         }
         let dscp = UInt8(request.typeP & 0x3F)
         return .success(
@@ -368,13 +298,5 @@ struct TwampControlConnection {
         self.pending.removeAll()
         self.stopping.removeAll()
         self.phase = .closed
-    }
-
-    /// An NTP-format duration (32.32 seconds) in ns, saturating.
-    static func nanoseconds(ntp value: UInt64) -> Int64 {
-        let seconds = value >> 32
-        let fraction = value & 0xFFFF_FFFF
-        guard seconds < 9_000_000_000 else { return .max }
-        return Int64(seconds) * 1_000_000_000 + Int64((fraction * 1_000_000_000) >> 32)
     }
 }

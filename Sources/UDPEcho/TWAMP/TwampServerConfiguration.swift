@@ -103,21 +103,14 @@ public struct TwampServerConfiguration: Sendable {
     }
 }
 
-/// What a ``TwampServer`` has done, for its metrics and its tests.
-public struct TwampServerStatistics: Sendable, Equatable {
-    /// Control connections served, and refused for a limit (total or per source).
-    public var connections = 0
-    public var connectionsRefused = 0
-    /// Set-Up-Responses refused: a mode not offered, or a key identity or token that did not verify (counted
-    /// together: the client learns nothing of which).
-    public var modeRefused = 0
-    public var authenticationFailures = 0
-    /// Sessions accepted, and refused (a policy or a limit).
-    public var sessionsAccepted = 0
-    public var sessionsRefused = 0
-    /// Connections closed for a malformed or out-of-order message, a bad HMAC, or stalling.
-    public var protocolErrors = 0
-    public var stalled = 0
-    /// Sessions the reflector answers now.
-    public var runningSessions = 0
+extension TwampServerConfiguration {
+    var limits: ControlServerLimits {
+        ControlServerLimits(
+            name: "TWAMP",
+            maximumConnections: self.maximumConnections,
+            maximumConnectionsPerSource: self.maximumConnectionsPerSource,
+            messageTimeout: self.messageTimeout,
+            idleTimeout: self.idleTimeout
+        )
+    }
 }

@@ -52,10 +52,18 @@ struct ServerCommand: AsyncParsableCommand {
             are capped (the --max-* options), stalled and misbehaving control connections closed, and all of it \
             counted in the summary and the metrics. perfSONAR's twping and routers' TWAMP clients measure it.
 
+            With --protocol owamp it is an OWAMP server (RFC 4656) on TCP 861, as perfSONAR's owampd: each \
+            one-way session it accepts gets a UDP socket (--test-ports) that either receives the client's test \
+            packets, their records (kernel receive timestamps, TTL, lost ones marked) kept for Fetch-Session \
+            (--max-packets each, for 5 minutes after Stop-Sessions), or sends this server's packets to the client on \
+            the session's schedule (no gap below --min-interval). The same modes, keys and limits as TWAMP's apply. \
+            perfSONAR's owping measures it both ways, as does `udpecho ping --owamp`.
+
             Examples:
               udpecho server
               udpecho server --protocol stamp --stamp-stateful
               udpecho server --protocol twamp --key-file /etc/udpecho/twamp.pfs
+              udpecho server --protocol owamp --test-ports 18760-18960
               udpecho server --address 127.0.0.1:7000 --quiet --metrics 127.0.0.1:9107
               udpecho server --address :7 --rate-limit 100 --allow 192.0.2.0/24
 
@@ -66,7 +74,7 @@ struct ServerCommand: AsyncParsableCommand {
 
     @OptionGroup var endpoint: EndpointOptions<ListenRole>
 
-    @OptionGroup(title: "TWAMP server") var twamp: TwampServerOptions
+    @OptionGroup(title: "TWAMP and OWAMP server") var twamp: TwampServerOptions
 
     @Option(
         parsing: .unconditional,
@@ -231,7 +239,7 @@ struct ServerCommand: AsyncParsableCommand {
 
     @Option(
         help: ArgumentHelp(
-            "echo: write every datagram back; stamp: answer as a STAMP Session-Reflector (RFC 8762, RFC 8972; TWAMP-Light senders too); twamp: a TWAMP server with its control protocol (RFC 5357); stamp and twamp on port 862 unless --address says otherwise.",
+            "echo: write every datagram back; stamp: answer as a STAMP Session-Reflector (RFC 8762, RFC 8972; TWAMP-Light senders too); twamp: a TWAMP server with its control protocol (RFC 5357); owamp: an OWAMP server (RFC 4656, one-way sessions both ways); stamp and twamp on port 862, owamp on 861, unless --address says otherwise.",
             valueName: "protocol"
         )
     )
@@ -288,10 +296,21 @@ struct ServerCommand: AsyncParsableCommand {
         _ = try self.guards()
         _ = try self.listenAddress()
         _ = try self.stampConfiguration()
-        if self.protocol != .twamp && self.twamp.isGiven {
+        if self.protocol != .twamp && self.protocol != .owamp && self.twamp.isGiven {
             throw ValidationError(
-                "--twamp-modes, --key-file, --test-port, the --max-* limits of TWAMP and --allow-third-party need "
-                    + "--protocol twamp"
+                "--modes, --key-file, --test-port(s), the --max-* limits of TWAMP and OWAMP, --min-interval and "
+                    + "--allow-third-party need --protocol twamp or --protocol owamp"
+            )
+        }
+        if self.protocol == .twamp && self.twamp.isOwampOnlyGiven {
+            throw ValidationError(
+                "--test-ports, --max-packets and --min-interval are OWAMP's: they need --protocol owamp"
+            )
+        }
+        if self.protocol == .owamp && self.twamp.isTwampOnlyGiven {
+            throw ValidationError(
+                "--test-port is TWAMP's (its reflector's one port); an OWAMP server takes a port per session: give "
+                    + "--test-ports LOW-HIGH"
             )
         }
         func check(_ value: Int, _ range: ClosedRange<Int>, _ flag: String, _ why: String = "") throws {
@@ -395,8 +414,13 @@ struct ServerCommand: AsyncParsableCommand {
     }
 
     func listenAddress() throws -> HostAndPort {
-        try self.endpoint.endpoint()
-            ?? HostAndPort(host: nil, port: self.protocol == .echo ? 1337 : StampReflectorConfiguration.defaultPort)
+        let port =
+            switch self.protocol {
+            case .echo: 1337
+            case .owamp: 861
+            case .stamp, .twamp: StampReflectorConfiguration.defaultPort
+            }
+        return try self.endpoint.endpoint() ?? HostAndPort(host: nil, port: port)
     }
 
     func run() async throws {
@@ -418,6 +442,10 @@ struct ServerCommand: AsyncParsableCommand {
         let logger = Logger(label: "udpecho")
         if self.protocol == .twamp {
             try await self.runTwamp(format: format, logger: logger)
+            return
+        }
+        if self.protocol == .owamp {
+            try await self.runOwamp(format: format, logger: logger)
             return
         }
         // Lines are formatted on the server's event thread and written by a printer thread: never on a serving
@@ -521,7 +549,7 @@ extension ServerCommand {
 
 /// What `udpecho server` speaks.
 enum ServerProtocol: String, ExpressibleByArgument, CaseIterable {
-    case echo, stamp, twamp
+    case echo, stamp, twamp, owamp
 }
 
 extension StampTimestampFormat: ExpressibleByArgument {}
