@@ -444,7 +444,7 @@ import Testing
             )
             client.send(try exchange.setUp(greeting))
             try exchange.started(try #require(await client.receive(ServerStart.size)))
-            var request = exchange.request(senderPort: 40000, padding: 0)
+            var request = exchange.request(senderPort: 40000, padding: 0, timeout: .seconds(2), dscp: 0)
             request[100] ^= 1
             client.send(request)
             #expect(await client.closes(withinMilliseconds: 5000))

@@ -115,7 +115,7 @@ extension FuzzHarness {
         if ControlToken.countRange.contains(greeting.count) { greeting.count = Self.count }
         guard (try? exchange.setUp(greeting)) != nil else { return }
         guard let start = take(ServerStart.size), (try? exchange.started(start)) != nil else { return }
-        _ = exchange.request(senderPort: 40000, padding: 0)
+        _ = exchange.request(senderPort: 40000, padding: 0, timeout: .seconds(2), dscp: 0)
         guard let accept = take(AcceptSession.size) else { return }
         do {
             let session = try exchange.accepted(accept)

@@ -163,33 +163,35 @@ enum TwampControlClient {
         _ body: (TwampSession) async throws -> Result
     ) async throws -> Result {
         let peer = configuration.server.hostPortDescription
-        let channel: NIOAsyncChannel<ByteBuffer, ByteBuffer>
-        do {
-            channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-                .connectTimeout(.nanoseconds(configuration.controlTimeout.nanoseconds))
-                .channelOption(.socketOption(.tcp_nodelay), value: 1)
-                .connect(to: configuration.server) { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
-                    }
-                }
-        } catch let error as IOError {
-            throw EchoError.socket(operation: "TWAMP-Control connect to", address: peer, errno: error.errnoCode)
-        } catch let error as ChannelError {
-            throw EchoError.control(peer: peer, reason: "cannot connect to TWAMP-Control: \(error)")
-        }
+        let channel = try await ControlClient.connect(
+            configuration.server,
+            timeout: configuration.controlTimeout,
+            name: "TWAMP"
+        )
         // The whole control exchange has one deadline: past it the connection is closed, which ends any read.
         let deadline = channel.channel.eventLoop.scheduleTask(
             in: .nanoseconds(configuration.controlTimeout.nanoseconds)
         ) { [channel = channel.channel] in channel.close(promise: nil) }
         return try await channel.executeThenClose { inbound, outbound in
-            var reader = ControlReader(iterator: inbound.makeAsyncIterator(), peer: peer)
-            var exchange = ClientExchange(configuration: configuration, peer: peer)
-            let greeting = try ServerGreeting(decoding: try await reader.read(ServerGreeting.size)).checked(peer)
-            try await outbound.write(ByteBuffer(bytes: try exchange.setUp(greeting)))
-            try exchange.started(try await reader.read(ServerStart.size))
+            var reader = ControlReader(iterator: inbound.makeAsyncIterator(), peer: peer, name: "TWAMP")
+            var exchange = ClientExchange(
+                server: configuration.server,
+                mode: configuration.mode,
+                keyID: configuration.keyID,
+                secret: configuration.secret,
+                peer: peer,
+                name: "TWAMP"
+            )
+            try await exchange.setUp(reader: &reader, outbound: outbound)
             try await outbound.write(
-                ByteBuffer(bytes: exchange.request(senderPort: senderPort, padding: padding(exchange.mode)))
+                ByteBuffer(
+                    bytes: exchange.request(
+                        senderPort: senderPort,
+                        padding: padding(exchange.mode),
+                        timeout: configuration.sessionTimeout,
+                        dscp: configuration.dscp
+                    )
+                )
             )
             let accept = try exchange.accepted(try await reader.read(AcceptSession.size))
             try await outbound.write(ByteBuffer(bytes: exchange.seal(StartSessions().encoded())))
@@ -213,183 +215,23 @@ enum TwampControlClient {
     }
 }
 
-extension ServerGreeting {
-    /// The greeting, if the server is willing to talk and its key derivation is bounded.
-    fileprivate func checked(_ peer: String) throws(EchoError) -> ServerGreeting {
-        guard !self.modes.intersection([.unauthenticated, .authenticated, .encrypted]).isEmpty else {
-            throw .control(
-                peer: peer,
-                reason: "the TWAMP server refuses the connection (its greeting offers no mode: it may be at its "
-                    + "connection limit, or not serve this address)"
-            )
-        }
-        return self
-    }
-}
-
-/// Reads whole control messages from the connection.
-struct ControlReader {
-    var iterator: NIOAsyncChannelInboundStream<ByteBuffer>.AsyncIterator
-    let peer: String
-    private var buffered: [UInt8] = []
-
-    init(iterator: NIOAsyncChannelInboundStream<ByteBuffer>.AsyncIterator, peer: String) {
-        self.iterator = iterator
-        self.peer = peer
-    }
-
-    mutating func read(_ count: Int) async throws -> [UInt8] {
-        while self.buffered.count < count {
-            guard var next = try await self.iterator.next() else {
-                throw EchoError.control(
-                    peer: self.peer,
-                    reason: "the TWAMP server closed the control connection (or it timed out) after "
-                        + "\(self.buffered.count) bytes of a \(count)-byte message"
-                )
-            }
-            self.buffered += next.readBytes(length: next.readableBytes) ?? []
-        }
-        defer { self.buffered.removeFirst(count) }
-        return Array(self.buffered.prefix(count))
-    }
-}
-
-/// The client's half of the control messages: choosing the mode, the keys, and sealing and opening messages.
-struct ClientExchange {
-    let configuration: TwampClientConfiguration
-    let peer: String
-    private(set) var mode = IPPMModes.unauthenticated
-    private(set) var keys: ControlCipher.SessionKeys?
-    private var clientIV: [UInt8] = []
-    private var cipher: ControlCipher?
-
-    init(configuration: TwampClientConfiguration, peer: String) {
-        self.configuration = configuration
-        self.peer = peer
-    }
-
-    /// The Set-Up-Response to a greeting.
-    mutating func setUp(_ greeting: ServerGreeting) throws(EchoError) -> [UInt8] {
-        let haveKey = self.configuration.secret != nil && self.configuration.keyID != nil
-        let wanted: [IPPMModes] =
-            if let mode = self.configuration.mode { [mode] } else if haveKey {
-                [.encrypted, .authenticated, .unauthenticated]
-            } else { [.unauthenticated] }
-        guard let mode = wanted.first(where: { greeting.modes.contains($0) }) else {
-            throw .control(
-                peer: self.peer,
-                reason:
-                    "the TWAMP server offers \(greeting.modes) mode, not \(wanted.map(\.description).joined(separator: " or "))"
-                    + (haveKey || self.configuration.mode != nil ? "" : " (give a key for the others)")
-            )
-        }
-        self.mode = mode
-        guard mode.usesKey else { return SetUpResponse(mode: mode).encoded() }
-        guard let secret = self.configuration.secret, let keyID = self.configuration.keyID else {
-            throw .control(peer: self.peer, reason: "\(mode) mode needs a key identity and secret")
-        }
-        guard ControlToken.countRange.contains(greeting.count) else {
-            throw .control(
-                peer: self.peer,
-                reason: "the server asks for \(greeting.count) rounds of PBKDF2, outside \(ControlToken.countRange): "
-                    + "refused (a huge count would keep this client hashing for hours)"
-            )
-        }
-        let keys = ControlCipher.SessionKeys.random()
-        let key = ControlToken.derivedKey(secret: secret, salt: greeting.salt, count: greeting.count)
-        let token = ControlToken.seal(challenge: greeting.challenge, keys: keys, under: key)
-        self.keys = keys
-        self.clientIV = randomBytes(16)
-        return SetUpResponse(mode: mode, keyID: Array(keyID.utf8), token: token, clientIV: self.clientIV).encoded()
-    }
-
-    /// Reads the Server-Start.
-    mutating func started(_ bytes: [UInt8]) throws(EchoError) {
-        let start: ServerStart
-        do { start = try ServerStart(decoding: bytes) } catch { throw .control(peer: self.peer, reason: "\(error)") }
-        guard start.accept == .ok else {
-            let hint = self.mode.usesKey ? " (a wrong key identity or secret is refused so)" : ""
-            throw .control(
-                peer: self.peer,
-                reason: "the TWAMP server refused the connection (Accept \(start.accept))\(hint)"
-            )
-        }
-        guard let keys = self.keys else { return }
-        var cipher = ControlCipher(keys: keys, sendIV: self.clientIV, receiveIV: start.serverIV)
-        var last = Array(bytes[32..<48])
-        cipher.decrypt(&last)
-        cipher.addReceived(last[...])
-        self.cipher = cipher
-    }
-
+extension ClientExchange {
     /// A Request-TW-Session for one session from `senderPort`.
-    mutating func request(senderPort: Int, padding: Int) -> [UInt8] {
-        let ipv6 = if case .v6 = self.configuration.server { true } else { false }
-        let now = cudpecho_realtime_ns()
+    mutating func request(senderPort: Int, padding: Int, timeout: Duration, dscp: UInt8) -> [UInt8] {
+        let ipv6 = if case .v6 = self.server { true } else { false }
         let request = SessionRequest(
             ipVersion: ipv6 ? 6 : 4,
             senderPort: UInt16(senderPort),
-            receiverPort: UInt16(self.configuration.server.port ?? 0),
+            receiverPort: UInt16(self.server.port ?? 0),
             // Zeros: the addresses of the control connection (the server's is the receiver).
             senderAddress: [UInt8](repeating: 0, count: ipv6 ? 16 : 4),
             receiverAddress: [UInt8](repeating: 0, count: ipv6 ? 16 : 4),
             paddingLength: UInt32(padding),
-            startTime: StampTimestampFormat.ntp.encode(now, taiOffset: 0),
-            timeout: IPPMTime.ntpDuration(nanoseconds: self.configuration.sessionTimeout.nanoseconds),
-            typeP: UInt32(self.configuration.dscp & 0x3F)
+            startTime: StampTimestampFormat.ntp.encode(cudpecho_realtime_ns(), taiOffset: 0),
+            timeout: IPPMTime.ntpDuration(nanoseconds: timeout.nanoseconds),
+            typeP: UInt32(dscp & 0x3F)
         )
         return self.seal(request.encoded())
-    }
-
-    /// Seals a message whose last 16 bytes are its HMAC (in the keyed modes).
-    mutating func seal(_ message: [UInt8]) -> [UInt8] {
-        self.cipher?.seal(message) ?? message
-    }
-
-    /// Opens a message from the server whose last 16 bytes are its HMAC.
-    mutating func open(_ message: [UInt8], _ name: String) throws(EchoError) -> [UInt8] {
-        guard var cipher = self.cipher else { return message }
-        var bytes = message
-        cipher.decrypt(&bytes)
-        let verified = cipher.verify(bytes)
-        self.cipher = cipher
-        guard verified else { throw .control(peer: self.peer, reason: "the \(name)'s HMAC does not verify") }
-        return bytes
-    }
-
-    mutating func accepted(_ bytes: [UInt8]) throws(EchoError) -> AcceptSession {
-        let accept: AcceptSession
-        do {
-            accept = try AcceptSession(decoding: try self.open(bytes, "Accept-Session"))
-        } catch let error as EchoError {
-            throw error
-        } catch {
-            throw .control(peer: self.peer, reason: "\(error)")
-        }
-        guard accept.accept == .ok else {
-            throw .control(
-                peer: self.peer,
-                reason: "the TWAMP server refused the test session (Accept \(accept.accept))"
-            )
-        }
-        guard accept.port != 0 else {
-            throw .control(peer: self.peer, reason: "the TWAMP server accepted the session on port 0")
-        }
-        return accept
-    }
-
-    mutating func acknowledged(_ bytes: [UInt8]) throws(EchoError) {
-        let ack: StartAck
-        do {
-            ack = try StartAck(decoding: try self.open(bytes, "Start-Ack"))
-        } catch let error as EchoError {
-            throw error
-        } catch {
-            throw .control(peer: self.peer, reason: "\(error)")
-        }
-        guard ack.accept == .ok else {
-            throw .control(peer: self.peer, reason: "the TWAMP server refused Start-Sessions (Accept \(ack.accept))")
-        }
     }
 }
 
@@ -402,5 +244,19 @@ struct TwampTestFormat: Sendable {
 
     static func senderSize(keyed: Bool) -> Int {
         keyed ? TestSessionCipher.senderSize : TwampReflector.shortestUnauthenticated
+    }
+}
+
+extension ClientExchange {
+    /// A TWAMP client's exchange, as `configuration` asks.
+    init(configuration: TwampClientConfiguration, peer: String) {
+        self.init(
+            server: configuration.server,
+            mode: configuration.mode,
+            keyID: configuration.keyID,
+            secret: configuration.secret,
+            peer: peer,
+            name: "TWAMP"
+        )
     }
 }

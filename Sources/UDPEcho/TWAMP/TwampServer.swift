@@ -121,7 +121,11 @@ public final class TwampServer: Service, Sendable {
 
     /// The control protocol's counters in Prometheus' text format, for ``PrometheusExporter``'s `more`.
     public func metricsText() -> String {
-        self.statistics.metricsText(protocol: "TWAMP", open: self.openConnections, running: "Test sessions the reflector answers now.")
+        self.statistics.metricsText(
+            protocol: "TWAMP",
+            open: self.openConnections,
+            running: "Test sessions the reflector answers now."
+        )
     }
 
     /// Serves until cancelled or shut down gracefully; then closes the control port and the reflector.

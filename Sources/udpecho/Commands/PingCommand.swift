@@ -42,6 +42,13 @@ struct PingCommand: AsyncParsableCommand {
             it as --stamp does, and stops it:
               udpecho ping --twamp 192.0.2.1 --key-file alice.pfs -c 100 -i 10ms
 
+            With --owamp it measures one-way through an OWAMP server (RFC 4656: perfSONAR's owampd, or udpecho \
+            server --protocol owamp; TCP port 861 if none is given), as owping: a session each way (--direction), \
+            -c packets (100) on a Poisson schedule of mean -i (100ms; --schedule fixed), each direction's one-way \
+            delay min/median/p95/max, jitter (p95 - median), loss, duplicates, skipped packets and hops, with \
+            whether the clocks are synchronized and their error bound:
+              udpecho ping --owamp 192.0.2.1 -c 100 -i 10ms --loss-timeout 2s
+
             --dscp, --ecn (or --tos), --ttl and --df mark the probes. Each reply line ends with the TTL it \
             arrived with (ttl=63) and, when a marking was asked, its DSCP and ECN; against `udpecho server \
             --reflect-tos` (or a STAMP reflector, with --stamp) also what the probe arrived with there, and the \
@@ -66,16 +73,21 @@ struct PingCommand: AsyncParsableCommand {
     var count: Int?
 
     @Option(
-        name: [.short, .long],
+        name: [.short, .customLong("interval")],
         parsing: .unconditional,
-        help: ArgumentHelp("Time between probes, e.g. 1s, 200ms, 500us.", valueName: "duration"),
+        help: ArgumentHelp(
+            "Time between probes, e.g. 1s, 200ms, 500us. (default: 1s; with --owamp the mean gap, 100ms)",
+            valueName: "duration"
+        ),
         transform: parseDuration
     )
-    var interval: Duration = .seconds(1)
+    var intervalOption: Duration?
+
+    var interval: Duration { self.intervalOption ?? (self.twampOptions.owamp ? .milliseconds(100) : .seconds(1)) }
 
     @OptionGroup var stampOptions: StampSenderOptions
 
-    @OptionGroup(title: "TWAMP") var twampOptions: TwampClientOptions
+    @OptionGroup(title: "TWAMP and OWAMP") var twampOptions: TwampClientOptions
 
     @OptionGroup(title: "Marking and hops") var markingOptions: MarkingOptions
 
@@ -103,16 +115,16 @@ struct PingCommand: AsyncParsableCommand {
 
     func validate() throws {
         if let count, count < 1 { throw ValidationError("-c/--count must be at least 1") }
-        if self.twampOptions.twamp {
+        if self.twampOptions.controlled {
             _ = try self.twampOptions.target(self.target.text)
         } else {
             _ = try self.stampOptions.target(self.target.text)
         }
-        if self.twampOptions.twamp && self.stampOptions.stamp {
-            throw ValidationError("--twamp and --stamp are two ways to measure: give one")
+        if self.twampOptions.controlled && self.stampOptions.stamp {
+            throw ValidationError("--twamp or --owamp, and --stamp, are two ways to measure: give one")
         }
-        if self.twampOptions.twamp && self.probe.flows > 1 {
-            throw ValidationError("--twamp measures one session: --flows needs --stamp or plain echoes")
+        if self.twampOptions.controlled && self.probe.flows > 1 {
+            throw ValidationError("--twamp and --owamp measure one session: --flows needs --stamp or plain echoes")
         }
         if let size = self.probe.sizeOption, size < 16 {
             throw ValidationError("-s/--size must be at least 16: a probe carries its sequence number and send time")
@@ -126,6 +138,10 @@ struct PingCommand: AsyncParsableCommand {
     func run() async throws {
         if self.twampOptions.twamp {
             try await self.runTwamp()
+            return
+        }
+        if self.twampOptions.owamp {
+            try await self.runOwamp()
             return
         }
         let address: SocketAddress
