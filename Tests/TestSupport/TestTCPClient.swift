@@ -10,11 +10,24 @@ import Glibc
 public final class TestTCPClient: @unchecked Sendable {
     public let descriptor: Int32
 
-    public init(connectTo peer: SocketAddress) throws {
+    /// Connects to `peer`, from `source` (an IPv4 address of this host, any port) if given.
+    public init(connectTo peer: SocketAddress, from source: String? = nil) throws {
         let family: Int32 = if case .v6 = peer { AF_INET6 } else { AF_INET }
         let fd = socket(family, Int32(SOCK_STREAM.rawValue), 0)
         precondition(fd >= 0)
         self.descriptor = fd
+        if let source, case .v4(let local) = try SocketAddress(ipAddress: source, port: 0) {
+            let bound = withUnsafePointer(to: local.address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                }
+            }
+            guard bound == 0 else {
+                let code = errno
+                Glibc.close(fd)
+                throw TestSocketError(operation: "bind \(source)", errno: code)
+            }
+        }
         let result: Int32 =
             switch peer {
             case .v4(let v4):

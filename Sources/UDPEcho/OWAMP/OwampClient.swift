@@ -244,6 +244,13 @@ private struct OwampControlClient {
             $0.0.stop()
         }
         _ = await (sent, received)
+        if let sender {
+            // Stop-Sessions only once the last packet's loss timeout has passed (RFC 4656 §3.8: the receiver counts
+            // nothing sent later than that before the stop), so that packets still in flight are not cut off.
+            let end = (sender.plan.sendTimes().last ?? start) &+ sender.plan.timeout
+            let left = end - cudpecho_realtime_ns()
+            if left > 0 { try await Task.sleep(for: .nanoseconds(left)) }
+        }
         try Task.checkCancellation()
         // Stop-Sessions both ways: ours describes what we sent, the server's what it sent.
         let now = cudpecho_realtime_ns()

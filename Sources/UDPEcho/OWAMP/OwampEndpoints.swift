@@ -160,9 +160,9 @@ final class OwampReceiver: Sendable {
     let socket: OwampSocket
     /// The only address test packets are taken from (nil: any).
     let sender: IPKey?
-    /// The most records kept: the packets, and as many duplicates again up to 1024 (a flood of copies is counted,
-    /// not kept).
-    let capacity: Int
+    /// The most extra copies kept: as many as the packets, up to 1024 (a flood of copies is counted, not kept; the
+    /// first copy of each packet always is).
+    let duplicateCapacity: Int
 
     /// What came in that is not a record.
     struct Discards: Sendable, Equatable {
@@ -170,22 +170,25 @@ final class OwampReceiver: Sendable {
         var foreign = 0
         /// Of the wrong length, with a sequence number past the session's count, or an HMAC that does not verify.
         var malformed = 0
-        /// Copies past the record limit.
+        /// Copies past the limit of duplicates kept.
         var overflow = 0
     }
 
     private struct State {
         var records: [OwampRecord] = []
+        var seen: [Bool]
+        var duplicates = 0
         var discards = Discards()
         var stopped = false
     }
-    private let state = Mutex(State())
+    private let state: Mutex<State>
 
     init(plan: OwampSessionPlan, socket: OwampSocket, sender: IPKey?) {
         self.plan = plan
         self.socket = socket
         self.sender = sender
-        self.capacity = Int(plan.count) + min(Int(plan.count), 1024)
+        self.duplicateCapacity = min(Int(plan.count), 1024)
+        self.state = Mutex(State(seen: [Bool](repeating: false, count: Int(plan.count))))
     }
 
     /// Receives until stopped, or until CLOCK_REALTIME passes `deadline`.
@@ -251,11 +254,21 @@ final class OwampReceiver: Sendable {
                 )
             }
             self.state.withLock { state in
+                // What arrives after stop() is not counted: the records were taken then.
+                guard !state.stopped else { return }
                 state.discards.foreign += discards.foreign
                 state.discards.malformed += discards.malformed
-                let room = max(0, self.capacity - state.records.count)
-                state.records += records.prefix(room)
-                state.discards.overflow += max(0, records.count - room)
+                for record in records {
+                    if !state.seen[Int(record.sequence)] {
+                        state.seen[Int(record.sequence)] = true
+                    } else if state.duplicates < self.duplicateCapacity {
+                        state.duplicates += 1
+                    } else {
+                        state.discards.overflow += 1
+                        continue
+                    }
+                    state.records.append(record)
+                }
             }
         }
     }

@@ -6,23 +6,29 @@ import _CryptoExtras
 /// RFC 4656 §5.1's generator: AES-128 in counter mode keyed with the SID, and Knuth's algorithm S for the
 /// exponential distribution, in 32.32 fixed point, bit for bit as perfSONAR's `schedule.c`. Sender and receiver
 /// compute the same times: the receiver needs them for the send times of lost packets.
-struct OwampSchedule: Sendable {
-    let slots: [ScheduleSlot]
+///
+/// ```swift
+/// var schedule = OwampSchedule(sid: sid, slots: [ScheduleSlot(kind: .exponential, duration: .milliseconds(100))])
+/// let first = schedule.next()  // the first packet's offset from the start, NTP 32.32 seconds
+/// ```
+public struct OwampSchedule: Sendable {
+    public let slots: [ScheduleSlot]
     private let key: SymmetricKey
     private var counter = [UInt8](repeating: 0, count: 16)
     private var random = [UInt8](repeating: 0, count: 16)
     /// How many gaps have been drawn, and their sum (NTP 32.32 seconds).
-    private(set) var index = 0
-    private(set) var offset: UInt64 = 0
+    public private(set) var index = 0
+    public private(set) var offset: UInt64 = 0
 
-    init(sid: [UInt8], slots: [ScheduleSlot]) {
+    /// The schedule of the session `sid` (16 bytes) with `slots` (at least one).
+    public init(sid: [UInt8], slots: [ScheduleSlot]) {
         precondition(!slots.isEmpty, "a schedule has at least one slot")
         self.slots = slots
         self.key = SymmetricKey(data: sid.padded(to: 16))
     }
 
     /// The next packet's offset from the session's start (NTP 32.32 seconds).
-    mutating func next() -> UInt64 {
+    public mutating func next() -> UInt64 {
         let slot = self.slots[self.index % self.slots.count]
         self.index += 1
         let gap =

@@ -1,3 +1,4 @@
+import Atomics
 import CUDPEcho
 import Logging
 public import NIOCore
@@ -21,6 +22,7 @@ public final class OwampServer: Service, Sendable {
     private let channel: any Channel
     private let shared: ControlServerShared
     private let results: OwampResultStore
+    private let serving = ManagedAtomic(false)
 
     /// Binds OWAMP-Control's TCP port (its reads start in ``run()``).
     ///
@@ -86,6 +88,9 @@ public final class OwampServer: Service, Sendable {
         return statistics
     }
 
+    /// Whether ``run()`` takes control connections.
+    var isServing: Bool { self.serving.load(ordering: .acquiring) }
+
     /// Control connections open now.
     public var openConnections: Int { self.shared.state.withLock { $0.open } }
 
@@ -108,6 +113,7 @@ public final class OwampServer: Service, Sendable {
     /// connections).
     public func run() async throws {
         try? await self.channel.setOption(.autoRead, value: true).get()
+        self.serving.store(true, ordering: .releasing)
         await withGracefulShutdownHandler {
             await withTaskCancellationHandler {
                 try? await self.channel.closeFuture.get()
