@@ -127,6 +127,26 @@ def seeds():
     yield "twamp-reflector", "padded-ipv6", b"\x04" + struct.pack("!IQH", 1, 0xE9A5_0000_0000_0000, 0) + bytes(30)
     yield "twamp-reflector", "authenticated", b"\x01" + bytes(48)
     yield "twamp-reflector", "encrypted", b"\x02" + bytes(64)
+    # OWAMP-Control (RFC 4656): a client's requests (one slot), start, stop (one session, one skipped range) and fetch.
+    slot = bytes([0]) + bytes(7) + struct.pack("!Q", 0x028F_5C28)
+    ow_request = bytes([1, 4, 0, 1]) + struct.pack("!II", 1, 10) + struct.pack("!HH", 40000, 0) + bytes(48) + \
+        struct.pack("!IQQI", 0, 0xE9A5_0000_0000_0000, 1 << 32, 0) + bytes(24)
+    ow_send = bytes([1, 4, 1, 0]) + struct.pack("!II", 1, 10) + struct.pack("!HH", 0, 40000) + bytes(32) + \
+        bytes(range(16)) + struct.pack("!IQQI", 0, 0xE9A5_0000_0000_0000, 1 << 32, 0) + bytes(24)
+    ow_stop = bytes([3, 0, 0, 0]) + struct.pack("!I", 1) + bytes(8) + bytes(16) + struct.pack("!II", 10, 1) + \
+        struct.pack("!II", 2, 3) + bytes(16)
+    fetch = bytes([4]) + bytes(7) + struct.pack("!II", 0, 0xFFFF_FFFF) + bytes(16) + bytes(16)
+    yield "owamp-control-server", "unauthenticated", b"\x00" + setup + ow_request + slot + bytes(16) + \
+        ow_send + slot + bytes(16) + start + ow_stop + fetch
+    yield "owamp-control-server", "authenticated", b"\x01" + ow_request + slot + bytes(16) + start + ow_stop
+    yield "owamp-control-server", "encrypted", b"\x03" + ow_send + slot + bytes(16) + start + fetch
+    yield "owamp-messages", "stop-sessions", ow_stop
+    yield "owamp-messages", "fetch-ack", bytes([0, 1, 0, 0]) + struct.pack("!III", 10, 1, 10) + bytes(16)
+    yield "owamp-messages", "records", struct.pack("!IHHQQB", 3, 0x0101, 0x0101, 0xE9A5 << 48, 0xE9A5 << 48 | 99, 255) * 4
+    yield "owamp-test-packet", "unauthenticated", b"\x00" + struct.pack("!IQH", 3, 0xE9A5_0000_0000_0000, 0x0101)
+    yield "owamp-test-packet", "padded", b"\x10" + struct.pack("!IQH", 3, 0xE9A5_0000_0000_0000, 0x0101) + bytes(4)
+    yield "owamp-test-packet", "authenticated", b"\x01" + bytes(48)
+    yield "owamp-test-packet", "encrypted", b"\x03" + bytes(48)
     yield "key-file", "pfstore", b"# made by pfstore\nalice 636f727265637420686f727365\nbob\tABCDEF\n\n"
     yield "key-file", "bad", b"alice 636\nbob\ncarol zz\n"
 

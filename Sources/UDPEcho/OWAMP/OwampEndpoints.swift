@@ -221,37 +221,22 @@ final class OwampReceiver: Sendable {
                     continue
                 }
                 let size = cudpecho_batch_length(batch, index)
-                guard size == self.plan.packetSize, cudpecho_batch_truncated(batch, index) == 0 else {
-                    discards.malformed += 1
-                    continue
-                }
                 let payload = UnsafeMutableRawBufferPointer(start: cudpecho_batch_payload(batch, index), count: size)
-                if let cipher = self.plan.cipher, !cipher.openSender(payload) {
-                    discards.malformed += 1
-                    continue
-                }
-                let base = UnsafeRawPointer(payload.baseAddress!)
-                let sequence = base.loadBigEndian(UInt32.self, at: 0)
-                guard sequence < self.plan.count else {
-                    discards.malformed += 1
-                    continue
-                }
-                let timestampAt = self.plan.cipher == nil ? 4 : 16
                 let kernel = cudpecho_batch_timestamp(batch, index, 0)
                 let ttl = cudpecho_batch_received_ttl(batch, index)
-                records.append(
-                    OwampRecord(
-                        sequence: sequence,
-                        sendTime: base.loadBigEndian(UInt64.self, at: timestampAt),
-                        receiveTime: StampTimestampFormat.ntp.encode(
-                            kernel > 0 ? kernel : cudpecho_realtime_ns(),
-                            taiOffset: 0
-                        ),
-                        sendError: StampErrorEstimate(raw: base.loadBigEndian(UInt16.self, at: timestampAt + 8)),
+                guard cudpecho_batch_truncated(batch, index) == 0,
+                    let record = Self.record(
+                        of: payload,
+                        plan: self.plan,
+                        receiveTime: kernel > 0 ? kernel : cudpecho_realtime_ns(),
                         receiveError: receiveError,
                         ttl: ttl >= 0 ? UInt8(truncatingIfNeeded: ttl) : 255
                     )
-                )
+                else {
+                    discards.malformed += 1
+                    continue
+                }
+                records.append(record)
             }
             self.state.withLock { state in
                 // What arrives after stop() is not counted: the records were taken then.
@@ -271,6 +256,32 @@ final class OwampReceiver: Sendable {
                 }
             }
         }
+    }
+
+    /// The record of the test packet in `payload` (decrypted in place in the keyed modes), received at
+    /// `receiveTime` (CLOCK_REALTIME ns); nil if it is not one of the session's: the wrong length, an HMAC that does
+    /// not verify, a sequence number past the session's count.
+    static func record(
+        of payload: UnsafeMutableRawBufferPointer,
+        plan: OwampSessionPlan,
+        receiveTime: Int64,
+        receiveError: StampErrorEstimate,
+        ttl: UInt8
+    ) -> OwampRecord? {
+        guard payload.count == plan.packetSize else { return nil }
+        if let cipher = plan.cipher, !cipher.openSender(payload) { return nil }
+        let base = UnsafeRawPointer(payload.baseAddress!)
+        let sequence = base.loadBigEndian(UInt32.self, at: 0)
+        guard sequence < plan.count else { return nil }
+        let timestampAt = plan.cipher == nil ? 4 : 16
+        return OwampRecord(
+            sequence: sequence,
+            sendTime: base.loadBigEndian(UInt64.self, at: timestampAt),
+            receiveTime: StampTimestampFormat.ntp.encode(receiveTime, taiOffset: 0),
+            sendError: StampErrorEstimate(raw: base.loadBigEndian(UInt16.self, at: timestampAt + 8)),
+            receiveError: receiveError,
+            ttl: ttl
+        )
     }
 
     /// Stops receiving.

@@ -42,6 +42,12 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     case twampReflector = "twamp-reflector"
     /// A key file in perfSONAR's pfstore format (`--key-file`).
     case keyFile = "key-file"
+    /// OWAMP-Control as a server reads it: a client's messages after the greeting (in the keyed modes, sealed).
+    case owampControlServer = "owamp-control-server"
+    /// OWAMP's messages decoded and encoded back: Stop-Sessions, Fetch-Session, Fetch-Ack, slots, records.
+    case owampMessages = "owamp-messages"
+    /// An OWAMP test packet as a receiver decodes it, in each mode.
+    case owampTestPacket = "owamp-test-packet"
 
     /// Runs the target once over `data`.
     public func run(_ data: UnsafeRawBufferPointer) {
@@ -57,6 +63,9 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         case .twampControlClient: FuzzHarness.twampControlClient(data)
         case .twampReflector: FuzzHarness.twampReflector(data)
         case .keyFile: FuzzHarness.keyFile(data)
+        case .owampControlServer: FuzzHarness.owampControlServer(data)
+        case .owampMessages: FuzzHarness.owampMessages(data)
+        case .owampTestPacket: FuzzHarness.owampTestPacket(data)
         }
     }
 }
