@@ -268,6 +268,18 @@ import Glibc
         }
     }
 
+    /// A client asking for hundreds of sessions gets the connection's limit (16 by default) and a refusal (Accept 4)
+    /// for each of the rest, every one answered; no more sockets are kept than the limit.
+    @Test func aFloodOfSessionRequestsMeetsTheLimit() async throws {
+        try await OwampTests.withServer { server in
+            let client = try await Self.open(server)
+            var answers: [IPPMAccept: Int] = [:]
+            for _ in 0..<300 { answers[try await Self.ask(client, Self.request()).accept, default: 0] += 1 }
+            #expect(answers == [.ok: 16, .permanentLimitation: 284])
+            #expect(server.statistics.runningSessions == 16 && server.statistics.sessionsRefused == 284)
+        }
+    }
+
     /// Fetch-Session gives a session's records only to the address that requested it, and none for an unknown SID
     /// or an unfinished one: each refused with Accept 1 and counted.
     @Test func onlyTheRequesterFetchesAFinishedSession() async throws {
@@ -405,5 +417,31 @@ import Glibc
         #expect(records.filter { $0.sequence == 0 }.count == 5 && records.filter { $0.sequence == 1 }.count == 1)
         #expect(records.contains { $0.sequence == 2 && $0.isLost })
         socket.close()
+    }
+
+    /// A session nothing reached: every packet below the sender's next sequence number is lost but the skipped ones,
+    /// and those whose loss timeout had not passed when the session stopped are neither received nor lost.
+    @Test func lostAndSkippedPacketsAreToldApart() throws {
+        let socket = try OwampSocket(local: try SocketAddress(ipAddress: "127.0.0.1", port: 0))
+        defer { socket.close() }
+        let start = cudpecho_realtime_ns()
+        let plan = OwampSessionPlan(
+            sid: [UInt8](repeating: 5, count: 16),
+            slots: [ScheduleSlot(kind: .fixed, duration: .seconds(1))],
+            count: 12,
+            start: start,
+            padding: 0,
+            timeout: 1_000_000_000,
+            cipher: nil
+        )
+        let receiver = OwampReceiver(plan: plan, socket: socket, sender: nil)
+        let skips = [OwampSkipRange(first: 2, last: 3), OwampSkipRange(first: 7, last: 7)]
+        // Packet i is due at start + (i + 1) s, lost at start + (i + 2) s: at start + 11.5 s, packets 0...9 can be
+        // told lost, 10 cannot; 11 was never sent.
+        let records = receiver.records(nextSequence: 11, skips: skips, stopTime: start + 11_500_000_000)
+        #expect(records.map(\.sequence) == [0, 1, 4, 5, 6, 8, 9] && records.allSatisfy(\.isLost))
+        #expect(records.first?.sendTime == StampTimestampFormat.ntp.encode(start + 1_000_000_000, taiOffset: 0))
+        let result = OwampDirectionResult(sid: plan.sid, records: records, nextSequence: 11, skips: skips)
+        #expect(result.sent == 8 && result.skipped == 3 && result.lost == 7 && result.received == 0)
     }
 }

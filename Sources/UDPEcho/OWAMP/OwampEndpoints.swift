@@ -302,12 +302,15 @@ final class OwampReceiver: Sendable {
         let lostError = StampErrorEstimate(raw: HostClock.current().errorEstimate(.ntp).raw & 0xBFFF)
         var records: [OwampRecord] = []
         records.reserveCapacity(Int(limit))
+        // The ranges in order (Stop-Sessions' decoding checks it), walked once alongside the sequence numbers.
+        let ranges = skips.sorted { $0.first < $1.first }
+        var range = 0
         for sequence in 0..<limit {
+            while range < ranges.count && ranges[range].last < sequence { range += 1 }
+            let skipped = range < ranges.count && ranges[range].contains(sequence)
             if let copies = bySequence[sequence] {
                 records += copies
-            } else if !skips.contains(where: { $0.contains(sequence) }),
-                times[Int(sequence)] &+ self.plan.timeout <= stopTime
-            {
+            } else if !skipped, times[Int(sequence)] &+ self.plan.timeout <= stopTime {
                 records.append(
                     OwampRecord(
                         sequence: sequence,

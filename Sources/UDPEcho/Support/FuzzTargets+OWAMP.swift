@@ -59,9 +59,14 @@ extension FuzzHarness {
                 part(max(1, slots) * ScheduleSlot.size + 16)
             case 3:
                 let message = Array(rest)
-                let length = (try? OwampStopSessions.length(of: { range in
-                    range.upperBound <= message.count ? message[range] : nil
-                }, maximumSessions: 4, maximumSkips: 8)) ?? nil
+                let length =
+                    (try? OwampStopSessions.length(
+                        of: { range in
+                            range.upperBound <= message.count ? message[range] : nil
+                        },
+                        maximumSessions: 4,
+                        maximumSkips: 8
+                    )) ?? nil
                 part(min(length ?? 32, 4096))
             case 4: part(FetchSession.size)
             default: part(StartSessions.size)
@@ -143,7 +148,12 @@ extension FuzzHarness {
         precondition(packed.count % 16 == 0 && packed.count >= count * OwampRecord.size)
         precondition((0..<count).allSatisfy { OwampRecord(decoding: packed, at: $0 * OwampRecord.size) == records[$0] })
         let next = UInt32(truncatingIfNeeded: bytes.first.map(Int.init) ?? 0)
-        let result = OwampDirectionResult(sid: [UInt8](repeating: 0, count: 16), records: records, nextSequence: next, skips: [])
+        let result = OwampDirectionResult(
+            sid: [UInt8](repeating: 0, count: 16),
+            records: records,
+            nextSequence: next,
+            skips: []
+        )
         precondition(result.received + result.lost <= Int(next), "more packets counted than sent")
         precondition(result.delays.count == result.received && result.delays == result.delays.sorted())
     }
@@ -159,7 +169,9 @@ extension FuzzHarness {
             start: 0,
             padding: Int(mode >> 2),
             timeout: 1_000_000_000,
-            cipher: mode & 1 == 0 ? nil : TestSessionCipher(encrypted: mode & 2 != 0, sid: [UInt8](repeating: 1, count: 16), control: keys)
+            cipher: mode & 1 == 0
+                ? nil
+                : TestSessionCipher(encrypted: mode & 2 != 0, sid: [UInt8](repeating: 1, count: 16), control: keys)
         )
         var packet = Array(data.dropFirst())
         let record = packet.withUnsafeMutableBytes {
@@ -172,7 +184,10 @@ extension FuzzHarness {
             )
         }
         if let record {
-            precondition(packet.count == plan.packetSize && record.sequence < plan.count, "a packet outside the session")
+            precondition(
+                packet.count == plan.packetSize && record.sequence < plan.count,
+                "a packet outside the session"
+            )
             precondition(!record.isLost, "a received packet recorded as lost")
         }
     }
