@@ -19,8 +19,13 @@ func withServer<Result>(
 ) async throws -> Result {
     let server = try EchoServer(configuration: configuration, onEvent: onEvent)
     let running = try await startServing(server)
+    return try await untilDone(running) { try await body(server) }
+}
+
+/// Runs `body`, then cancels `running` (a server's run) and waits for it to end, whether `body` threw or not.
+func untilDone<Result>(_ running: Task<Void, any Error>, _ body: () async throws -> Result) async throws -> Result {
     do {
-        let result = try await body(server)
+        let result = try await body()
         running.cancel()
         try await running.value
         return result
@@ -29,6 +34,18 @@ func withServer<Result>(
         try? await running.value
         throw error
     }
+}
+
+/// Starts `run` (a server's) in a task and waits until `isServing` says it serves: on a loaded machine (the whole
+/// suite starting at once) the task has started more than 10 s late, past a client's control timeout.
+func serving(
+    _ run: @escaping @Sendable () async throws -> Void,
+    isServing: () -> Bool
+) async throws -> Task<Void, any Error> {
+    let running = Task { try await run() }
+    let deadline = ContinuousClock.now + .seconds(60)
+    while !isServing() && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(1)) }
+    return running
 }
 
 /// The server's address for clients: its own, or, for a wildcard server (the wildcard itself is not a destination),

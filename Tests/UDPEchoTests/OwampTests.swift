@@ -28,19 +28,8 @@ import Glibc
         )
         change(&configuration)
         let server = try await OwampServer(configuration: configuration)
-        let running = Task { try await server.run() }
-        let deadline = ContinuousClock.now + .seconds(60)
-        while !server.isServing && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(1)) }
-        do {
-            let result = try await body(server)
-            running.cancel()
-            try await running.value
-            return result
-        } catch {
-            running.cancel()
-            try? await running.value
-            throw error
-        }
+        let running = try await serving({ try await server.run() }, isServing: { server.isServing })
+        return try await untilDone(running) { try await body(server) }
     }
 
     static func configuration(

@@ -26,21 +26,8 @@ import Testing
         )
         change(&configuration)
         let server = try await TwampServer(configuration: configuration)
-        let running = Task { try await server.run() }
-        // As startServing does for echo servers: on a loaded machine (the whole suite starting at once) the task that
-        // runs the server has started more than 10 s late, past the client's control timeout.
-        let deadline = ContinuousClock.now + .seconds(60)
-        while !server.isServing && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(1)) }
-        do {
-            let result = try await body(server)
-            running.cancel()
-            try await running.value
-            return result
-        } catch {
-            running.cancel()
-            try? await running.value
-            throw error
-        }
+        let running = try await serving({ try await server.run() }, isServing: { server.isServing })
+        return try await untilDone(running) { try await body(server) }
     }
 
     func ping(

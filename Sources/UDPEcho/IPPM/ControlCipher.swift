@@ -166,3 +166,11 @@ func randomBytes(_ count: Int) -> [UInt8] {
     var generator = SystemRandomNumberGenerator()
     return (0..<count).map { _ in UInt8.random(in: 0...255, using: &generator) }
 }
+
+/// A session identifier as RFC 4656 §3.5 suggests: the receiver's IPv4 address (or the last 4 bytes of its IPv6
+/// address), the time as an NTP timestamp, and 4 random bytes.
+func sessionIdentifier(address: IPKey, now: Int64) -> [UInt8] {
+    var sid = Array(address.bytes.suffix(4))
+    sid += withUnsafeBytes(of: StampTimestampFormat.ntp.encode(now, taiOffset: 0).bigEndian) { Array($0) }
+    return sid + randomBytes(4)
+}

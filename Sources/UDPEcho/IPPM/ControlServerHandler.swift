@@ -1,26 +1,164 @@
 import Logging
 import NIOCore
+import NIOPosix
 import Synchronization
 
-/// A server's side of one OWAMP or TWAMP control connection, without its socket: bytes in, bytes out.
+/// A server's side of one OWAMP or TWAMP control connection, without its socket: bytes in, bytes out. The set-up,
+/// the framing and the limit on bytes read ahead are shared (this protocol's extension); each protocol adds its
+/// commands.
 protocol ControlServerConnection {
-    var phase: ControlPhase { get }
-    /// Whether a message has begun and not finished (the stall timer runs).
-    var hasPartialMessage: Bool { get }
-    func greetingBytes() -> [UInt8]
-    mutating func receive(_ bytes: some Collection<UInt8>) -> [ControlAction]
+    var phase: ControlPhase { get set }
+    var channel: ControlServerChannel { get set }
+    /// The most bytes a client may send ahead of the server's answers; more is a client that does not read, or a
+    /// flood.
+    var maximumBuffered: Int { get }
+    /// The server's start, as an NTP timestamp (for the Server-Start).
+    var startTime: UInt64 { get }
+    func count(_ key: WritableKeyPath<IPPMServerStatistics, Int>)
+    /// One command after set-up, if it is all here: true if one was handled, false if more bytes are needed, nil
+    /// when the connection closed.
+    mutating func command(_ command: UInt8, _ actions: inout [ControlAction]) -> Bool?
     /// The connection closed: its sessions end.
     mutating func close()
 }
 
+extension ControlServerConnection {
+    /// The Server Greeting that opens the connection.
+    func greetingBytes() -> [UInt8] { self.channel.greetingBytes() }
+
+    /// Whether a message has begun and not finished (the stall timer runs).
+    var hasPartialMessage: Bool { self.phase == .setUp || self.channel.buffered > 0 }
+
+    /// Takes bytes from the client and says what to do.
+    mutating func receive(_ bytes: some Collection<UInt8>) -> [ControlAction] {
+        guard self.phase != .closed else { return [] }
+        self.channel.append(bytes)
+        var actions: [ControlAction] = []
+        while self.phase != .closed {
+            guard let progressed = self.step(&actions), progressed else { break }
+        }
+        if self.phase != .closed && self.channel.buffered > self.maximumBuffered {
+            actions += self.fail("the client sent \(self.channel.buffered) bytes ahead of the answers")
+        }
+        return actions
+    }
+
+    /// One message, if it is all here: true if one was handled, false if more bytes are needed, nil when closed.
+    private mutating func step(_ actions: inout [ControlAction]) -> Bool? {
+        switch self.phase {
+        case .closed:
+            return nil
+        case .setUp:
+            guard let response = self.channel.takeSetUpResponse() else { return false }
+            switch self.channel.setUp(response, startTime: self.startTime) {
+            case .accepted(let start):
+                self.phase = .requests
+                actions.append(.send(start))
+            case .refused(let start, let reason, let mode):
+                self.count(mode ? \.modeRefused : \.authenticationFailures)
+                self.phase = .closed
+                actions += [.send(start), .close(reason)]
+            }
+            return true
+        case .requests, .testing:
+            guard let command = self.channel.peek() else { return false }
+            return self.command(command, &actions)
+        }
+    }
+
+    /// Closes the connection for a protocol error.
+    mutating func fail(_ reason: String) -> [ControlAction] {
+        self.count(\.protocolErrors)
+        self.phase = .closed
+        return [.close(reason)]
+    }
+
+    /// Seals a message whose last 16 bytes are its HMAC.
+    mutating func sealed(_ message: [UInt8]) -> [UInt8] { self.channel.sealed(message) }
+
+    /// The next message (or part of one) of `size` bytes, its HMAC checked and zeroed; nil if it is not all here,
+    /// or (the connection closed) if its HMAC does not verify.
+    mutating func takeMessage(_ size: Int, _ actions: inout [ControlAction]) -> [UInt8]? {
+        guard var message = self.channel.take(size) else { return nil }
+        guard self.channel.verify(message) else {
+            actions += self.fail("a message's HMAC does not verify")
+            return nil
+        }
+        message.replaceSubrange((size - 16)..<size, with: [UInt8](repeating: 0, count: 16))
+        return message
+    }
+}
+
 /// The limits a control server puts on its connections.
 struct ControlServerLimits: Sendable {
+    /// Checks what an OWAMP or TWAMP server's configuration shares: its modes and keys, its limits (each at least 1,
+    /// named), its PBKDF2 count and its padding.
+    static func validate(
+        name: String,
+        modes: IPPMModes,
+        keys: IPPMKeyFile?,
+        limits: [(Int, String)],
+        keyDerivationCount: UInt32,
+        maximumPadding: Int
+    ) throws(EchoError) {
+        guard !modes.isEmpty, modes.rawValue & ~7 == 0 else {
+            throw .invalidConfiguration("the \(name) modes must be some of unauthenticated, authenticated, encrypted")
+        }
+        if modes.usesKey && (keys?.secrets.isEmpty ?? true) {
+            throw .invalidConfiguration("authenticated and encrypted modes need a key file with at least one key")
+        }
+        for (value, limit) in limits where value < 1 {
+            throw .invalidConfiguration("the \(limit) must be at least 1, not \(value)")
+        }
+        guard ControlToken.countRange.contains(keyDerivationCount) else {
+            throw .invalidConfiguration("the PBKDF2 count must be within \(ControlToken.countRange)")
+        }
+        guard (0...65_000).contains(maximumPadding) else {
+            throw .invalidConfiguration("the maximum padding must be within 0...65000 bytes")
+        }
+    }
+
     /// "OWAMP" or "TWAMP", for the log.
     var name: String
     var maximumConnections: Int
     var maximumConnectionsPerSource: Int
     var messageTimeout: Duration
     var idleTimeout: Duration
+}
+
+extension ControlServerHandler {
+    /// Binds a control server's TCP port on `address`: each connection gets a handler whose state machine `make`
+    /// makes. No connection is read before `autoRead` is turned on (the server's `run()`); the kernel still completes
+    /// handshakes into the backlog.
+    static func bind(
+        _ address: SocketAddress,
+        limits: ControlServerLimits,
+        shared: ControlServerShared,
+        logger: Logger,
+        make: @escaping @Sendable (_ peer: IPKey, _ local: IPKey) -> Connection
+    ) async throws -> any Channel {
+        do {
+            return try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .serverChannelOption(.autoRead, value: false)
+                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .childChannelOption(
+                    .recvAllocator,
+                    value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 16_384)
+                )
+                .childChannelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(
+                            ControlServerHandler(limits: limits, shared: shared, logger: logger, make: make)
+                        )
+                    }
+                }
+                .bind(to: address)
+                .get()
+        } catch let error as IOError {
+            throw EchoError.socket(operation: "bind", address: address.hostPortDescription, errno: error.errnoCode)
+        }
+    }
 }
 
 /// A control server's counters, its connections per source and the room for sessions it has promised, under one

@@ -165,63 +165,40 @@ private struct OwampControlClient {
         ]
         var sender: OwampSender?
         var receiver: (OwampReceiver, deadline: Int64)?
+        // Their threads have ended by the time this runs (they are awaited, cancelled or not), or never started.
         defer {
-            if let sender { _ = sender.stop() }
-            if let receiver { receiver.0.stop() }
+            sender?.socket.close()
+            receiver?.0.socket.close()
         }
         try await OwampPinger.withTimeout(configuration.controlTimeout, channel: channel) {
             if configuration.directions.contains(.toServer) {
-                let socket = try OwampSocket(local: localKey.socketAddress(port: 0))
-                let accept: AcceptSession
-                do {
-                    accept = try await self.request(
-                        serverSends: false,
-                        localKey: localKey,
-                        serverKey: serverKey,
-                        localPort: socket.port,
-                        sid: [UInt8](repeating: 0, count: 16),
-                        slots: slots,
-                        start: start,
-                        reader: &reader,
-                        outbound: outbound
-                    )
-                } catch {
-                    socket.close()
-                    throw error
-                }
+                let (socket, accept) = try await self.request(
+                    serverSends: false,
+                    localKey: localKey,
+                    serverKey: serverKey,
+                    sid: [UInt8](repeating: 0, count: 16),
+                    slots: slots,
+                    start: start,
+                    reader: &reader,
+                    outbound: outbound
+                )
                 var destination = self.configuration.server
                 destination.port = Int(accept.port)
-                sender = OwampSender(
-                    plan: self.plan(sid: accept.sid, slots: slots, start: start),
-                    socket: socket,
-                    destination: destination
-                )
+                let plan = self.plan(sid: accept.sid, slots: slots, start: start)
+                sender = OwampSender(plan: plan, socket: socket, destination: destination)
             }
             if configuration.directions.contains(.fromServer) {
-                let socket = try OwampSocket(local: localKey.socketAddress(port: 0))
-                var sid = Array(localKey.bytes.suffix(4))
-                sid += withUnsafeBytes(
-                    of: StampTimestampFormat.ntp.encode(cudpecho_realtime_ns(), taiOffset: 0).bigEndian
-                ) {
-                    Array($0)
-                }
-                sid += randomBytes(4)
-                do {
-                    _ = try await self.request(
-                        serverSends: true,
-                        localKey: localKey,
-                        serverKey: serverKey,
-                        localPort: socket.port,
-                        sid: sid,
-                        slots: slots,
-                        start: start,
-                        reader: &reader,
-                        outbound: outbound
-                    )
-                } catch {
-                    socket.close()
-                    throw error
-                }
+                let sid = sessionIdentifier(address: localKey, now: cudpecho_realtime_ns())
+                let (socket, _) = try await self.request(
+                    serverSends: true,
+                    localKey: localKey,
+                    serverKey: serverKey,
+                    sid: sid,
+                    slots: slots,
+                    start: start,
+                    reader: &reader,
+                    outbound: outbound
+                )
                 let plan = self.plan(sid: sid, slots: slots, start: start)
                 let last = plan.sendTimes().last ?? start
                 receiver = (
@@ -315,7 +292,40 @@ private struct OwampControlClient {
         }
     }
 
-    /// Requests one session (Request-Session, its slot and their HMAC) and reads the Accept-Session.
+    /// Requests one session (Request-Session, its slot and their HMAC) for a socket of its own, bound here, and
+    /// reads the Accept-Session; the socket is closed if the request fails.
+    private mutating func request(
+        serverSends: Bool,
+        localKey: IPKey,
+        serverKey: IPKey,
+        sid: [UInt8],
+        slots: [ScheduleSlot],
+        start: Int64,
+        reader: inout ControlReader,
+        outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
+    ) async throws -> (OwampSocket, AcceptSession) {
+        let socket = try OwampSocket(local: localKey.socketAddress(port: 0))
+        do {
+            return (
+                socket,
+                try await self.request(
+                    serverSends: serverSends,
+                    localKey: localKey,
+                    serverKey: serverKey,
+                    localPort: socket.port,
+                    sid: sid,
+                    slots: slots,
+                    start: start,
+                    reader: &reader,
+                    outbound: outbound
+                )
+            )
+        } catch {
+            socket.close()
+            throw error
+        }
+    }
+
     private mutating func request(
         serverSends: Bool,
         localKey: IPKey,

@@ -29,8 +29,8 @@ struct OwampControlConnection: ControlServerConnection {
     }
 
     private let context: Context
-    private(set) var phase = ControlPhase.setUp
-    private var channel: ControlServerChannel
+    var phase = ControlPhase.setUp
+    var channel: ControlServerChannel
     /// Sessions accepted and not yet started, and those running; each holds its room among the server's.
     private(set) var pending: [OwampEndpoint] = []
     private(set) var running: [OwampEndpoint] = []
@@ -46,88 +46,43 @@ struct OwampControlConnection: ControlServerConnection {
         )
     }
 
-    func greetingBytes() -> [UInt8] { self.channel.greetingBytes() }
-
-    var hasPartialMessage: Bool { self.phase == .setUp || self.channel.buffered > 0 }
+    var startTime: UInt64 { self.context.startTime }
+    func count(_ key: WritableKeyPath<IPPMServerStatistics, Int>) { self.context.count(key) }
 
     /// The most bytes a client may send ahead of the server's answers: the largest request (its most slots), or the
     /// largest Stop-Sessions.
-    private var maximumBuffered: Int {
+    var maximumBuffered: Int {
         max(
             2 * (SessionRequest.size + OwampServerConfiguration.maximumSlots * ScheduleSlot.size + 16),
             32 + self.sessionCount * OwampSessionDescription.size(skips: OwampServerConfiguration.maximumSkips)
         )
     }
 
-    mutating func receive(_ bytes: some Collection<UInt8>) -> [Action] {
-        guard self.phase != .closed else { return [] }
-        self.channel.append(bytes)
-        var actions: [Action] = []
-        while self.phase != .closed {
-            guard let progressed = self.step(&actions), progressed else { break }
-        }
-        if self.phase != .closed && self.channel.buffered > self.maximumBuffered {
-            actions += self.fail("the client sent \(self.channel.buffered) bytes ahead of the answers")
-        }
-        return actions
-    }
-
-    /// One message, if it is all here: true if one was handled, false if more bytes are needed, nil when closed.
-    private mutating func step(_ actions: inout [Action]) -> Bool? {
-        switch self.phase {
-        case .closed:
+    mutating func command(_ command: UInt8, _ actions: inout [Action]) -> Bool? {
+        switch ControlCommand(rawValue: command) {
+        case .requestSession where self.phase == .requests:
+            return self.takeRequest(&actions)
+        case .startSessions where self.phase == .requests:
+            guard let message = self.takeMessage(StartSessions.size, &actions) else {
+                return self.phase == .closed ? nil : false
+            }
+            actions += self.start(message)
+        case .fetchSession where self.phase == .requests:
+            guard let message = self.takeMessage(FetchSession.size, &actions) else {
+                return self.phase == .closed ? nil : false
+            }
+            actions += self.fetch(message)
+        case .stopSessions where self.phase == .testing:
+            return self.takeStop(&actions)
+        case .requestTWSession?:
+            actions += self.fail("command 5 is TWAMP's Request-TW-Session, not OWAMP's")
             return nil
-        case .setUp:
-            guard let response = self.channel.takeSetUpResponse() else { return false }
-            switch self.channel.setUp(response, startTime: self.context.startTime) {
-            case .accepted(let start):
-                self.phase = .requests
-                actions.append(.send(start))
-            case .refused(let start, let reason, let mode):
-                self.context.count(mode ? \.modeRefused : \.authenticationFailures)
-                self.phase = .closed
-                actions += [.send(start), .close(reason)]
-            }
-            return true
-        case .requests, .testing:
-            guard let command = self.channel.peek() else { return false }
-            switch ControlCommand(rawValue: command) {
-            case .requestSession where self.phase == .requests:
-                return self.takeRequest(&actions)
-            case .startSessions where self.phase == .requests:
-                guard let message = self.take(StartSessions.size, &actions) else {
-                    return self.phase != .closed ? false : nil
-                }
-                actions += self.start(message)
-            case .fetchSession where self.phase == .requests:
-                guard let message = self.take(FetchSession.size, &actions) else {
-                    return self.phase != .closed ? false : nil
-                }
-                actions += self.fetch(message)
-            case .stopSessions where self.phase == .testing:
-                return self.takeStop(&actions)
-            case .requestTWSession?:
-                actions += self.fail("command 5 is TWAMP's Request-TW-Session, not OWAMP's")
-                return nil
-            default:
-                let place = self.phase == .testing ? "while sessions run" : "before Start-Sessions"
-                actions += self.fail("command \(command) is not allowed \(place)")
-                return nil
-            }
-            return self.phase == .closed ? nil : true
-        }
-    }
-
-    /// The next message of `size` bytes, its HMAC checked and zeroed; nil if it is not all here, or (closed) if its
-    /// HMAC does not verify.
-    private mutating func take(_ size: Int, _ actions: inout [Action]) -> [UInt8]? {
-        guard var message = self.channel.take(size) else { return nil }
-        guard self.channel.verify(message) else {
-            actions += self.fail("a message's HMAC does not verify")
+        default:
+            let place = self.phase == .testing ? "while sessions run" : "before Start-Sessions"
+            actions += self.fail("command \(command) is not allowed \(place)")
             return nil
         }
-        message.replaceSubrange((size - 16)..<size, with: [UInt8](repeating: 0, count: 16))
-        return message
+        return self.phase == .closed ? nil : true
     }
 
     /// Request-Session: the 112-byte request, then its slots and their HMAC.
@@ -140,8 +95,8 @@ struct OwampControlConnection: ControlServerConnection {
         }
         let total = SessionRequest.size + slots * ScheduleSlot.size + 16
         guard self.channel.peek(0..<total) != nil else { return false }
-        guard let request = self.take(SessionRequest.size, &actions),
-            let schedule = self.take(slots * ScheduleSlot.size + 16, &actions)
+        guard let request = self.takeMessage(SessionRequest.size, &actions),
+            let schedule = self.takeMessage(slots * ScheduleSlot.size + 16, &actions)
         else { return nil }
         actions += self.request(request, schedule: Array(schedule.dropLast(16)))
         return self.phase == .closed ? nil : true
@@ -161,12 +116,12 @@ struct OwampControlConnection: ControlServerConnection {
         switch self.admit(request, slots: slots, bytes: bytes + schedule) {
         case .failure(let refusal):
             self.context.count(\.sessionsRefused)
-            return [.send(self.channel.sealed(AcceptSession(accept: refusal.accept).encoded()))]
+            return [.send(self.sealed(AcceptSession(accept: refusal.accept).encoded()))]
         case .success(let endpoint):
             self.context.count(\.sessionsAccepted)
             self.pending.append(endpoint)
             let accept = AcceptSession(accept: .ok, port: endpoint.socket.port, sid: endpoint.plan.sid)
-            return [.send(self.channel.sealed(accept.encoded()))]
+            return [.send(self.sealed(accept.encoded()))]
         }
     }
 
@@ -235,12 +190,7 @@ struct OwampControlConnection: ControlServerConnection {
         guard abs(start - now) <= configuration.startTimeWindow.nanoseconds else {
             return .failure(Refusal(accept: .failure, reason: "the start time is too far from now"))
         }
-        var sid = request.sid
-        if !serverSends {
-            sid = Array(self.context.local.bytes.suffix(4))
-            sid += withUnsafeBytes(of: StampTimestampFormat.ntp.encode(now, taiOffset: 0).bigEndian) { Array($0) }
-            sid += randomBytes(4)
-        }
+        let sid = serverSends ? request.sid : sessionIdentifier(address: self.context.local, now: now)
         let plan = OwampSessionPlan(
             sid: sid,
             slots: slots,
@@ -305,7 +255,7 @@ struct OwampControlConnection: ControlServerConnection {
         self.running += self.pending
         self.pending.removeAll()
         self.phase = .testing
-        return [.send(self.channel.sealed(StartAck(accept: .ok).encoded()))]
+        return [.send(self.sealed(StartAck(accept: .ok).encoded()))]
     }
 
     private mutating func takeStop(_ actions: inout [Action]) -> Bool? {
@@ -370,7 +320,7 @@ struct OwampControlConnection: ControlServerConnection {
         self.context.release(self.running.count)
         self.running.removeAll()
         self.phase = .requests
-        return [.send(self.channel.sealed(OwampStopSessions(accept: .ok, sessions: sent).encoded()))]
+        return [.send(self.sealed(OwampStopSessions(accept: .ok, sessions: sent).encoded()))]
     }
 
     /// Fetch-Session: the Fetch-Ack, then (if the client has a finished session of that SID here) the session's
@@ -386,7 +336,7 @@ struct OwampControlConnection: ControlServerConnection {
             )
         else {
             self.context.count(\.fetchesRefused)
-            return [.send(self.channel.sealed(FetchAck(accept: .failure).encoded()))]
+            return [.send(self.sealed(FetchAck(accept: .failure).encoded()))]
         }
         self.context.count(\.fetches)
         let records = result.records.filter { $0.sequence >= fetch.begin && $0.sequence <= fetch.end }
@@ -397,23 +347,17 @@ struct OwampControlConnection: ControlServerConnection {
             skipCount: UInt32(result.description.skips.count),
             recordCount: UInt32(records.count)
         )
-        var reply = self.channel.sealed(ack.encoded())
-        reply += self.channel.sealed(result.request)
-        reply += self.channel.sealed(result.slots + [UInt8](repeating: 0, count: 16))
+        var reply = self.sealed(ack.encoded())
+        reply += self.sealed(result.request)
+        reply += self.sealed(result.slots + [UInt8](repeating: 0, count: 16))
         var skips: [UInt8] = []
         for skip in result.description.skips {
             skips.put(skip.first, at: skips.count)
             skips.put(skip.last, at: skips.count)
         }
-        reply += self.channel.sealed(skips.padded(to: (skips.count + 15) / 16 * 16) + [UInt8](repeating: 0, count: 16))
-        reply += self.channel.sealed(OwampRecord.packed(records) + [UInt8](repeating: 0, count: 16))
+        reply += self.sealed(skips.padded(to: (skips.count + 15) / 16 * 16) + [UInt8](repeating: 0, count: 16))
+        reply += self.sealed(OwampRecord.packed(records) + [UInt8](repeating: 0, count: 16))
         return [.send(reply)]
-    }
-
-    private mutating func fail(_ reason: String) -> [Action] {
-        self.context.count(\.protocolErrors)
-        self.phase = .closed
-        return [.close(reason)]
     }
 
     /// Ends every session of the connection at once (it closed).

@@ -39,42 +39,25 @@ public final class OwampServer: Service, Sendable {
         self.results = results
         let startTime = StampTimestampFormat.ntp.encode(cudpecho_realtime_ns(), taiOffset: 0)
         let address = try EchoServer.bindAddress(for: configuration.controlAddress)
-        do {
-            self.channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-                .serverChannelOption(.autoRead, value: false)
-                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-                .childChannelOption(
-                    .recvAllocator,
-                    value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 16_384)
+        self.channel = try await ControlServerHandler.bind(
+            address,
+            limits: configuration.limits,
+            shared: shared,
+            logger: logger
+        ) { peer, local in
+            OwampControlConnection(
+                context: OwampControlConnection.Context(
+                    configuration: configuration,
+                    results: results,
+                    peer: peer,
+                    local: local,
+                    reserve: { shared.reserve() },
+                    release: { shared.release($0) },
+                    count: { shared.count($0) },
+                    run: { endpoint in WorkerThread.start { endpoint.run() } },
+                    startTime: startTime
                 )
-                .childChannelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(
-                            ControlServerHandler(limits: configuration.limits, shared: shared, logger: logger) {
-                                peer,
-                                local in
-                                OwampControlConnection(
-                                    context: OwampControlConnection.Context(
-                                        configuration: configuration,
-                                        results: results,
-                                        peer: peer,
-                                        local: local,
-                                        reserve: { shared.reserve() },
-                                        release: { shared.release($0) },
-                                        count: { shared.count($0) },
-                                        run: { endpoint in WorkerThread.start { endpoint.run() } },
-                                        startTime: startTime
-                                    )
-                                )
-                            }
-                        )
-                    }
-                }
-                .bind(to: address)
-                .get()
-        } catch let error as IOError {
-            throw EchoError.socket(operation: "bind", address: address.hostPortDescription, errno: error.errnoCode)
+            )
         }
     }
 

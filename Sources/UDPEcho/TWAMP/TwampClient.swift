@@ -174,14 +174,7 @@ enum TwampControlClient {
         ) { [channel = channel.channel] in channel.close(promise: nil) }
         return try await channel.executeThenClose { inbound, outbound in
             var reader = ControlReader(iterator: inbound.makeAsyncIterator(), peer: peer, name: "TWAMP")
-            var exchange = ClientExchange(
-                server: configuration.server,
-                mode: configuration.mode,
-                keyID: configuration.keyID,
-                secret: configuration.secret,
-                peer: peer,
-                name: "TWAMP"
-            )
+            var exchange = ClientExchange(configuration: configuration, peer: peer)
             try await exchange.setUp(reader: &reader, outbound: outbound)
             try await outbound.write(
                 ByteBuffer(

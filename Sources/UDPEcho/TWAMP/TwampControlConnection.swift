@@ -35,8 +35,8 @@ struct TwampControlConnection: ControlServerConnection {
     }
 
     private let context: Context
-    private(set) var phase = Phase.setUp
-    private var channel: ControlServerChannel
+    var phase = Phase.setUp
+    var channel: ControlServerChannel
     /// Sessions accepted and not yet started, those started, and those stopped but still answered for their timeout
     /// (until `deadline`). All three count against the limits, and all end when the connection closes.
     private(set) var pending: [(session: TwampTestSession, timeout: Int64)] = []
@@ -49,6 +49,9 @@ struct TwampControlConnection: ControlServerConnection {
     /// The most bytes a client may send ahead of the server's answers: two of the largest messages. More is a
     /// client that does not read, or a flood.
     static let maximumBuffered = 2 * SessionRequest.size
+    var maximumBuffered: Int { Self.maximumBuffered }
+    var startTime: UInt64 { self.context.startTime }
+    func count(_ key: WritableKeyPath<IPPMServerStatistics, Int>) { self.context.count(key) }
 
     init(context: Context) {
         self.context = context
@@ -59,82 +62,29 @@ struct TwampControlConnection: ControlServerConnection {
         )
     }
 
-    /// The Server Greeting that opens the connection.
-    func greetingBytes() -> [UInt8] { self.channel.greetingBytes() }
-
-    /// Whether the connection waits for the rest of a message it has begun (the stall timer runs).
-    var hasPartialMessage: Bool { self.phase == .setUp || self.channel.buffered > 0 }
-
-    /// Takes bytes from the client and says what to do.
-    mutating func receive(_ bytes: some Collection<UInt8>) -> [Action] {
-        guard self.phase != .closed else { return [] }
-        self.channel.append(bytes)
-        var actions: [Action] = []
-        while self.phase != .closed {
-            let before = actions.count
-            guard let progressed = self.step(&actions) else { break }
-            if !progressed && actions.count == before { break }
-        }
-        if self.phase != .closed && self.channel.buffered > Self.maximumBuffered {
-            actions += self.fail("the client sent \(self.channel.buffered) bytes ahead of the answers")
-        }
-        return actions
-    }
-
-    /// One message, if it is all here: true if one was handled, false if more bytes are needed, nil when closed.
-    private mutating func step(_ actions: inout [Action]) -> Bool? {
-        switch self.phase {
-        case .closed:
+    mutating func command(_ command: UInt8, _ actions: inout [Action]) -> Bool? {
+        let size: Int
+        switch ControlCommand(rawValue: command) {
+        case .requestTWSession where self.phase == .requests: size = SessionRequest.size
+        case .startSessions where self.phase == .requests: size = StartSessions.size
+        case .stopSessions where self.phase == .testing: size = StopSessions.size
+        case .requestSession?, .fetchSession?:
+            actions += self.fail("command \(command) is OWAMP's, not TWAMP's")
             return nil
-        case .setUp:
-            guard let response = self.channel.takeSetUpResponse() else { return false }
-            actions += self.setUp(response)
-            return true
-        case .requests, .testing:
-            guard let command = self.channel.peek() else { return false }
-            let size: Int
-            switch ControlCommand(rawValue: command) {
-            case .requestTWSession where self.phase == .requests: size = SessionRequest.size
-            case .startSessions where self.phase == .requests: size = StartSessions.size
-            case .stopSessions where self.phase == .testing: size = StopSessions.size
-            case .requestSession?, .fetchSession?:
-                actions += self.fail("command \(command) is OWAMP's, not TWAMP's")
-                return nil
-            default:
-                let place = self.phase == .testing ? "while sessions run" : "before Start-Sessions"
-                actions += self.fail("command \(command) is not allowed \(place)")
-                return nil
-            }
-            guard var message = self.channel.take(size) else { return false }
-            guard self.channel.verify(message) else {
-                actions += self.fail("a message's HMAC does not verify")
-                return nil
-            }
-            message.replaceSubrange((size - 16)..<size, with: [UInt8](repeating: 0, count: 16))
-            switch ControlCommand(rawValue: command)! {
-            case .requestTWSession: actions += self.request(message)
-            case .startSessions: actions += self.start()
-            case .stopSessions: actions += self.stop(message)
-            default: break
-            }
-            return true
+        default:
+            let place = self.phase == .testing ? "while sessions run" : "before Start-Sessions"
+            actions += self.fail("command \(command) is not allowed \(place)")
+            return nil
         }
-    }
-
-    private mutating func setUp(_ response: SetUpResponse) -> [Action] {
-        switch self.channel.setUp(response, startTime: self.context.startTime) {
-        case .accepted(let start):
-            self.phase = .requests
-            return [.send(start)]
-        case .refused(let start, let reason, let mode):
-            self.context.count(mode ? \.modeRefused : \.authenticationFailures)
-            self.phase = .closed
-            return [.send(start), .close(reason)]
+        guard let message = self.takeMessage(size, &actions) else { return self.phase == .closed ? nil : false }
+        switch ControlCommand(rawValue: command)! {
+        case .requestTWSession: actions += self.request(message)
+        case .startSessions: actions += self.start()
+        case .stopSessions: actions += self.stop(message)
+        default: break
         }
+        return true
     }
-
-    /// Seals a message whose last 16 bytes are its HMAC.
-    private mutating func sealed(_ message: [UInt8]) -> [UInt8] { self.channel.sealed(message) }
 
     private mutating func request(_ bytes: [UInt8]) -> [Action] {
         self.pruneStopped()
@@ -220,9 +170,7 @@ struct TwampControlConnection: ControlServerConnection {
         guard self.context.reserve() else {
             return .failure(Refusal(accept: .temporaryLimitation, reason: "the server has its most sessions"))
         }
-        var sid = Array(self.context.local.bytes.suffix(4))
-        sid += withUnsafeBytes(of: StampTimestampFormat.ntp.encode(now, taiOffset: 0).bigEndian) { Array($0) }
-        sid += randomBytes(4)
+        let sid = sessionIdentifier(address: self.context.local, now: now)
         let cipher = self.channel.sessionKeys.map {
             TestSessionCipher(encrypted: self.channel.mode == .encrypted, sid: sid, control: $0)
         }
@@ -282,12 +230,6 @@ struct TwampControlConnection: ControlServerConnection {
         self.stopping.removeAll { $0.deadline <= now }
         self.context.table.remove(ended.map(\.session))
         self.context.release(ended.count)
-    }
-
-    private mutating func fail(_ reason: String) -> [Action] {
-        self.context.count(\.protocolErrors)
-        self.phase = .closed
-        return [.close(reason)]
     }
 
     /// Ends every session of the connection at once (it closed), stopped ones in their timeout too.

@@ -52,45 +52,27 @@ public final class TwampServer: Service, Sendable {
         let testPort = UInt16(reflector.localAddress.port ?? 0)
         let startTime = StampTimestampFormat.ntp.encode(cudpecho_realtime_ns(), taiOffset: 0)
         let address = try EchoServer.bindAddress(for: configuration.controlAddress)
-        do {
-            self.channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-                // No control connection is taken before run(): a session started before the reflector serves would
-                // have its test packets wait in the socket (the kernel still completes handshakes into the backlog).
-                .serverChannelOption(.autoRead, value: false)
-                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-                .childChannelOption(
-                    .recvAllocator,
-                    value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 4096)
+        // No control connection is taken before run(): a session started before the reflector serves would have
+        // its test packets wait in the socket. (If the port cannot be bound, the reflector's socket closes with it.)
+        self.channel = try await ControlServerHandler.bind(
+            address,
+            limits: configuration.limits,
+            shared: shared,
+            logger: logger
+        ) { peer, local in
+            TwampControlConnection(
+                context: TwampControlConnection.Context(
+                    configuration: configuration,
+                    table: table,
+                    peer: peer,
+                    local: local,
+                    testPort: testPort,
+                    reserve: { shared.reserve() },
+                    release: { shared.release($0) },
+                    count: { shared.count($0) },
+                    startTime: startTime
                 )
-                .childChannelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(
-                            ControlServerHandler(limits: configuration.limits, shared: shared, logger: logger) {
-                                peer,
-                                local in
-                                TwampControlConnection(
-                                    context: TwampControlConnection.Context(
-                                        configuration: configuration,
-                                        table: table,
-                                        peer: peer,
-                                        local: local,
-                                        testPort: testPort,
-                                        reserve: { shared.reserve() },
-                                        release: { shared.release($0) },
-                                        count: { shared.count($0) },
-                                        startTime: startTime
-                                    )
-                                )
-                            }
-                        )
-                    }
-                }
-                .bind(to: address)
-                .get()
-        } catch let error as IOError {
-            // The reflector's socket closes with it (EchoServer's deinit).
-            throw EchoError.socket(operation: "bind", address: address.hostPortDescription, errno: error.errnoCode)
+            )
         }
     }
 

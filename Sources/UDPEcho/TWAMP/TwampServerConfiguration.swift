@@ -80,26 +80,19 @@ public struct TwampServerConfiguration: Sendable {
 
     /// Checks the settings together.
     func validate() throws(EchoError) {
-        guard !self.modes.isEmpty, self.modes.rawValue & ~7 == 0 else {
-            throw .invalidConfiguration("the TWAMP modes must be some of unauthenticated, authenticated, encrypted")
-        }
-        if self.modes.usesKey && (self.keys?.secrets.isEmpty ?? true) {
-            throw .invalidConfiguration("authenticated and encrypted modes need a key file with at least one key")
-        }
-        for (value, name) in [
-            (self.maximumConnections, "maximum control connections"),
-            (self.maximumConnectionsPerSource, "maximum control connections per source"),
-            (self.maximumSessionsPerConnection, "maximum sessions per connection"),
-            (self.maximumSessions, "maximum sessions"),
-        ] where value < 1 {
-            throw .invalidConfiguration("the \(name) must be at least 1, not \(value)")
-        }
-        guard ControlToken.countRange.contains(self.keyDerivationCount) else {
-            throw .invalidConfiguration("the PBKDF2 count must be within \(ControlToken.countRange)")
-        }
-        guard (0...65_000).contains(self.maximumPadding) else {
-            throw .invalidConfiguration("the maximum padding must be within 0...65000 bytes")
-        }
+        try ControlServerLimits.validate(
+            name: "TWAMP",
+            modes: self.modes,
+            keys: self.keys,
+            limits: [
+                (self.maximumConnections, "maximum control connections"),
+                (self.maximumConnectionsPerSource, "maximum control connections per source"),
+                (self.maximumSessionsPerConnection, "maximum sessions per connection"),
+                (self.maximumSessions, "maximum sessions"),
+            ],
+            keyDerivationCount: self.keyDerivationCount,
+            maximumPadding: self.maximumPadding
+        )
     }
 }
 

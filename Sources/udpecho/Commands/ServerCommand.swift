@@ -488,20 +488,12 @@ struct ServerCommand: AsyncParsableCommand {
         }
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: server)]
         // Everything is bound before the server says it runs: a metrics address that cannot be bound stops it first.
-        var metricsURL: String?
-        if let metricsAddress = self.metrics {
-            do {
-                let exporter = try await PrometheusExporter(
-                    address: try await resolveTarget(metricsAddress),
-                    server: server
-                )
-                metricsURL = exporter.url
-                services.append(.init(service: exporter))
-            } catch {
-                Stream.err.line("udpecho: error: cannot serve metrics on \(metricsAddress): \(error)")
-                throw ExitCode.failure
-            }
+        let metrics = try await self.metricsService { address in
+            let exporter = try await PrometheusExporter(address: address, server: server)
+            return (exporter, exporter.url)
         }
+        if let metrics { services.append(.init(service: metrics.service)) }
+        let metricsURL = metrics?.url
         if !activated.isEmpty && self.endpoint.isGiven {
             Stream.err.line(
                 "udpecho: note: serving the sockets the service manager passed (LISTEN_FDS); --address, --host and "
