@@ -326,8 +326,11 @@ let perfsonarScheduleSource = """
             for (key, range) in [("to", 70...170), ("from", 40...125)] {
                 let direction = try #require(summary[key] as? [String: Any], "\(key): \(summary)")
                 let lost = try #require(direction["lost"] as? Int)
-                #expect(direction["sent"] as? Int == 400 && direction["duplicates"] as? Int == 0, "\(direction)")
-                #expect(lost + (direction["received"] as? Int ?? 0) == 400, "\(direction)")
+                let sent = try #require(direction["sent"] as? Int)
+                // A sender more than the loss timeout behind its schedule (a loaded machine) skips packets, and says so.
+                #expect(sent + (direction["skipped"] as? Int ?? -1) == 400 && sent > 300, "\(direction)")
+                #expect(direction["duplicates"] as? Int == 0, "\(direction)")
+                #expect(lost + (direction["received"] as? Int ?? 0) == sent, "\(direction)")
                 #expect(lost == counts[key], "\(key): lost \(lost), the firewall dropped \(counts[key] ?? -1)")
                 #expect(range.contains(lost), "\(key): lost \(lost) of 400")
             }

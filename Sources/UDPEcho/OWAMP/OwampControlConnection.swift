@@ -350,10 +350,11 @@ struct OwampControlConnection: ControlServerConnection {
         var reply = self.sealed(ack.encoded())
         reply += self.sealed(result.request)
         reply += self.sealed(result.slots + [UInt8](repeating: 0, count: 16))
-        var skips: [UInt8] = []
-        for skip in result.description.skips {
-            skips.put(skip.first, at: skips.count)
-            skips.put(skip.last, at: skips.count)
+        let ranges = result.description.skips
+        var skips = [UInt8](repeating: 0, count: 8 * ranges.count)
+        for (index, skip) in ranges.enumerated() {
+            skips.put(skip.first, at: 8 * index)
+            skips.put(skip.last, at: 8 * index + 4)
         }
         reply += self.sealed(skips.padded(to: (skips.count + 15) / 16 * 16) + [UInt8](repeating: 0, count: 16))
         reply += self.sealed(OwampRecord.packed(records) + [UInt8](repeating: 0, count: 16))

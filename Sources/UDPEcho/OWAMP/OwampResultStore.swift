@@ -54,4 +54,7 @@ final class OwampResultStore: Sendable {
     }
 
     var count: Int { self.results.withLock { $0.count } }
+
+    /// The SIDs kept now.
+    var sids: [[UInt8]] { self.results.withLock { $0.map(\.sid) } }
 }

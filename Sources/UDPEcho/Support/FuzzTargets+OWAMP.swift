@@ -13,7 +13,7 @@ extension FuzzHarness {
 
     /// A server connection's context with small limits, fixed clocks, and sessions that end as soon as they start
     /// (their sockets closed: no thread).
-    private static func owampContext(keyed: Bool, room: Room) -> OwampControlConnection.Context {
+    private static func owampContext(keyed: Bool, room: Room, results: OwampResultStore) -> OwampControlConnection.Context {
         let configuration = OwampServerConfiguration(
             controlAddress: HostAndPort(host: "127.0.0.1", port: 861),
             modes: keyed ? [.authenticated, .encrypted] : .unauthenticated,
@@ -25,7 +25,7 @@ extension FuzzHarness {
         let peer = IPKey(high: 0, low: IPKey.mappedPrefix | 0x7F00_0001)
         return OwampControlConnection.Context(
             configuration: configuration,
-            results: OwampResultStore(capacity: 4),
+            results: results,
             peer: peer,
             local: peer,
             reserve: {
@@ -79,9 +79,13 @@ extension FuzzHarness {
         guard let mode = data.first else { return }
         var bytes = Array(data.dropFirst())
         let room = Room()
-        var connection = OwampControlConnection(context: Self.owampContext(keyed: mode & 1 != 0, room: room))
+        let results = OwampResultStore(capacity: 4)
+        var connection = OwampControlConnection(
+            context: Self.owampContext(keyed: mode & 1 != 0, room: room, results: results)
+        )
         let greeting = try! ServerGreeting(decoding: connection.greetingBytes())
         var actions: [ControlAction] = []
+        var sealer: ClientExchange?
         if mode & 1 != 0 {
             var exchange = ClientExchange(
                 server: try! SocketAddress(ipAddress: "127.0.0.1", port: 861),
@@ -96,6 +100,7 @@ extension FuzzHarness {
                 preconditionFailure("a keyed connection with the right key was not set up: \(actions)")
             }
             bytes = Self.sealOwamp(bytes, with: &exchange)
+            sealer = exchange
         }
         // In pieces whose sizes the bytes choose, as TCP may cut them.
         var offset = 0
@@ -105,11 +110,23 @@ extension FuzzHarness {
             offset += piece
             precondition(connection.sessionCount <= 4, "past the session limit")
         }
+        // The sessions the input stopped, fetched (the fuzzer cannot guess their SIDs): Fetch-Ack, the request and
+        // its slots, the skipped ranges and the records, each part whole blocks.
+        for sid in results.sids where connection.phase == .requests {
+            let fetch = FetchSession(sid: sid).encoded()
+            let answer = connection.receive(sealer?.seal(fetch) ?? fetch)
+            guard case .send(let reply)? = answer.first else { preconditionFailure("no answer to a fetch: \(answer)") }
+            precondition(reply.count % 16 == 0 && reply.count >= FetchAck.size + SessionRequest.size + 64)
+            actions += answer
+        }
         for action in actions {
             if case .send(let message) = action {
                 precondition(message.count % 16 == 0 || message.count == ServerGreeting.size, "\(message.count)")
-                // The longest answer: a fetch of 64 records (and their copies) with its request and 8 slots.
-                precondition(message.count <= 8192, "an answer of \(message.count) bytes")
+                // The longest answer: a fetch of 64 records with its request, its most slots and skipped ranges.
+                let longest =
+                    FetchAck.size + SessionRequest.size + OwampServerConfiguration.maximumSlots * ScheduleSlot.size + 16
+                    + 8 * OwampServerConfiguration.maximumSkips + 16 + 64 * OwampRecord.size + 16
+                precondition(message.count <= longest, "an answer of \(message.count) bytes")
             }
         }
         connection.close()
