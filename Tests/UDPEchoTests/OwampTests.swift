@@ -62,9 +62,9 @@ import Glibc
             for direction in [results.toServer, results.fromServer] {
                 let result = try #require(direction)
                 #expect(result.sent == 20 && result.received == 20 && result.lost == 0 && result.duplicates == 0)
-                #expect(result.delays.count == 20 && result.delays.first! >= 0, "\(result.delays)")
+                #expect(result.delays.count == 20 && (result.delays.first ?? -1) >= 0, "\(result.delays)")
                 // Loopback: well under the loss timeout.
-                #expect(result.delays.last! < 1_000_000_000)
+                #expect((result.delays.last ?? .max) < 1_000_000_000)
                 #expect(result.hops == 0...0)
                 #expect(result.sid.count == 32)
             }
@@ -439,14 +439,14 @@ import Glibc
         #expect(result.duplicates == 4)
         #expect(records.filter { $0.sequence == 0 }.count == 5 && records.filter { $0.sequence == 1 }.count == 1)
         #expect(records.contains { $0.sequence == 2 && $0.isLost })
-        socket.close()
+        socket.release()
     }
 
     /// A session nothing reached: every packet below the sender's next sequence number is lost but the skipped ones,
     /// and those whose loss timeout had not passed when the session stopped are neither received nor lost.
     @Test func lostAndSkippedPacketsAreToldApart() throws {
         let socket = try OwampSocket(local: try SocketAddress(ipAddress: "127.0.0.1", port: 0))
-        defer { socket.close() }
+        defer { socket.release() }
         let start = cudpecho_realtime_ns()
         let plan = OwampSessionPlan(
             sid: [UInt8](repeating: 5, count: 16),

@@ -165,10 +165,9 @@ private struct OwampControlClient {
         ]
         var sender: OwampSender?
         var receiver: (OwampReceiver, deadline: Int64)?
-        // Their threads have ended by the time this runs (they are awaited, cancelled or not), or never started.
         defer {
-            sender?.socket.close()
-            receiver?.0.socket.close()
+            sender?.socket.release()
+            receiver?.0.socket.release()
         }
         try await OwampPinger.withTimeout(configuration.controlTimeout, channel: channel) {
             if configuration.directions.contains(.toServer) {
@@ -210,17 +209,23 @@ private struct OwampControlClient {
             try self.exchange.acknowledged(try await reader.read(StartAck.size))
         }
         // Both ends at once, each on a thread of its own.
+        sender?.socket.retain()
+        receiver?.0.socket.retain()
         async let sent: Void = Self.runOnThread(sender) {
             $0.run()
+            $0.socket.threadEnded()
         } stop: {
             _ = $0.stop()
         }
         async let received: Void = Self.runOnThread(receiver) {
             $0.0.run(until: $0.deadline)
+            $0.0.socket.threadEnded()
         } stop: {
             $0.0.stop()
         }
         _ = await (sent, received)
+        // What is still queued, if the receiving thread fell behind.
+        receiver?.0.stop()
         if let sender {
             // Stop-Sessions only once the last packet's loss timeout has passed (RFC 4656 §3.8: the receiver counts
             // nothing sent later than that before the stop), so that packets still in flight are not cut off.
@@ -321,7 +326,7 @@ private struct OwampControlClient {
                 )
             )
         } catch {
-            socket.close()
+            socket.release()
             throw error
         }
     }

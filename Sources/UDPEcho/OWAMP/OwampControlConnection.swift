@@ -251,7 +251,10 @@ struct OwampControlConnection: ControlServerConnection {
     }
 
     private mutating func start(_ bytes: [UInt8]) -> [Action] {
-        for endpoint in self.pending { self.context.run(endpoint) }
+        for endpoint in self.pending {
+            endpoint.socket.retain()
+            self.context.run(endpoint)
+        }
         self.running += self.pending
         self.pending.removeAll()
         self.phase = .testing
@@ -317,6 +320,7 @@ struct OwampControlConnection: ControlServerConnection {
                 )
             }
         }
+        for endpoint in self.running { endpoint.socket.release() }
         self.context.release(self.running.count)
         self.running.removeAll()
         self.phase = .requests
@@ -364,7 +368,7 @@ struct OwampControlConnection: ControlServerConnection {
     /// Ends every session of the connection at once (it closed).
     mutating func close() {
         for endpoint in self.running { endpoint.stop() }
-        for endpoint in self.pending { endpoint.socket.close() }
+        for endpoint in self.running + self.pending { endpoint.socket.release() }
         self.context.release(self.sessionCount)
         self.running.removeAll()
         self.pending.removeAll()
@@ -393,13 +397,13 @@ enum OwampEndpoint: Sendable {
         }
     }
 
-    /// Sends or receives until the session ends, then closes the socket.
+    /// Sends or receives until the session ends, on a thread the socket was retained for.
     func run() {
         switch self {
         case .sender(let sender): sender.run()
         case .receiver(let receiver, let deadline, _): receiver.run(until: deadline)
         }
-        self.socket.close()
+        self.socket.threadEnded()
     }
 
     func stop() {

@@ -35,10 +35,13 @@ struct OwampSessionPlan: Sendable {
     }
 }
 
-/// A UDP socket of an OWAMP test session, bound to `local` (port 0: a free one).
-struct OwampSocket: Sendable {
+/// A UDP socket of an OWAMP test session, bound to `local` (port 0: a free one). It is closed once its session
+/// released it and no thread uses it, whichever comes last: a descriptor closed under a thread that still polls it
+/// could be reused by another socket, whose datagrams that thread would then read.
+final class OwampSocket: Sendable {
     let fd: Int32
     let port: UInt16
+    private let use = Mutex((threads: 0, released: false, closed: false))
 
     init(local: SocketAddress) throws(EchoError) {
         let family = local.protocol == .inet6 ? AF_INET6 : AF_INET
@@ -59,7 +62,24 @@ struct OwampSocket: Sendable {
         self.port = UInt16(SocketAddress.local(of: fd)?.port ?? 0)
     }
 
-    func close() { Glibc.close(self.fd) }
+    /// A thread will use the socket (said before it starts, so that a release meanwhile does not close it).
+    func retain() { self.use.withLock { $0.threads += 1 } }
+
+    /// A thread is done with the socket.
+    func threadEnded() { self.closeIfUnused { $0.threads -= 1 } }
+
+    /// The session is done with the socket.
+    func release() { self.closeIfUnused { $0.released = true } }
+
+    private func closeIfUnused(_ change: (inout (threads: Int, released: Bool, closed: Bool)) -> Void) {
+        self.use.withLock { use in
+            change(&use)
+            if use.released && use.threads == 0 && !use.closed {
+                use.closed = true
+                Glibc.close(self.fd)
+            }
+        }
+    }
 }
 
 /// The sending end of an OWAMP test session: sends each packet at its scheduled time, skipping those it would send
@@ -191,7 +211,8 @@ final class OwampReceiver: Sendable {
         self.state = Mutex(State(seen: [Bool](repeating: false, count: Int(plan.count))))
     }
 
-    /// Receives until stopped, or until CLOCK_REALTIME passes `deadline`.
+    /// Receives until stopped, or until CLOCK_REALTIME passes `deadline`. Each batch is read and recorded under the
+    /// state's lock, as ``stop()`` reads what is still queued: no datagram is taken by one and dropped by the other.
     func run(until deadline: Int64) {
         guard let batch = cudpecho_batch_create(32, 65_536) else { return }
         defer { cudpecho_batch_destroy(batch) }
@@ -203,21 +224,29 @@ final class OwampReceiver: Sendable {
             guard cudpecho_wait(self.socket.fd, cudpecho_pollin, Int32(min(left / 1_000_000 + 1, 50))) > 0 else {
                 continue
             }
-            let count = cudpecho_batch_recv(self.socket.fd, batch, 32, 0)
-            guard count > 0 else { continue }
             if cudpecho_now_ns() >= nextClockRead {
                 clock = HostClock.current()
                 nextClockRead = cudpecho_now_ns() + 1_000_000_000
             }
             let receiveError = StampErrorEstimate(raw: clock.errorEstimate(.ntp).raw & 0xBFFF)
-            var records: [OwampRecord] = []
-            var discards = Discards()
+            self.state.withLock { state in
+                guard !state.stopped else { return }
+                self.receiveQueued(batch, receiveError: receiveError, into: &state)
+            }
+        }
+    }
+
+    /// Reads what the socket has queued, without waiting, and records it.
+    private func receiveQueued(_ batch: OpaquePointer, receiveError: StampErrorEstimate, into state: inout State) {
+        while true {
+            let count = cudpecho_batch_recv(self.socket.fd, batch, 32, 0)
+            guard count > 0 else { return }
             for slot in 0..<count {
                 let index = Int32(slot)
                 var length: socklen_t = 0
                 let peer = cudpecho_batch_peer(batch, index, &length)
                 if let sender = self.sender, peer.flatMap({ IPKey($0) }) != sender {
-                    discards.foreign += 1
+                    state.discards.foreign += 1
                     continue
                 }
                 let size = cudpecho_batch_length(batch, index)
@@ -233,27 +262,18 @@ final class OwampReceiver: Sendable {
                         ttl: ttl >= 0 ? UInt8(truncatingIfNeeded: ttl) : 255
                     )
                 else {
-                    discards.malformed += 1
+                    state.discards.malformed += 1
                     continue
                 }
-                records.append(record)
-            }
-            self.state.withLock { state in
-                // What arrives after stop() is not counted: the records were taken then.
-                guard !state.stopped else { return }
-                state.discards.foreign += discards.foreign
-                state.discards.malformed += discards.malformed
-                for record in records {
-                    if !state.seen[Int(record.sequence)] {
-                        state.seen[Int(record.sequence)] = true
-                    } else if state.duplicates < self.duplicateCapacity {
-                        state.duplicates += 1
-                    } else {
-                        state.discards.overflow += 1
-                        continue
-                    }
-                    state.records.append(record)
+                if !state.seen[Int(record.sequence)] {
+                    state.seen[Int(record.sequence)] = true
+                } else if state.duplicates < self.duplicateCapacity {
+                    state.duplicates += 1
+                } else {
+                    state.discards.overflow += 1
+                    continue
                 }
+                state.records.append(record)
             }
         }
     }
@@ -284,8 +304,18 @@ final class OwampReceiver: Sendable {
         )
     }
 
-    /// Stops receiving.
-    func stop() { self.state.withLock { $0.stopped = true } }
+    /// Stops receiving, after recording what the socket still has queued (a thread that started late, or was not
+    /// scheduled for a while, may not have read it).
+    func stop() {
+        self.state.withLock { state in
+            guard !state.stopped else { return }
+            state.stopped = true
+            guard let batch = cudpecho_batch_create(32, 65_536) else { return }
+            defer { cudpecho_batch_destroy(batch) }
+            let error = StampErrorEstimate(raw: HostClock.current().errorEstimate(.ntp).raw & 0xBFFF)
+            self.receiveQueued(batch, receiveError: error, into: &state)
+        }
+    }
 
     var discards: Discards { self.state.withLock { $0.discards } }
 

@@ -11,9 +11,13 @@ extension FuzzHarness {
         let reserved = Mutex(0)
     }
 
-    /// A server connection's context with small limits, fixed clocks, and sessions that end as soon as they start
-    /// (their sockets closed: no thread).
-    private static func owampContext(keyed: Bool, room: Room, results: OwampResultStore) -> OwampControlConnection.Context {
+    /// A server connection's context with small limits, fixed clocks, and sessions whose threads end as soon as they
+    /// start (no thread is made).
+    private static func owampContext(
+        keyed: Bool,
+        room: Room,
+        results: OwampResultStore
+    ) -> OwampControlConnection.Context {
         let configuration = OwampServerConfiguration(
             controlAddress: HostAndPort(host: "127.0.0.1", port: 861),
             modes: keyed ? [.authenticated, .encrypted] : .unauthenticated,
@@ -34,7 +38,7 @@ extension FuzzHarness {
             },
             release: { count in room.reserved.withLock { $0 -= count } },
             count: { _ in },
-            run: { $0.socket.close() },
+            run: { $0.socket.threadEnded() },
             realtime: { 1_700_000_000_000_000_000 }
         )
     }
