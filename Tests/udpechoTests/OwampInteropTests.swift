@@ -366,8 +366,13 @@ let perfsonarScheduleSource = """
     ])
     func badClientOptionsAreClearErrors(arguments: [String], message: String) async throws {
         let run = try await Spawned.run(udpecho, ["ping", "127.0.0.1:9"] + arguments)
-        #expect(run.status == 64 || run.status == 2, "\(run.status)")
+        #expect(run.status == 2, "\(run.status)")
         #expect(run.error.contains(message), "\(run.error)")
+    }
+
+    @Test func benchDoesNotTakeOwamp() async throws {
+        let run = try await Spawned.run(udpecho, ["bench", "--owamp", "127.0.0.1:861"])
+        #expect(run.status == 2 && run.error.contains("use udpecho ping --owamp"), "\(run.status) \(run.error)")
     }
 
     /// A server that is not there, and one that refuses the mode, are clear errors (exit 2).

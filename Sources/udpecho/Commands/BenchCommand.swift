@@ -127,6 +127,12 @@ struct BenchCommand: AsyncParsableCommand {
         if self.window != nil && self.rate != nil {
             throw ValidationError("give either --window (closed loop) or --rate (open loop), not both")
         }
+        if self.twampOptions.owamp {
+            throw ValidationError(
+                "--owamp measures one-way delay on a schedule, not a load: use udpecho ping --owamp (bench loads STAMP "
+                    + "and TWAMP sessions)"
+            )
+        }
         if self.twampOptions.twamp {
             _ = try self.twampOptions.target(self.target.text)
             if self.stampOptions.stamp {

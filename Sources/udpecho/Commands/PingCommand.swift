@@ -38,7 +38,7 @@ struct PingCommand: AsyncParsableCommand {
 
             With --twamp it measures through a TWAMP server (RFC 5357: a router's, perfSONAR's twampd): it sets up \
             a session over TWAMP-Control (TCP, port 862 if none is given) in the most protected mode the server \
-            offers that it can speak (--twamp-mode to choose; --key-file for authenticated and encrypted), pings \
+            offers that it can speak (--mode to choose; --key-file for authenticated and encrypted), pings \
             it as --stamp does, and stops it:
               udpecho ping --twamp 192.0.2.1 --key-file alice.pfs -c 100 -i 10ms
 
