@@ -53,16 +53,19 @@ extension RoundTripTimes {
             lines.append(points)
         }
         let highest = lines.flatMap { $0.map(\.milliseconds) }.max() ?? 1
-        let maximumMilliseconds = Self.niceCeiling(max(highest, 1e-3))
+        let maximumMilliseconds = SVGText.niceCeiling(max(highest, 1e-3))
         func px(_ x: Double) -> Double { left + x / maximumX * plotWidth }
         func py(_ milliseconds: Double) -> Double { top + plotHeight - milliseconds / maximumMilliseconds * plotHeight }
 
+        // A long title (a host name, every option) is made smaller, or cut, to stay on the canvas.
+        let (titleSize, fitted) = SVGText.fit(title, width: width - 20, fontSize: 15)
         var svg = """
             <?xml version="1.0" encoding="UTF-8"?>
             <svg xmlns="http://www.w3.org/2000/svg" width="\(Int(width))" height="\(Int(height))" \
             viewBox="0 0 \(Int(width)) \(Int(height))" font-family="sans-serif" font-size="12">
             <rect width="100%" height="100%" fill="white"/>
-            <text x="\(width / 2)" y="22" text-anchor="middle" font-size="15">\(Self.escape(title))</text>
+            <text x="\(width / 2)" y="22" text-anchor="middle" font-size="\(SVGText.format(titleSize))">\
+            \(SVGText.escape(fitted))</text>
 
             """
         for tick in 0...Int(maximumX) {
@@ -79,7 +82,7 @@ extension RoundTripTimes {
             let milliseconds = maximumMilliseconds * Double(tick) / 5
             let y = py(milliseconds)
             svg += "<line x1=\"\(left)\" y1=\"\(y)\" x2=\"\(left + plotWidth)\" y2=\"\(y)\" stroke=\"#ddd\"/>\n"
-            svg += "<text x=\"\(left - 6)\" y=\"\(y + 4)\" text-anchor=\"end\">\(Self.format(milliseconds))</text>\n"
+            svg += "<text x=\"\(left - 6)\" y=\"\(y + 4)\" text-anchor=\"end\">\(SVGText.format(milliseconds))</text>\n"
         }
         svg += "<text x=\"\(left + plotWidth / 2)\" y=\"\(height - 10)\" text-anchor=\"middle\">percentile</text>\n"
         svg += "<text x=\"16\" y=\"\(top + plotHeight / 2)\" text-anchor=\"middle\" "
@@ -88,7 +91,7 @@ extension RoundTripTimes {
             "<rect x=\"\(left)\" y=\"\(top)\" width=\"\(plotWidth)\" height=\"\(plotHeight)\" fill=\"none\" stroke=\"#333\"/>\n"
         for (index, points) in lines.enumerated() where !points.isEmpty {
             let color = colors[index % colors.count]
-            let path = points.map { "\(Self.format(px($0.x))),\(Self.format(py($0.milliseconds)))" }.joined(
+            let path = points.map { "\(SVGText.format(px($0.x))),\(SVGText.format(py($0.milliseconds)))" }.joined(
                 separator: " "
             )
             svg += "<polyline fill=\"none\" stroke=\"\(color)\" stroke-width=\"2\" points=\"\(path)\"/>\n"
@@ -97,7 +100,7 @@ extension RoundTripTimes {
                 let y = top + 16 + Double(index) * 16
                 svg += "<line x1=\"\(left + 12)\" y1=\"\(y - 4)\" x2=\"\(left + 32)\" y2=\"\(y - 4)\" "
                 svg += "stroke=\"\(color)\" stroke-width=\"2\"/>\n"
-                svg += "<text x=\"\(left + 38)\" y=\"\(y)\">\(Self.escape(label))</text>\n"
+                svg += "<text x=\"\(left + 38)\" y=\"\(y)\">\(SVGText.escape(label))</text>\n"
             }
         }
         if lines.allSatisfy(\.isEmpty) {
@@ -106,23 +109,4 @@ extension RoundTripTimes {
         svg += "</svg>\n"
         return svg
     }
-
-    private static func niceCeiling(_ value: Double) -> Double {
-        let magnitude = pow(10, floor(log10(value)))
-        for step in [1.0, 2.0, 2.5, 5.0, 10.0] where step * magnitude >= value { return step * magnitude }
-        return 10 * magnitude
-    }
-
-    /// A number with at most three decimals and no trailing zeros: 412.5, 0.125, 70.
-    private static func format(_ value: Double) -> String {
-        let thousandths = Int64((value * 1000).rounded())
-        let whole = thousandths / 1000
-        var fraction = String(abs(thousandths % 1000))
-        fraction = String(repeating: "0", count: 3 - fraction.count) + fraction
-        while fraction.hasSuffix("0") { fraction.removeLast() }
-        let sign = thousandths < 0 && whole == 0 ? "-" : ""
-        return fraction.isEmpty ? "\(sign)\(whole)" : "\(sign)\(whole).\(fraction)"
-    }
-
-    private static func escape(_ text: String) -> String { text.escaping(["&": "&amp;", "<": "&lt;", ">": "&gt;"]) }
 }

@@ -224,14 +224,14 @@ struct BenchCommand: AsyncParsableCommand {
             let roundTrip = "udpecho bench: round trip, from each request's departure to its reply; \(clock)"
             if openLoop {
                 let latency = "udpecho bench: latency, from each request's scheduled send time to its reply; \(clock)"
-                try self.write(result.latencies.percentileDistribution(comment: latency), to: path)
-                try self.write(result.times.percentileDistribution(comment: roundTrip), to: Self.rttPath(path))
+                try writeReport(result.latencies.percentileDistribution(comment: latency), to: path)
+                try writeReport(result.times.percentileDistribution(comment: roundTrip), to: Self.rttPath(path))
             } else {
-                try self.write(result.times.percentileDistribution(comment: roundTrip), to: path)
+                try writeReport(result.times.percentileDistribution(comment: roundTrip), to: path)
             }
             if let stamp = result.stamp, stamp.reflectorTime.count > 0 {
                 let comment = "udpecho bench: STAMP reflector time, T3 - T2 of each reply; the reflector's clock"
-                try self.write(
+                try writeReport(
                     stamp.reflectorTime.percentileDistribution(comment: comment),
                     to: Self.suffixed(path, "-reflector")
                 )
@@ -242,7 +242,7 @@ struct BenchCommand: AsyncParsableCommand {
             var curves: [(label: String, times: RoundTripTimes)] = []
             if openLoop { curves.append(("latency from the schedule", result.latencies)) }
             curves.append(("round trip from the departure (\(result.timestamps) timestamps)", result.times))
-            try self.write(RoundTripTimes.percentilePlot(title: title, curves: curves), to: path)
+            try writeReport(RoundTripTimes.percentilePlot(title: title, curves: curves), to: path)
         }
         if self.json {
             Stream.out.line(BenchJSON.encode(result, target: peer, configuration: configuration))
@@ -289,15 +289,6 @@ struct BenchCommand: AsyncParsableCommand {
             return String(path[..<dot]) + suffix + String(path[dot...])
         }
         return path + suffix
-    }
-
-    private func write(_ text: String, to path: String) throws {
-        do {
-            try Data(text.utf8).write(to: URL(fileURLWithPath: path))
-        } catch {
-            Stream.err.line("udpecho: error: cannot write '\(path)': \(error)")
-            throw ExitCode(2)
-        }
     }
 }
 

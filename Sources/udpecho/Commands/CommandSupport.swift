@@ -40,3 +40,20 @@ func runUntilInterrupted<Result: Sendable>(_ work: @escaping @Sendable () async 
     defer { watcher.cancel() }
     return try await task.value
 }
+
+/// Writes a report the operator asked for (`--plot`, `--histogram`) to `path`, whole or not at all: written beside
+/// it and renamed into place. A path that is there and is not a regular file (a FIFO, a device, a directory) is
+/// refused, as is one that cannot be written: said on standard error, exit code 2.
+func writeReport(_ text: String, to path: String) throws {
+    var status = stat()
+    if lstat(path, &status) == 0 && (status.st_mode & S_IFMT) != S_IFREG {
+        Stream.err.line("udpecho: error: cannot write '\(path)': it is there and is not a regular file")
+        throw ExitCode(2)
+    }
+    do {
+        try Data(text.utf8).write(to: URL(fileURLWithPath: path), options: .atomic)
+    } catch {
+        Stream.err.line("udpecho: error: cannot write '\(path)': \(error)")
+        throw ExitCode(2)
+    }
+}

@@ -113,6 +113,14 @@ struct PingCommand: AsyncParsableCommand {
     @Flag(help: "Print JSON objects, one per line, instead of text.")
     var json = false
 
+    @Option(
+        help: ArgumentHelp(
+            "Also draw the round trip over time into FILE (SVG), as smokeping does: each interval's median coloured by its loss, the spread of its round trips as grey smoke, lost probes marked along the top.",
+            valueName: "file.svg"
+        )
+    )
+    var plot: String?
+
     func validate() throws {
         if let count, count < 1 { throw ValidationError("-c/--count must be at least 1") }
         if self.twampOptions.controlled {
@@ -130,6 +138,11 @@ struct PingCommand: AsyncParsableCommand {
             throw ValidationError("-s/--size must be at least 16: a probe carries its sequence number and send time")
         }
         if self.interval < .microseconds(1) { throw ValidationError("-i/--interval must be at least 1us") }
+        if self.plot != nil && self.twampOptions.owamp {
+            throw ValidationError(
+                "--plot draws round trips: --owamp measures one way (its summary has the percentiles)"
+            )
+        }
         if self.flowStats && self.probe.flows < 3 {
             throw ValidationError("--flow-stats compares the flows with each other: give --flows 3 or more")
         }
@@ -179,11 +192,15 @@ struct PingCommand: AsyncParsableCommand {
         let (json, quiet, timeout) = (self.json, self.quiet, self.probe.timeout)
         let what = stamp != nil ? "STAMP test packets" : "UDP payload"
         let header = "PING \(target) (\(peer)): \(size) bytes of \(what)"
+        let plot = PlotRecorder(self.plot.map { _ in "udpecho ping \(target) (\(peer)): \(size) bytes of \(what)" })
+        let interval = self.interval
         let result = try await exitOnSetupError {
             try await runUntilInterrupted {
                 try await EchoPinger.run(configuration) { timestamps in
+                    plot.start(clock: timestamps.label)
                     if !json && !quiet { lines.enqueue("\(header), \(timestamps.label)") }
                 } onEvent: { event in
+                    plot.add(event, interval: interval)
                     guard !quiet else { return }
                     lines.enqueue(
                         json
@@ -194,6 +211,7 @@ struct PingCommand: AsyncParsableCommand {
             }
         }
         lines.finish(within: .seconds(2))
+        if let path = self.plot { try writeReport(plot.svg(), to: path) }
         if self.json {
             Stream.out.line(PingJSON.summary(result, target: peer))
         } else {

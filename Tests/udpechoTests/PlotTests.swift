@@ -1,0 +1,156 @@
+import Foundation
+import TestSupport
+import Testing
+
+/// Counts a PNG's pixels (Python's zlib, not an image library): prints `total nonwhite red`, red being the loss
+/// marks' colour (#d7191c) give or take anti-aliasing.
+let pythonPixelCounts = """
+    import struct, sys, zlib
+    data = open(sys.argv[1], 'rb').read()
+    assert data[:8] == b'\\x89PNG\\r\\n\\x1a\\n'
+    pos, chunks, header = 8, b'', None
+    while pos < len(data):
+        length, kind = struct.unpack('>I4s', data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + length]
+        if kind == b'IHDR': header = struct.unpack('>IIBBBBB', body)
+        if kind == b'IDAT': chunks += body
+        pos += 12 + length
+    width, height, depth, colour = header[:4]
+    assert depth == 8 and colour in (2, 6), header
+    size = 4 if colour == 6 else 3
+    raw, rows, previous, at = zlib.decompress(chunks), [], bytearray(width * size), 0
+    for _ in range(height):
+        kind, line = raw[at], bytearray(raw[at + 1:at + 1 + width * size]); at += 1 + width * size
+        for i in range(len(line)):
+            a = line[i - size] if i >= size else 0
+            b = previous[i]
+            c = previous[i - size] if i >= size else 0
+            if kind == 1: line[i] = (line[i] + a) & 255
+            elif kind == 2: line[i] = (line[i] + b) & 255
+            elif kind == 3: line[i] = (line[i] + (a + b) // 2) & 255
+            elif kind == 4:
+                p = a + b - c; pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
+        rows.append(line); previous = line
+    total = nonwhite = red = 0
+    for line in rows:
+        for x in range(width):
+            r, g, b = line[x * size:x * size + 3]
+            total += 1
+            if min(r, g, b) < 235: nonwhite += 1
+            if r > 180 and g < 80 and b < 80: red += 1
+    print(total, nonwhite, red)
+    """
+
+/// `udpecho ping --plot`: the smoke graph of a real run, read by an XML parser and drawn by a real browser.
+@Suite struct PlotTests {
+    static var chromium: String? {
+        ["/usr/bin/chromium", "/usr/bin/chromium-browser"].first { FileManager.default.isExecutableFile(atPath: $0) }
+    }
+
+    /// Two echo servers on a test host, one behind a firewall rule that drops about 30% of what reaches it: the
+    /// drawing of the lossy one marks lost probes and colours its median by loss, the clean one's has no mark and an
+    /// all-green median; headless Chromium renders both, neither blank, the lossy one with many red pixels more.
+    @Test(
+        .enabled(if: FirewalledHost.available, "needs root, ip and nft to make a firewalled network namespace"),
+        .enabled(if: Self.chromium != nil, "needs chromium (Debian; .ci/run installs it)")
+    )
+    func aLossyPathLooksLossy() async throws {
+        let browser = try #require(Self.chromium)
+        try await withHosts(try await FirewalledHost()) { host in
+            let (lossy, _) = try await startServer(["--address", "127.0.0.1:7000", "-q"], inNamespace: host.name)
+            let (clean, _) = try await startServer(["--address", "127.0.0.1:7001", "-q"], inNamespace: host.name)
+            let drop = try await Spawned.run(
+                TestNetwork.ip,
+                [
+                    "netns", "exec", host.name, "nft", "add", "rule", "inet", "udpecho", "in", "udp", "dport", "7000",
+                    "numgen", "random", "mod", "10", "<", "3", "drop",
+                ]
+            )
+            #expect(drop.status == 0, "\(drop.error)")
+            let directory = NSTemporaryDirectory() + "udpecho-plot-\(uniqueHostID())"
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            var counts: [String: [Int]] = [:]
+            for (name, port) in [("lossy", 7000), ("clean", 7001)] {
+                let path = "\(directory)/\(name).svg"
+                let ping = try await Spawned.run(
+                    TestNetwork.ip,
+                    [
+                        "netns", "exec", host.name, udpecho, "ping", "127.0.0.1:\(port)", "-c", "300", "-i", "2ms",
+                        "-W", "300ms", "-q", "--plot", path,
+                    ],
+                    timeout: 60
+                )
+                #expect(ping.status == 0, "\(ping.error)")
+                let svg = try String(contentsOfFile: path, encoding: .utf8)
+                #expect(svg.utf8.count < 40_000)
+                let parsed = try await Spawned.run(
+                    "/usr/bin/env",
+                    [
+                        "python3", "-c",
+                        "import sys, xml.etree.ElementTree as E\n"
+                            + "r = E.parse(sys.argv[1]).getroot()\n"
+                            + "c = [e.get('stroke') for e in r.iter() if e.get('class') == 'median']\n"
+                            + "print(len([e for e in r.iter() if e.get('class') == 'lost']), len(c), len([s for s in c if s != '#1a9641']))",
+                        path,
+                    ]
+                )
+                let numbers = parsed.lines.first?.split(separator: " ").compactMap { Int($0) } ?? []
+                try #require(numbers.count == 3, "\(parsed.error)")
+                if name == "lossy" {
+                    #expect(numbers[0] > 30 && numbers[2] > 30, "lost marks, medians not green: \(numbers)")
+                } else {
+                    #expect(numbers[0] == 0 && numbers[1] > 0 && numbers[2] == 0, "\(numbers)")
+                }
+                let png = "\(directory)/\(name).png"
+                let shot = try await Spawned.run(
+                    browser,
+                    [
+                        "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=800,360",
+                        "--screenshot=\(png)", "file://\(path)",
+                    ],
+                    timeout: 60
+                )
+                #expect(shot.status == 0, "\(shot.error)")
+                let pixels = try await Spawned.run(
+                    "/usr/bin/env",
+                    ["python3", "-c", pythonPixelCounts, png],
+                    timeout: 120
+                )
+                counts[name] = pixels.lines.first?.split(separator: " ").compactMap { Int($0) }
+                try #require(counts[name]?.count == 3, "\(pixels.error)")
+            }
+            for (name, values) in counts {
+                // Not blank: axes, smoke, median and text cover well over 2% of the canvas.
+                #expect(Double(values[1]) / Double(values[0]) > 0.02, "\(name): \(values)")
+            }
+            let lossyRed = counts["lossy"]?[2] ?? 0
+            let cleanRed = counts["clean"]?[2] ?? 0
+            #expect(lossyRed > cleanRed + 500, "red pixels: lossy \(lossyRed), clean \(cleanRed)")
+            lossy.signal(SIGINT)
+            clean.signal(SIGINT)
+            _ = await lossy.waitForExit()
+            _ = await clean.waitForExit()
+        }
+    }
+
+    /// A --plot path that is a FIFO (or a directory) is refused before anything blocks on it: exit 2, said why.
+    @Test func aPlotPathThatIsNoFileIsRefused() async throws {
+        let (server, port) = try await startServer(["--address", "127.0.0.1:0", "-q"])
+        let fifo = NSTemporaryDirectory() + "udpecho-fifo-\(uniqueHostID())"
+        #expect(mkfifo(fifo, 0o600) == 0)
+        defer { unlink(fifo) }
+        for path in [fifo, NSTemporaryDirectory()] {
+            let ping = try await Spawned.run(
+                udpecho,
+                ["ping", "127.0.0.1:\(port)", "-c", "3", "-i", "10ms", "-q", "--plot", path],
+                timeout: 30
+            )
+            #expect(ping.status == 2 && ping.error.contains("is there and is not a regular file"), "\(ping.error)")
+        }
+        let owamp = try await Spawned.run(udpecho, ["ping", "--owamp", "127.0.0.1", "--plot", "/tmp/x.svg"])
+        #expect(owamp.status == 2 && owamp.error.contains("--plot draws round trips"), "\(owamp.error)")
+        server.signal(SIGINT)
+        _ = await server.waitForExit()
+    }
+}
