@@ -58,16 +58,7 @@ extension RoundTripTimes {
         func py(_ milliseconds: Double) -> Double { top + plotHeight - milliseconds / maximumMilliseconds * plotHeight }
 
         // A long title (a host name, every option) is made smaller, or cut, to stay on the canvas.
-        let (titleSize, fitted) = SVGText.fit(title, width: width - 20, fontSize: 15)
-        var svg = """
-            <?xml version="1.0" encoding="UTF-8"?>
-            <svg xmlns="http://www.w3.org/2000/svg" width="\(Int(width))" height="\(Int(height))" \
-            viewBox="0 0 \(Int(width)) \(Int(height))" font-family="sans-serif" font-size="12">
-            <rect width="100%" height="100%" fill="white"/>
-            <text x="\(width / 2)" y="22" text-anchor="middle" font-size="\(SVGText.format(titleSize))">\
-            \(SVGText.escape(fitted))</text>
-
-            """
+        var svg = SVGText.header(width: width, height: height, title: title)
         for tick in 0...Int(maximumX) {
             let x = px(Double(tick))
             // 0%, 90%, 99%, 99.9%, 99.99%...

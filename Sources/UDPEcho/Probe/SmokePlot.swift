@@ -124,16 +124,7 @@ public struct SmokePlot: Sendable {
         func py(_ nanoseconds: Int64) -> Double {
             top + plotHeight - min(Double(nanoseconds) / 1e6, maximum) / maximum * plotHeight
         }
-        let (titleSize, title) = SVGText.fit(self.title, width: width - 20, fontSize: 15)
-        var svg = """
-            <?xml version="1.0" encoding="UTF-8"?>
-            <svg xmlns="http://www.w3.org/2000/svg" width="\(Int(width))" height="\(Int(height))" \
-            viewBox="0 0 \(Int(width)) \(Int(height))" font-family="sans-serif" font-size="12">
-            <rect width="100%" height="100%" fill="white"/>
-            <text x="\(width / 2)" y="22" text-anchor="middle" font-size="\(SVGText.format(titleSize))">\
-            \(SVGText.escape(title))</text>
-
-            """
+        var svg = SVGText.header(width: width, height: height, title: self.title)
         // Axes: milliseconds up the side, seconds from the start along the bottom.
         for tick in 0...5 {
             let value = maximum * Double(tick) / 5
@@ -245,6 +236,20 @@ enum SVGText {
         while fraction.hasSuffix("0") { fraction.removeLast() }
         let sign = thousandths < 0 && whole == 0 ? "-" : ""
         return fraction.isEmpty ? "\(sign)\(whole)" : "\(sign)\(whole).\(fraction)"
+    }
+
+    /// The opening of a drawing `width` by `height`: white, with `title` centred at the top (set smaller, or cut, to
+    /// stay on the canvas).
+    static func header(width: Double, height: Double, title: String) -> String {
+        let (size, fitted) = Self.fit(title, width: width - 20, fontSize: 15)
+        return """
+            <?xml version="1.0" encoding="UTF-8"?>
+            <svg xmlns="http://www.w3.org/2000/svg" width="\(Int(width))" height="\(Int(height))" \
+            viewBox="0 0 \(Int(width)) \(Int(height))" font-family="sans-serif" font-size="12">
+            <rect width="100%" height="100%" fill="white"/>
+            <text x="\(width / 2)" y="22" text-anchor="middle" font-size="\(Self.format(size))">\(Self.escape(fitted))</text>
+
+            """
     }
 
     static func escape(_ text: String) -> String {
