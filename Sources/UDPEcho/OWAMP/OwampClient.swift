@@ -379,33 +379,27 @@ private struct OwampControlClient {
                 reason: "the OWAMP server sent command \(clear[0]), not Stop-Sessions"
             )
         }
-        let count = Int(clear.get(UInt32.self, at: 4))
-        guard count <= 2 else {
-            throw EchoError.control(
-                peer: self.peer,
-                reason: "the OWAMP server's Stop-Sessions describes \(count) sessions; it sends at most one"
-            )
-        }
-        for _ in 0..<count {
-            let head = self.exchange.decrypt(try await reader.read(32))
-            clear += head
-            let skips = Int(head.get(UInt32.self, at: 20))
-            guard skips <= OwampServerConfiguration.maximumSkips else {
-                throw EchoError.control(
-                    peer: self.peer,
-                    reason: "the OWAMP server's Stop-Sessions names \(skips) skipped ranges"
-                )
-            }
-            let rest = OwampSessionDescription.size(skips: skips) - 32
-            if rest > 0 { clear += self.exchange.decrypt(try await reader.read(rest)) }
-        }
-        clear += self.exchange.decrypt(try await reader.read(16))
-        try self.exchange.verify(clear, "Stop-Sessions")
         do {
+            // The server's own message has at most the one session it sent; its length is in its parts, read (and
+            // decrypted) a block at a time until they tell it, by the same reckoning the server uses.
+            while true {
+                let length = try OwampStopSessions.length(
+                    of: { $0.upperBound <= clear.count ? clear[$0] : nil },
+                    maximumSessions: 2,
+                    maximumSkips: OwampServerConfiguration.maximumSkips
+                )
+                guard let length else {
+                    clear += self.exchange.decrypt(try await reader.read(16))
+                    continue
+                }
+                if length > clear.count { clear += self.exchange.decrypt(try await reader.read(length - clear.count)) }
+                break
+            }
+            try self.exchange.verify(clear, "Stop-Sessions")
             clear.replaceSubrange((clear.count - 16)..., with: [UInt8](repeating: 0, count: 16))
             return try OwampStopSessions(decoding: clear)
-        } catch {
-            throw EchoError.control(peer: self.peer, reason: "\(error)")
+        } catch let error as ControlProtocolError {
+            throw EchoError.control(peer: self.peer, reason: "the OWAMP server's \(error)")
         }
     }
 
