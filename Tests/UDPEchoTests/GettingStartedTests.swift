@@ -19,6 +19,10 @@ import UDPEcho
         let address = server.localAddress.hostPortDescription
         let group = ServiceGroup(services: [server], logger: Logger(label: "echo"))
         let running = Task { try await group.run() }
+        // Not in the article: on a loaded machine (the whole suite at once) the task that runs the server has started
+        // more than 5 s late, past the client's timeout; the article's reader starts the server long before.
+        let deadline = ContinuousClock.now + .seconds(60)
+        while !server.isRunning && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(1)) }
 
         // "Send a datagram".
         let client = try await EchoClient.connect(to: try HostAndPort(parsing: address))

@@ -301,8 +301,10 @@ public final class EchoServer: Service, Sendable {
         )
     }
 
-    /// Whether ``run()`` has started the serving threads (and not yet returned).
-    var isRunning: Bool { self.state.withLock { $0 == .running } }
+    /// Whether ``run()`` has started the serving threads (and not yet returned): a readiness check. Datagrams sent
+    /// before are not lost (they wait in the socket), but a client with a short timeout may give up on them when
+    /// the task that runs the server starts late.
+    public var isRunning: Bool { self.state.withLock { $0 == .running } }
 
     /// Whether ``run()`` has been called (it may have returned since).
     var hasStarted: Bool { self.state.withLock { $0 != .idle } }
