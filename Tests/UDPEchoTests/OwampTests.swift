@@ -90,6 +90,18 @@ import Glibc
         }
     }
 
+    /// Padding after the fields (`--padding`): both ends make and take the longer packets, in the clear and
+    /// encrypted (a receiver takes only packets of the session's length).
+    @Test(arguments: [IPPMModes.unauthenticated, .encrypted])
+    func paddedPacketsArrive(mode: IPPMModes) async throws {
+        try await Self.withServer { server in
+            var configuration = try Self.configuration(server, mode: mode, count: 10)
+            configuration.padding = 300
+            let results = try await OwampPinger.run(configuration)
+            #expect(results.toServer?.received == 10 && results.fromServer?.received == 10, "\(results)")
+        }
+    }
+
     /// A wrong secret and an unknown identity get the same refusal, both counted.
     @Test func aWrongKeyIsRefusedLikeAnUnknownOne() async throws {
         try await Self.withServer { server in

@@ -213,41 +213,22 @@ let perfsonarScheduleSource = """
     @Test(.enabled(if: TwampDissectorTests.available, "needs root, ip and tshark (.ci/run installs it)"))
     func wiresharkDecodesOurTestPackets() async throws {
         try await withHosts(try await LoopbackHost()) { host in
-            let capture = NSTemporaryDirectory() + "udpecho-owamp-\(uniqueHostID()).pcap"
-            defer { try? FileManager.default.removeItem(atPath: capture) }
             let (server, _) = try await startServer(
                 ["--protocol", "owamp", "--test-ports", "18760-18761", "-q"],
                 inNamespace: host.name
             )
-            let log = capture + ".log"
-            _ = FileManager.default.createFile(atPath: log, contents: nil)
-            defer { try? FileManager.default.removeItem(atPath: log) }
-            let dumpcap = Process()
-            dumpcap.executableURL = URL(fileURLWithPath: TestNetwork.ip)
-            dumpcap.arguments =
-                ["netns", "exec", host.name]
-                + withSignalsUnblocked([
-                    "/usr/bin/dumpcap", "-i", "lo", "-f", "udp portrange 18760-18761", "-w", capture,
-                ])
-            dumpcap.standardOutput = FileHandle.nullDevice
-            dumpcap.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
-            try dumpcap.run()
-            let started = ContinuousClock.now
-            while !((try? String(contentsOfFile: log, encoding: .utf8))?.contains("Capturing on") ?? false) {
-                try #require(ContinuousClock.now - started < .seconds(10), "dumpcap did not start capturing")
-                try await Task.sleep(for: .milliseconds(20))
+            let capture = try await captured(in: host, filter: "udp portrange 18760-18761") {
+                let ping = try await Spawned.run(
+                    TestNetwork.ip,
+                    [
+                        "netns", "exec", host.name, udpecho, "ping", "--owamp", "127.0.0.1", "-c", "5", "-i", "10ms",
+                        "-W", "500ms", "--mode", "unauthenticated", "-q",
+                    ]
+                )
+                #expect(ping.status == 0, "\(ping.error)")
+                try await Task.sleep(for: .milliseconds(300))
             }
-            let ping = try await Spawned.run(
-                TestNetwork.ip,
-                [
-                    "netns", "exec", host.name, udpecho, "ping", "--owamp", "127.0.0.1", "-c", "5", "-i", "10ms", "-W",
-                    "500ms", "--mode", "unauthenticated", "-q",
-                ]
-            )
-            #expect(ping.status == 0, "\(ping.error)")
-            try await Task.sleep(for: .milliseconds(300))
-            dumpcap.interrupt()
-            await onThread { dumpcap.waitUntilExit() }
+            defer { try? FileManager.default.removeItem(atPath: capture) }
             server.signal(SIGINT)
             _ = await server.waitForExit()
             let decode = ["-d", "udp.port==18760,owamp.test", "-d", "udp.port==18761,owamp.test"]

@@ -192,6 +192,41 @@ func twpingTimes(_ lines: [String], _ prefix: String) -> [Double]? {
     }
 }
 
+/// Captures what crosses loopback in test host `host` (a BPF `filter`) while `body` runs, and returns the capture
+/// file's path. Wireshark's capture tool runs itself (tshark would run it as a child, which outlives a signal to
+/// tshark), its output to a file: `body` runs once the file says it captures.
+func captured(in host: LoopbackHost, filter: String, _ body: () async throws -> Void) async throws -> String {
+    let capture = NSTemporaryDirectory() + "udpecho-capture-\(uniqueHostID()).pcap"
+    let log = capture + ".log"
+    _ = FileManager.default.createFile(atPath: log, contents: nil)
+    defer { try? FileManager.default.removeItem(atPath: log) }
+    let dumpcap = Process()
+    dumpcap.executableURL = URL(fileURLWithPath: TestNetwork.ip)
+    dumpcap.arguments =
+        ["netns", "exec", host.name]
+        + withSignalsUnblocked(["/usr/bin/dumpcap", "-i", "lo", "-f", filter, "-w", capture])
+    dumpcap.standardOutput = FileHandle.nullDevice
+    dumpcap.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
+    try dumpcap.run()
+    func stop() async {
+        dumpcap.interrupt()
+        await onThread { dumpcap.waitUntilExit() }
+    }
+    do {
+        let started = ContinuousClock.now
+        while !((try? String(contentsOfFile: log, encoding: .utf8))?.contains("Capturing on") ?? false) {
+            try #require(ContinuousClock.now - started < .seconds(10), "dumpcap did not start capturing")
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        try await body()
+    } catch {
+        await stop()
+        throw error
+    }
+    await stop()
+    return capture
+}
+
 /// Wireshark's dissectors (tshark) read a capture of our client's session with our server: every control message
 /// by its name, the test packets both ways, nothing malformed.
 @Suite struct TwampDissectorTests {
@@ -203,36 +238,20 @@ func twpingTimes(_ lines: [String], _ prefix: String) -> [Double]? {
     @Test(.enabled(if: available, "needs root, ip and tshark (.ci/run installs it)"))
     func wiresharkDecodesOurSessionWhole() async throws {
         try await withHosts(try await LoopbackHost()) { host in
-            let capture = NSTemporaryDirectory() + "udpecho-twamp-\(uniqueHostID()).pcap"
-            defer { try? FileManager.default.removeItem(atPath: capture) }
             let (server, _) = try await startServer(["--protocol", "twamp", "-q"], inNamespace: host.name)
-            // Wireshark's capture tool itself (tshark would run it as a child, which outlives a signal to tshark),
-            // its output to a file: it is started once the file says it captures.
-            let log = capture + ".log"
-            _ = FileManager.default.createFile(atPath: log, contents: nil)
-            defer { try? FileManager.default.removeItem(atPath: log) }
-            let dumpcap = Process()
-            dumpcap.executableURL = URL(fileURLWithPath: TestNetwork.ip)
-            dumpcap.arguments =
-                ["netns", "exec", host.name]
-                + withSignalsUnblocked(["/usr/bin/dumpcap", "-i", "lo", "-f", "port 862", "-w", capture])
-            dumpcap.standardOutput = FileHandle.nullDevice
-            dumpcap.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
-            try dumpcap.run()
-            let started = ContinuousClock.now
-            while !((try? String(contentsOfFile: log, encoding: .utf8))?.contains("Capturing on") ?? false) {
-                try #require(ContinuousClock.now - started < .seconds(10), "dumpcap did not start capturing")
-                try await Task.sleep(for: .milliseconds(20))
+            let capture = try await captured(in: host, filter: "port 862") {
+                let ping = try await Spawned.run(
+                    TestNetwork.ip,
+                    [
+                        "netns", "exec", host.name, udpecho, "ping", "--twamp", "127.0.0.1", "-c", "5", "-i", "10ms",
+                        "-q",
+                    ]
+                )
+                #expect(ping.status == 0, "\(ping.error)")
+                // The Stop-Sessions and the connection's end reach the capture before it stops.
+                try await Task.sleep(for: .milliseconds(500))
             }
-            let ping = try await Spawned.run(
-                TestNetwork.ip,
-                ["netns", "exec", host.name, udpecho, "ping", "--twamp", "127.0.0.1", "-c", "5", "-i", "10ms", "-q"]
-            )
-            #expect(ping.status == 0, "\(ping.error)")
-            // The Stop-Sessions and the connection's end reach the capture before it stops.
-            try await Task.sleep(for: .milliseconds(500))
-            dumpcap.interrupt()
-            await onThread { dumpcap.waitUntilExit() }
+            defer { try? FileManager.default.removeItem(atPath: capture) }
             server.signal(SIGINT)
             _ = await server.waitForExit()
             let read = try await Spawned.run("/usr/bin/tshark", ["-r", capture])

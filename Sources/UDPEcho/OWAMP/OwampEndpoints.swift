@@ -108,13 +108,14 @@ final class OwampSender: Sendable {
         var schedule = OwampSchedule(sid: plan.sid, slots: plan.slots)
         var packet = randomBytes(plan.packetSize)
         let fieldsEnd = plan.cipher == nil ? TwampReflector.shortestUnauthenticated : TestSessionCipher.senderSize
-        var clock = HostClock.current()
+        // The clock's error estimate, read (and encoded) once a second, not for every packet.
+        var errorEstimate: UInt16 = 0
         var nextClockRead = cudpecho_now_ns()
         for sequence in 0..<plan.count {
             let due = plan.start &+ IPPMTime.nanoseconds(ntp: schedule.next())
             guard Self.sleep(until: due, while: { !self.state.withLock { $0.stopped } }) else { return }
             if cudpecho_now_ns() >= nextClockRead {
-                clock = HostClock.current()
+                errorEstimate = HostClock.current().ippmErrorEstimate.raw
                 nextClockRead = cudpecho_now_ns() + 1_000_000_000
             }
             let sent = self.state.withLock { state -> Bool in
@@ -131,7 +132,7 @@ final class OwampSender: Sendable {
                     let timestampAt = plan.cipher == nil ? 4 : 16
                     packet.put(sequence, at: 0)
                     packet.put(StampTimestampFormat.ntp.encode(now, taiOffset: 0), at: timestampAt)
-                    packet.put(clock.errorEstimate(.ntp).raw & 0xBFFF, at: timestampAt + 8)
+                    packet.put(errorEstimate, at: timestampAt + 8)
                     packet.withUnsafeMutableBytes { bytes in
                         plan.cipher?.sealSender(bytes)
                         let result = self.destination.withRawAddress { address, length in
@@ -216,8 +217,8 @@ final class OwampReceiver: Sendable {
     func run(until deadline: Int64) {
         guard let batch = cudpecho_batch_create(32, 65_536) else { return }
         defer { cudpecho_batch_destroy(batch) }
-        var clock = HostClock.current()
-        var nextClockRead = cudpecho_now_ns()
+        var receiveError = HostClock.current().ippmErrorEstimate
+        var nextClockRead = cudpecho_now_ns() + 1_000_000_000
         while !self.state.withLock({ $0.stopped }) {
             let left = deadline - cudpecho_realtime_ns()
             guard left > 0 else { return }
@@ -225,10 +226,9 @@ final class OwampReceiver: Sendable {
                 continue
             }
             if cudpecho_now_ns() >= nextClockRead {
-                clock = HostClock.current()
+                receiveError = HostClock.current().ippmErrorEstimate
                 nextClockRead = cudpecho_now_ns() + 1_000_000_000
             }
-            let receiveError = StampErrorEstimate(raw: clock.errorEstimate(.ntp).raw & 0xBFFF)
             self.state.withLock { state in
                 guard !state.stopped else { return }
                 self.receiveQueued(batch, receiveError: receiveError, into: &state)
@@ -312,7 +312,7 @@ final class OwampReceiver: Sendable {
             state.stopped = true
             guard let batch = cudpecho_batch_create(32, 65_536) else { return }
             defer { cudpecho_batch_destroy(batch) }
-            let error = StampErrorEstimate(raw: HostClock.current().errorEstimate(.ntp).raw & 0xBFFF)
+            let error = HostClock.current().ippmErrorEstimate
             self.receiveQueued(batch, receiveError: error, into: &state)
         }
     }
@@ -329,7 +329,7 @@ final class OwampReceiver: Sendable {
         var bySequence: [UInt32: [OwampRecord]] = [:]
         for record in received where record.sequence < limit { bySequence[record.sequence, default: []].append(record) }
         let times = self.plan.sendTimes()
-        let lostError = StampErrorEstimate(raw: HostClock.current().errorEstimate(.ntp).raw & 0xBFFF)
+        let lostError = HostClock.current().ippmErrorEstimate
         var records: [OwampRecord] = []
         records.reserveCapacity(Int(limit))
         // The ranges in order (Stop-Sessions' decoding checks it), walked once alongside the sequence numbers.

@@ -180,6 +180,11 @@ struct HostClock: Sendable {
     func errorEstimate(_ format: StampTimestampFormat) -> StampErrorEstimate {
         StampErrorEstimate(synchronized: self.synchronized, format: format, seconds: self.estimatedError)
     }
+
+    /// The estimate as OWAMP's and TWAMP's packets carry it: NTP format, its Z bit zero (MBZ in RFC 4656 and 5357).
+    var ippmErrorEstimate: StampErrorEstimate {
+        StampErrorEstimate(raw: self.errorEstimate(.ntp).raw & 0xBFFF)
+    }
 }
 
 extension UnsafeMutableRawPointer {

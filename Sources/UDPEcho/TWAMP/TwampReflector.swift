@@ -28,7 +28,7 @@ struct TwampReflector {
 
     init(table: TwampSessionTable) {
         self.table = table
-        self.errorEstimate = self.clock.errorEstimate(.ntp).raw
+        self.errorEstimate = self.clock.ippmErrorEstimate.raw
     }
 
     /// Takes the table's sessions for a batch, and the clock's state at most once a second.
@@ -36,7 +36,7 @@ struct TwampReflector {
         self.sessions = self.table.current
         guard now >= self.nextClockRead else { return }
         self.clock = HostClock.current()
-        self.errorEstimate = self.clock.errorEstimate(.ntp).raw & 0xBFFF  // Z is MBZ in TWAMP
+        self.errorEstimate = self.clock.ippmErrorEstimate.raw
         self.nextClockRead = now + 1_000_000_000
     }
 
