@@ -22,7 +22,7 @@ struct UDPEchoCommand: AsyncParsableCommand {
         version: "0.1.0",
         subcommands: [
             ServerCommand.self, ClientCommand.self, PingCommand.self, BenchCommand.self, MTUCommand.self,
-            MeshCommand.self,
+            MeshCommand.self, ExporterCommand.self,
         ]
     )
 

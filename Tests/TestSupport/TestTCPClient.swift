@@ -83,6 +83,19 @@ public final class TestTCPClient: @unchecked Sendable {
         return bytes
     }
 
+    /// Everything the server sends until it closes the connection; nil if it is still open when the time runs out.
+    public func receiveUntilClosed(timeoutMilliseconds: Int32 = 10000) async -> [UInt8]? {
+        await onThread {
+            let deadline = ContinuousClock.now + .milliseconds(Int(timeoutMilliseconds))
+            var bytes: [UInt8] = []
+            while true {
+                guard let chunk = self.read(upTo: 65536, until: deadline) else { return nil }
+                if chunk.isEmpty { return bytes }
+                bytes += chunk
+            }
+        }
+    }
+
     /// Whether the server closes the connection within the timeout (whatever it sends first is read and dropped).
     public func closes(withinMilliseconds timeout: Int32) async -> Bool {
         await onThread {

@@ -109,7 +109,8 @@ public final class MetricsEndpoint: Service, Sendable {
     public init(
         address: SocketAddress,
         configuration: Configuration = Configuration(),
-        stream body: @escaping @Sendable () -> MetricsStream
+        stream body: @escaping @Sendable () -> MetricsStream,
+        routes: (@Sendable (EndpointRequest) async -> EndpointResponse)? = nil
     ) async throws {
         let connections = ConnectionTable(configuration)
         self.connections = connections
@@ -140,7 +141,8 @@ public final class MetricsEndpoint: Service, Sendable {
                                             configuration: configuration,
                                             slot: slot,
                                             table: connections,
-                                            body: body
+                                            body: body,
+                                            routes: routes
                                         )
                                     )
                                 }
@@ -193,6 +195,138 @@ public final class MetricsEndpoint: Service, Sendable {
     }
 }
 
+/// A request to a route of a ``MetricsEndpoint``: its method, path, query parameters and headers.
+public struct EndpointRequest: Sendable {
+    /// `GET`, `POST`, ...
+    public var method: String
+    /// The path, without the query.
+    public var path: String
+    /// The query's parameters in order, percent-decoded (`+` as a space); a parameter may appear more than once.
+    public var query: [(name: String, value: String)]
+    /// Whether the query had a malformed percent escape (`%` not followed by two hex digits).
+    public var malformedQuery: Bool
+    /// The headers, names in lower case.
+    public var headers: [(name: String, value: String)]
+    /// The client's address.
+    public var remote: SocketAddress?
+
+    /// A request.
+    public init(
+        method: String,
+        path: String,
+        query: [(name: String, value: String)] = [],
+        malformedQuery: Bool = false,
+        headers: [(name: String, value: String)] = [],
+        remote: SocketAddress? = nil
+    ) {
+        self.method = method
+        self.path = path
+        self.query = query
+        self.malformedQuery = malformedQuery
+        self.headers = headers
+        self.remote = remote
+    }
+
+    init(head: HTTPRequestHead, remote: SocketAddress?) {
+        let parts = head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)
+        var malformed = false
+        var query: [(String, String)] = []
+        if parts.count == 2 {
+            for pair in parts[1].split(separator: "&", omittingEmptySubsequences: true) {
+                let sides = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+                let name = Self.decode(sides[0], malformed: &malformed)
+                let value = sides.count == 2 ? Self.decode(sides[1], malformed: &malformed) : ""
+                query.append((name, value))
+            }
+        }
+        self.init(
+            method: head.method.rawValue,
+            path: String(parts.first ?? ""),
+            query: query,
+            malformedQuery: malformed,
+            headers: head.headers.map { ($0.name.lowercased(), $0.value) },
+            remote: remote
+        )
+    }
+
+    /// The values of the query parameter `name`.
+    public func parameters(_ name: String) -> [String] { self.query.filter { $0.name == name }.map(\.value) }
+
+    /// The value of the header `name` (case does not matter), the first if there are several.
+    public func header(_ name: String) -> String? {
+        let lower = name.lowercased()
+        return self.headers.first { $0.name == lower }?.value
+    }
+
+    private static func decode(_ text: Substring, malformed: inout Bool) -> String {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(text.utf8.count)
+        var iterator = Array(text.utf8)[...]
+        while let byte = iterator.popFirst() {
+            if byte == UInt8(ascii: "+") {
+                bytes.append(UInt8(ascii: " "))
+            } else if byte == UInt8(ascii: "%") {
+                guard iterator.count >= 2, let high = Self.hex(iterator[iterator.startIndex]),
+                    let low = Self.hex(iterator[iterator.startIndex + 1])
+                else {
+                    malformed = true
+                    bytes.append(byte)
+                    continue
+                }
+                bytes.append(high << 4 | low)
+                iterator = iterator.dropFirst(2)
+            } else {
+                bytes.append(byte)
+            }
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    private static func hex(_ byte: UInt8) -> UInt8? {
+        switch byte {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): byte - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): byte - UInt8(ascii: "A") + 10
+        default: nil
+        }
+    }
+}
+
+/// A route's answer: status, content type, extra headers and the whole body.
+public struct EndpointResponse: Sendable {
+    /// The HTTP status code.
+    public var status: Int
+    /// The Content-Type.
+    public var contentType: String
+    /// Headers besides Content-Type, Content-Length and Connection.
+    public var headers: [(String, String)]
+    /// The body.
+    public var body: ByteBuffer
+
+    /// An answer of `status` with `body`.
+    public init(
+        status: Int = 200,
+        contentType: String = "text/plain; charset=utf-8",
+        headers: [(String, String)] = [],
+        body: ByteBuffer
+    ) {
+        self.status = status
+        self.contentType = contentType
+        self.headers = headers
+        self.body = body
+    }
+
+    /// An answer of `status` with the text `body`.
+    public init(
+        status: Int = 200,
+        contentType: String = "text/plain; charset=utf-8",
+        headers: [(String, String)] = [],
+        text: String
+    ) {
+        self.init(status: status, contentType: contentType, headers: headers, body: ByteBuffer(string: text))
+    }
+}
+
 /// A response body made a piece at a time: each call appends the next piece to the buffer and returns whether more
 /// follows. Called on the connection's event loop only.
 public struct MetricsStream {
@@ -213,6 +347,9 @@ private final class ScrapeHandler: ChannelInboundHandler {
     private let body: @Sendable () -> MetricsStream
     /// The body being sent, and whether the connection stays open after it.
     private var streaming: (stream: MetricsStream, keepAlive: Bool)?
+    private let routes: (@Sendable (EndpointRequest) async -> EndpointResponse)?
+    /// A route's answer is being made, in a task.
+    private var pending = false
     private var pumping = false
     /// A response is about to start, in a task of the event loop.
     private var scheduled = false
@@ -225,12 +362,14 @@ private final class ScrapeHandler: ChannelInboundHandler {
         configuration: MetricsEndpoint.Configuration,
         slot: Int,
         table: ConnectionTable,
-        body: @escaping @Sendable () -> MetricsStream
+        body: @escaping @Sendable () -> MetricsStream,
+        routes: (@Sendable (EndpointRequest) async -> EndpointResponse)? = nil
     ) {
         self.configuration = configuration
         self.slot = slot
         self.table = table
         self.body = body
+        self.routes = routes
     }
 
     func channelActive(context: ChannelHandlerContext) {
@@ -254,7 +393,7 @@ private final class ScrapeHandler: ChannelInboundHandler {
             self.request = nil
             self.deadline?.cancel()
             self.table.answering(self.slot)
-            if context.channel.isWritable && self.streaming == nil && !self.scheduled {
+            if context.channel.isWritable && self.streaming == nil && !self.scheduled && !self.pending {
                 self.respondSoon(context, to: head)
             } else {
                 self.waiting = head
@@ -265,7 +404,7 @@ private final class ScrapeHandler: ChannelInboundHandler {
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         if context.channel.isWritable && self.streaming != nil {
             self.pump(context)
-        } else if context.channel.isWritable && !self.scheduled, let head = self.waiting {
+        } else if context.channel.isWritable && !self.scheduled && !self.pending, let head = self.waiting {
             self.waiting = nil
             self.respondSoon(context, to: head)
         }
@@ -290,6 +429,10 @@ private final class ScrapeHandler: ChannelInboundHandler {
     private func respond(_ context: ChannelHandlerContext, to head: HTTPRequestHead) {
         let path = head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
         let found = head.method == .GET && path == "/metrics"
+        if !found, let routes = self.routes {
+            self.answerLater(context, to: head, routes: routes)
+            return
+        }
         var headers = HTTPHeaders()
         headers.add(name: "Content-Type", value: found ? "text/plain; version=0.0.4; charset=utf-8" : "text/plain")
         let keepAlive = head.isKeepAlive
@@ -312,6 +455,48 @@ private final class ScrapeHandler: ChannelInboundHandler {
         context.write(self.wrapOutboundOut(.head(response)), promise: nil)
         self.streaming = (stream, keepAlive)
         self.pump(context)
+    }
+
+    /// Answers `head` with what `routes` makes of it, in a task: the connection's further requests wait meanwhile.
+    private func answerLater(
+        _ context: ChannelHandlerContext,
+        to head: HTTPRequestHead,
+        routes: @escaping @Sendable (EndpointRequest) async -> EndpointResponse
+    ) {
+        self.pending = true
+        let request = EndpointRequest(head: head, remote: context.channel.remoteAddress)
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        context.eventLoop.makeFutureWithTask { await routes(request) }.whenSuccess { response in
+            let (handler, context) = loopBound.value
+            handler.pending = false
+            guard context.channel.isActive else { return }
+            var headers = HTTPHeaders()
+            headers.add(name: "Content-Type", value: response.contentType)
+            for (name, value) in response.headers { headers.add(name: name, value: value) }
+            headers.add(name: "Content-Length", value: "\(response.body.readableBytes)")
+            let keepAlive = head.isKeepAlive
+            headers.add(name: "Connection", value: keepAlive ? "keep-alive" : "close")
+            let status = HTTPResponseStatus(statusCode: response.status)
+            context.write(
+                handler.wrapOutboundOut(
+                    .head(HTTPResponseHead(version: head.version, status: status, headers: headers))
+                ),
+                promise: nil
+            )
+            var sent = false
+            let body = response.body
+            handler.streaming = (
+                MetricsStream { buffer in
+                    if !sent {
+                        var whole = body
+                        buffer.writeBuffer(&whole)
+                    }
+                    sent = true
+                    return false
+                }, keepAlive
+            )
+            handler.pump(context)
+        }
     }
 
     /// Writes pieces of the body while the connection takes them; ends the response after the last.

@@ -127,15 +127,3 @@ func exitOnServerSetupError<Result>(_ setup: () async throws -> Result) async th
         throw ExitCode.failure
     }
 }
-
-extension MetricsStream {
-    /// A body of one piece.
-    static func once(_ text: String) -> MetricsStream {
-        var rest: String? = text
-        return MetricsStream { buffer in
-            if let chunk = rest { buffer.writeString(chunk) }
-            rest = nil
-            return false
-        }
-    }
-}
