@@ -149,6 +149,16 @@ def seeds():
     yield "owamp-test-packet", "encrypted", b"\x03" + bytes(48)
     yield "key-file", "pfstore", b"# made by pfstore\nalice 636f727265637420686f727365\nbob\tABCDEF\n\n"
     yield "key-file", "bad", b"alice 636\nbob\ncarol zz\n"
+    yield "exporter-config", "modules", (b"---\nmodules:\n  echo:\n    protocol: echo\n    count: 10\n    interval: 100ms\n"
+        b"  stamp_ef:\n    protocol: stamp\n    dscp: 46\n    ecn: ect0\n    fail_if_loss_above: 0.05\n"
+        b"  tw:\n    protocol: twamp\n    mode: authenticated\n    key_file: /k\n"
+        b"allow:\n  - 192.0.2.0/24\n  - \"2001:db8::/32\"\n  - router1.example.net\n"
+        b"limits:\n  concurrent_probes: 4\n"
+        b"targets:\n  - target: 192.0.2.1:862\n    module: stamp_ef\n    every: 10s\n")
+    yield "exporter-config", "flow", b"allow: [192.0.2.0/24, 'x.example']\nmodules: {}\n# c\n"
+    yield "exporter-request", "probe", b"/probe?target=192.0.2.1:7&module=echo\nX-Prometheus-Scrape-Timeout-Seconds: 2.5"
+    yield "exporter-request", "ipv6", b"/probe?target=%5B2001:db8::1%5D&module=stamp"
+    yield "exporter-request", "name", b"/probe?target=router1.example.net&module=stamp&x=1"
 
 
 def main():

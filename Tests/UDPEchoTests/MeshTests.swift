@@ -31,6 +31,14 @@ import Testing
         #expect(error.lines[0].reason.contains("out of range"))
         #expect(error.lines[1].reason.contains("needs brackets"), "\(error.lines[1])")
         #expect(error.description.hasPrefix("line 2 ('192.0.2.2:99999'): "))
+        // A file written with CRLF line ends ("\r\n" is one Character: a split on "\n" alone found one line).
+        let crlf = MeshPeerList.parse(bytes: Array("192.0.2.1:7\r\n192.0.2.2:7\r\n\r\n# c\r\n".utf8), defaultPort: 1)
+        #expect(try crlf.get().map(\.description) == ["192.0.2.1:7", "192.0.2.2:7"])
+        guard case .failure(let crlfError) = MeshPeerList.parse("192.0.2.1:7\r\nbad:port\r\n", defaultPort: 1) else {
+            Issue.record("a bad CRLF line was taken")
+            return
+        }
+        #expect(crlfError.lines.map(\.line) == [2], "\(crlfError)")
     }
 
     /// Round trips are timed on CLOCK_MONOTONIC; the kernel's arrival time (CLOCK_REALTIME) is carried over by the

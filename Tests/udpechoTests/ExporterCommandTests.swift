@@ -79,7 +79,8 @@ func withDirectory<Result>(_ body: (String) async throws -> Result) async throws
                     TestNetwork.ip,
                     [
                         "netns", "exec", host.name, "nft", "add", "rule", "inet", "udpecho", "in", "ip", "daddr",
-                        "127.0.0.2", "udp", "dport", "862", "numgen", "random", "mod", "10", "<", "3", "counter", "drop",
+                        "127.0.0.2", "udp", "dport", "862", "numgen", "random", "mod", "10", "<", "3", "counter",
+                        "drop",
                     ]
                 )
                 #expect(drop.status == 0, "\(drop.error)")
@@ -88,7 +89,10 @@ func withDirectory<Result>(_ body: (String) async throws -> Result) async throws
                     ["netns", "exec", host.name, udpecho, "exporter", "--config", config, "--listen", "127.0.0.1:9338"]
                 )
                 defer { exporter.signal(SIGTERM) }
-                #expect(await exporter.waitForLine { $0.contains("udpecho exporter on") } != nil, "\(exporter.errorText)")
+                #expect(
+                    await exporter.waitForLine { $0.contains("udpecho exporter on") } != nil,
+                    "\(exporter.errorText)"
+                )
                 // blackbox_exporter's recipe: the target becomes the `target` parameter and the instance label, the
                 // exporter the address scraped; the module is a label of each target group (`__param_module`).
                 let prometheusConfig = """
@@ -114,7 +118,10 @@ func withDirectory<Result>(_ body: (String) async throws -> Result) async throws
                             replacement: 127.0.0.1:9338
                     """
                 try prometheusConfig.write(toFile: directory + "/prometheus.yml", atomically: true, encoding: .utf8)
-                let check = try await Spawned.run("/usr/bin/promtool", ["check", "config", directory + "/prometheus.yml"])
+                let check = try await Spawned.run(
+                    "/usr/bin/promtool",
+                    ["check", "config", directory + "/prometheus.yml"]
+                )
                 #expect(check.status == 0, "\(check.lines) \(check.error)")
                 let prometheus = try Spawned(
                     TestNetwork.ip,
@@ -168,13 +175,19 @@ func withDirectory<Result>(_ body: (String) async throws -> Result) async throws
                 #expect(lost["127.0.0.3"] == 0, "\(lost)")
                 let stampLost = try #require(lost["127.0.0.2:862"], "\(lost)")
                 let rules = try await inHost(host.name, ["nft", "list", "chain", "inet", "udpecho", "in"])
-                let dropped = try #require(rules.firstMatch(of: /counter packets (\d+)/).flatMap { Int($0.1) }, "\(rules)")
+                let dropped = try #require(
+                    rules.firstMatch(of: /counter packets (\d+)/).flatMap { Int($0.1) },
+                    "\(rules)"
+                )
                 // About 30 % of at least 120; what a probe lost was dropped by the firewall.
                 #expect(stampLost >= 15 && stampLost <= Double(dropped), "lost \(stampLost), dropped \(dropped)")
                 #expect((ratio["127.0.0.2:862"] ?? 0) > 0 && ratio["127.0.0.1:7007"] == 0 && ratio["127.0.0.3"] == 0)
                 // The reflector's time and the one-way delays reach Prometheus for the STAMP and TWAMP targets.
                 let held = try await query("udpecho_probe_reflector_time_seconds{quantile=\"0.5\"}")
-                #expect(held["127.0.0.2:862"] != nil && held["127.0.0.3"] != nil && held["127.0.0.1:7007"] == nil, "\(held)")
+                #expect(
+                    held["127.0.0.2:862"] != nil && held["127.0.0.3"] != nil && held["127.0.0.1:7007"] == nil,
+                    "\(held)"
+                )
             }
         }
     }
@@ -191,7 +204,11 @@ func withDirectory<Result>(_ body: (String) async throws -> Result) async throws
             #expect(passed.status == 0, "\(passed.error)")
             #expect(passed.lines == ["\(good): good: 1 modules, 1 prefixes and 0 names allowed, 0 continuous targets"])
             let bad = directory + "/bad.yml"
-            try "modules:\n  echo:\n    protocol: echo\n    count: -1\n".write(toFile: bad, atomically: true, encoding: .utf8)
+            try "modules:\n  echo:\n    protocol: echo\n    count: -1\n".write(
+                toFile: bad,
+                atomically: true,
+                encoding: .utf8
+            )
             let failed = try await Spawned.run(udpecho, ["exporter", "--config", bad, "--config.check"])
             #expect(failed.status == 1)
             #expect(
@@ -218,7 +235,10 @@ func withDirectory<Result>(_ body: (String) async throws -> Result) async throws
             )
             let exporter = try Spawned(udpecho, ["exporter", "--config", path, "--listen", "127.0.0.1:0"])
             defer { exporter.signal(SIGTERM) }
-            let start = try #require(await exporter.waitForLine { $0.contains("udpecho exporter on") }, "\(exporter.errorText)")
+            let start = try #require(
+                await exporter.waitForLine { $0.contains("udpecho exporter on") },
+                "\(exporter.errorText)"
+            )
             #expect(start.hasSuffix("1 modules (first)"), "\(start)")
             try "modules:\n  second:\n    protocol: stamp\n  third:\n    protocol: echo\nallow: []\n".write(
                 toFile: path,
@@ -226,11 +246,16 @@ func withDirectory<Result>(_ body: (String) async throws -> Result) async throws
                 encoding: .utf8
             )
             exporter.signal(SIGHUP)
-            #expect(await exporter.waitForLine { $0 == "configuration reloaded: 2 modules" } != nil, "\(exporter.outputLines)")
+            #expect(
+                await exporter.waitForLine { $0 == "configuration reloaded: 2 modules" } != nil,
+                "\(exporter.outputLines)"
+            )
             try "modules:\n  - not a mapping\n".write(toFile: path, atomically: true, encoding: .utf8)
             exporter.signal(SIGHUP)
             #expect(
-                await exporter.waitForError("configuration not reloaded, the one in force is kept: \(path): line 2: modules: expected a mapping"),
+                await exporter.waitForError(
+                    "configuration not reloaded, the one in force is kept: \(path): line 2: modules: expected a mapping"
+                ),
                 "\(exporter.errorText)"
             )
             exporter.signal(SIGTERM)

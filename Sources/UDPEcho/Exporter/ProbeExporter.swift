@@ -172,55 +172,80 @@ public final class ProbeExporter: Service, Sendable {
         }
     }
 
-    private func refuse(_ status: Int, _ reason: String, _ text: String, retry: Bool = false) -> EndpointResponse {
-        self.state.withLock { $0.refused[reason, default: 0] += 1 }
-        return EndpointResponse(status: status, headers: retry ? [("Retry-After", "1")] : [], text: text + "\n")
+    /// A scrape refused before probing: its answer, and the reason counted.
+    struct RefusalAnswer: Error {
+        var response: EndpointResponse
+        var reason: String
     }
 
-    private func probe(_ request: EndpointRequest) async -> EndpointResponse {
-        let started = ContinuousClock.now
+    private func refusal(_ status: Int, _ reason: String, _ text: String, retry: Bool = false) -> RefusalAnswer {
+        self.state.withLock { $0.refused[reason, default: 0] += 1 }
+        return RefusalAnswer(
+            response: EndpointResponse(status: status, headers: retry ? [("Retry-After", "1")] : [], text: text + "\n"),
+            reason: reason
+        )
+    }
+
+    /// A probe that a scrape may run: admitted, its slot taken until ``release(_:)``.
+    struct Admitted: Sendable {
+        var module: ProbeModule
+        var moduleName: String
+        var endpoint: HostAndPort
+        var key: String
+        var rate: Double
+        var deadline: ContinuousClock.Instant
+    }
+
+    /// Checks a `/probe` request against the configuration and the limits: a refusal to answer, or the probe to run
+    /// (its slot taken). Nothing here waits or touches the network.
+    func admit(_ request: EndpointRequest, started: ContinuousClock.Instant) -> Result<Admitted, RefusalAnswer> {
         guard !request.malformedQuery else {
-            return self.refuse(400, "bad_request", "the query has a malformed percent escape")
+            return .failure(self.refusal(400, "bad_request", "the query has a malformed percent escape"))
         }
         for parameter in request.query where parameter.name != "target" && parameter.name != "module" {
-            return self.refuse(
-                400,
-                "bad_request",
-                "unknown parameter '\(parameter.name.excerpt(40))': /probe takes target and module"
+            return .failure(
+                self.refusal(
+                    400,
+                    "bad_request",
+                    "unknown parameter '\(parameter.name.excerpt(40))': /probe takes target and module"
+                )
             )
         }
         let targets = request.parameters("target")
         guard targets.count == 1, let targetText = targets.first else {
-            return self.refuse(
-                400,
-                "bad_request",
-                targets.isEmpty
-                    ? "target parameter is missing: /probe?target=HOST:PORT&module=NAME" : "give target once"
+            return .failure(
+                self.refusal(
+                    400,
+                    "bad_request",
+                    targets.isEmpty
+                        ? "target parameter is missing: /probe?target=HOST:PORT&module=NAME" : "give target once"
+                )
             )
         }
         let configuration = self.configuration
         let modules = request.parameters("module")
+        let names = configuration.modules.keys.sorted().joined(separator: ", ")
         let moduleName: String
         switch modules.count {
         case 0:
             guard configuration.modules.count == 1, let only = configuration.modules.keys.first else {
-                return self.refuse(
-                    400,
-                    "bad_request",
-                    "module parameter is missing; the modules are \(configuration.modules.keys.sorted().joined(separator: ", "))"
+                return .failure(
+                    self.refusal(400, "bad_request", "module parameter is missing; the modules are \(names)")
                 )
             }
             moduleName = only
         case 1:
             moduleName = modules[0]
         default:
-            return self.refuse(400, "bad_request", "give module once")
+            return .failure(self.refusal(400, "bad_request", "give module once"))
         }
         guard let module = configuration.modules[moduleName] else {
-            return self.refuse(
-                400,
-                "unknown_module",
-                "unknown module '\(moduleName.excerpt(40))'; the modules are \(configuration.modules.keys.sorted().joined(separator: ", "))"
+            return .failure(
+                self.refusal(
+                    400,
+                    "unknown_module",
+                    "unknown module '\(moduleName.excerpt(40))'; the modules are \(names)"
+                )
             )
         }
         let endpoint: HostAndPort
@@ -231,14 +256,14 @@ public final class ProbeExporter: Service, Sendable {
                 allow: configuration.allow
             )
         } catch {
-            if case .notAllowed = error { return self.refuse(403, "not_allowed", "\(error)") }
-            return self.refuse(400, "bad_request", "\(error)")
+            if case .notAllowed = error { return .failure(self.refusal(403, "not_allowed", "\(error)")) }
+            return .failure(self.refusal(400, "bad_request", "\(error)"))
         }
         let timeout = self.scrapeTimeout(request)
         let deadline = started + timeout - min(self.options.timeoutOffset, timeout / 4)
         let key = endpoint.description.lowercased()
         let rate = Double(module.count) / max(module.expectedDuration.seconds, 1e-3)
-        let admitted: (status: Int, reason: String, text: String)? = self.state.withLock { state in
+        let refused: (status: Int, reason: String, text: String)? = self.state.withLock { state in
             let limits = state.configuration.limits
             if state.running >= limits.concurrentProbes {
                 return (503, "concurrency", "\(state.running) probes are running, the most at once (concurrent_probes)")
@@ -265,27 +290,59 @@ public final class ProbeExporter: Service, Sendable {
             state.packetRate += rate
             return nil
         }
-        if let admitted {
-            return self.refuse(admitted.status, admitted.reason, admitted.text, retry: true)
+        if let refused {
+            return .failure(self.refusal(refused.status, refused.reason, refused.text, retry: true))
         }
-        let report = await ExporterProbe.run(module, endpoint: endpoint, started: started, deadline: deadline)
+        return .success(
+            Admitted(
+                module: module,
+                moduleName: moduleName,
+                endpoint: endpoint,
+                key: key,
+                rate: rate,
+                deadline: deadline
+            )
+        )
+    }
+
+    /// Gives an admitted probe's slot back and counts its result.
+    func release(_ probe: Admitted, success: Bool) {
         self.state.withLock { state in
             state.running -= 1
-            state.packetRate = max(0, state.packetRate - rate)
-            let left = state.perTarget[key, default: 1] - 1
-            state.perTarget[key] = left > 0 ? left : nil
+            state.packetRate = max(0, state.packetRate - probe.rate)
+            let left = state.perTarget[probe.key, default: 1] - 1
+            state.perTarget[probe.key] = left > 0 ? left : nil
             // Only configured modules name a series.
-            if state.configuration.modules[moduleName] != nil {
-                if report.success {
-                    state.results[moduleName, default: (0, 0)].success += 1
+            if state.configuration.modules[probe.moduleName] != nil {
+                if success {
+                    state.results[probe.moduleName, default: (0, 0)].success += 1
                 } else {
-                    state.results[moduleName, default: (0, 0)].failure += 1
+                    state.results[probe.moduleName, default: (0, 0)].failure += 1
                 }
             }
         }
+    }
+
+    /// Probes running now.
+    var runningProbes: Int { self.state.withLock { $0.running } }
+
+    private func probe(_ request: EndpointRequest) async -> EndpointResponse {
+        let started = ContinuousClock.now
+        let probe: Admitted
+        switch self.admit(request, started: started) {
+        case .success(let admitted): probe = admitted
+        case .failure(let refusal): return refusal.response
+        }
+        let report = await ExporterProbe.run(
+            probe.module,
+            endpoint: probe.endpoint,
+            started: started,
+            deadline: probe.deadline
+        )
+        self.release(probe, success: report.success)
         return EndpointResponse(
             contentType: "text/plain; version=0.0.4; charset=utf-8",
-            text: ProbeMetrics.render(report, module: moduleName)
+            text: ProbeMetrics.render(report, module: probe.moduleName)
         )
     }
 

@@ -77,7 +77,7 @@ public enum MeshPeerList {
     public static func parse(bytes: [UInt8], defaultPort: Int) -> Result<[MeshPeer], ListError> {
         let text = String(decoding: bytes, as: UTF8.self)
         if bytes.contains(0) || String(validating: bytes, as: UTF8.self) == nil {
-            let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
+            let lines = text.split(omittingEmptySubsequences: false, whereSeparator: \.isLineEnd)
             let index = lines.firstIndex { $0.unicodeScalars.contains { $0 == "\u{FFFD}" || $0 == "\0" } } ?? 0
             let reason = "not UTF-8 text (a binary file?); none of the file is taken"
             return .failure(
@@ -101,7 +101,9 @@ public enum MeshPeerList {
                 errors.more += 1
             }
         }
-        for (index, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+        // A CRLF line end is one Character ("\r\n"), which a split on "\n" alone would not cut: a file written on
+        // Windows would be one line.
+        for (index, raw) in text.split(omittingEmptySubsequences: false, whereSeparator: \.isLineEnd).enumerated() {
             let content = raw.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
             let line = content.trimmingWhitespace()
             if line.isEmpty { continue }
@@ -148,4 +150,9 @@ extension Substring {
         while let last = view.last, last.isWhitespace { view = view.dropLast() }
         return String(view)
     }
+}
+
+extension Character {
+    /// A line end as files have them: "\n", or "\r\n" (one Character in Swift).
+    var isLineEnd: Bool { self == "\n" || self == "\r\n" }
 }

@@ -48,6 +48,10 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     case owampMessages = "owamp-messages"
     /// An OWAMP test packet as a receiver decodes it, in each mode.
     case owampTestPacket = "owamp-test-packet"
+    /// An exporter configuration file (YAML), whole.
+    case exporterConfiguration = "exporter-config"
+    /// A scrape's URI and headers at the exporter's `/probe`, admitted or refused.
+    case exporterRequest = "exporter-request"
 
     /// Runs the target once over `data`.
     public func run(_ data: UnsafeRawBufferPointer) {
@@ -66,6 +70,8 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         case .owampControlServer: FuzzHarness.owampControlServer(data)
         case .owampMessages: FuzzHarness.owampMessages(data)
         case .owampTestPacket: FuzzHarness.owampTestPacket(data)
+        case .exporterConfiguration: FuzzHarness.exporterConfiguration(data)
+        case .exporterRequest: FuzzHarness.exporterRequest(data)
         }
     }
 }

@@ -83,7 +83,8 @@ public enum YAMLReader {
         var lines: [Line] = []
         var number = 0
         var started = false
-        for raw in text.split(separator: "\n", omittingEmptySubsequences: false) {
+        // "\r\n" is one Character in Swift: a split on "\n" alone would leave CRLF files one long line.
+        for raw in text.split(omittingEmptySubsequences: false, whereSeparator: \.isLineEnd) {
             number += 1
             var line = raw
             if line.last == "\r" { line = line.dropLast() }
