@@ -269,10 +269,18 @@ func configurationError(_ text: String) -> ExporterConfiguration.ParseError? {
             ("modules: [a]\n", 1, "expected a mapping"),
             ("colour: red\n", 1, "unknown key 'colour'"),
             ("targets:\n  - target: 192.0.2.1:7\n", 2, "needs 'module: NAME'"),
-            ("targets:\n  - target: 192.0.2.1:7\n    module: nope\n", 0, "module 'nope', which is not defined"),
+            ("targets:\n  - target: 192.0.2.1:7\n    module: nope\n", 2, "module 'nope', which is not defined"),
+            (
+                "modules:\n  m:\n    protocol: echo\ntargets:\n  - target: 192.0.2.1\n    module: m\n", 5,
+                "has no port"
+            ),
+            (
+                "modules:\n  m:\n    protocol: echo\ntargets:\n  - target: 192.0.2.1:7\n    module: m\n  - target: 192.0.2.1:7\n    module: m\n",
+                7, "listed twice"
+            ),
             (
                 "modules:\n  slow:\n    count: 100\n    interval: 1s\ntargets:\n  - target: 192.0.2.1:7\n    module: slow\n    every: 10s\n",
-                0, "less than its module 'slow' takes"
+                6, "less than its module 'slow' takes"
             ),
         ]
     )
@@ -439,6 +447,8 @@ func configurationError(_ text: String) -> ExporterConfiguration.ParseError? {
             #expect(answer.value("probe_success") == 0, "\(answer.body)")
             #expect(answer.value("udpecho_probe_packets_received") == 0)
             #expect(answer.body.contains("# udpecho: probe failed: no packet came back"), "\(answer.body)")
+            #expect(answer.value("udpecho_probe_loss_ratio") == 1, "\(answer.body)")
+            #expect(answer.value("udpecho_probe_packets_refused") == 4, "ICMP port unreachable: \(answer.body)")
             let own = try await HTTPExchange.send("GET", "/metrics", to: address)
             #expect(own.value("udpecho_exporter_probes_total", "module=\"strict\",result=\"failure\"") == 1)
         }
@@ -613,5 +623,100 @@ func configurationError(_ text: String) -> ExporterConfiguration.ParseError? {
                 #expect(answer.status == 200 && answer.value("probe_success") == 1, "\(answer.status) \(answer.body)")
             }
         }
+    }
+}
+
+@Suite struct ContinuousTargetTests {
+    @Test func continuousTargetsAddUpOverTimeAndAreDrawn() async throws {
+        try await withServer { server in
+            let target = try clientAddress(of: server).hostPortDescription
+            let closed = try TestSocket()
+            let closedPort = closed.localAddress.port!
+            closed.close()
+            let configuration = try parsedConfiguration(
+                """
+                modules:
+                  quick:
+                    protocol: echo
+                    count: 10
+                    interval: 5ms
+                    timeout: 200ms
+                targets:
+                  - target: \(target)
+                    module: quick
+                    every: 1s
+                  - target: 127.0.0.1:\(closedPort)
+                    module: quick
+                    every: 1s
+                """
+            )
+            try await withExporter(configuration) { _, address in
+                // Each target is probed within its first second, then every second.
+                var own = try await HTTPExchange.send("GET", "/metrics", to: address)
+                let labels = "target=\"\(target)\",module=\"quick\""
+                let closedLabels = "target=\"127.0.0.1:\(closedPort)\",module=\"quick\""
+                let deadline = ContinuousClock.now + .seconds(30)
+                while ContinuousClock.now < deadline
+                    && ((own.value("udpecho_target_probes_total", labels + ",result=\"success\"") ?? 0) < 3
+                        || (own.value("udpecho_target_probes_total", closedLabels + ",result=\"failure\"") ?? 0) < 3)
+                {
+                    try await Task.sleep(for: .milliseconds(200))
+                    own = try await HTTPExchange.send("GET", "/metrics", to: address)
+                }
+                let sent = try #require(own.value("udpecho_target_packets_sent_total", labels), "\(own.body)")
+                #expect(sent >= 30 && sent.truncatingRemainder(dividingBy: 10) == 0, "\(sent)")
+                #expect(own.value("udpecho_target_packets_lost_total", labels) == 0)
+                #expect(own.value("udpecho_target_up", labels) == 1)
+                #expect(own.value("udpecho_target_up", closedLabels) == 0)
+                // Nothing listens there: every packet sent is counted unanswered.
+                #expect(
+                    own.value("udpecho_target_packets_lost_total", closedLabels)
+                        == own.value("udpecho_target_packets_sent_total", closedLabels)
+                )
+                let count = try #require(own.value("udpecho_target_rtt_seconds_count", labels))
+                #expect(count >= sent, "every answered packet in the histogram: \(count) of \(sent)")
+                #expect(own.value("udpecho_target_rtt_seconds_bucket", labels + ",le=\"+Inf\"") == count)
+                let page = try await HTTPExchange.send("GET", "/", to: address)
+                #expect(page.status == 200 && page.headers["content-type"]?.hasPrefix("text/html") == true)
+                #expect(page.body.components(separatedBy: "<svg").count == 3, "two graphs")
+                #expect(page.body.contains("<meta http-equiv=\"refresh\" content=\"30\">"))
+                #expect(!page.body.contains("<script") && !page.body.contains("src="), "nothing fetched, no scripts")
+                let graphs = page.body.components(separatedBy: "<div class=\"target\"").dropFirst()
+                #expect(graphs.count == 2)
+                // The clean target's graph has a median and no loss mark; the closed one's only loss marks.
+                #expect(
+                    graphs.first?.contains("class=\"median\"") == true
+                        && graphs.first?.contains("class=\"lost\"") == false
+                )
+                #expect(
+                    graphs.last?.contains("class=\"lost\"") == true
+                        && graphs.last?.contains("class=\"median\"") == false
+                )
+            }
+        }
+    }
+}
+
+@Suite struct LiveSeriesTests {
+    @Test func aMinuteKeepsItsCountsExactlyAndItsPercentilesFromASample() {
+        var series = LiveSeries()
+        let minute: Int64 = 60_000_000_000
+        // Minute 10: 10,000 round trips of 1..10,000 us, 100 lost; minute 12: one lost probe.
+        for index in 0..<10_000 { series.record(at: 10 * minute + Int64(index), roundTrip: Int64(index + 1) * 1000) }
+        for _ in 0..<100 { series.record(at: 10 * minute + 20_000, roundTrip: nil) }
+        series.record(at: 12 * minute, roundTrip: nil)
+        let columns = series.columns(now: 12 * minute + 5)
+        #expect(columns.count == 60)
+        let tenth = columns[columns.count - 3]
+        #expect(tenth.sent == 10_100 && tenth.lost == 100)
+        let median = try! #require(tenth.percentiles?[3])
+        // 64 of 10,000 chosen uniformly: the median within a generous band of 5 ms.
+        #expect(median > 3_000_000 && median < 7_000_000, "\(median)")
+        #expect(columns[columns.count - 2].sent == 0)
+        #expect(columns.last?.sent == 1 && columns.last?.lost == 1 && columns.last?.percentiles == nil)
+        // An hour later the minute is gone.
+        #expect(series.columns(now: 71 * minute).allSatisfy { $0.sent == 0 || $0.start >= 0 })
+        #expect(series.totals(now: 70 * minute + 1).sent == 1)
+        #expect(series.totals(now: 73 * minute).sent == 0)
     }
 }

@@ -78,6 +78,19 @@ public struct ContinuousTarget: Sendable, Equatable {
     public var module: String
     /// How often it is probed.
     public var every: Duration
+    /// The line of the configuration it is on (0: not from a file).
+    var line = 0
+
+    /// A target; see each property.
+    public init(target: String, module: String, every: Duration) {
+        self.target = target
+        self.module = module
+        self.every = every
+    }
+
+    public static func == (lhs: ContinuousTarget, rhs: ContinuousTarget) -> Bool {
+        lhs.target == rhs.target && lhs.module == rhs.module && lhs.every == rhs.every
+    }
 }
 
 /// Where probes may go: address prefixes and host names. Nothing is allowed that is not listed.
@@ -150,7 +163,7 @@ public struct ExporterConfiguration: Sendable, Equatable {
     /// The most packets a module's probe may send.
     public static let maximumCount = 10_000
     /// The most continuous targets.
-    public static let maximumTargets = 10_000
+    public static let maximumTargets = 1000
 
     /// A configuration that is wrong: the line, and what is wrong.
     public struct ParseError: Error, Equatable, CustomStringConvertible {
@@ -229,17 +242,29 @@ public struct ExporterConfiguration: Sendable, Equatable {
                 break
             }
         }
+        var seen = Set<String>()
         for target in configuration.targets {
+            guard seen.insert(target.target + " " + target.module).inserted else {
+                throw ParseError(
+                    line: target.line,
+                    reason: "the target \(target.target.excerpt()) with module '\(target.module)' is listed twice"
+                )
+            }
             guard let module = configuration.modules[target.module] else {
                 throw ParseError(
-                    line: 0,
+                    line: target.line,
                     reason:
                         "the target \(target.target.excerpt()) names the module '\(target.module.excerpt())', which is not defined"
                 )
             }
+            do {
+                _ = try ExporterProbe.parseTarget(target.target, protocol: module.probeProtocol, allow: nil)
+            } catch {
+                throw ParseError(line: target.line, reason: "the target \(target.target.excerpt()): \(error)")
+            }
             if target.every < module.expectedDuration {
                 throw ParseError(
-                    line: 0,
+                    line: target.line,
                     reason:
                         "the target \(target.target.excerpt()) is probed every \(target.every.shortDescription), less than its module '\(target.module)' takes (\(module.expectedDuration.shortDescription))"
                 )
@@ -470,7 +495,9 @@ public struct ExporterConfiguration: Sendable, Equatable {
         }
         guard let target else { throw ParseError(line: node.line, reason: "a target needs 'target: HOST:PORT'") }
         guard let module else { throw ParseError(line: node.line, reason: "a target needs 'module: NAME'") }
-        return ContinuousTarget(target: target, module: module, every: every)
+        var continuous = ContinuousTarget(target: target, module: module, every: every)
+        continuous.line = node.line
+        return continuous
     }
 
     // MARK: Values

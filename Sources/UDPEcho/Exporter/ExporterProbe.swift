@@ -48,12 +48,13 @@ public enum ExporterProbe {
     /// The longest target text taken.
     public static let maximumTargetLength = 300
 
-    /// The target's host and port as a URL gives them, checked against the allow list; names are only resolved when
-    /// they are listed (an unlisted name is refused without a DNS query).
+    /// The target's host and port as a URL gives them, checked against the allow list (nil: not checked, for the
+    /// configuration's own targets); names are only resolved when they are listed (an unlisted name is refused
+    /// without a DNS query).
     public static func parseTarget(
         _ text: String,
         protocol probeProtocol: ProbeProtocol,
-        allow: TargetAllowList
+        allow: TargetAllowList?
     ) throws(ProbeRefusal) -> HostAndPort {
         guard !text.isEmpty else { throw .badTarget("target= is empty; give HOST:PORT") }
         guard text.utf8.count <= Self.maximumTargetLength else {
@@ -85,6 +86,7 @@ public enum ExporterProbe {
         guard let host = endpoint.host else { throw .badTarget("'\(text.excerpt())' has no host") }
         guard (1...65535).contains(endpoint.port) else { throw .badTarget("port \(endpoint.port) cannot be probed") }
         if let literal = try? SocketAddress(ipAddress: host, port: endpoint.port) {
+            guard let allow else { return endpoint }
             guard allow.allows(literal) else {
                 throw .notAllowed("\(host) is not inside a prefix of the allow list")
             }
@@ -92,6 +94,7 @@ public enum ExporterProbe {
             guard ExporterConfiguration.isHostName(host) else {
                 throw .badTarget("'\(host.excerpt())' is neither an address nor a host name")
             }
+            guard let allow else { return endpoint }
             guard allow.allows(name: host) else { throw .notAllowed("the name \(host) is not on the allow list") }
         }
         return endpoint
@@ -116,12 +119,14 @@ public enum ExporterProbe {
         return min(module.count, 1 + more)
     }
 
-    /// Runs `module` against `endpoint` (already allowed), finishing by `deadline`.
+    /// Runs `module` against `endpoint` (already allowed), finishing by `deadline`; `onPacket` hears of each packet's
+    /// round trip as it comes (nil: lost; OWAMP: each one-way delay, to the server's first, at the end).
     public static func run(
         _ module: ProbeModule,
         endpoint: HostAndPort,
         started: ContinuousClock.Instant = .now,
-        deadline: ContinuousClock.Instant
+        deadline: ContinuousClock.Instant,
+        onPacket: (@Sendable (Int64?) -> Void)? = nil
     ) async -> ProbeReport {
         var report = ProbeReport(module: module)
         let address: SocketAddress
@@ -151,7 +156,7 @@ public enum ExporterProbe {
         let probe = module
         do {
             let outcome = try await Self.within(deadline) { () async throws -> Outcome in
-                try await Self.measure(probe, address: address)
+                try await Self.measure(probe, address: address, onPacket: onPacket)
             }
             switch outcome {
             case .roundTrip(let result): report.roundTrip = result
@@ -192,11 +197,24 @@ public enum ExporterProbe {
         )
     }
 
-    private static func measure(_ module: ProbeModule, address: SocketAddress) async throws -> Outcome {
+    private static func measure(
+        _ module: ProbeModule,
+        address: SocketAddress,
+        onPacket: (@Sendable (Int64?) -> Void)?
+    ) async throws -> Outcome {
+        let onEvent: @Sendable (ProbeEvent) -> Void = { event in
+            guard let onPacket else { return }
+            switch event {
+            case .reply(_, _, let roundTrip, _, _, _): onPacket(roundTrip)
+            case .stampReply(let reply): onPacket(reply.roundTrip)
+            case .lost, .refused: onPacket(nil)
+            default: break
+            }
+        }
         switch module.probeProtocol {
         case .echo, .stamp:
             let configuration = Self.pingConfiguration(module, address: address)
-            return .roundTrip(try await EchoPinger.run(configuration) { _ in })
+            return .roundTrip(try await EchoPinger.run(configuration, onEvent: onEvent))
         case .twamp:
             var configuration = EchoPinger.Configuration(
                 target: address,
@@ -214,7 +232,9 @@ public enum ExporterProbe {
                 controlTimeout: .seconds(5),
                 dscp: module.marking.trafficClass?.dscp ?? 0
             )
-            return .roundTrip(try await TwampPinger.run(configuration, twamp: twamp, size: module.size) { _ in })
+            return .roundTrip(
+                try await TwampPinger.run(configuration, twamp: twamp, size: module.size, onEvent: onEvent)
+            )
         case .owamp:
             let configuration = OwampClientConfiguration(
                 server: address,
@@ -230,7 +250,14 @@ public enum ExporterProbe {
                 dscp: module.marking.trafficClass?.dscp ?? 0,
                 startDelay: .milliseconds(500)
             )
-            return .oneWay(try await OwampPinger.run(configuration))
+            let result = try await OwampPinger.run(configuration)
+            if let onPacket {
+                for direction in [result.toServer, result.fromServer].compactMap({ $0 }) {
+                    for delay in direction.delays { onPacket(delay) }
+                    for _ in 0..<direction.lost { onPacket(nil) }
+                }
+            }
+            return .oneWay(result)
         }
     }
 
@@ -260,7 +287,7 @@ public enum ExporterProbe {
 
     private static func lossRatio(_ report: ProbeReport) -> Double? {
         if let result = report.roundTrip {
-            return result.counts.sent == 0 ? nil : Double(result.counts.lost) / Double(result.counts.sent)
+            return result.counts.sent == 0 ? nil : result.counts.lossPercent / 100
         }
         if let result = report.oneWay {
             return [result.toServer, result.fromServer].compactMap { $0?.lossRatio }.max()
@@ -279,6 +306,11 @@ public enum ExporterProbe {
     }
 
     private static func failureReason(_ report: ProbeReport, module: ProbeModule) -> String {
+        if let result = report.roundTrip, result.counts.received == 0 {
+            return result.counts.refused > 0
+                ? "no packet came back (\(result.counts.refused) refused: ICMP port unreachable, nothing listens there)"
+                : "no packet came back"
+        }
         if let limit = module.failIfLossAbove, let loss = Self.lossRatio(report), loss > limit {
             return
                 "loss \(String(format3: loss * 100)) % is above fail_if_loss_above (\(String(format3: limit * 100)) %)"

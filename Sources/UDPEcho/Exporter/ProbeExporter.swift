@@ -70,6 +70,7 @@ public final class ProbeExporter: Service, Sendable {
 
     private let options: Options
     private let state: Mutex<State>
+    private let continuous = ContinuousProbes()
     private let onEvent: @Sendable (Event) -> Void
     private let endpoint: Mutex<MetricsEndpoint?> = Mutex(nil)
 
@@ -97,17 +98,24 @@ public final class ProbeExporter: Service, Sendable {
             address: address,
             configuration: self.options.endpoint,
             stream: { [self] in .once(self.metricsText()) },
+            protobuf: { [self] in
+                var buffer = ByteBufferAllocator().buffer(capacity: 4096)
+                for family in self.metricFamilies() { ProtobufExposition.write(family, into: &buffer) }
+                return .once(buffer)
+            },
             routes: { [self] request in await self.answer(request) }
         )
         self.endpoint.withLock { $0 = endpoint }
         return endpoint.localAddress ?? address
     }
 
-    /// Serves until graceful shutdown or cancellation.
+    /// Serves, and probes the continuous targets, until graceful shutdown or cancellation.
     public func run() async throws {
         guard let endpoint = self.endpoint.withLock({ $0 }) else {
             throw EchoError.invalidConfiguration("the exporter runs once bound")
         }
+        let probing = Task { await self.continuous.run { [self] in self.configuration } }
+        defer { probing.cancel() }
         try await endpoint.run()
     }
 
@@ -121,6 +129,7 @@ public final class ProbeExporter: Service, Sendable {
         guard let path = self.options.path else { return nil }
         switch ExporterConfiguration.load(path: path) {
         case .success(let configuration):
+            let changed = self.state.withLock { $0.configuration.targets != configuration.targets }
             self.state.withLock { state in
                 state.configuration = configuration
                 state.lastReloadSucceeded = true
@@ -128,6 +137,7 @@ public final class ProbeExporter: Service, Sendable {
                 state.reloads.success += 1
                 state.bucket.tokens = min(state.bucket.tokens, configuration.limits.probesPerSecond)
             }
+            if changed { self.continuous.restart() }
             self.onEvent(.reloaded(modules: configuration.modules.count))
             return nil
         case .failure(let error):
@@ -359,8 +369,10 @@ public final class ProbeExporter: Service, Sendable {
 
     // MARK: Own metrics and page
 
-    /// The exporter's own metrics in Prometheus' text format.
-    public func metricsText() -> String {
+    /// The exporter's own metrics and its continuous targets' in Prometheus' text format.
+    public func metricsText() -> String { self.metricsText(continuous: true) }
+
+    private func metricsText(continuous: Bool) -> String {
         let state = self.state.withLock { $0 }
         var writer = ProbeMetrics.Writer()
         writer.text += "# HELP udpecho_exporter_probes_total Probes run, by module and result.\n"
@@ -403,11 +415,117 @@ public final class ProbeExporter: Service, Sendable {
             "When the configuration in force was read, in seconds since the epoch.",
             [([], state.lastReloadTime)]
         )
-        return writer.text
+        return writer.text + (continuous ? self.continuousText(state.configuration) : "")
     }
 
-    private func indexPage() -> String {
+    /// The continuous targets' families, a target's labels `target` and `module`.
+    private func continuousFamilies(_ configuration: ExporterConfiguration) -> [ProtobufExposition.Family] {
+        let series = self.continuous.snapshot(order: configuration.targets)
+        guard !series.isEmpty else { return [] }
+        typealias Family = ProtobufExposition.Family
+        typealias Metric = ProtobufExposition.Metric
+        func labels(_ entry: ContinuousProbes.Series) -> [(String, String)] {
+            [("target", entry.target.target), ("module", entry.target.module)]
+        }
+        var probes = Family(
+            name: "udpecho_target_probes_total",
+            help: "Probes of the continuous targets, by result.",
+            kind: .counter
+        )
+        var up = Family(name: "udpecho_target_up", help: "1 when the target's last probe succeeded.", kind: .gauge)
+        var rtt = Family(
+            name: "udpecho_target_rtt_seconds",
+            help: "Round trips of the continuous targets' packets (OWAMP: one-way delays), in seconds.",
+            kind: .histogram
+        )
+        var counters: [Family] = [
+            Family(
+                name: "udpecho_target_packets_sent_total",
+                help: "Packets the continuous probes sent.",
+                kind: .counter
+            ),
+            Family(
+                name: "udpecho_target_packets_received_total",
+                help: "Packets answered within the timeout.",
+                kind: .counter
+            ),
+            Family(
+                name: "udpecho_target_packets_lost_total",
+                help: "Packets without an answer within the timeout (or refused: nothing listens).",
+                kind: .counter
+            ),
+            Family(name: "udpecho_target_packets_duplicate_total", help: "Extra copies of answers.", kind: .counter),
+        ]
+        for entry in series {
+            probes.metrics.append(
+                Metric(labels: labels(entry) + [("result", "success")], value: Double(entry.probes.success))
+            )
+            probes.metrics.append(
+                Metric(labels: labels(entry) + [("result", "failure")], value: Double(entry.probes.failure))
+            )
+            up.metrics.append(Metric(labels: labels(entry), value: entry.up ? 1 : 0))
+            var histogram = Metric(labels: labels(entry))
+            histogram.histogram = entry.histogram
+            rtt.metrics.append(histogram)
+            for (index, value) in [entry.sent, entry.received, entry.lost, entry.duplicate].enumerated() {
+                counters[index].metrics.append(Metric(labels: labels(entry), value: Double(value)))
+            }
+        }
+        return [probes, up, rtt] + counters
+    }
+
+    /// The exporter's own metrics and the continuous targets' as protobuf families (native histograms).
+    func metricFamilies() -> [ProtobufExposition.Family] {
+        let own = ProtobufExposition.families(fromText: self.metricsText(continuous: false))
+        return own + self.continuousFamilies(self.configuration)
+    }
+
+    private func continuousText(_ configuration: ExporterConfiguration) -> String {
+        var text = ""
+        for family in self.continuousFamilies(configuration) { text += ProtobufExposition.text(family) }
+        return text
+    }
+
+    /// The most continuous targets drawn on the page.
+    static let graphsOnPage = 100
+
+    /// The page at `/`: a live smoke graph of each continuous target's last hour (refreshed every 30 s, no scripts,
+    /// nothing fetched from elsewhere), then the modules.
+    func indexPage() -> String {
         let configuration = self.configuration
+        let series = self.continuous.snapshot(order: configuration.targets)
+        let now = LiveSeries.now()
+        var graphs = ""
+        for (index, entry) in series.prefix(Self.graphsOnPage).enumerated() {
+            let title = "\(entry.target.target) (module \(entry.target.module))"
+            let plot = entry.live.plot(
+                title: title,
+                clock: entry.oneWay
+                    ? "one-way delay (OWAMP), kernel timestamps" : "kernel timestamps where the kernel has them",
+                now: now
+            )
+            var svg = plot.svg(width: 800, height: 300)
+            if svg.hasPrefix("<?xml") { svg = String(svg.drop { $0 != "\n" }.dropFirst()) }
+            let totals = entry.live.totals(now: now)
+            let loss =
+                totals.sent == 0
+                ? "" : ", lost \(totals.lost) (\(String(format3: Double(totals.lost) / Double(totals.sent) * 100)) %)"
+            graphs += """
+                <div class="target" id="target-\(index)">
+                <h3>\(SVGText.escape(title))</h3>
+                <p>\(entry.up ? "up" : "down")\(entry.lastFailure.map { ": " + SVGText.escape($0) } ?? ""); \
+                last hour: \(totals.sent) packets sent\(loss)</p>
+                \(svg)</div>
+
+                """
+        }
+        if series.count > Self.graphsOnPage {
+            graphs +=
+                "<p>\(series.count - Self.graphsOnPage) more targets are not drawn here; their metrics are at /metrics.</p>\n"
+        }
+        if series.isEmpty {
+            graphs = "<p>No continuous targets (targets: in the configuration).</p>\n"
+        }
         var rows = ""
         for name in configuration.modules.keys.sorted() {
             let module = configuration.modules[name]!
@@ -417,13 +535,17 @@ public final class ProbeExporter: Service, Sendable {
         }
         return """
             <!DOCTYPE html>
-            <html><head><meta charset="utf-8"><title>udpecho exporter</title></head>
+            <html><head><meta charset="utf-8"><meta http-equiv="refresh" content="30">
+            <title>udpecho exporter</title>
+            <style>body { font-family: sans-serif; margin: 20px; } td, th { padding: 4px 8px; }</style>
+            </head>
             <body>
             <h1>udpecho exporter</h1>
-            <p>Probe a target: <code>/probe?target=HOST:PORT&amp;module=NAME</code>. The exporter's own metrics: \
-            <a href="/metrics">/metrics</a>.</p>
-            <table border="1" cellpadding="4"><tr><th>module</th><th>protocol</th><th>packets</th><th>interval</th>\
-            <th>timeout</th></tr>
+            <p>Probe a target: <code>/probe?target=HOST:PORT&amp;module=NAME</code>. The exporter's own metrics and the \
+            continuous targets': <a href="/metrics">/metrics</a>. This page refreshes itself every 30 seconds.</p>
+            <h2>Continuous targets, the last hour</h2>
+            \(graphs)<h2>Modules</h2>
+            <table border="1"><tr><th>module</th><th>protocol</th><th>packets</th><th>interval</th><th>timeout</th></tr>
             \(rows)</table>
             <p>\(configuration.allow.prefixes.count) prefixes and \(configuration.allow.names.count) names may be probed.</p>
             </body></html>
@@ -442,10 +564,16 @@ public final class ProbeExporter: Service, Sendable {
 
 extension MetricsStream {
     /// A body of one piece: `text`.
-    public static func once(_ text: String) -> MetricsStream {
+    public static func once(_ text: String) -> MetricsStream { .once(ByteBuffer(string: text)) }
+
+    /// A body of one piece: `bytes`.
+    public static func once(_ bytes: ByteBuffer) -> MetricsStream {
         var sent = false
         return MetricsStream { buffer in
-            if !sent { buffer.writeString(text) }
+            if !sent {
+                var whole = bytes
+                buffer.writeBuffer(&whole)
+            }
             sent = true
             return false
         }

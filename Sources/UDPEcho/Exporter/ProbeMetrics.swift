@@ -9,8 +9,8 @@
 /// | `probe_ip_protocol` | 4 or 6 |
 /// | `udpecho_probe_info{protocol, module, address}` | 1: what was probed |
 /// | `udpecho_probe_packets_sent`, `_received`, `_lost`, `_duplicate` | this probe's packets (OWAMP: both ways) |
-/// | `udpecho_probe_packets_corrupt`, `_reordered`, `_late` | echo, STAMP, TWAMP |
-/// | `udpecho_probe_loss_ratio` | lost over sent |
+/// | `udpecho_probe_packets_corrupt`, `_reordered`, `_late`, `_refused` | echo, STAMP, TWAMP (refused: ICMP port unreachable) |
+/// | `udpecho_probe_loss_ratio` | packets without an answer (lost, refused) over packets sent |
 /// | `udpecho_probe_direction_packets_sent{direction}`, `_lost{direction}` | OWAMP, and STAMP's stateful reflectors (`forward`, `backward`, `unknown`) |
 /// | `udpecho_probe_rtt_seconds{quantile}` | summary of the round trips: 0, 0.5, 0.9, 0.99, 1 |
 /// | `udpecho_probe_rtt_stddev_seconds` | their standard deviation |
@@ -84,9 +84,14 @@ public enum ProbeMetrics {
             [([], Double(counts.late))]
         )
         writer.gauge(
+            "udpecho_probe_packets_refused",
+            "Packets answered with ICMP port unreachable: nothing listens there.",
+            [([], Double(counts.refused))]
+        )
+        writer.gauge(
             "udpecho_probe_loss_ratio",
-            "Packets lost over packets sent.",
-            [([], counts.sent == 0 ? 0 : Double(counts.lost) / Double(counts.sent))]
+            "Packets sent without an answer (lost, refused, not sent) over packets sent.",
+            [([], counts.lossPercent / 100)]
         )
         if let stamp = result.stamp, let split = stamp.lossByDirection(sent: counts.sent, lost: counts.lost) {
             writer.gauge(

@@ -110,6 +110,7 @@ public final class MetricsEndpoint: Service, Sendable {
         address: SocketAddress,
         configuration: Configuration = Configuration(),
         stream body: @escaping @Sendable () -> MetricsStream,
+        protobuf: (@Sendable () -> MetricsStream)? = nil,
         routes: (@Sendable (EndpointRequest) async -> EndpointResponse)? = nil
     ) async throws {
         let connections = ConnectionTable(configuration)
@@ -142,6 +143,7 @@ public final class MetricsEndpoint: Service, Sendable {
                                             slot: slot,
                                             table: connections,
                                             body: body,
+                                            protobuf: protobuf,
                                             routes: routes
                                         )
                                     )
@@ -348,6 +350,8 @@ private final class ScrapeHandler: ChannelInboundHandler {
     /// The body being sent, and whether the connection stays open after it.
     private var streaming: (stream: MetricsStream, keepAlive: Bool)?
     private let routes: (@Sendable (EndpointRequest) async -> EndpointResponse)?
+    /// The body in Prometheus' protobuf format, for the scrapes that ask for it.
+    private let protobuf: (@Sendable () -> MetricsStream)?
     /// A route's answer is being made, in a task.
     private var pending = false
     private var pumping = false
@@ -363,12 +367,14 @@ private final class ScrapeHandler: ChannelInboundHandler {
         slot: Int,
         table: ConnectionTable,
         body: @escaping @Sendable () -> MetricsStream,
+        protobuf: (@Sendable () -> MetricsStream)? = nil,
         routes: (@Sendable (EndpointRequest) async -> EndpointResponse)? = nil
     ) {
         self.configuration = configuration
         self.slot = slot
         self.table = table
         self.body = body
+        self.protobuf = protobuf
         self.routes = routes
     }
 
@@ -434,11 +440,22 @@ private final class ScrapeHandler: ChannelInboundHandler {
             return
         }
         var headers = HTTPHeaders()
-        headers.add(name: "Content-Type", value: found ? "text/plain; version=0.0.4; charset=utf-8" : "text/plain")
+        // Prometheus asks for its protobuf format first when its native histograms are on.
+        let protobuf =
+            found
+            ? self.protobuf.flatMap {
+                ProtobufExposition.accepts(head.headers["Accept"].joined(separator: ",")) ? $0 : nil
+            } : nil
+        let contentType =
+            protobuf != nil
+            ? ProtobufExposition.contentType : found ? "text/plain; version=0.0.4; charset=utf-8" : "text/plain"
+        headers.add(name: "Content-Type", value: contentType)
         let keepAlive = head.isKeepAlive
         headers.add(name: "Connection", value: keepAlive ? "keep-alive" : "close")
         let stream: MetricsStream
-        if found {
+        if let protobuf {
+            stream = protobuf()
+        } else if found {
             // No Content-Length: HTTP/1.1 gets a chunked body, HTTP/1.0 one that ends with the connection.
             stream = self.body()
         } else {

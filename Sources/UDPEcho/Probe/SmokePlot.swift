@@ -74,39 +74,88 @@ public struct SmokePlot: Sendable {
         Self.lossColors.first { fraction <= $0.limit }?.color ?? Self.lossColors.last!.color
     }
 
-    /// One interval's round trips (sorted) and losses.
-    struct Interval {
-        var start: Int64
-        var end: Int64
-        var roundTrips: [Int64] = []
-        var lost = 0
-        var total: Int { self.roundTrips.count + self.lost }
-        var loss: Double { self.total == 0 ? 0 : Double(self.lost) / Double(self.total) }
+    /// One column of the drawing: a stretch of time, its probes sent and lost, and the percentiles of its round
+    /// trips (nil when none came back). The drawing is made of columns whether they come from single probes
+    /// (``add(time:roundTrip:)``) or from a summary kept over time (``LiveSeries``).
+    public struct Column: Sendable, Equatable {
+        /// Start and end, nanoseconds from the start of the drawing.
+        public var start: Int64
+        public var end: Int64
+        /// Probes sent and lost in it.
+        public var sent: Int
+        public var lost: Int
+        /// The round trips' 5th, 10th, 25th, 50th, 75th, 90th and 95th percentiles, nanoseconds.
+        public var percentiles: [Int64]?
 
-        func percentile(_ percentile: Double) -> Int64 {
-            let rank = Int((percentile / 100 * Double(self.roundTrips.count)).rounded(.up)) - 1
-            return self.roundTrips[min(max(rank, 0), self.roundTrips.count - 1)]
+        /// The percentiles drawn: the smoke's bands and the median.
+        public static let ranks: [Double] = [5, 10, 25, 50, 75, 90, 95]
+
+        /// A column; see each property.
+        public init(start: Int64, end: Int64, sent: Int, lost: Int, percentiles: [Int64]?) {
+            self.start = start
+            self.end = end
+            self.sent = sent
+            self.lost = lost
+            self.percentiles = percentiles
+        }
+
+        /// The share of its probes lost.
+        public var loss: Double { self.sent == 0 ? 0 : Double(self.lost) / Double(self.sent) }
+
+        func percentile(_ rank: Double) -> Int64 {
+            guard let percentiles = self.percentiles, let index = Self.ranks.firstIndex(of: rank) else { return 0 }
+            return percentiles[index]
+        }
+
+        /// The percentiles of `sorted` (ascending round trips) at ``ranks``.
+        public static func percentiles(ofSorted sorted: [Int64]) -> [Int64]? {
+            guard !sorted.isEmpty else { return nil }
+            return Self.ranks.map { rank in
+                let index = Int((rank / 100 * Double(sorted.count)).rounded(.up)) - 1
+                return sorted[min(max(index, 0), sorted.count - 1)]
+            }
         }
     }
 
+    /// Columns given whole (a live graph's), instead of single probes.
+    private var givenColumns: [Column]?
+    /// The time the drawing spans, when fixed (a live graph's hour); otherwise up to the last probe.
+    public var window: Int64?
+    /// The time axis' label and how many nanoseconds its unit is: seconds since the first probe by default.
+    public var timeAxis: (label: String, unit: Double) = ("time since the first probe (s)", 1e9)
+
+    /// A drawing of `columns` over `window` nanoseconds (a live graph: the last hour, a column a minute).
+    public init(title: String, clock: String, columns: [Column], window: Int64) {
+        self.init(title: title, clock: clock, intervals: max(1, columns.count))
+        self.givenColumns = columns
+        self.window = window
+    }
+
     /// The run cut into intervals of equal time.
-    func cut() -> [Interval] {
+    func cut() -> [Column] {
+        if let given = self.givenColumns { return given }
         guard let last = self.samples.map(\.time).max() else { return [] }
         let count = min(self.intervals, self.samples.count)
-        let span = last + 1
-        var intervals = (0..<count).map {
-            Interval(start: span * Int64($0) / Int64(count), end: span * Int64($0 + 1) / Int64(count))
-        }
+        let span = max(last + 1, self.window ?? 0)
+        var roundTrips = [[Int64]](repeating: [], count: count)
+        var lost = [Int](repeating: 0, count: count)
         for sample in self.samples {
             let index = min(count - 1, Int(sample.time * Int64(count) / span))
             if let roundTrip = sample.roundTrip {
-                intervals[index].roundTrips.append(roundTrip)
+                roundTrips[index].append(roundTrip)
             } else {
-                intervals[index].lost += 1
+                lost[index] += 1
             }
         }
-        for index in intervals.indices { intervals[index].roundTrips.sort() }
-        return intervals
+        return (0..<count).map { index in
+            Column(
+                start: span * Int64(index) / Int64(count),
+                end: span * Int64(index + 1) / Int64(count),
+                sent: roundTrips[index].count + lost[index],
+                lost: lost[index],
+                percentiles: Column.percentiles(ofSorted: roundTrips[index].sorted())
+            )
+        }
     }
 
     /// The drawing, `width` by `height` pixels.
@@ -117,8 +166,8 @@ public struct SmokePlot: Sendable {
         let plotWidth = width - left - right
         let plotHeight = height - top - bottom
         let intervals = self.cut()
-        let span = Double(intervals.last?.end ?? 1)
-        let tallest = intervals.filter { !$0.roundTrips.isEmpty }.map { $0.percentile(95) }.max() ?? 1_000_000
+        let span = Double(max(self.window ?? 0, intervals.last?.end ?? 1, 1))
+        let tallest = intervals.filter { $0.percentiles != nil }.map { $0.percentile(95) }.max() ?? 1_000_000
         let maximum = SVGText.niceCeiling(max(Double(tallest) / 1e6 * 1.1, 0.001))
         func px(_ time: Int64) -> Double { left + Double(time) / span * plotWidth }
         func py(_ nanoseconds: Int64) -> Double {
@@ -132,7 +181,7 @@ public struct SmokePlot: Sendable {
             svg += "<line x1=\"\(left)\" y1=\"\(y)\" x2=\"\(left + plotWidth)\" y2=\"\(y)\" stroke=\"#eee\"/>\n"
             svg += "<text x=\"\(left - 6)\" y=\"\(y + 4)\" text-anchor=\"end\">\(SVGText.format(value))</text>\n"
         }
-        let seconds = span / 1e9
+        let seconds = span / self.timeAxis.unit
         let step = SVGText.niceCeiling(max(seconds / 8, 1e-3))
         var tick = 0.0
         while tick <= seconds + 1e-9 {
@@ -146,7 +195,7 @@ public struct SmokePlot: Sendable {
         svg += "<text x=\"16\" y=\"\(top + plotHeight / 2)\" text-anchor=\"middle\" "
         svg += "transform=\"rotate(-90 16 \(top + plotHeight / 2))\">round trip (ms)</text>\n"
         svg += "<text x=\"\(left + plotWidth / 2)\" y=\"\(top + plotHeight + 32)\" text-anchor=\"middle\">"
-        svg += "time since the first probe (s)</text>\n"
+        svg += "\(SVGText.escape(self.timeAxis.label))</text>\n"
         // The smoke, lightest band first.
         let bands: [(low: Double, high: Double, color: String)] = [
             (5, 95, "#e3e3e3"), (10, 90, "#cfcfcf"), (25, 75, "#b0b0b0"),
@@ -157,7 +206,7 @@ public struct SmokePlot: Sendable {
         for interval in intervals {
             let x = px(interval.start)
             let w = max(0.5, px(interval.end) - x)
-            if !interval.roundTrips.isEmpty {
+            if interval.percentiles != nil {
                 for band in bands {
                     let high = py(interval.percentile(band.high))
                     let low = py(interval.percentile(band.low))
@@ -180,7 +229,7 @@ public struct SmokePlot: Sendable {
         svg += medians + lost
         svg +=
             "<rect x=\"\(left)\" y=\"\(top)\" width=\"\(plotWidth)\" height=\"\(plotHeight)\" fill=\"none\" stroke=\"#333\"/>\n"
-        if intervals.isEmpty {
+        if intervals.allSatisfy({ $0.sent == 0 }) {
             svg += "<text x=\"\(width / 2)\" y=\"\(top + plotHeight / 2)\" text-anchor=\"middle\">no probes</text>\n"
         }
         // The legend: the median's colours, the smoke, the lost marks, the clock.

@@ -1,0 +1,122 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// A histogram of latencies kept two ways at once, as Prometheus' clients keep one: the classic buckets (fixed upper
+/// bounds, 50 µs to 10 s, the text format's `_bucket{le=...}` series) and a native histogram's sparse exponential
+/// buckets (schema 3: each power of two cut into 8 buckets, each about 9 % wider than the one below), which
+/// Prometheus takes in its protobuf format as one series whatever the number of buckets.
+public struct LatencyHistogram: Sendable, Equatable {
+    /// The classic buckets' upper bounds, seconds.
+    public static let classicBounds: [Double] = [
+        0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+    ]
+    /// The native buckets' schema: bucket *k* is (2^((k-1)/8), 2^(k/8)].
+    public static let schema: Int32 = 3
+    /// Observations at or below this (seconds) go to the zero bucket (Prometheus' clients' default).
+    public static let zeroThreshold = 2.938735877055719e-39
+
+    /// Observations in each classic bucket, not cumulative; the last is above the highest bound.
+    public private(set) var classic = [UInt64](repeating: 0, count: LatencyHistogram.classicBounds.count + 1)
+    /// Observations in all.
+    public private(set) var count: UInt64 = 0
+    /// Their sum, seconds.
+    public private(set) var sum: Double = 0
+    /// Observations in the zero bucket.
+    public private(set) var zeroCount: UInt64 = 0
+    /// Observations in each native bucket, by index.
+    public private(set) var native: [Int32: UInt64] = [:]
+
+    /// An empty histogram.
+    public init() {}
+
+    /// Records a latency of `nanoseconds`.
+    public mutating func record(nanoseconds: Int64) { self.record(seconds: Double(max(0, nanoseconds)) / 1e9) }
+
+    /// Records a latency of `seconds`.
+    public mutating func record(seconds: Double) {
+        guard seconds.isFinite, seconds >= 0 else { return }
+        self.count += 1
+        self.sum += seconds
+        let bucket = Self.classicBounds.firstIndex { seconds <= $0 } ?? Self.classicBounds.count
+        self.classic[bucket] += 1
+        if seconds <= Self.zeroThreshold {
+            self.zeroCount += 1
+        } else {
+            self.native[Self.nativeIndex(seconds), default: 0] += 1
+        }
+    }
+
+    /// Adds `other`'s observations (a group's histogram from its members').
+    public mutating func merge(_ other: LatencyHistogram) {
+        self.count += other.count
+        self.sum += other.sum
+        self.zeroCount += other.zeroCount
+        for index in self.classic.indices { self.classic[index] += other.classic[index] }
+        for (key, value) in other.native { self.native[key, default: 0] += value }
+    }
+
+    /// The native bucket of `seconds` (> 0) at ``schema``, computed as Prometheus' Go client does (from the binary
+    /// exponent and the fraction, so that a value on a boundary falls in the bucket it bounds).
+    public static func nativeIndex(_ seconds: Double) -> Int32 {
+        let parts = frexp(seconds)  // seconds = fraction × 2^exponent, fraction in [0.5, 1)
+        let perPower = 1 << Int(Self.schema)
+        var position = 0
+        while position < perPower && Self.fractionBounds[position] < parts.0 { position += 1 }
+        return Int32(position + (Int(parts.1) - 1) * perPower)
+    }
+
+    /// The upper bound of native bucket `index`, seconds.
+    public static func nativeUpperBound(_ index: Int32) -> Double {
+        exp2(Double(index) / Double(1 << Int(Self.schema)))
+    }
+
+    /// 2^(i/8 - 1) for i in 0..<8: the fractions that bound the buckets within a power of two.
+    private static let fractionBounds: [Double] = (0..<(1 << Int(LatencyHistogram.schema))).map {
+        exp2(Double($0) / Double(1 << Int(LatencyHistogram.schema)) - 1)
+    }
+
+    /// The native buckets as the protobuf format carries them: spans of consecutive indexes (the first's offset from
+    /// 0, the others' from the end of the one before) and each bucket's count as a difference from the previous
+    /// bucket's.
+    public func nativeSpans() -> (spans: [(offset: Int32, length: UInt32)], deltas: [Int64]) {
+        var spans: [(offset: Int32, length: UInt32)] = []
+        var deltas: [Int64] = []
+        var previousIndex: Int32?
+        var previousCount: Int64 = 0
+        for index in self.native.keys.sorted() {
+            let count = Int64(self.native[index]!)
+            if let before = previousIndex, index == before + 1 {
+                spans[spans.count - 1].length += 1
+            } else {
+                spans.append((previousIndex.map { index - $0 - 1 } ?? index, 1))
+            }
+            deltas.append(count - previousCount)
+            previousCount = count
+            previousIndex = index
+        }
+        return (spans, deltas)
+    }
+
+    /// The latency at quantile `q` (0 to 1) as Prometheus' `histogram_quantile` finds it in the native buckets
+    /// (interpolated within the bucket, exponentially), seconds; nil when empty.
+    public func nativeQuantile(_ q: Double) -> Double? {
+        guard self.count > 0 else { return nil }
+        let rank = q * Double(self.count)
+        var seen = Double(self.zeroCount)
+        if rank <= seen { return 0 }
+        for index in self.native.keys.sorted() {
+            let inBucket = Double(self.native[index]!)
+            if seen + inBucket >= rank {
+                let lower = Self.nativeUpperBound(index - 1)
+                let upper = Self.nativeUpperBound(index)
+                let fraction = (rank - seen) / inBucket
+                return lower * pow(upper / lower, fraction)
+            }
+            seen += inBucket
+        }
+        return Self.nativeUpperBound(self.native.keys.max() ?? 0)
+    }
+}
