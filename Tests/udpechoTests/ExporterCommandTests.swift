@@ -263,3 +263,193 @@ func withDirectory<Result>(_ body: (String) async throws -> Result) async throws
         }
     }
 }
+
+/// The fields of Prometheus' `io.prometheus.client` messages that udpecho writes, by number (for protoc to decode
+/// our bytes with: an independent reader of the format).
+let prometheusProto = """
+    syntax = "proto2";
+    package io.prometheus.client;
+    message LabelPair { optional string name = 1; optional string value = 2; }
+    enum MetricType { COUNTER = 0; GAUGE = 1; SUMMARY = 2; UNTYPED = 3; HISTOGRAM = 4; GAUGE_HISTOGRAM = 5; }
+    message Gauge { optional double value = 1; }
+    message Counter { optional double value = 1; }
+    message Quantile { optional double quantile = 1; optional double value = 2; }
+    message Summary { optional uint64 sample_count = 1; optional double sample_sum = 2; repeated Quantile quantile = 3; }
+    message Untyped { optional double value = 1; }
+    message Bucket { optional uint64 cumulative_count = 1; optional double upper_bound = 2; }
+    message BucketSpan { optional sint32 offset = 1; optional uint32 length = 2; }
+    message Histogram {
+      optional uint64 sample_count = 1; optional double sample_sum = 2; repeated Bucket bucket = 3;
+      optional sint32 schema = 5; optional double zero_threshold = 6; optional uint64 zero_count = 7;
+      repeated BucketSpan positive_span = 12; repeated sint64 positive_delta = 13;
+    }
+    message Metric {
+      repeated LabelPair label = 1; optional Gauge gauge = 2; optional Counter counter = 3; optional Summary summary = 4;
+      optional Untyped untyped = 5; optional Histogram histogram = 7;
+    }
+    message MetricFamily { optional string name = 1; optional string help = 2; optional MetricType type = 3; repeated Metric metric = 4; }
+    """
+
+/// Splits a length-delimited stream (argv[1]) into its messages and has protoc decode each (argv[2]: the .proto's
+/// folder); prints the decoded text, messages separated by lines of `---`.
+let pythonDecodeDelimited = """
+    import subprocess, sys
+    data, at, out = open(sys.argv[1], 'rb').read(), 0, []
+    while at < len(data):
+        length, shift = 0, 0
+        while True:
+            byte = data[at]; at += 1
+            length |= (byte & 0x7F) << shift; shift += 7
+            if byte < 0x80: break
+        message = data[at:at + length]; at += length
+        assert len(message) == length, 'cut short'
+        decoded = subprocess.run(['protoc', '--decode=io.prometheus.client.MetricFamily', '-I', sys.argv[2],
+                                  'prometheus.proto'], input=message, capture_output=True, check=True)
+        out.append(decoded.stdout.decode())
+    print('\\n---\\n'.join(out))
+    """
+
+@Suite struct NativeHistogramTests {
+    static var available: Bool {
+        FileManager.default.isExecutableFile(atPath: "/usr/bin/prometheus")
+            && FileManager.default.isExecutableFile(atPath: "/usr/bin/protoc") && TestNetwork.available
+    }
+
+    /// An exporter's continuous target scraped by two Prometheus servers at once: one with native histograms on
+    /// (it asks for the protobuf format and keeps one series), one without (text, 21 series a histogram). Their
+    /// medians agree within a classic bucket, and protoc reads the protobuf answer.
+    @Test(.enabled(if: Self.available, "needs root, ip, Prometheus and protoc (Debian: prometheus, protobuf-compiler)"))
+    func nativeAndClassicHistogramsAgree() async throws {
+        try await withHosts(try await LoopbackHost()) { host in
+            try await withDirectory { directory in
+                let (echo, _) = try await startServer(["--address", "127.0.0.1:7007", "-q"], inNamespace: host.name)
+                defer { echo.signal(SIGTERM) }
+                let config = directory + "/exporter.yml"
+                try """
+                modules:
+                  quick:
+                    protocol: echo
+                    count: 100
+                    interval: 2ms
+                    timeout: 200ms
+                targets:
+                  - target: 127.0.0.1:7007
+                    module: quick
+                    every: 1s
+                """.write(toFile: config, atomically: true, encoding: .utf8)
+                let exporter = try Spawned(
+                    TestNetwork.ip,
+                    ["netns", "exec", host.name, udpecho, "exporter", "--config", config, "--listen", "127.0.0.1:9338"]
+                )
+                defer { exporter.signal(SIGTERM) }
+                #expect(
+                    await exporter.waitForLine { $0.contains("udpecho exporter on") } != nil,
+                    "\(exporter.errorText)"
+                )
+                var servers: [Spawned] = []
+                for (name, port, flags) in [
+                    ("native", 9090, ["--enable-feature=native-histograms"]), ("classic", 9091, []),
+                ] {
+                    try """
+                    global:
+                      scrape_interval: 1s
+                      scrape_timeout: 1s
+                    scrape_configs:
+                      - job_name: exporter
+                        static_configs:
+                          - targets: ['127.0.0.1:9338']
+                    """.write(toFile: "\(directory)/\(name).yml", atomically: true, encoding: .utf8)
+                    servers.append(
+                        try Spawned(
+                            TestNetwork.ip,
+                            [
+                                "netns", "exec", host.name, "/usr/bin/prometheus",
+                                "--config.file=\(directory)/\(name).yml",
+                                "--storage.tsdb.path=\(directory)/\(name)", "--web.listen-address=127.0.0.1:\(port)",
+                                "--log.level=warn",
+                            ] + flags
+                        )
+                    )
+                }
+                defer { for server in servers { server.signal(SIGTERM) } }
+                func query(_ port: Int, _ expression: String) async throws -> [[String: Any]] {
+                    let encoded = expression.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? ""
+                    let text = try await inHost(
+                        host.name,
+                        ["python3", "-c", pythonGet, "http://127.0.0.1:\(port)/api/v1/query?query=\(encoded)"]
+                    )
+                    guard let object = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any],
+                        let result = (object["data"] as? [String: Any])?["result"] as? [[String: Any]]
+                    else { return [] }
+                    return result
+                }
+                func scalar(_ port: Int, _ expression: String) async throws -> Double? {
+                    let result = try await query(port, expression)
+                    guard let pair = result.first?["value"] as? [Any], let text = pair.last as? String else {
+                        return nil
+                    }
+                    return Double(text)
+                }
+                // Until each holds 5 scrapes with round trips in them.
+                let deadline = ContinuousClock.now + .seconds(60)
+                var native: Double?
+                var classic: Double?
+                while ContinuousClock.now < deadline {
+                    native = try await scalar(9090, "histogram_quantile(0.5, udpecho_target_rtt_seconds)")
+                    classic = try await scalar(9091, "histogram_quantile(0.5, udpecho_target_rtt_seconds_bucket)")
+                    let scrapes = try await scalar(9090, "count_over_time(up{job=\"exporter\"}[5m])") ?? 0
+                    if let native, let classic, native > 0, classic > 0, scrapes >= 5 { break }
+                    try await Task.sleep(for: .seconds(1))
+                }
+                let nativeMedian = try #require(native, "native: \(servers[0].errorText)")
+                let classicMedian = try #require(classic, "classic: \(servers[1].errorText)")
+                // Within one classic bucket: the classic estimate interpolates inside the bucket that holds the
+                // median; the native one (9 % buckets) must fall inside that bucket too.
+                let bounds =
+                    [0.0] + [
+                        0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
+                        2.5, 5, 10,
+                    ]
+                let bucket = try #require(bounds.indices.dropFirst().first { classicMedian <= bounds[$0] })
+                #expect(
+                    nativeMedian > bounds[bucket - 1] * 0.91 && nativeMedian <= bounds[bucket] * 1.09,
+                    "native \(nativeMedian) s, classic \(classicMedian) s in (\(bounds[bucket - 1]), \(bounds[bucket])]"
+                )
+                // The native server keeps one series for the histogram, the classic one 20 (18 buckets, sum, count).
+                let nativeSeries = try await scalar(9090, "count({__name__=~\"udpecho_target_rtt_seconds.*\"})")
+                let classicSeries = try await scalar(9091, "count({__name__=~\"udpecho_target_rtt_seconds.*\"})")
+                #expect(
+                    nativeSeries == 1 && classicSeries == 20,
+                    "series: native \(nativeSeries ?? -1), classic \(classicSeries ?? -1)"
+                )
+                let histogram = try await query(9090, "udpecho_target_rtt_seconds")
+                #expect(histogram.first?["histogram"] != nil, "a native histogram sample: \(histogram)")
+                // protoc reads the bytes the native server was sent.
+                try prometheusProto.write(toFile: directory + "/prometheus.proto", atomically: true, encoding: .utf8)
+                let body = directory + "/metrics.bin"
+                _ = try await inHost(
+                    host.name,
+                    [
+                        "python3", "-c",
+                        "import sys, urllib.request\n"
+                            + "r = urllib.request.Request('http://127.0.0.1:9338/metrics', headers={'Accept': "
+                            + "'application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited'})\n"
+                            + "open(sys.argv[1], 'wb').write(urllib.request.urlopen(r).read())",
+                        body,
+                    ]
+                )
+                let decoded = try await Spawned.run(
+                    "/usr/bin/env",
+                    ["python3", "-c", pythonDecodeDelimited, body, directory]
+                )
+                #expect(decoded.status == 0, "\(decoded.error)")
+                let text = String(decoding: decoded.output, as: UTF8.self)
+                #expect(text.contains("name: \"udpecho_target_rtt_seconds\"") && text.contains("type: HISTOGRAM"))
+                #expect(
+                    text.contains("schema: 3") && text.contains("positive_span {") && text.contains("positive_delta: ")
+                )
+                #expect(text.contains("name: \"udpecho_exporter_probes_total\"") && text.contains("type: COUNTER"))
+            }
+        }
+    }
+}

@@ -154,3 +154,113 @@ let pythonPixelCounts = """
         _ = await server.waitForExit()
     }
 }
+
+/// The exporter's live page: two continuous targets on a test host, one behind a firewall that drops about 30 %,
+/// rendered by headless Chromium.
+@Suite struct LivePageTests {
+    @Test(
+        .enabled(if: FirewalledHost.available, "needs root, ip and nft to make a firewalled network namespace"),
+        .enabled(if: PlotTests.chromium != nil, "needs chromium (Debian; .ci/run installs it)")
+    )
+    func theLivePageShowsALossyTargetApart() async throws {
+        let browser = try #require(PlotTests.chromium)
+        try await withHosts(try await FirewalledHost()) { host in
+            try await withDirectory { directory in
+                let (lossy, _) = try await startServer(["--address", "127.0.0.1:7000", "-q"], inNamespace: host.name)
+                let (clean, _) = try await startServer(["--address", "127.0.0.1:7001", "-q"], inNamespace: host.name)
+                defer { for server in [lossy, clean] { server.signal(SIGTERM) } }
+                let drop = try await Spawned.run(
+                    TestNetwork.ip,
+                    [
+                        "netns", "exec", host.name, "nft", "add", "rule", "inet", "udpecho", "in", "udp", "dport",
+                        "7000",
+                        "numgen", "random", "mod", "10", "<", "3", "drop",
+                    ]
+                )
+                #expect(drop.status == 0, "\(drop.error)")
+                let config = directory + "/exporter.yml"
+                try """
+                modules:
+                  quick:
+                    protocol: echo
+                    count: 100
+                    interval: 2ms
+                    timeout: 200ms
+                targets:
+                  - target: 127.0.0.1:7000
+                    module: quick
+                    every: 1s
+                  - target: 127.0.0.1:7001
+                    module: quick
+                    every: 1s
+                """.write(toFile: config, atomically: true, encoding: .utf8)
+                let exporter = try Spawned(
+                    TestNetwork.ip,
+                    ["netns", "exec", host.name, udpecho, "exporter", "--config", config, "--listen", "127.0.0.1:9338"]
+                )
+                defer { exporter.signal(SIGTERM) }
+                #expect(
+                    await exporter.waitForLine { $0.contains("udpecho exporter on") } != nil,
+                    "\(exporter.errorText)"
+                )
+                // Three probes of each (the first within a second, then one a second).
+                try await Task.sleep(for: .seconds(4))
+                let page = directory + "/page.html"
+                _ = try await inHost(
+                    host.name,
+                    [
+                        "python3", "-c",
+                        "import sys, urllib.request\nopen(sys.argv[1], 'wb').write(urllib.request.urlopen('http://127.0.0.1:9338/').read())",
+                        page,
+                    ]
+                )
+                // The DOM as Chromium built it: two graphs, the lossy one with loss marks, the clean one without.
+                let dom = try await Spawned.run(
+                    browser,
+                    ["--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", "file://\(page)"],
+                    timeout: 60
+                )
+                #expect(dom.status == 0, "\(dom.error)")
+                let text = String(decoding: dom.output, as: UTF8.self)
+                let graphs: [String] = Array(text.components(separatedBy: "<div class=\"target\"").dropFirst())
+                try #require(graphs.count == 2, "\(text.prefix(2000))")
+                let lossyGraph = try #require(graphs.first { $0.contains("127.0.0.1:7000") })
+                let cleanGraph = try #require(graphs.first { $0.contains("127.0.0.1:7001") })
+                #expect(lossyGraph.contains("<svg") && cleanGraph.contains("<svg"))
+                #expect(lossyGraph.contains("class=\"lost\"") && !cleanGraph.contains("class=\"lost\""))
+                #expect(lossyGraph.contains("class=\"median\"") && cleanGraph.contains("class=\"median\""))
+                #expect(cleanGraph.contains("stroke=\"#1a9641\""), "the clean median is green")
+                // Each graph drawn alone, then counted: neither blank, the lossy one with red loss marks.
+                var red: [String: Int] = [:]
+                for (name, graph) in [("lossy", lossyGraph), ("clean", cleanGraph)] {
+                    let svg = try #require(graph.range(of: "<svg").map { String(graph[$0.lowerBound...]) })
+                    let end = try #require(svg.range(of: "</svg>"))
+                    let file = "\(directory)/\(name).html"
+                    try ("<!DOCTYPE html><html><body style=\"margin:0\">" + svg[..<end.upperBound] + "</body></html>")
+                        .write(toFile: file, atomically: true, encoding: .utf8)
+                    let png = "\(directory)/\(name).png"
+                    let shot = try await Spawned.run(
+                        browser,
+                        [
+                            "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=800,300",
+                            "--screenshot=\(png)", "file://\(file)",
+                        ],
+                        timeout: 60
+                    )
+                    #expect(shot.status == 0, "\(shot.error)")
+                    let pixels = try await Spawned.run(
+                        "/usr/bin/env",
+                        ["python3", "-c", pythonPixelCounts, png],
+                        timeout: 120
+                    )
+                    let values = pixels.lines.first?.split(separator: " ").compactMap { Int($0) } ?? []
+                    try #require(values.count == 3, "\(pixels.error)")
+                    #expect(Double(values[1]) / Double(values[0]) > 0.02, "\(name) is blank: \(values)")
+                    red[name] = values[2]
+                }
+                // The legend's red square is in both; the loss marks only in the lossy one.
+                #expect((red["lossy"] ?? 0) > (red["clean"] ?? 0) + 20, "red pixels: \(red)")
+            }
+        }
+    }
+}

@@ -108,7 +108,7 @@ public struct LiveSeries: Sendable {
             columns: self.columns(now: now),
             window: Int64(Self.minutes) * Self.minute
         )
-        plot.timeAxis = ("minutes over the last hour (now at the right)", 60e9)
+        plot.timeAxis = ("minutes: the last hour, now at 60", 60e9)
         return plot
     }
 }
