@@ -74,7 +74,10 @@ import Testing
                 target: MeshTarget(peer: MeshPeer(HostAndPort(host: "h\(index)", port: 1)), address: address)
             )
             statistics.sent = UInt64(index)
-            statistics.buckets = Array(repeating: UInt64(index % 3), count: MeshProber.bucketBounds.count + 1)
+            for _ in 0..<(index % 3) {
+                for bound in MeshProber.bucketBounds { statistics.histogram.record(seconds: bound) }
+                statistics.histogram.record(seconds: 20)
+            }
             statistics.flowPorts = [40000, 40001]
             statistics.flowCounts = [1, 2, 3, 4, 5, 6]
             snapshot.targets.append(statistics)
@@ -108,10 +111,8 @@ import Testing
         statistics.received = 8
         statistics.lost = 2
         statistics.up = true
-        statistics.buckets = Array(repeating: 0, count: MeshProber.bucketBounds.count + 1)
-        statistics.buckets[4] = 5  // <= 1 ms
-        statistics.buckets[6] = 3  // <= 5 ms
-        statistics.rttSum = 0.012
+        for _ in 0..<5 { statistics.histogram.record(seconds: 0.0009) }  // <= 1 ms
+        for _ in 0..<3 { statistics.histogram.record(seconds: 0.0025) }  // <= 5 ms (and 2.5 ms)
         var snapshot = MeshSnapshot()
         snapshot.targets = [statistics]
         let text = MeshMetrics.render(snapshot)
@@ -119,6 +120,7 @@ import Testing
         let label = #"peer="we\"ird\\name:1337",address="192.0.2.7:1337""#
         #expect(lines.contains("udpecho_mesh_rtt_seconds_bucket{\(label),le=\"0.0005\"} 0"))
         #expect(lines.contains("udpecho_mesh_rtt_seconds_bucket{\(label),le=\"0.001\"} 5"))
+        #expect(lines.contains("udpecho_mesh_rtt_seconds_bucket{\(label),le=\"0.0025\"} 8"))
         #expect(lines.contains("udpecho_mesh_rtt_seconds_bucket{\(label),le=\"0.005\"} 8"))
         #expect(lines.contains("udpecho_mesh_rtt_seconds_bucket{\(label),le=\"+Inf\"} 8"))
         #expect(lines.contains("udpecho_mesh_rtt_seconds_count{\(label)} 8"))

@@ -86,6 +86,83 @@ struct MeshAgentProcess {
         await server.waitForExit()
     }
 
+    /// --once --plot draws a graph per peer into one SVG: the live peer's median line, the dead peer's loss marks.
+    @Test func onceDrawsAGraphPerPeer() async throws {
+        let (server, port) = try await startServer(["--address", "127.0.0.1:0", "--quiet"])
+        defer { server.signal(SIGTERM) }
+        let directory = try temporaryDirectory("mesh-plot")
+        let path = directory.appendingPathComponent("mesh.svg").path
+        let result = try await Spawned.run(
+            udpecho,
+            [
+                "mesh", "--once", "-d", "2s", "-i", "50ms", "-W", "300ms", "--peer", "127.0.0.1:\(port)", "--peer",
+                "127.0.0.1:9", "--plot", path,
+            ]
+        )
+        #expect(result.status == 1, "\(result.lines) \(result.error)")
+        let parsed = try await Spawned.run(
+            "/usr/bin/env",
+            [
+                "python3", "-c",
+                "import sys, xml.etree.ElementTree as E\n"
+                    + "r = E.parse(sys.argv[1]).getroot()\n"
+                    + "for p in r.findall('{http://www.w3.org/2000/svg}svg'):\n"
+                    + "    t = [e.text for e in p.iter() if e.text and '127.0.0.1' in e.text][0]\n"
+                    + "    print(t, len([e for e in p.iter() if e.get('class') == 'median']), len([e for e in p.iter() if e.get('class') == 'lost']))",
+                path,
+            ]
+        )
+        #expect(parsed.status == 0, "\(parsed.error)")
+        // Sorted by peer: 127.0.0.1:9 sorts after 127.0.0.1:PORT only when PORT < 9; compare by name instead.
+        let panels = Dictionary(
+            uniqueKeysWithValues: parsed.lines.map { line in
+                let words = line.split(separator: " ")
+                return (String(words[0]), words.dropFirst(2).compactMap { Int($0) })
+            }
+        )
+        #expect(panels.count == 2, "\(parsed.lines)")
+        #expect(panels["127.0.0.1:\(port)"]?.first ?? 0 > 10 && panels["127.0.0.1:\(port)"]?.last == 0, "\(panels)")
+        #expect(panels["127.0.0.1:9"]?.first == 0 && panels["127.0.0.1:9"]?.last ?? 0 > 10, "\(panels)")
+        let refused = try await Spawned.run(udpecho, ["mesh", "--peer", "127.0.0.1:9", "--plot", path])
+        #expect(refused.status == 2 && refused.error.contains("--plot is for --once"), "\(refused.error)")
+    }
+
+    /// The agent's live page draws its peers; with --aggregate-by its metrics are per group of the file's labels.
+    @Test func theAgentDrawsItsPeersAndAggregatesByLabels() async throws {
+        let (first, port) = try await startServer(["--address", "127.0.0.1:0", "--quiet"])
+        let (second, secondPort) = try await startServer(["--address", "127.0.0.2:0", "--quiet"])
+        defer { for server in [first, second] { server.signal(SIGTERM) } }
+        let directory = try temporaryDirectory("mesh-labels")
+        let peers = directory.appendingPathComponent("peers")
+        try replaceFile(
+            peers,
+            with: Data("127.0.0.1:\(port) zone=a\n127.0.0.2:\(secondPort) zone=a\n127.0.0.1:9 zone=b\n".utf8)
+        )
+        let agent = try await MeshAgentProcess([
+            "--peers", peers.path, "-i", "50ms", "-W", "300ms", "--aggregate-by", "zone",
+        ])
+        defer { agent.process.signal(SIGTERM) }
+        try await Task.sleep(for: .seconds(2))
+        let text = try #require(try await httpGet(agent.metricsURL))
+        let lines = text.split(separator: "\n").map(String.init)
+        #expect(!lines.contains { $0.contains("peer=\"") }, "no series per peer")
+        let sentA = try #require(lines.first { $0.hasPrefix("udpecho_mesh_probes_sent_total{zone=\"a\"} ") })
+        let receivedA = try #require(lines.first { $0.hasPrefix("udpecho_mesh_probes_received_total{zone=\"a\"} ") })
+        #expect(Int(sentA.split(separator: " ")[1]) ?? 0 > 20, "\(sentA)")
+        #expect(lines.contains("udpecho_mesh_peers_up{zone=\"a\"} 2"), "\(lines.filter { $0.contains("up") })")
+        #expect(lines.contains("udpecho_mesh_peers_up{zone=\"b\"} 0"))
+        #expect(Int(receivedA.split(separator: " ")[1]) ?? 0 > 20)
+        let base = String(agent.metricsURL.dropLast("/metrics".count))
+        let page = try #require(try await httpGet(base + "/"))
+        #expect(page.components(separatedBy: "<svg").count == 4, "a graph per peer")
+        #expect(page.contains("127.0.0.1:9") && page.contains("class=\"lost\""))
+        let refused = try await Spawned.run(udpecho, ["mesh", "--peer", "127.0.0.1:9", "--aggregate-by", "peer"])
+        #expect(
+            refused.status == 2 && refused.error.contains("is the agent's or Prometheus' own label"),
+            "\(refused.error)"
+        )
+    }
+
     /// Garbage replies showed in the text report only as loss: the report has duplicate and corrupt columns, so a
     /// peer that answers twice or changes a byte is told from one that does not answer.
     @Test(arguments: [("dup", "duplicate"), ("flip", "corrupt")])

@@ -486,45 +486,16 @@ public final class ProbeExporter: Service, Sendable {
         return text
     }
 
-    /// The most continuous targets drawn on the page.
-    static let graphsOnPage = 100
-
-    /// The page at `/`: a live smoke graph of each continuous target's last hour (refreshed every 30 s, no scripts,
-    /// nothing fetched from elsewhere), then the modules.
+    /// The page at `/`: a live smoke graph of each continuous target's last hour (``LivePage``), then the modules.
     func indexPage() -> String {
         let configuration = self.configuration
-        let series = self.continuous.snapshot(order: configuration.targets)
-        let now = LiveSeries.now()
-        var graphs = ""
-        for (index, entry) in series.prefix(Self.graphsOnPage).enumerated() {
-            let title = "\(entry.target.target) (module \(entry.target.module))"
-            let plot = entry.live.plot(
-                title: title,
-                clock: entry.oneWay
-                    ? "one-way delay (OWAMP), kernel timestamps" : "kernel timestamps where the kernel has them",
-                now: now
+        let graphs = self.continuous.snapshot(order: configuration.targets).map { entry in
+            LivePage.Graph(
+                title: "\(entry.target.target) (module \(entry.target.module))",
+                status: (entry.up ? "up" : "down") + (entry.lastFailure.map { ": " + $0 } ?? ""),
+                series: entry.live,
+                clock: entry.oneWay ? "one-way delays (OWAMP)" : "kernel timestamps"
             )
-            var svg = plot.svg(width: 800, height: 300)
-            if svg.hasPrefix("<?xml") { svg = String(svg.drop { $0 != "\n" }.dropFirst()) }
-            let totals = entry.live.totals(now: now)
-            let loss =
-                totals.sent == 0
-                ? "" : ", lost \(totals.lost) (\(String(format3: Double(totals.lost) / Double(totals.sent) * 100)) %)"
-            graphs += """
-                <div class="target" id="target-\(index)">
-                <h3>\(SVGText.escape(title))</h3>
-                <p>\(entry.up ? "up" : "down")\(entry.lastFailure.map { ": " + SVGText.escape($0) } ?? ""); \
-                last hour: \(totals.sent) packets sent\(loss)</p>
-                \(svg)</div>
-
-                """
-        }
-        if series.count > Self.graphsOnPage {
-            graphs +=
-                "<p>\(series.count - Self.graphsOnPage) more targets are not drawn here; their metrics are at /metrics.</p>\n"
-        }
-        if series.isEmpty {
-            graphs = "<p>No continuous targets (targets: in the configuration).</p>\n"
         }
         var rows = ""
         for name in configuration.modules.keys.sorted() {
@@ -533,24 +504,22 @@ public final class ProbeExporter: Service, Sendable {
                 "<tr><td>\(SVGText.escape(name))</td><td>\(module.probeProtocol)</td><td>\(module.count)</td>"
                 + "<td>\(module.interval.shortDescription)</td><td>\(module.timeout.shortDescription)</td></tr>\n"
         }
-        return """
-            <!DOCTYPE html>
-            <html><head><meta charset="utf-8"><meta http-equiv="refresh" content="30">
-            <title>udpecho exporter</title>
-            <style>body { font-family: sans-serif; margin: 20px; } td, th { padding: 4px 8px; }</style>
-            </head>
-            <body>
-            <h1>udpecho exporter</h1>
-            <p>Probe a target: <code>/probe?target=HOST:PORT&amp;module=NAME</code>. The exporter's own metrics and the \
-            continuous targets': <a href="/metrics">/metrics</a>. This page refreshes itself every 30 seconds.</p>
-            <h2>Continuous targets, the last hour</h2>
-            \(graphs)<h2>Modules</h2>
-            <table border="1"><tr><th>module</th><th>protocol</th><th>packets</th><th>interval</th><th>timeout</th></tr>
-            \(rows)</table>
-            <p>\(configuration.allow.prefixes.count) prefixes and \(configuration.allow.names.count) names may be probed.</p>
-            </body></html>
-
-            """
+        return LivePage.html(
+            heading: "udpecho exporter",
+            introduction: """
+                <p>Probe a target: <code>/probe?target=HOST:PORT&amp;module=NAME</code>. The exporter's own metrics and \
+                the continuous targets': <a href="/metrics">/metrics</a>. This page refreshes itself every 30 seconds.</p>
+                <h2>Continuous targets, the last hour</h2>
+                """,
+            graphs: graphs,
+            empty: "No continuous targets (targets: in the configuration).",
+            footer: """
+                <h2>Modules</h2>
+                <table border="1"><tr><th>module</th><th>protocol</th><th>packets</th><th>interval</th><th>timeout</th></tr>
+                \(rows)</table>
+                <p>\(configuration.allow.prefixes.count) prefixes and \(configuration.allow.names.count) names may be probed.</p>
+                """
+        )
     }
 
     private static func now() -> Int64 { ContinuousClock.now.nanosecondsSinceStart }

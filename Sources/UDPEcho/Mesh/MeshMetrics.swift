@@ -63,8 +63,8 @@ public enum MeshMetrics {
         public init(_ snapshot: MeshSnapshot) {
             self.snapshot = snapshot
             self.labels = snapshot.targets.map { statistics in
-                "peer=\"\(MeshMetrics.escape(statistics.target.peer.description))\","
-                    + "address=\"\(MeshMetrics.escape(statistics.target.address.hostPortDescription))\""
+                MeshMetrics.labels(of: statistics.target).map { "\($0.0)=\"\(MeshMetrics.escape($0.1))\"" }
+                    .joined(separator: ",")
             }
         }
 
@@ -152,6 +152,163 @@ public enum MeshMetrics {
                 }
             }
         }
+    }
+
+    /// A target's labels: `peer`, `address`, then the peer's own from the peers file, by name.
+    static func labels(of target: MeshTarget) -> [(String, String)] {
+        [("peer", target.peer.description), ("address", target.address.hostPortDescription)]
+            + target.peer.labels.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
+    }
+
+    /// The families of `snapshot` for Prometheus' protobuf format: the round trips as native histograms (with the
+    /// classic buckets beside them), one family at a time as the scraper reads them. With `aggregateBy`, one series
+    /// per group of peers that share those labels' values instead of one per peer: the groups' counters are the sums
+    /// of their peers', their histograms the merge, and `udpecho_mesh_peers_up` counts the peers up.
+    public struct ProtobufWriter {
+        private let snapshot: MeshSnapshot
+        private let aggregateBy: [String]?
+        private var family = 0
+
+        /// A writer of `snapshot`, per peer or per group of peers.
+        public init(_ snapshot: MeshSnapshot, aggregateBy: [String]? = nil) {
+            self.snapshot = snapshot
+            self.aggregateBy = aggregateBy
+        }
+
+        /// Appends the next family; returns false once every one is written.
+        public mutating func write(into buffer: inout ByteBuffer) -> Bool {
+            let families = MeshMetrics.families(self.snapshot, aggregateBy: self.aggregateBy, only: self.family)
+            for family in families { ProtobufExposition.write(family, into: &buffer) }
+            self.family += 1
+            return self.family < MeshMetrics.familyCount(self.snapshot, aggregateBy: self.aggregateBy)
+        }
+    }
+
+    static func familyCount(_ snapshot: MeshSnapshot, aggregateBy: [String]?) -> Int {
+        aggregateBy != nil ? 9 : 9 + (snapshot.perFlow ? 3 : 0)
+    }
+
+    /// The families of `snapshot` (or only family number `only`): per peer, or per group with `aggregateBy`.
+    public static func families(
+        _ snapshot: MeshSnapshot,
+        aggregateBy: [String]? = nil,
+        only: Int? = nil
+    ) -> [ProtobufExposition.Family] {
+        typealias Family = ProtobufExposition.Family
+        typealias Metric = ProtobufExposition.Metric
+        // Rows: a peer's, or a group's (its peers' counts added up).
+        struct Row {
+            var labels: [(String, String)]
+            var statistics: MeshTargetStatistics
+            var peers = 1
+            var up = 0
+        }
+        var rows: [Row] = []
+        if let names = aggregateBy {
+            var index: [[String]: Int] = [:]
+            for statistics in snapshot.targets where !statistics.removed {
+                let values = names.map { statistics.target.peer.labels[$0] ?? "" }
+                if let at = index[values] {
+                    rows[at].statistics.sent += statistics.sent
+                    rows[at].statistics.received += statistics.received
+                    rows[at].statistics.lost += statistics.lost
+                    rows[at].statistics.duplicate += statistics.duplicate
+                    rows[at].statistics.corrupt += statistics.corrupt
+                    rows[at].statistics.skipped += statistics.skipped
+                    rows[at].statistics.histogram.merge(statistics.histogram)
+                    rows[at].peers += 1
+                    rows[at].up += statistics.up ? 1 : 0
+                } else {
+                    index[values] = rows.count
+                    rows.append(
+                        Row(labels: Array(zip(names, values)), statistics: statistics, up: statistics.up ? 1 : 0)
+                    )
+                }
+            }
+        } else {
+            rows = snapshot.targets.map { Row(labels: Self.labels(of: $0.target), statistics: $0, up: $0.up ? 1 : 0) }
+        }
+        let counters: [(String, String, KeyPath<MeshTargetStatistics, UInt64>)] = [
+            ("sent", "Mesh probes sent.", \.sent),
+            ("received", "Mesh probes answered whole within the timeout.", \.received),
+            ("lost", "Mesh probes without a reply within the timeout.", \.lost),
+            ("duplicate", "Replies to a mesh probe that was answered already.", \.duplicate),
+            ("corrupt", "Replies from a peer that are not a probe it was sent.", \.corrupt),
+            ("skipped", "Mesh probes not sent because a rate cap was reached.", \.skipped),
+        ]
+        var families: [Family] = []
+        func wanted(_ number: Int) -> Bool { only == nil || only == number }
+        if wanted(0) {
+            families.append(
+                Family(
+                    name: "udpecho_mesh_peers",
+                    help: "Targets probed: the addresses of the peers (a name may have several).",
+                    kind: .gauge,
+                    metrics: [Metric(labels: [], value: Double(snapshot.targets.filter { !$0.removed }.count))]
+                )
+            )
+        }
+        if wanted(1) {
+            var family = Family(
+                name: "udpecho_mesh_rtt_seconds",
+                help: "Round-trip time of the mesh probes answered.",
+                kind: .histogram
+            )
+            for row in rows {
+                var metric = Metric(labels: row.labels)
+                metric.histogram = row.statistics.histogram
+                family.metrics.append(metric)
+            }
+            families.append(family)
+        }
+        for (offset, counter) in counters.enumerated() where wanted(2 + offset) {
+            families.append(
+                Family(
+                    name: "udpecho_mesh_probes_\(counter.0)_total",
+                    help: counter.1,
+                    kind: .counter,
+                    metrics: rows.map { Metric(labels: $0.labels, value: Double($0.statistics[keyPath: counter.2])) }
+                )
+            )
+        }
+        if wanted(8) {
+            families.append(
+                aggregateBy == nil
+                    ? Family(
+                        name: "udpecho_mesh_peer_up",
+                        help: "1 when a probe to the peer was answered within the last three intervals.",
+                        kind: .gauge,
+                        metrics: rows.map { Metric(labels: $0.labels, value: Double($0.up)) }
+                    )
+                    : Family(
+                        name: "udpecho_mesh_peers_up",
+                        help: "Peers of the group answered within the last three intervals.",
+                        kind: .gauge,
+                        metrics: rows.map { Metric(labels: $0.labels, value: Double($0.up)) }
+                    )
+            )
+        }
+        if aggregateBy == nil && snapshot.perFlow {
+            for (offset, name) in ["sent", "received", "lost"].enumerated() where wanted(9 + offset) {
+                var family = Family(
+                    name: "udpecho_mesh_flow_probes_\(name)_total",
+                    help: "Mesh probes \(name), by peer and source port.",
+                    kind: .counter
+                )
+                for row in rows {
+                    for (flow, port) in row.statistics.flowPorts.enumerated() {
+                        family.metrics.append(
+                            Metric(
+                                labels: row.labels + [("flow", String(port))],
+                                value: Double(row.statistics.flowCounts[flow * 3 + offset])
+                            )
+                        )
+                    }
+                }
+                families.append(family)
+            }
+        }
+        return families
     }
 
     /// A label value escaped as the exposition format wants: backslash, double quote and newline.

@@ -5,9 +5,15 @@ public import NIOCore
 public struct MeshPeer: Sendable, Hashable, CustomStringConvertible {
     /// The host and port as given.
     public var endpoint: HostAndPort
+    /// Labels from the peers file (`zone=eu-1 rack=r12`): each of the peer's series carries them, and the agent can
+    /// aggregate its metrics by them (``MeshMetrics``).
+    public var labels: [String: String]
 
     /// A peer.
-    public init(_ endpoint: HostAndPort) { self.endpoint = endpoint }
+    public init(_ endpoint: HostAndPort, labels: [String: String] = [:]) {
+        self.endpoint = endpoint
+        self.labels = labels
+    }
 
     /// `HOST:PORT` as given (the `peer` label of the metrics).
     public var description: String { self.endpoint.description }
@@ -107,8 +113,18 @@ public enum MeshPeerList {
             let content = raw.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
             let line = content.trimmingWhitespace()
             if line.isEmpty { continue }
-            switch Self.peer(line, defaultPort: defaultPort) {
-            case .success(let peer):
+            // The peer, then its labels: `192.0.2.1:1337 zone=eu-1 rack=r12`.
+            let words = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
+            let labels: [String: String]
+            switch Self.labels(words.dropFirst()) {
+            case .success(let parsed): labels = parsed
+            case .failure(let reason):
+                refuse(index + 1, line, reason.text)
+                continue
+            }
+            switch Self.peer(String(words[0]), defaultPort: defaultPort) {
+            case .success(var peer):
+                peer.labels = labels
                 if seen.insert(peer).inserted { peers.append(peer) }
             case .failure(let error):
                 refuse(index + 1, line, error.problem)
@@ -118,6 +134,66 @@ public enum MeshPeerList {
             refuse(0, "", "\(peers.count) peers; at most \(Self.maximumPeers) are taken")
         }
         return errors.lines.isEmpty ? .success(peers) : .failure(errors)
+    }
+
+    /// The most labels a peer may carry.
+    public static let maximumLabels = 8
+    /// Label names a peer may not carry: the agent's own, and Prometheus'.
+    static let reservedLabels: Set<String> = ["peer", "address", "flow", "le", "quantile", "instance", "job"]
+
+    struct LabelProblem: Error { var text: String }
+
+    /// What is wrong with `name` as a peer's label name, or nil: letters, digits and _, not first a digit, not `__`
+    /// first (Prometheus' own), not one of the agent's labels (`peer`, `address`, `flow`) or Prometheus'.
+    public static func labelNameProblem(_ name: String) -> String? {
+        guard let first = name.utf8.first, name.utf8.count <= 64,
+            !(UInt8(ascii: "0")...UInt8(ascii: "9")).contains(first), !name.hasPrefix("__"),
+            name.utf8.allSatisfy({
+                $0 == UInt8(ascii: "_") || (UInt8(ascii: "a")...UInt8(ascii: "z")).contains($0)
+                    || (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains($0)
+                    || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0)
+            })
+        else {
+            return "is not a label name: letters, digits and _, at most 64, not first a digit or __"
+        }
+        if Self.reservedLabels.contains(name) { return "is the agent's or Prometheus' own label" }
+        return nil
+    }
+
+    /// `name=value` words: names as Prometheus takes them (not reserved, not `__`), values of printable characters
+    /// without quotes or backslashes, at most 64 bytes.
+    static func labels(_ words: ArraySlice<Substring>) -> Result<[String: String], LabelProblem> {
+        var labels: [String: String] = [:]
+        guard words.count <= Self.maximumLabels else {
+            return .failure(LabelProblem(text: "\(words.count) labels; at most \(Self.maximumLabels) are taken"))
+        }
+        for word in words {
+            let parts = word.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            guard parts.count == 2 else {
+                return .failure(
+                    LabelProblem(text: "'\(String(word).excerpt(40))' is not a label: write name=value after the peer")
+                )
+            }
+            let name = String(parts[0])
+            let value = String(parts[1])
+            if let problem = Self.labelNameProblem(name) {
+                return .failure(LabelProblem(text: "'\(name.excerpt(40))' \(problem)"))
+            }
+            guard !value.isEmpty, value.utf8.count <= 64,
+                value.unicodeScalars.allSatisfy({ $0.value > 0x20 && $0.value != 0x7F && $0 != "\"" && $0 != "\\" })
+            else {
+                return .failure(
+                    LabelProblem(
+                        text:
+                            "the value of '\(name)' must be 1 to 64 printable characters, without quotes or backslashes"
+                    )
+                )
+            }
+            guard labels.updateValue(value, forKey: name) == nil else {
+                return .failure(LabelProblem(text: "the label '\(name)' is given twice"))
+            }
+        }
+        return .success(labels)
     }
 
     /// One peer: `HOST:PORT`, `[IPV6]:PORT`, or a host alone (an IPv6 address alone in brackets), with

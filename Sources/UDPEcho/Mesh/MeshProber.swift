@@ -38,6 +38,11 @@ public final class MeshProber: @unchecked Sendable {
         public var percentiles: Bool
         /// How long a target that left the peer list is still exported.
         public var grace: Duration
+        /// Keep each target's probes, one by one (``MeshTargetStatistics/samples``), for `mesh --once --plot`.
+        public var samples = false
+        /// Keep the last hour a minute at a time (``MeshTargetStatistics/live``) of the first
+        /// ``LivePage/maximumGraphs`` targets, those the live page draws; about 3.5 KB each.
+        public var liveGraphs = false
 
         /// Probes of 64 bytes every second from 8 ports, lost after 1 s; caps of 1100 probes and 125 000 bytes
         /// (1 Mbit/s) a second, which 1000 peers at 1/s stay under.
@@ -87,9 +92,7 @@ public final class MeshProber: @unchecked Sendable {
     }
 
     /// Round-trip histogram buckets (upper bounds, seconds): 50 µs to 10 s.
-    public static let bucketBounds: [Double] = [
-        0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
-    ]
+    public static let bucketBounds: [Double] = LatencyHistogram.classicBounds
 
     /// How the prober probes.
     public let configuration: Configuration

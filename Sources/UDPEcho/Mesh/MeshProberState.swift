@@ -25,8 +25,13 @@ struct MeshProberState {
     var duplicate: [UInt64] = []
     var corrupt: [UInt64] = []
     var skipped: [UInt64] = []
-    var rttSum: [Double] = []
-    var histogram: [UInt64] = []  // targets x buckets
+    var histograms: [LatencyHistogram] = []
+    /// With `samples`: each target's probes, by departure from the prober's start.
+    var samples: [[SmokePlot.Sample]] = []
+    /// With `liveGraphs`: each target's last hour.
+    var live: [LiveSeries] = []
+    /// When the prober started (CLOCK_MONOTONIC), the origin of the samples' times.
+    var started: Int64 = cudpecho_now_ns()
     var flowCounts: [UInt64] = []  // targets x flows x 3 (sent, received, lost), with perFlow
     var lastReply: [Int64] = []
     var nextFlow: [UInt16] = []
@@ -113,8 +118,9 @@ struct MeshProberState {
         self.duplicate.append(0)
         self.corrupt.append(0)
         self.skipped.append(0)
-        self.rttSum.append(0)
-        self.histogram += Array(repeating: 0, count: self.buckets)
+        self.histograms.append(LatencyHistogram())
+        if self.configuration.samples { self.samples.append([]) }
+        if self.configuration.liveGraphs { self.live.append(LiveSeries()) }
         if self.configuration.perFlow { self.flowCounts += Array(repeating: 0, count: self.configuration.flows * 3) }
         self.lastReply.append(0)
         self.nextFlow.append(0)
@@ -131,8 +137,9 @@ struct MeshProberState {
         self.duplicate[index] = 0
         self.corrupt[index] = 0
         self.skipped[index] = 0
-        self.rttSum[index] = 0
-        for bucket in 0..<self.buckets { self.histogram[index * self.buckets + bucket] = 0 }
+        self.histograms[index] = LatencyHistogram()
+        if self.configuration.samples { self.samples[index] = [] }
+        if self.configuration.liveGraphs { self.live[index] = LiveSeries() }
         if self.configuration.perFlow {
             let width = self.configuration.flows * 3
             for slot in 0..<width { self.flowCounts[index * width + slot] = 0 }
@@ -348,10 +355,8 @@ struct MeshProberState {
         let roundTrip = MeshProber.roundTrip(sent: self.ring.departure[position], arrival: arrival, drained: drained)
         self.received[index] += 1
         self.lastReply[index] = cudpecho_now_ns()
-        let seconds = Double(roundTrip) / 1e9
-        self.rttSum[index] += seconds
-        let bucket = MeshProber.bucketBounds.firstIndex { seconds <= $0 } ?? MeshProber.bucketBounds.count
-        self.histogram[index * self.buckets + bucket] += 1
+        self.histograms[index].record(nanoseconds: roundTrip)
+        self.recordSample(index, departure: self.ring.departure[position], roundTrip: roundTrip)
         if self.configuration.perFlow {
             self.flowCounts[(index * self.configuration.flows + Int(self.flowOf[position])) * 3 + 1] += 1
         }
@@ -370,8 +375,21 @@ struct MeshProberState {
         let index = Int(self.targetOf[position])
         guard index >= 0 else { return }
         self.lost[index] += 1
+        self.recordSample(index, departure: self.ring.departure[position], roundTrip: nil)
         if self.configuration.perFlow {
             self.flowCounts[(index * self.configuration.flows + Int(self.flowOf[position])) * 3 + 2] += 1
+        }
+    }
+
+    /// Keeps a probe's outcome for the drawings, when they are wanted.
+    private mutating func recordSample(_ index: Int, departure: Int64, roundTrip: Int64?) {
+        if self.configuration.samples {
+            self.samples[index].append(SmokePlot.Sample(time: departure - self.started, roundTrip: roundTrip))
+        }
+        // The page draws at most LivePage.maximumGraphs peers: only theirs are kept (a series never recorded costs
+        // nothing), so that 10,000 peers do not cost 35 MB for graphs nobody sees.
+        if self.configuration.liveGraphs && index < LivePage.maximumGraphs {
+            self.live[index].record(at: LiveSeries.now(), roundTrip: roundTrip)
         }
     }
 
@@ -391,8 +409,9 @@ struct MeshProberState {
             statistics.duplicate = self.duplicate[index]
             statistics.corrupt = self.corrupt[index]
             statistics.skipped = self.skipped[index]
-            statistics.rttSum = self.rttSum[index]
-            statistics.buckets = Array(self.histogram[(index * self.buckets)..<((index + 1) * self.buckets)])
+            statistics.histogram = self.histograms[index]
+            if self.configuration.samples { statistics.samples = self.samples[index] }
+            if self.configuration.liveGraphs { statistics.live = self.live[index] }
             statistics.up = self.lastReply[index] != 0 && now - self.lastReply[index] <= upWindow
             statistics.removed = self.removedAt[index] != 0
             if self.configuration.perFlow {

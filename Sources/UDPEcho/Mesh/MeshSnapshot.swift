@@ -22,11 +22,17 @@ public struct MeshTargetStatistics: Sendable {
     public var corrupt: UInt64 = 0
     /// Probes not sent because a rate cap was reached.
     public var skipped: UInt64 = 0
-    /// Round trips: their sum (seconds) and how many fell in each bucket of ``MeshProber/bucketBounds`` (the last:
-    /// above 10 s), not cumulative.
-    public var rttSum: Double = 0
-    /// How many round trips fell in each bucket (see ``rttSum``).
-    public var buckets: [UInt64] = []
+    /// The round trips: classic buckets and native ones.
+    public var histogram = LatencyHistogram()
+    /// Round trips: their sum, seconds.
+    public var rttSum: Double { self.histogram.sum }
+    /// How many round trips fell in each bucket of ``MeshProber/bucketBounds`` (the last: above 10 s), not
+    /// cumulative.
+    public var buckets: [UInt64] { self.histogram.classic }
+    /// With ``MeshProber/Configuration/samples``: every probe, by its departure from the prober's start.
+    public var samples: [SmokePlot.Sample]?
+    /// With ``MeshProber/Configuration/liveGraphs``: the last hour.
+    public var live: LiveSeries?
     /// Whether a reply came within the last three intervals (and a timeout).
     public var up = false
     /// Whether the target left the peer list (it is exported until its grace period ends).

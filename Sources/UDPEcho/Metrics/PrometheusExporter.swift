@@ -25,29 +25,59 @@ public final class PrometheusExporter: Service, Sendable {
     ///   - configuration: The endpoint's limits.
     ///   - more: Called for each scrape: a body served after the server's metrics, a piece at a time as the scraper
     ///     reads it (a mesh agent's targets: tens of megabytes for 10,000 peers, never held whole).
+    ///   - moreProtobuf: The same in Prometheus' protobuf format, for scrapes that ask for it (native histograms);
+    ///     without it every scrape gets text.
+    ///   - routes: Answers requests for other paths than `/metrics` (a live page at `/`).
     /// - Throws: ``EchoError/socket(operation:address:errno:)`` when the address cannot be bound.
     public init(
         address: SocketAddress,
         server: EchoServer,
         configuration: MetricsEndpoint.Configuration = MetricsEndpoint.Configuration(),
-        more: (@Sendable () -> MetricsStream)? = nil
+        more: (@Sendable () -> MetricsStream)? = nil,
+        moreProtobuf: (@Sendable () -> MetricsStream)? = nil,
+        routes: (@Sendable (EndpointRequest) async -> EndpointResponse)? = nil
     ) async throws {
         let registry = PrometheusCollectorRegistry()
         let metrics = ServerMetrics(server: server, factory: PrometheusMetricsFactory(registry: registry))
         self.metrics = metrics
-        self.endpoint = try await MetricsEndpoint(address: address, configuration: configuration) {
-            metrics.publish()
-            var head: String? = ServerMetrics.addingHelp(to: registry.emitToString())
-            let tail = more?()
-            return MetricsStream { buffer in
-                if let text = head {
-                    buffer.writeString(text)
-                    head = nil
-                    return tail != nil
+        var protobuf: (@Sendable () -> MetricsStream)?
+        if let moreProtobuf {
+            protobuf = { @Sendable () -> MetricsStream in
+                metrics.publish()
+                let families = ProtobufExposition.families(
+                    fromText: ServerMetrics.addingHelp(to: registry.emitToString())
+                )
+                var head: [ProtobufExposition.Family]? = families
+                let tail = moreProtobuf()
+                return MetricsStream { buffer in
+                    if let families = head {
+                        for family in families { ProtobufExposition.write(family, into: &buffer) }
+                        head = nil
+                        return true
+                    }
+                    return tail.next(&buffer)
                 }
-                return tail?.next(&buffer) ?? false
             }
         }
+        self.endpoint = try await MetricsEndpoint(
+            address: address,
+            configuration: configuration,
+            stream: {
+                metrics.publish()
+                var head: String? = ServerMetrics.addingHelp(to: registry.emitToString())
+                let tail = more?()
+                return MetricsStream { buffer in
+                    if let text = head {
+                        buffer.writeString(text)
+                        head = nil
+                        return tail != nil
+                    }
+                    return tail?.next(&buffer) ?? false
+                }
+            },
+            protobuf: protobuf,
+            routes: routes
+        )
         self.url = "http://\(self.endpoint.localAddress?.hostPortDescription ?? "?")/metrics"
     }
 

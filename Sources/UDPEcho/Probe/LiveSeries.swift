@@ -1,7 +1,7 @@
 /// The last hour of a target's probes, a minute at a time, for live smoke graphs (the exporter's and the mesh
 /// agent's `/` page): per minute, the probes sent and lost, exactly, and the percentiles of its round trips, from at
-/// most ``reservoirSize`` of them chosen uniformly (reservoir sampling). Its memory is fixed, about 3 KB, however many
-/// probes a minute brings.
+/// most ``reservoirSize`` of them chosen uniformly (reservoir sampling), kept to the microsecond. Its memory is fixed,
+/// about 3.5 KB (an hour of 48-byte minutes and the reservoir), however many probes a minute brings.
 ///
 /// Times are nanoseconds on a monotonic clock (``now``): a step of the wall clock moves nothing.
 public struct LiveSeries: Sendable {
@@ -11,18 +11,39 @@ public struct LiveSeries: Sendable {
     public static let reservoirSize = 64
     static let minute: Int64 = 60_000_000_000
 
+    /// A closed minute in 48 bytes: its counts and its percentiles in microseconds (all 0: no round trip).
     private struct Minute: Sendable {
         var index: Int64
-        var sent: Int
-        var lost: Int
-        var percentiles: [Int64]?
+        var sent: UInt32
+        var lost: UInt32
+        var percentiles: SIMD8<UInt32>
+
+        init(index: Int64, sent: Int, lost: Int, percentiles: [Int64]?) {
+            self.index = index
+            self.sent = UInt32(clamping: sent)
+            self.lost = UInt32(clamping: lost)
+            var packed = SIMD8<UInt32>(repeating: 0)
+            if let percentiles {
+                // At least 1 us, so that a minute with round trips is told from one without.
+                for (slot, value) in percentiles.prefix(7).enumerated() {
+                    packed[slot] = UInt32(clamping: max(1, (value + 500) / 1000))
+                }
+            }
+            self.percentiles = packed
+        }
+
+        var values: [Int64]? {
+            self.percentiles[0] == 0 ? nil : (0..<7).map { Int64(self.percentiles[$0]) * 1000 }
+        }
     }
 
-    private var current = Minute(index: -1, sent: 0, lost: 0, percentiles: nil)
+    /// The minute being counted: its index and counts (its percentiles come from the reservoir).
+    private var current: (index: Int64, sent: Int, lost: Int) = (-1, 0, 0)
     private var reservoir: [Int64] = []
     private var seen = 0
     private var random: UInt64 = 0x9E37_79B9_7F4A_7C15
-    private var past = [Minute?](repeating: nil, count: LiveSeries.minutes)
+    /// The closed minutes by index modulo an hour; allocated with the first (a series never recorded costs nothing).
+    private var past: [Minute?] = []
 
     /// An empty series.
     public init() {}
@@ -40,7 +61,7 @@ public struct LiveSeries: Sendable {
         if index != self.current.index {
             guard index > self.current.index else { return }  // a late record of a closed minute: dropped
             self.close()
-            self.current = Minute(index: index, sent: 0, lost: 0, percentiles: nil)
+            self.current = (index, 0, 0)
         }
         self.current.sent += 1
         guard let roundTrip else {
@@ -63,8 +84,13 @@ public struct LiveSeries: Sendable {
     /// Closes the current minute: its percentiles are taken and it joins the past.
     private mutating func close() {
         guard self.current.index >= 0 else { return }
-        var closed = self.current
-        closed.percentiles = SmokePlot.Column.percentiles(ofSorted: self.reservoir.sorted())
+        let closed = Minute(
+            index: self.current.index,
+            sent: self.current.sent,
+            lost: self.current.lost,
+            percentiles: SmokePlot.Column.percentiles(ofSorted: self.reservoir.sorted())
+        )
+        if self.past.isEmpty { self.past = [Minute?](repeating: nil, count: Self.minutes) }
         self.past[Int(closed.index % Int64(Self.minutes))] = closed
         self.reservoir.removeAll(keepingCapacity: true)
         self.seen = 0
@@ -77,21 +103,27 @@ public struct LiveSeries: Sendable {
         let first = last - Int64(Self.minutes) + 1
         return (first...last).map { index in
             let start = (index - first) * Self.minute
-            var minute: Minute?
             if index == self.current.index {
-                var open = self.current
-                open.percentiles = SmokePlot.Column.percentiles(ofSorted: self.reservoir.sorted())
-                minute = open
-            } else if index >= 0, let kept = self.past[Int(index % Int64(Self.minutes))], kept.index == index {
-                minute = kept
+                return SmokePlot.Column(
+                    start: start,
+                    end: start + Self.minute,
+                    sent: self.current.sent,
+                    lost: self.current.lost,
+                    percentiles: SmokePlot.Column.percentiles(ofSorted: self.reservoir.sorted())
+                )
             }
-            return SmokePlot.Column(
-                start: start,
-                end: start + Self.minute,
-                sent: minute?.sent ?? 0,
-                lost: minute?.lost ?? 0,
-                percentiles: minute?.percentiles
-            )
+            if index >= 0, !self.past.isEmpty, let kept = self.past[Int(index % Int64(Self.minutes))],
+                kept.index == index
+            {
+                return SmokePlot.Column(
+                    start: start,
+                    end: start + Self.minute,
+                    sent: Int(kept.sent),
+                    lost: Int(kept.lost),
+                    percentiles: kept.values
+                )
+            }
+            return SmokePlot.Column(start: start, end: start + Self.minute, sent: 0, lost: 0, percentiles: nil)
         }
     }
 

@@ -254,6 +254,34 @@ public struct SmokePlot: Sendable {
     }
 }
 
+extension SmokePlot {
+    /// `plots` one under the other in one self-contained SVG (`mesh --once --plot`: a graph per peer), each
+    /// `width` by `height`.
+    public static func stacked(_ plots: [SmokePlot], width: Int = 800, height: Int = 300) -> String {
+        let total = max(1, plots.count) * height
+        var svg = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
+        svg += "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(width)\" height=\"\(total)\" "
+        svg += "viewBox=\"0 0 \(width) \(total)\">\n"
+        for (index, plot) in plots.enumerated() {
+            var panel = plot.svg(width: width, height: height)
+            if panel.hasPrefix("<?xml") { panel = String(panel.drop { $0 != "\n" }.dropFirst()) }
+            // A nested <svg> placed by its y: each panel keeps its own coordinates.
+            panel = panel.replacingFirst("<svg ", with: "<svg x=\"0\" y=\"\(index * height)\" ")
+            svg += panel
+        }
+        return svg + "</svg>\n"
+    }
+}
+
+extension String {
+    fileprivate func replacingFirst(_ target: String, with replacement: String) -> String {
+        guard let range = self.firstRange(of: target) else { return self }
+        var copy = self
+        copy.replaceSubrange(range, with: replacement)
+        return copy
+    }
+}
+
 /// Text in the SVG drawings: numbers without trailing zeros, escaping, and fitting a line to a width.
 enum SVGText {
     /// The width of `count` characters at `fontSize` in a sans-serif font, generously (most glyphs are narrower).

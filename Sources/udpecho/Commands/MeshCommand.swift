@@ -119,6 +119,28 @@ struct MeshCommand: AsyncParsableCommand {
     @Flag(help: "Export counts per peer and source port too (the series multiply by --flows).")
     var perFlowMetrics = false
 
+    @Option(
+        help: ArgumentHelp(
+            "Export one series per group of peers that share these labels of the peers file (zone,rack), instead of one per peer: for fleets where per-pair series are too many.",
+            valueName: "label,..."
+        )
+    )
+    var aggregateBy: String?
+
+    @Flag(
+        inversion: .prefixedNo,
+        help: "Keep the last hour of the first 100 peers (about 3.5 KB each) for the live graphs at http://--metrics/."
+    )
+    var graphs = true
+
+    @Option(
+        help: ArgumentHelp(
+            "With --once: also draw each peer's round trips over time into FILE (SVG), as smokeping does, one graph a peer.",
+            valueName: "file.svg"
+        )
+    )
+    var plot: String?
+
     @Flag(help: "Probe every peer for --duration, print the result and exit (no server, no metrics).")
     var once = false
 
@@ -144,6 +166,17 @@ struct MeshCommand: AsyncParsableCommand {
         }
         if !(1...65535).contains(self.defaultPort) { throw ValidationError("--default-port: from 1 to 65535") }
         if self.json && !self.once { throw ValidationError("--json is for --once") }
+        if self.plot != nil && !self.once {
+            throw ValidationError("--plot is for --once (the agent draws its live graphs at http://--metrics/)")
+        }
+        if let names = self.aggregateLabels {
+            if self.perFlowMetrics { throw ValidationError("--aggregate-by and --per-flow-metrics: give one") }
+            for name in names {
+                if let problem = MeshPeerList.labelNameProblem(name) {
+                    throw ValidationError("--aggregate-by: '\(name)' \(problem)")
+                }
+            }
+        }
         if self.resolveInterval < .seconds(1) { throw ValidationError("--resolve-interval must be at least 1s") }
         if self.once && !(self.duration > .zero && self.duration <= .seconds(3600)) {
             throw ValidationError("--duration must be more than 0 and at most 1h")
@@ -152,7 +185,7 @@ struct MeshCommand: AsyncParsableCommand {
     }
 
     func proberConfiguration() -> MeshProber.Configuration {
-        MeshProber.Configuration(
+        var configuration = MeshProber.Configuration(
             interval: self.interval,
             flows: self.probe.flows,
             size: self.probe.sizeOption ?? 64,
@@ -163,6 +196,14 @@ struct MeshCommand: AsyncParsableCommand {
             percentiles: self.once,
             grace: self.grace
         )
+        configuration.samples = self.once && self.plot != nil
+        configuration.liveGraphs = !self.once && self.metrics != nil && self.graphs
+        return configuration
+    }
+
+    /// The labels of --aggregate-by.
+    var aggregateLabels: [String]? {
+        self.aggregateBy.map { $0.split(separator: ",", omittingEmptySubsequences: false).map(String.init) }
     }
 
     func run() async throws {
@@ -242,13 +283,32 @@ struct MeshCommand: AsyncParsableCommand {
         if let metricsAddress = self.metrics {
             do {
                 // The mesh's metrics go out a piece at a time as the scraper reads them: 10,000 peers make 26 MB.
+                let aggregate = self.aggregateLabels
                 let exporter = try await PrometheusExporter(
                     address: try await resolveTarget(metricsAddress),
-                    server: server
-                ) {
-                    var writer = MeshMetrics.Writer(prober.snapshot())
-                    return MetricsStream { buffer in writer.write(into: &buffer, budget: 256 << 10) }
-                }
+                    server: server,
+                    more: {
+                        if let aggregate {
+                            let families = MeshMetrics.families(prober.snapshot(), aggregateBy: aggregate)
+                            return .once(families.map(ProtobufExposition.text).joined())
+                        }
+                        var writer = MeshMetrics.Writer(prober.snapshot())
+                        return MetricsStream { buffer in writer.write(into: &buffer, budget: 256 << 10) }
+                    },
+                    moreProtobuf: {
+                        var writer = MeshMetrics.ProtobufWriter(prober.snapshot(), aggregateBy: aggregate)
+                        return MetricsStream { buffer in writer.write(into: &buffer) }
+                    },
+                    routes: { request in
+                        guard request.path == "/" && request.method == "GET" else {
+                            return EndpointResponse(status: 404, text: "not found: the agent serves /metrics and /\n")
+                        }
+                        return EndpointResponse(
+                            contentType: "text/html; charset=utf-8",
+                            text: meshPage(prober.snapshot())
+                        )
+                    }
+                )
                 said.append("metrics on \(exporter.url)")
                 services.append(.init(service: exporter))
             } catch {
@@ -287,6 +347,21 @@ struct MeshCommand: AsyncParsableCommand {
         probing.cancel()
         await probing.value
         let snapshot = prober.snapshot()
+        if let path = self.plot {
+            let ordered = snapshot.targets.sorted {
+                ($0.target.peer.description, $0.target.address.hostPortDescription)
+                    < ($1.target.peer.description, $1.target.address.hostPortDescription)
+            }
+            let plots = ordered.map { target -> SmokePlot in
+                var plot = SmokePlot(
+                    title: "\(target.target.peer) (\(target.target.address.hostPortDescription))",
+                    clock: "CLOCK_MONOTONIC around the system calls"
+                )
+                for sample in target.samples ?? [] { plot.add(time: sample.time, roundTrip: sample.roundTrip) }
+                return plot
+            }
+            try writeReport(SmokePlot.stacked(plots), to: path)
+        }
         if self.json {
             Stream.out.line(jsonLine(MeshOnceJSON(snapshot, duration: self.duration)))
         } else {
@@ -294,6 +369,29 @@ struct MeshCommand: AsyncParsableCommand {
         }
         if snapshot.targets.contains(where: { $0.sent > 0 && $0.received == 0 }) { throw ExitCode(1) }
     }
+}
+
+/// The agent's live page: each peer's last hour.
+func meshPage(_ snapshot: MeshSnapshot) -> String {
+    let graphs = snapshot.targets.prefix(LivePage.maximumGraphs).filter { !$0.removed }.compactMap {
+        target -> LivePage.Graph? in
+        guard let live = target.live else { return nil }
+        return LivePage.Graph(
+            title: "\(target.target.peer) (\(target.target.address.hostPortDescription))",
+            status: target.up ? "up" : "down",
+            series: live,
+            clock: "CLOCK_MONOTONIC around the system calls"
+        )
+    }
+    return LivePage.html(
+        heading: "udpecho mesh agent",
+        introduction: """
+            <p>Each peer's round trips over the last hour; the metrics are at <a href="/metrics">/metrics</a>. \
+            This page refreshes itself every 30 seconds.</p>
+            """,
+        graphs: graphs,
+        empty: "No live graphs: no peers yet, or the agent runs with --no-graphs."
+    )
 }
 
 /// `mesh --once`: a line per target.
