@@ -447,6 +447,31 @@ let pythonDecodeDelimited = """
                         "\(job): native \(nativeMedian) s, classic \(classicMedian) s in (\(bounds[bucket - 1]), \(bounds[bucket])]"
                     )
                 }
+                // The smoke dashboard's queries answer on both servers: from native histograms and from classic ones.
+                let dashboardURL = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+                    .deletingLastPathComponent()
+                    .deletingLastPathComponent().appendingPathComponent("contrib/grafana/udpecho-smoke.json")
+                let dashboard = try #require(
+                    try JSONSerialization.jsonObject(with: Data(contentsOf: dashboardURL)) as? [String: Any]
+                )
+                let panels = try #require(dashboard["panels"] as? [[String: Any]])
+                var queried = 0
+                for panel in panels {
+                    for target in panel["targets"] as? [[String: Any]] ?? [] {
+                        let expr = try #require(target["expr"] as? String)
+                            .replacingOccurrences(of: "$__rate_interval", with: "1m")
+                            .replacingOccurrences(of: "$peer", with: "127.0.0.1:7007")
+                            .replacingOccurrences(of: "$agent", with: ".*")
+                            .replacingOccurrences(of: "$target", with: "127.0.0.1:7007")
+                        #expect(!expr.contains("$"), "\(expr)")
+                        for port in [9090, 9091] {
+                            let value = try await scalar(port, expr)
+                            #expect(value != nil && value!.isFinite, "\(panel["title"] ?? "") on \(port): \(expr)")
+                            queried += 1
+                        }
+                    }
+                }
+                #expect(queried == 24)
                 // The native server keeps one series for the histogram, the classic one 20 (18 buckets, sum, count).
                 let nativeSeries = try await scalar(9090, "count({__name__=~\"udpecho_target_rtt_seconds.*\"})")
                 let classicSeries = try await scalar(9091, "count({__name__=~\"udpecho_target_rtt_seconds.*\"})")

@@ -130,7 +130,7 @@ public struct ExporterLimits: Sendable, Equatable {
 }
 
 /// What the exporter is configured with: its modules, the allow list, its limits and its continuous targets, read
-/// from a YAML file (``parse(_:)``) that is refused whole when a line is wrong.
+/// from a YAML file (``parse(_:readKey:)``) that is refused whole when a line is wrong.
 ///
 /// ```yaml
 /// modules:

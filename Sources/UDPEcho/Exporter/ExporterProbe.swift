@@ -1,5 +1,6 @@
 public import NIOCore
 import NIOPosix
+import Synchronization
 
 /// What one probe of a target measured: its outcome and the results of its protocol, as the exporter answers them
 /// (``ProbeMetrics``).
@@ -261,23 +262,36 @@ public enum ExporterProbe {
         }
     }
 
-    /// Runs `work`, cancelling it at `deadline`; throws ``EchoError/timeout(_:peer:)``-like errors then.
+    /// Runs `work`, cancelling it at `deadline`, and returns by then whether or not it has ended: a probe thread
+    /// that is slow to see the cancellation (a loaded machine) must not make the scrape's answer late. It ends on its
+    /// own soon after, its result dropped.
     private static func within<T: Sendable>(
         _ deadline: ContinuousClock.Instant,
         _ work: @escaping @Sendable () async throws -> T
     ) async throws -> T {
-        try await withThrowingTaskGroup(of: T?.self) { group in
-            group.addTask { try await work() }
-            group.addTask {
-                try? await Task.sleep(until: deadline, clock: .continuous)
-                return nil
+        let outcome = Mutex<CheckedContinuation<T, any Error>?>(nil)
+        let worker = Mutex<Task<Void, Never>?>(nil)
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
+                outcome.withLock { $0 = continuation }
+                let finish: @Sendable (Result<T, any Error>) -> Void = { result in
+                    outcome.withLock { continuation in
+                        continuation?.resume(with: result)
+                        continuation = nil
+                    }
+                }
+                let task = Task {
+                    do { finish(.success(try await work())) } catch { finish(.failure(error)) }
+                }
+                worker.withLock { $0 = task }
+                Task {
+                    try? await Task.sleep(until: deadline, clock: .continuous)
+                    task.cancel()
+                    finish(.failure(ProbeTimeout()))
+                }
             }
-            defer { group.cancelAll() }
-            while let next = try await group.next() {
-                if let value = next { return value }
-                throw ProbeTimeout()
-            }
-            throw ProbeTimeout()
+        } onCancel: {
+            worker.withLock { $0?.cancel() }
         }
     }
 

@@ -3,7 +3,7 @@
 /// most ``reservoirSize`` of them chosen uniformly (reservoir sampling), kept to the microsecond. Its memory is fixed,
 /// about 3.5 KB (an hour of 48-byte minutes and the reservoir), however many probes a minute brings.
 ///
-/// Times are nanoseconds on a monotonic clock (``now``): a step of the wall clock moves nothing.
+/// Times are nanoseconds on a monotonic clock (``now()``): a step of the wall clock moves nothing.
 public struct LiveSeries: Sendable {
     /// Minutes kept: an hour.
     public static let minutes = 60
