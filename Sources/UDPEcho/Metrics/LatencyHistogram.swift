@@ -26,8 +26,41 @@ public struct LatencyHistogram: Sendable, Equatable {
     public private(set) var sum: Double = 0
     /// Observations in the zero bucket.
     public private(set) var zeroCount: UInt64 = 0
-    /// Observations in each native bucket, by index.
-    public private(set) var native: [Int32: UInt64] = [:]
+    /// The native buckets, densely from index ``nativeOffset``: a peer's round trips span a few dozen buckets,
+    /// and an array of them costs a third of a dictionary's memory (at 10,000 mesh peers, 19 MB against 6).
+    private var nativeCounts: [UInt64] = []
+    /// The index of `nativeCounts[0]`.
+    private var nativeOffset: Int32 = 0
+
+    /// Observations in each native bucket that has any, by index.
+    public var native: [Int32: UInt64] {
+        var buckets: [Int32: UInt64] = [:]
+        for (position, count) in self.nativeCounts.enumerated() where count > 0 {
+            buckets[self.nativeOffset + Int32(position)] = count
+        }
+        return buckets
+    }
+
+    /// Adds `count` observations to native bucket `index`, growing the array to reach it.
+    private mutating func addNative(_ index: Int32, _ count: UInt64) {
+        if self.nativeCounts.isEmpty {
+            self.nativeOffset = index
+            self.nativeCounts = [count]
+            return
+        }
+        if index < self.nativeOffset {
+            self.nativeCounts.insert(
+                contentsOf: repeatElement(0, count: Int(self.nativeOffset - index)),
+                at: 0
+            )
+            self.nativeOffset = index
+        }
+        let position = Int(index - self.nativeOffset)
+        if position >= self.nativeCounts.count {
+            self.nativeCounts.append(contentsOf: repeatElement(0, count: position - self.nativeCounts.count + 1))
+        }
+        self.nativeCounts[position] += count
+    }
 
     /// An empty histogram.
     public init() {}
@@ -45,7 +78,7 @@ public struct LatencyHistogram: Sendable, Equatable {
         if seconds <= Self.zeroThreshold {
             self.zeroCount += 1
         } else {
-            self.native[Self.nativeIndex(seconds), default: 0] += 1
+            self.addNative(Self.nativeIndex(seconds), 1)
         }
     }
 
@@ -55,7 +88,9 @@ public struct LatencyHistogram: Sendable, Equatable {
         self.sum += other.sum
         self.zeroCount += other.zeroCount
         for index in self.classic.indices { self.classic[index] += other.classic[index] }
-        for (key, value) in other.native { self.native[key, default: 0] += value }
+        for (position, count) in other.nativeCounts.enumerated() where count > 0 {
+            self.addNative(other.nativeOffset + Int32(position), count)
+        }
     }
 
     /// The native bucket of `seconds` (> 0) at ``schema``, computed as Prometheus' Go client does (from the binary
@@ -86,8 +121,9 @@ public struct LatencyHistogram: Sendable, Equatable {
         var deltas: [Int64] = []
         var previousIndex: Int32?
         var previousCount: Int64 = 0
-        for index in self.native.keys.sorted() {
-            let count = Int64(self.native[index]!)
+        for (position, stored) in self.nativeCounts.enumerated() where stored > 0 {
+            let index = self.nativeOffset + Int32(position)
+            let count = Int64(stored)
             if let before = previousIndex, index == before + 1 {
                 spans[spans.count - 1].length += 1
             } else {
@@ -107,8 +143,9 @@ public struct LatencyHistogram: Sendable, Equatable {
         let rank = q * Double(self.count)
         var seen = Double(self.zeroCount)
         if rank <= seen { return 0 }
-        for index in self.native.keys.sorted() {
-            let inBucket = Double(self.native[index]!)
+        for (position, stored) in self.nativeCounts.enumerated() where stored > 0 {
+            let index = self.nativeOffset + Int32(position)
+            let inBucket = Double(stored)
             if seen + inBucket >= rank {
                 let lower = Self.nativeUpperBound(index - 1)
                 let upper = Self.nativeUpperBound(index)
@@ -117,6 +154,6 @@ public struct LatencyHistogram: Sendable, Equatable {
             }
             seen += inBucket
         }
-        return Self.nativeUpperBound(self.native.keys.max() ?? 0)
+        return Self.nativeUpperBound(self.nativeOffset + Int32(self.nativeCounts.count - 1))
     }
 }
