@@ -203,33 +203,52 @@ let pythonPixelCounts = """
                     await exporter.waitForLine { $0.contains("udpecho exporter on") } != nil,
                     "\(exporter.errorText)"
                 )
-                // Three probes of each (the first within a second, then one a second).
-                try await Task.sleep(for: .seconds(4))
-                let page = directory + "/page.html"
-                _ = try await inHost(
-                    host.name,
+                // A mesh agent beside it, probing the same two servers; its page too.
+                let agent = try Spawned(
+                    TestNetwork.ip,
                     [
-                        "python3", "-c",
-                        "import sys, urllib.request\nopen(sys.argv[1], 'wb').write(urllib.request.urlopen('http://127.0.0.1:9338/').read())",
-                        page,
+                        "netns", "exec", host.name, udpecho, "mesh", "--address", "127.0.0.1:1337", "--peer",
+                        "127.0.0.1:7000",
+                        "--peer", "127.0.0.1:7001", "-i", "20ms", "-W", "300ms", "--metrics", "127.0.0.1:9337",
                     ]
                 )
-                // The DOM as Chromium built it: two graphs, the lossy one with loss marks, the clean one without.
-                let dom = try await Spawned.run(
-                    browser,
-                    ["--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", "file://\(page)"],
-                    timeout: 60
-                )
-                #expect(dom.status == 0, "\(dom.error)")
-                let text = String(decoding: dom.output, as: UTF8.self)
-                let graphs: [String] = Array(text.components(separatedBy: "<div class=\"target\"").dropFirst())
-                try #require(graphs.count == 2, "\(text.prefix(2000))")
-                let lossyGraph = try #require(graphs.first { $0.contains("127.0.0.1:7000") })
-                let cleanGraph = try #require(graphs.first { $0.contains("127.0.0.1:7001") })
-                #expect(lossyGraph.contains("<svg") && cleanGraph.contains("<svg"))
-                #expect(lossyGraph.contains("class=\"lost\"") && !cleanGraph.contains("class=\"lost\""))
-                #expect(lossyGraph.contains("class=\"median\"") && cleanGraph.contains("class=\"median\""))
-                #expect(cleanGraph.contains("stroke=\"#1a9641\""), "the clean median is green")
+                defer { agent.signal(SIGTERM) }
+                #expect(await agent.waitForLine { $0.hasPrefix("metrics on ") } != nil, "\(agent.errorText)")
+                // Three probes of each target (the first within a second, then one a second).
+                try await Task.sleep(for: .seconds(4))
+                var pages: [(String, String, String)] = []
+                for (name, port) in [("exporter", 9338), ("mesh", 9337)] {
+                    let page = directory + "/\(name).html"
+                    _ = try await inHost(
+                        host.name,
+                        [
+                            "python3", "-c",
+                            "import sys, urllib.request\nopen(sys.argv[1], 'wb').write(urllib.request.urlopen(sys.argv[2]).read())",
+                            page, "http://127.0.0.1:\(port)/",
+                        ]
+                    )
+                    // The DOM as Chromium built it: two graphs, the lossy one with loss marks, the clean one without.
+                    let dom = try await Spawned.run(
+                        browser,
+                        ["--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", "file://\(page)"],
+                        timeout: 60
+                    )
+                    #expect(dom.status == 0, "\(dom.error)")
+                    let text = String(decoding: dom.output, as: UTF8.self)
+                    let graphs: [String] = Array(text.components(separatedBy: "<div class=\"target\"").dropFirst())
+                    try #require(graphs.count == 2, "\(name): \(text.prefix(2000))")
+                    let lossyGraph = try #require(graphs.first { $0.contains("127.0.0.1:7000") })
+                    let cleanGraph = try #require(graphs.first { $0.contains("127.0.0.1:7001") })
+                    #expect(lossyGraph.contains("<svg") && cleanGraph.contains("<svg"), "\(name)")
+                    #expect(lossyGraph.contains("class=\"lost\"") && !cleanGraph.contains("class=\"lost\""), "\(name)")
+                    #expect(
+                        lossyGraph.contains("class=\"median\"") && cleanGraph.contains("class=\"median\""),
+                        "\(name)"
+                    )
+                    #expect(cleanGraph.contains("stroke=\"#1a9641\""), "\(name): the clean median is green")
+                    pages.append((name, lossyGraph, cleanGraph))
+                }
+                let (_, lossyGraph, cleanGraph) = pages[0]
                 // Each graph drawn alone, then counted: neither blank, the lossy one with red loss marks.
                 var red: [String: Int] = [:]
                 for (name, graph) in [("lossy", lossyGraph), ("clean", cleanGraph)] {
