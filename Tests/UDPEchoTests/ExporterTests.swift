@@ -6,52 +6,6 @@ import Testing
 
 @testable import UDPEcho
 
-/// One HTTP/1.1 exchange over a plain TCP socket of the test's own (`Connection: close`): the status, the headers
-/// (names in lower case) and the body.
-struct HTTPExchange {
-    var status: Int
-    var headers: [String: String]
-    var body: String
-
-    static func send(
-        _ method: String,
-        _ target: String,
-        to address: SocketAddress,
-        headers: [String: String] = [:],
-        timeoutMilliseconds: Int32 = 20_000
-    ) async throws -> HTTPExchange {
-        let client = try TestTCPClient(connectTo: address)
-        var request = "\(method) \(target) HTTP/1.1\r\nHost: test\r\nConnection: close\r\n"
-        for (name, value) in headers { request += "\(name): \(value)\r\n" }
-        if method == "POST" { request += "Content-Length: 0\r\n" }
-        request += "\r\n"
-        #expect(client.send(Array(request.utf8)))
-        let bytes = try #require(
-            await client.receiveUntilClosed(timeoutMilliseconds: timeoutMilliseconds),
-            "no complete answer to \(method) \(target)"
-        )
-        let text = String(decoding: bytes, as: UTF8.self)
-        let parts = text.components(separatedBy: "\r\n\r\n")
-        let head = parts[0].components(separatedBy: "\r\n")
-        let status = Int(head[0].split(separator: " ")[1]) ?? 0
-        var fields: [String: String] = [:]
-        for line in head.dropFirst() {
-            let pair = line.split(separator: ":", maxSplits: 1)
-            if pair.count == 2 { fields[pair[0].lowercased()] = pair[1].trimmingCharacters(in: .whitespaces) }
-        }
-        return HTTPExchange(status: status, headers: fields, body: parts.dropFirst().joined(separator: "\r\n\r\n"))
-    }
-
-    /// The value of the unlabelled sample `name`, or of the one with exactly `labels`.
-    func value(_ name: String, _ labels: String = "") -> Double? {
-        let key = labels.isEmpty ? name + " " : "\(name){\(labels)} "
-        for line in self.body.split(separator: "\n") where line.hasPrefix(key) {
-            return Double(line.dropFirst(key.count))
-        }
-        return nil
-    }
-}
-
 /// An exporter on an ephemeral loopback port, run for `body`.
 func withExporter<Result>(
     _ configuration: ExporterConfiguration,
@@ -454,78 +408,6 @@ func configurationError(_ text: String) -> ExporterConfiguration.ParseError? {
         }
     }
 
-    @Test func theScrapeTimeoutCutsTheProbe() async throws {
-        try await withServer { server in
-            let target = try clientAddress(of: server).hostPortDescription
-            var configuration = try parsedConfiguration(Self.echoModules)
-            configuration.modules["slow"]?.count = 100
-            try await withExporter(configuration) { _, address in
-                // slow: 100 packets take 5.45 s; the scrape allows 3 s less 0.5 s: 1 + (2500 - 500) / 50 = 41 packets.
-                let started = ContinuousClock.now
-                let answer = try await HTTPExchange.send(
-                    "GET",
-                    "/probe?target=\(target)&module=slow",
-                    to: address,
-                    headers: ["X-Prometheus-Scrape-Timeout-Seconds": "3"]
-                )
-                let took = ContinuousClock.now - started
-                let cut = try #require(
-                    answer.body.firstMatch(of: /(\d+) of the module's 100 packets sent/).flatMap { Int($0.1) }
-                )
-                // 41 from the scrape's start; the time its name and checks took comes off.
-                #expect((38...41).contains(cut), "\(answer.body)")
-                // The answer comes within the scrape's timeout, whatever the load: a probe that could not finish in
-                // time (its thread started late) fails and says so, it does not make the answer late.
-                #expect(took < .milliseconds(2900), "\(took)")
-                if answer.value("probe_success") == 1 {
-                    #expect(answer.value("udpecho_probe_packets_sent") == Double(cut), "\(answer.body)")
-                } else {
-                    #expect(answer.body.contains("did not finish within the scrape's timeout"), "\(answer.body)")
-                }
-            }
-        }
-    }
-
-    /// A probe that cannot end in time is answered at its deadline, failed, not when it ends: a TWAMP server that
-    /// accepts the connection and never greets holds the client for its control timeout (5 s); the scrape allows 1 s.
-    @Test func aProbeThatOverrunsIsAnsweredAtItsDeadline() async throws {
-        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        #expect(listener >= 0)
-        defer { close(listener) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(listener, $0, length) == 0 && listen(listener, 8) == 0 && getsockname(listener, $0, &length) == 0
-            }
-        }
-        #expect(bound)
-        let port = Int(UInt16(bigEndian: address.sin_port))
-        var configuration = try parsedConfiguration(Self.echoModules)
-        var twamp = ProbeModule()
-        twamp.probeProtocol = .twamp
-        twamp.count = 1
-        twamp.timeout = .milliseconds(100)
-        configuration.modules["silent_twamp"] = twamp
-        try await withExporter(configuration) { _, exporterAddress in
-            let started = ContinuousClock.now
-            let answer = try await HTTPExchange.send(
-                "GET",
-                "/probe?target=127.0.0.1:\(port)&module=silent_twamp",
-                to: exporterAddress,
-                headers: ["X-Prometheus-Scrape-Timeout-Seconds": "1"]
-            )
-            let took = ContinuousClock.now - started
-            #expect(took >= .milliseconds(740) && took < .milliseconds(990), "answered after \(took)")
-            #expect(answer.value("probe_success") == 0)
-            #expect(
-                answer.body.contains("# udpecho: probe failed: the probe did not finish within the scrape's timeout")
-            )
-        }
-    }
-
     @Test func urlsCannotInjectSamplesOrSeries() async throws {
         try await withExporter(try parsedConfiguration(Self.echoModules)) { _, address in
             for (query, status, words) in [
@@ -568,6 +450,8 @@ func configurationError(_ text: String) -> ExporterConfiguration.ParseError? {
             var configuration = try parsedConfiguration(Self.echoModules)
             configuration.limits.concurrentProbes = 3
             configuration.limits.concurrentProbesPerTarget = 2
+            // 5.45 s a probe: the five scrapes overlap even on a loaded machine.
+            configuration.modules["slow"]?.count = 100
             try await withExporter(configuration) { exporter, address in
                 // Five scrapes of one target at once: two probe it, three are refused at once.
                 let statuses = try await withThrowingTaskGroup(of: (Int, String).self) { group in
@@ -596,26 +480,33 @@ func configurationError(_ text: String) -> ExporterConfiguration.ParseError? {
 
     @Test func aSweepOfAPrefixIsRateLimitedAndLeavesNothingBehind() async throws {
         var configuration = try parsedConfiguration(Self.echoModules)
-        configuration.limits.probesPerSecond = 5
+        configuration.limits.probesPerSecond = 1
         configuration.limits.concurrentProbes = 64
         try await withExporter(configuration) { exporter, address in
-            // 40 scrapes of 40 different addresses of 127/8 (nothing listens: each probe is refused by ICMP).
-            var statuses: [Int: Int] = [:]
-            for index in 0..<40 {
-                let answer = try await HTTPExchange.send(
-                    "GET",
-                    "/probe?target=127.9.\(index / 200).\(1 + index % 200):9&module=strict",
-                    to: address
-                )
-                statuses[answer.status, default: 0] += 1
+            // 40 scrapes at once of 40 different addresses of 127/8 (nothing listens: each probe is refused by ICMP).
+            let statuses = try await withThrowingTaskGroup(of: Int.self) { group in
+                for index in 0..<40 {
+                    group.addTask {
+                        try await HTTPExchange.send(
+                            "GET",
+                            "/probe?target=127.9.0.\(1 + index):9&module=strict",
+                            to: address
+                        ).status
+                    }
+                }
+                return try await group.reduce(into: [Int: Int]()) { $0[$1, default: 0] += 1 }
             }
-            // A bucket of 5, refilled at 5 a second: the probes take ~0.3 s each, so about 5 + 40 x 0.3 x 5.
+            // A bucket of 1, refilled at 1 a second: 1 and one more a second the 40 took to arrive; the rest 503.
             let probed = statuses[200] ?? 0
-            #expect(probed >= 5 && probed < 40, "\(statuses)")
+            #expect(probed >= 1 && probed <= 20, "\(statuses)")
             #expect(statuses[503] == 40 - probed, "\(statuses)")
             let text = exporter.metricsText()
             #expect(text.contains("udpecho_exporter_probes_running 0"))
             #expect(!text.contains("127.9."), "a target named a series")
+            let refused = text.split(separator: "\n").first {
+                $0.hasPrefix("udpecho_exporter_probes_refused_total{reason=\"rate\"}")
+            }
+            #expect(refused?.hasSuffix(" \(40 - probed)") == true, "\(refused ?? "")")
         }
     }
 
@@ -649,31 +540,6 @@ func configurationError(_ text: String) -> ExporterConfiguration.ParseError? {
         }
     }
 
-    @Test func aClientThatLeavesMidProbeGivesItsSlotBack() async throws {
-        try await withServer { server in
-            let target = try clientAddress(of: server).hostPortDescription
-            var configuration = try parsedConfiguration(Self.echoModules)
-            configuration.limits.concurrentProbes = 1
-            try await withExporter(configuration) { exporter, address in
-                do {
-                    let client = try TestTCPClient(connectTo: address)
-                    #expect(
-                        client.send(Array("GET /probe?target=\(target)&module=slow HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
-                    )
-                    try await Task.sleep(for: .milliseconds(300))
-                }
-                // The client is gone; its probe runs out (2.45 s) and the slot comes back.
-                let deadline = ContinuousClock.now + .seconds(20)
-                while !exporter.metricsText().contains("udpecho_exporter_probes_running 0")
-                    && ContinuousClock.now < deadline
-                {
-                    try await Task.sleep(for: .milliseconds(50))
-                }
-                let answer = try await HTTPExchange.send("GET", "/probe?target=\(target)&module=echo", to: address)
-                #expect(answer.status == 200 && answer.value("probe_success") == 1, "\(answer.status) \(answer.body)")
-            }
-        }
-    }
 }
 
 @Suite struct ContinuousTargetTests {

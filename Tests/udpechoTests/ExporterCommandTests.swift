@@ -1,4 +1,5 @@
 import Foundation
+import NIOCore
 import TestSupport
 import Testing
 
@@ -507,6 +508,157 @@ let pythonDecodeDelimited = """
                 )
                 #expect(text.contains("name: \"udpecho_exporter_probes_total\"") && text.contains("type: COUNTER"))
             }
+        }
+    }
+}
+
+/// Starts `udpecho exporter` with the configuration `yaml` on an ephemeral loopback port; returns it with its address.
+func startExporter(_ yaml: String, in directory: String) async throws -> (Spawned, SocketAddress) {
+    let path = directory + "/exporter-\(UInt32.random(in: 0...UInt32.max)).yml"
+    try yaml.write(toFile: path, atomically: true, encoding: .utf8)
+    let exporter = try Spawned(udpecho, ["exporter", "--config", path, "--listen", "127.0.0.1:0"])
+    guard let line = await exporter.waitForLine({ $0.contains("udpecho exporter on") }),
+        let port = line.firstMatch(of: /127\.0\.0\.1:(\d+)\//).flatMap({ Int($0.1) })
+    else { throw StartError(output: exporter.errorText) }
+    return (exporter, try SocketAddress(ipAddress: "127.0.0.1", port: port))
+}
+
+/// The exporter's timing, in a process of its own (as it runs): in the library's test process, the tasks of the
+/// whole suite share two threads, and an HTTP answer waits seconds for one.
+@Suite struct ExporterTimingTests {
+    static let modules = """
+        modules:
+          echo:
+            protocol: echo
+            count: 20
+            interval: 5ms
+            timeout: 500ms
+          slow:
+            protocol: echo
+            count: 100
+            interval: 50ms
+            timeout: 500ms
+          silent_twamp:
+            protocol: twamp
+            count: 1
+            timeout: 100ms
+        allow:
+          - 127.0.0.0/8
+        limits:
+          concurrent_probes: 1
+        """
+
+    @Test func theScrapeTimeoutCutsTheProbe() async throws {
+        try await withDirectory { directory in
+            let (server, port) = try await startServer(["--address", "127.0.0.1:0", "-q"])
+            defer { server.signal(SIGTERM) }
+            let (exporter, address) = try await startExporter(Self.modules, in: directory)
+            defer { exporter.signal(SIGTERM) }
+            // slow: 100 packets take 5.45 s; the scrape allows 3 s less 0.5 s: 1 + (2500 - 500) / 50 = 41 packets.
+            let started = ContinuousClock.now
+            let answer = try await HTTPExchange.send(
+                "GET",
+                "/probe?target=127.0.0.1:\(port)&module=slow",
+                to: address,
+                headers: ["X-Prometheus-Scrape-Timeout-Seconds": "3"]
+            )
+            let took = ContinuousClock.now - started
+            let cut = try #require(
+                answer.body.firstMatch(of: /(\d+) of the module's 100 packets sent/).flatMap { Int($0.1) },
+                "\(answer.body)"
+            )
+            // 41 from the scrape's start, less what its name and checks took.
+            #expect((30...41).contains(cut), "\(answer.body)")
+            // The answer comes by the deadline (the timeout less 0.5 s): a probe that could not finish in time fails
+            // and says so, it does not make the answer late. As the exporter timed it (its own scheduling under a
+            // loaded suite may add a little), and well before the module's 5.45 s from here.
+            let duration = try #require(answer.value("probe_duration_seconds"), "\(answer.body)")
+            #expect(duration <= 2.5 + 0.3, "\(answer.body)")
+            #expect(took < .seconds(5), "\(took)")
+            if answer.value("probe_success") == 1 {
+                #expect(answer.value("udpecho_probe_packets_sent") == Double(cut), "\(answer.body)")
+            } else {
+                #expect(answer.body.contains("did not finish within the scrape's timeout"), "\(answer.body)")
+            }
+        }
+    }
+
+    /// A probe that cannot end in time is answered at its deadline, failed, not when it ends: a TWAMP server that
+    /// accepts the connection and never greets holds the client for its control timeout (5 s); the scrape allows 1 s.
+    @Test func aProbeThatOverrunsIsAnsweredAtItsDeadline() async throws {
+        try await withDirectory { directory in
+            let (silent, port) = try await startPythonPeer(
+                """
+                import socket, time
+                s = socket.socket()
+                s.bind(("127.0.0.1", 0))
+                s.listen(8)
+                print(s.getsockname()[1], flush=True)
+                held = []
+                while True:
+                    c, _ = s.accept()
+                    held.append(c)
+                """,
+                []
+            )
+            defer { silent.signal(SIGTERM) }
+            let (exporter, address) = try await startExporter(Self.modules, in: directory)
+            defer { exporter.signal(SIGTERM) }
+            let started = ContinuousClock.now
+            let answer = try await HTTPExchange.send(
+                "GET",
+                "/probe?target=127.0.0.1:\(port)&module=silent_twamp",
+                to: address,
+                headers: ["X-Prometheus-Scrape-Timeout-Seconds": "1"]
+            )
+            let took = ContinuousClock.now - started
+            // At the deadline (1 s less 0.25 s) as the exporter timed it, and well before the client's 5 s control
+            // timeout from here.
+            let duration = try #require(answer.value("probe_duration_seconds"), "\(answer.body)")
+            #expect(duration >= 0.74 && duration <= 0.75 + 0.3, "\(answer.body)")
+            #expect(took < .seconds(4), "answered after \(took)")
+            #expect(answer.value("probe_success") == 0, "\(answer.body)")
+            #expect(
+                answer.body.contains("# udpecho: probe failed: the probe did not finish within the scrape's timeout"),
+                "\(answer.body)"
+            )
+        }
+    }
+
+    /// A client that leaves mid-probe: its probe runs out and its slot (the only one) comes back.
+    @Test func aClientThatLeavesMidProbeGivesItsSlotBack() async throws {
+        try await withDirectory { directory in
+            let (server, port) = try await startServer(["--address", "127.0.0.1:0", "-q"])
+            defer { server.signal(SIGTERM) }
+            let (exporter, address) = try await startExporter(Self.modules, in: directory)
+            defer { exporter.signal(SIGTERM) }
+            do {
+                let client = try TestTCPClient(connectTo: address)
+                #expect(
+                    client.send(
+                        Array(
+                            "GET /probe?target=127.0.0.1:\(port)&module=slow HTTP/1.1\r\nHost: x\r\nX-Prometheus-Scrape-Timeout-Seconds: 3\r\n\r\n"
+                                .utf8
+                        )
+                    )
+                )
+                try await Task.sleep(for: .milliseconds(300))
+            }
+            // Meanwhile the only slot is taken.
+            let busy = try await HTTPExchange.send("GET", "/probe?target=127.0.0.1:\(port)&module=echo", to: address)
+            #expect(busy.status == 503 && busy.body.contains("concurrent_probes"), "\(busy.status) \(busy.body)")
+            // The client is gone; its probe runs out (2.5 s at most) and the slot comes back.
+            var running = 1.0
+            let deadline = ContinuousClock.now + .seconds(20)
+            while running != 0 && ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(100))
+                running =
+                    try await HTTPExchange.send("GET", "/metrics", to: address).value("udpecho_exporter_probes_running")
+                    ?? -1
+            }
+            #expect(running == 0)
+            let answer = try await HTTPExchange.send("GET", "/probe?target=127.0.0.1:\(port)&module=echo", to: address)
+            #expect(answer.status == 200 && answer.value("probe_success") == 1, "\(answer.status) \(answer.body)")
         }
     }
 }
