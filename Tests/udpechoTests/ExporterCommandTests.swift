@@ -662,3 +662,106 @@ func startExporter(_ yaml: String, in directory: String) async throws -> (Spawne
         }
     }
 }
+
+/// The keyed and one-way protocols through the exporter: an OWAMP module both ways, and a TWAMP module in
+/// authenticated mode with its key file, against our servers on a test host.
+@Suite struct ExporterProtocolTests {
+    @Test(.enabled(if: TestNetwork.available, "needs root and ip to make a network namespace"))
+    func owampAndAuthenticatedTwampModulesProbe() async throws {
+        try await withHosts(try await LoopbackHost()) { host in
+            try await withDirectory { directory in
+                let keys = try writeKeyFile(in: directory)
+                let (owamp, _) = try await startServer(
+                    ["--protocol", "owamp", "--address", "127.0.0.1:861", "-q"],
+                    inNamespace: host.name
+                )
+                let (twamp, _) = try await startServer(
+                    ["--protocol", "twamp", "--address", "127.0.0.2:862", "--key-file", keys, "-q"],
+                    inNamespace: host.name
+                )
+                defer { for server in [owamp, twamp] { server.signal(SIGTERM) } }
+                let config = directory + "/exporter.yml"
+                try """
+                modules:
+                  one_way:
+                    protocol: owamp
+                    count: 10
+                    interval: 10ms
+                    timeout: 500ms
+                  twamp_auth:
+                    protocol: twamp
+                    mode: authenticated
+                    key_file: \(keys)
+                    key_id: alice
+                    count: 10
+                    interval: 10ms
+                    timeout: 500ms
+                allow:
+                  - 127.0.0.0/8
+                """.write(toFile: config, atomically: true, encoding: .utf8)
+                let exporter = try Spawned(
+                    TestNetwork.ip,
+                    ["netns", "exec", host.name, udpecho, "exporter", "--config", config, "--listen", "127.0.0.1:9338"]
+                )
+                defer { exporter.signal(SIGTERM) }
+                #expect(
+                    await exporter.waitForLine { $0.contains("udpecho exporter on") } != nil,
+                    "\(exporter.errorText)"
+                )
+                func probe(_ query: String) async throws -> String {
+                    try await inHost(
+                        host.name,
+                        ["python3", "-c", pythonGet, "http://127.0.0.1:9338/probe?\(query)"],
+                        timeout: 30
+                    )
+                }
+                func value(_ text: String, _ series: String) -> Double? {
+                    text.split(separator: "\n").first { $0.hasPrefix(series + " ") }.flatMap {
+                        Double($0.split(separator: " ").last!)
+                    }
+                }
+                // OWAMP: a session each way, 10 packets each, one-way delays both ways.
+                let oneWay = try await probe("target=127.0.0.1&module=one_way")
+                #expect(value(oneWay, "probe_success") == 1, "\(oneWay)")
+                #expect(value(oneWay, "udpecho_probe_direction_packets_sent{direction=\"forward\"}") == 10, "\(oneWay)")
+                #expect(value(oneWay, "udpecho_probe_direction_packets_sent{direction=\"backward\"}") == 10)
+                #expect(value(oneWay, "udpecho_probe_packets_received") == 20)
+                #expect(value(oneWay, "udpecho_probe_loss_ratio") == 0)
+                for direction in ["forward", "backward"] {
+                    let median = value(
+                        oneWay,
+                        "udpecho_probe_one_way_delay_seconds{direction=\"\(direction)\",quantile=\"0.5\"}"
+                    )
+                    #expect(median != nil && median! >= 0 && median! < 0.1, "\(direction): \(oneWay)")
+                }
+                #expect(
+                    oneWay.contains(
+                        "udpecho_probe_info{protocol=\"owamp\",module=\"one_way\",address=\"127.0.0.1:861\"} 1"
+                    )
+                )
+                // TWAMP, authenticated with the key file's identity: the server counts an authenticated session.
+                let keyed = try await probe("target=127.0.0.2&module=twamp_auth")
+                #expect(value(keyed, "probe_success") == 1, "\(keyed)")
+                #expect(value(keyed, "udpecho_probe_packets_received") == 10, "\(keyed)")
+                #expect(value(keyed, "udpecho_probe_reflector_time_seconds_count") == 10, "\(keyed)")
+                // A module whose key the server does not have: refused by the server, the probe fails and says so.
+                try
+                    "modules:\n  wrong:\n    protocol: twamp\n    mode: authenticated\n    key_file: \(directory)/other.pfs\nallow:\n  - 127.0.0.0/8\n"
+                    .write(toFile: config, atomically: true, encoding: .utf8)
+                try "bob 00112233445566778899aabbccddeeff\n".write(
+                    toFile: directory + "/other.pfs",
+                    atomically: true,
+                    encoding: .utf8
+                )
+                exporter.signal(SIGHUP)
+                #expect(
+                    await exporter.waitForLine { $0 == "configuration reloaded: 1 modules" } != nil,
+                    "\(exporter.errorText)"
+                )
+                let refused = try await probe("target=127.0.0.2&module=wrong")
+                #expect(value(refused, "probe_success") == 0, "\(refused)")
+                #expect(refused.contains("# udpecho: probe failed: "), "\(refused)")
+            }
+        }
+    }
+}

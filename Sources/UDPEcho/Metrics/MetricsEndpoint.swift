@@ -7,8 +7,9 @@ import NIOPosix
 public import ServiceLifecycle
 import Synchronization
 
-/// An HTTP/1.1 endpoint that answers `GET /metrics` with a text body (Prometheus' exposition format), on SwiftNIO,
-/// built to stay small whatever its clients do.
+/// An HTTP/1.1 endpoint that answers `GET /metrics` with a text body (Prometheus' exposition format), or its
+/// protobuf format when the scrape asks for it and a protobuf body is given, and other paths through `routes` (the
+/// exporter's `/probe`, the live pages), on SwiftNIO, built to stay small whatever its clients do.
 ///
 /// - A connection's responses are written only as fast as the client reads them: while the socket's send buffer is
 ///   full the endpoint neither reads further requests nor answers the ones it has, so pipelined requests whose
@@ -24,6 +25,8 @@ import Synchronization
 ///   cannot hold connections open).
 /// - `Connection: close` and HTTP/1.0 requests (without keep-alive) get their response and then the connection is
 ///   closed.
+/// - A route's answer is made in a task; meanwhile the connection's further requests wait, as they wait for a
+///   response being sent.
 ///
 /// ```swift
 /// let endpoint = try await MetricsEndpoint(address: address) { registry.emitToString() }
