@@ -34,23 +34,25 @@ func withDirectory<Result>(_ body: (String) async throws -> Result) async throws
 @Suite struct ExporterCommandTests {
     static var prometheus: Bool { FileManager.default.isExecutableFile(atPath: "/usr/bin/prometheus") }
 
+    // A 700 ms timeout: a loaded machine's delay is not loss; the TWAMP module (0.19 s of packets, the timeout and
+    // its set-up) still fits the 2 s scrape less its 0.5 s offset.
     static let configuration = """
         modules:
           echo:
             protocol: echo
             count: 20
             interval: 10ms
-            timeout: 300ms
+            timeout: 700ms
           stamp:
             protocol: stamp
             count: 20
             interval: 10ms
-            timeout: 300ms
+            timeout: 700ms
           twamp:
             protocol: twamp
             count: 20
             interval: 10ms
-            timeout: 300ms
+            timeout: 700ms
         allow:
           - 127.0.0.0/8
         """
@@ -637,17 +639,23 @@ func startExporter(_ yaml: String, in directory: String) async throws -> (Spawne
                 #expect(
                     client.send(
                         Array(
-                            "GET /probe?target=127.0.0.1:\(port)&module=slow HTTP/1.1\r\nHost: x\r\nX-Prometheus-Scrape-Timeout-Seconds: 3\r\n\r\n"
+                            "GET /probe?target=127.0.0.1:\(port)&module=slow HTTP/1.1\r\nHost: x\r\nX-Prometheus-Scrape-Timeout-Seconds: 10\r\n\r\n"
                                 .utf8
                         )
                     )
                 )
-                try await Task.sleep(for: .milliseconds(300))
+                // Until the exporter has admitted it (a loaded machine can take a while).
+                let admitted = ContinuousClock.now + .seconds(20)
+                while ContinuousClock.now < admitted {
+                    let own = try await HTTPExchange.send("GET", "/metrics", to: address)
+                    if own.value("udpecho_exporter_probes_running") == 1 { break }
+                    try await Task.sleep(for: .milliseconds(20))
+                }
             }
             // Meanwhile the only slot is taken.
             let busy = try await HTTPExchange.send("GET", "/probe?target=127.0.0.1:\(port)&module=echo", to: address)
             #expect(busy.status == 503 && busy.body.contains("concurrent_probes"), "\(busy.status) \(busy.body)")
-            // The client is gone; its probe runs out (2.5 s at most) and the slot comes back.
+            // The client is gone; its probe runs out (5.45 s at most: the whole module) and the slot comes back.
             var running = 1.0
             let deadline = ContinuousClock.now + .seconds(20)
             while running != 0 && ContinuousClock.now < deadline {
