@@ -31,6 +31,20 @@ func withDirectory<Result>(_ body: (String) async throws -> Result) async throws
     return try await body(directory)
 }
 
+/// The result of a Prometheus instant query, asked of the server on 127.0.0.1:`port` inside the test host
+/// `namespace` (Python's urllib, in the host): its series, each with `metric` and `value` (or `histogram`).
+func prometheusQuery(in namespace: String, port: Int, _ expression: String) async throws -> [[String: Any]] {
+    let encoded = expression.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? ""
+    let text = try await inHost(
+        namespace,
+        ["python3", "-c", pythonGet, "http://127.0.0.1:\(port)/api/v1/query?query=\(encoded)"]
+    )
+    guard let object = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any],
+        let result = (object["data"] as? [String: Any])?["result"] as? [[String: Any]]
+    else { return [] }
+    return result
+}
+
 @Suite struct ExporterCommandTests {
     static var prometheus: Bool { FileManager.default.isExecutableFile(atPath: "/usr/bin/prometheus") }
 
@@ -135,16 +149,10 @@ func withDirectory<Result>(_ body: (String) async throws -> Result) async throws
                     ]
                 )
                 defer { prometheus.signal(SIGTERM) }
-                let api = "http://127.0.0.1:9090/api/v1/query?query="
+                // The value of each series of `expression` by its instance.
                 func query(_ expression: String) async throws -> [String: Double] {
-                    let encoded = expression.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? ""
-                    let text = try await inHost(host.name, ["python3", "-c", pythonGet, api + encoded])
-                    guard let data = text.data(using: .utf8),
-                        let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
-                        let result = (object["data"] as? [String: Any])?["result"] as? [[String: Any]]
-                    else { return [:] }
                     var values: [String: Double] = [:]
-                    for series in result {
+                    for series in try await prometheusQuery(in: host.name, port: 9090, expression) {
                         let instance = (series["metric"] as? [String: String])?["instance"] ?? "?"
                         if let pair = series["value"] as? [Any], let text = pair.last as? String {
                             values[instance] = Double(text)
@@ -390,15 +398,7 @@ let pythonDecodeDelimited = """
                 }
                 defer { for server in servers { server.signal(SIGTERM) } }
                 func query(_ port: Int, _ expression: String) async throws -> [[String: Any]] {
-                    let encoded = expression.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? ""
-                    let text = try await inHost(
-                        host.name,
-                        ["python3", "-c", pythonGet, "http://127.0.0.1:\(port)/api/v1/query?query=\(encoded)"]
-                    )
-                    guard let object = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any],
-                        let result = (object["data"] as? [String: Any])?["result"] as? [[String: Any]]
-                    else { return [] }
-                    return result
+                    try await prometheusQuery(in: host.name, port: port, expression)
                 }
                 func scalar(_ port: Int, _ expression: String) async throws -> Double? {
                     let result = try await query(port, expression)

@@ -60,7 +60,6 @@ public final class ProbeExporter: Service, Sendable {
         var refused: [String: UInt64] = [:]
         var lastReloadSucceeded = true
         var lastReloadTime = 0.0
-        var reloads = (success: UInt64(0), failure: UInt64(0))
     }
 
     /// Why a scrape was refused, the label of `udpecho_exporter_probes_refused_total`.
@@ -129,22 +128,20 @@ public final class ProbeExporter: Service, Sendable {
         guard let path = self.options.path else { return nil }
         switch ExporterConfiguration.load(path: path) {
         case .success(let configuration):
-            let changed = self.state.withLock { $0.configuration.targets != configuration.targets }
-            self.state.withLock { state in
+            // One critical section: two reloads at once cannot both miss that the targets changed.
+            let changed = self.state.withLock { state -> Bool in
+                let changed = state.configuration.targets != configuration.targets
                 state.configuration = configuration
                 state.lastReloadSucceeded = true
                 state.lastReloadTime = Self.wallClock()
-                state.reloads.success += 1
                 state.bucket.tokens = min(state.bucket.tokens, configuration.limits.probesPerSecond)
+                return changed
             }
             if changed { self.continuous.restart() }
             self.onEvent(.reloaded(modules: configuration.modules.count))
             return nil
         case .failure(let error):
-            self.state.withLock { state in
-                state.lastReloadSucceeded = false
-                state.reloads.failure += 1
-            }
+            self.state.withLock { $0.lastReloadSucceeded = false }
             self.onEvent(.reloadFailed("\(path): \(error)"))
             return error
         }
