@@ -217,7 +217,7 @@ import Glibc
             for message in messages {
                 let client = try await Self.open(server)
                 client.send(message)
-                #expect(await client.closes(withinMilliseconds: 5000))
+                #expect(await client.closes(withinMilliseconds: 20000))
             }
             try await waitUntil { server.statistics.protocolErrors == messages.count }
         }
@@ -371,7 +371,7 @@ import Glibc
                 client.send(StartSessions().encoded())
                 #expect(try StartAck(decoding: try #require(await client.receive(StartAck.size))).accept == .ok)
                 client.send(OwampStopSessions(accept: .ok, sessions: sessions).encoded())
-                #expect(await client.closes(withinMilliseconds: 5000))
+                #expect(await client.closes(withinMilliseconds: 20000))
             }
             try await waitUntil { server.statistics.protocolErrors == 2 && server.statistics.runningSessions == 0 }
         }

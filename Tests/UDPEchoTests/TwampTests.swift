@@ -161,15 +161,16 @@ import Testing
 
     @Test func messagesOutOfOrderCloseTheConnection() async throws {
         try await withServer { server in
-            // Stop-Sessions before any Start-Sessions.
+            // Stop-Sessions before any Start-Sessions. Each close's cause is the protocol error the counter checks at
+            // the end; the time bound only says it comes (a loaded ThreadSanitizer run once took more than 5 s).
             let client = try await self.openUnauthenticated(server)
             client.send(StopSessions(sessionCount: 0).encoded())
-            #expect(await client.closes(withinMilliseconds: 5000))
+            #expect(await client.closes(withinMilliseconds: 20000))
             // An OWAMP command on a TWAMP server; and a command nobody defined.
             for command: UInt8 in [1, 0x77] {
                 let other = try await self.openUnauthenticated(server)
                 other.send([command] + [UInt8](repeating: 0, count: 111))
-                #expect(await other.closes(withinMilliseconds: 5000))
+                #expect(await other.closes(withinMilliseconds: 20000))
             }
             try await waitUntil { server.statistics.protocolErrors == 3 }
         }
@@ -335,7 +336,8 @@ import Testing
             let client = try await self.openUnauthenticated(server)
             // A request's first block, then garbage that can never be a whole message before the limit.
             client.send(Array(Self.request(port: 40000).prefix(16)) + [UInt8](repeating: 5, count: 4096))
-            #expect(await client.closes(withinMilliseconds: 5000))
+            #expect(await client.closes(withinMilliseconds: 20000))
+            try await waitUntil { server.statistics.protocolErrors == 1 }
         }
     }
 
@@ -434,7 +436,7 @@ import Testing
             var request = exchange.request(senderPort: 40000, padding: 0, timeout: .seconds(2), dscp: 0)
             request[100] ^= 1
             client.send(request)
-            #expect(await client.closes(withinMilliseconds: 5000))
+            #expect(await client.closes(withinMilliseconds: 20000))
             try await waitUntil { server.statistics.protocolErrors == 1 }
         }
     }
