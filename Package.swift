@@ -25,6 +25,8 @@ let package = Package(
         // Batched datagram syscalls (recvmmsg/sendmmsg) and control-message handling, which Swift cannot
         // express directly (`mmsghdr` needs _GNU_SOURCE, CMSG_* are macros).
         .target(name: "CUDPEcho"),
+        // The XDP program (Sources/UDPEcho/XDP/Program) is built with clang's BPF target and embedded into the
+        // library by the XDPProgram build plugin, with xdp-embed.
         .target(
             name: "UDPEcho",
             dependencies: [
@@ -43,8 +45,12 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
                 // AES's block function and PBKDF2, for OWAMP's and TWAMP's authenticated and encrypted modes.
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
-            ]
+            ],
+            exclude: ["XDP/Program"],
+            plugins: ["XDPProgram"]
         ),
+        .plugin(name: "XDPProgram", capability: .buildTool(), dependencies: ["xdp-embed"]),
+        .executableTarget(name: "xdp-embed", path: "Sources/XDPEmbed"),
         .executableTarget(
             name: "udpecho",
             dependencies: [

@@ -286,4 +286,32 @@ int cudpecho_batch_send_run(int fd, cudpecho_batch *batch, int start, int count,
 /// datagram.
 int cudpecho_batch_received_segment_size(const cudpecho_batch *batch, int i);
 
+// The bpf(2) calls of the XDP path (xdp.c): each returns a descriptor or 0, or -errno.
+
+/// linux/bpf.h's and linux/if_link.h's values that the server uses, as Swift sees them.
+enum {
+    CUDPECHO_BPF_PSEUDO_MAP_FD = 1,
+    CUDPECHO_XDP_FLAGS_SKB_MODE = 1 << 1,
+    CUDPECHO_XDP_FLAGS_DRV_MODE = 1 << 2,
+};
+
+/// Makes a BPF map named `name` (at most 15 characters kept).
+int cudpecho_bpf_map_create(uint32_t type, uint32_t key_size, uint32_t value_size, uint32_t entries, uint32_t flags,
+                            const char *name);
+/// Loads `count` instructions as an XDP program (GPL). If the kernel refuses them, tries again with the verifier's
+/// log in `log` (NUL-terminated) and returns the error.
+int cudpecho_bpf_load_xdp(const void *instructions, uint32_t count, const char *name, char *log, uint32_t log_size);
+/// Attaches `program` to interface `ifindex` with a BPF link (XDP_FLAGS_DRV_MODE or XDP_FLAGS_SKB_MODE in `flags`);
+/// the link's descriptor keeps it attached, and closing it (or the process ending) detaches it.
+int cudpecho_bpf_link_xdp(int program, int ifindex, uint32_t flags);
+int cudpecho_bpf_map_update(int map, const void *key, const void *value, uint64_t flags);
+int cudpecho_bpf_map_lookup(int map, const void *key, void *value);
+int cudpecho_bpf_map_delete(int map, const void *key);
+/// The key after `key` (the first key if `key` is NULL) into `next`; -ENOENT after the last.
+int cudpecho_bpf_map_next_key(int map, const void *key, void *next);
+/// The number of CPUs a per-CPU map holds values for (the highest possible CPU plus one).
+int cudpecho_possible_cpus(void);
+
+#include "xdp_shared.h"
+
 #endif

@@ -72,6 +72,10 @@ public final class EchoServer: Service, Sendable {
         /// Answer the test packets of these TWAMP sessions (RFC 5357 §4.2) instead of echoing; ``TwampServer`` sets
         /// it for the test port it negotiates.
         var twampSessions: TwampSessionTable?
+        /// Also answer in XDP, on this interface: echo datagrams and unauthenticated STAMP test packets to the
+        /// server's address and port are answered in the driver, after the guards (which run there too), and
+        /// everything else comes up to the sockets as before. nil (the default) answers on the sockets only.
+        public var xdp: XDPConfiguration?
 
         /// Whether each datagram is a test packet to reflect (STAMP or TWAMP), not an echo.
         var reflects: Bool { self.stamp != nil || self.twampSessions != nil }
@@ -145,6 +149,14 @@ public final class EchoServer: Service, Sendable {
                 try check(stamp.sessionTableSize, Self.tableSizeRange, "the STAMP session table size")
             }
             if let events = self.eventsPerSecond { try check(events, 1...1_000_000, "the events per second") }
+            if let xdp = self.xdp {
+                guard self.twampSessions == nil else {
+                    throw .invalidConfiguration("XDP answers echo and STAMP; a TWAMP server's test port has none")
+                }
+                guard !xdp.interface.isEmpty, xdp.interface.utf8.count < 16, !xdp.interface.contains("/") else {
+                    throw .invalidConfiguration("'\(xdp.interface)' is not an interface name (ip link lists them)")
+                }
+            }
             guard self.writeTimeout >= .zero, self.busyPoll >= .zero, self.busyPoll <= .seconds(1) else {
                 throw .invalidConfiguration("the write timeout cannot be negative, and busy polling goes from 0 to 1s")
             }
@@ -167,6 +179,8 @@ public final class EchoServer: Service, Sendable {
     private let sockets: [ServerSocket]
     private let workers: [EchoWorker]
     private let delivery: EventDelivery?
+    /// The XDP program answering before the sockets, if ``Configuration/xdp`` asked for it.
+    private let xdp: XDPPath?
     private let stopping = ManagedAtomic(false)
     private let state = Mutex(State.idle)
     /// Called once ``run()`` has returned (the end of a ``ServerEvents`` sequence); nil once it has.
@@ -282,12 +296,25 @@ public final class EchoServer: Service, Sendable {
                     )
                 )
             }
+            // Last: once attached, the program answers (what it passes up waits in the sockets until run()).
+            self.xdp = try configuration.xdp.map { xdp throws(EchoError) in
+                try XDPPath(
+                    xdp,
+                    local: sockets[0].localAddress,
+                    guards: configuration.guards,
+                    stamp: configuration.stamp,
+                    reflectTOS: configuration.reflectTOS
+                )
+            }
         } catch {
             for socket in sockets { socket.close() }
             throw error
         }
         self.workers = workers
     }
+
+    /// How the XDP program is attached (``XDPAttachMode/native`` or ``XDPAttachMode/generic``); nil without XDP.
+    public var xdpMode: XDPAttachMode? { self.xdp?.mode }
 
     private static func socketOptions(_ configuration: Configuration) -> ServerSocket.Options {
         ServerSocket.Options(
@@ -315,6 +342,7 @@ public final class EchoServer: Service, Sendable {
     deinit {
         let finished = self.state.withLock { $0 == .finished }
         if !finished {
+            self.xdp?.detach()
             for socket in self.sockets { socket.close() }
         }
     }
@@ -323,6 +351,17 @@ public final class EchoServer: Service, Sendable {
     public var statistics: EchoServerStatistics {
         var statistics = EchoServerStatistics()
         for worker in self.workers { worker.counters.accumulate(into: &statistics) }
+        if let xdp = self.xdp {
+            // One server: what XDP judged counts beside what the sockets did (what it passed up, the sockets count).
+            let answered = xdp.statistics
+            statistics.received += answered.judged
+            statistics.receivedBytes += answered.judgedBytes
+            statistics.echoed += answered.echoed + answered.reflected
+            statistics.echoedBytes += answered.answeredBytes
+            statistics.rateTableEntries += answered.rateSources
+            for (reason, count) in answered.drops { statistics.drops[reason, default: 0] += count }
+            statistics.xdp = answered
+        }
         return statistics
     }
 
@@ -356,6 +395,23 @@ public final class EchoServer: Service, Sendable {
                             continuation.resume()
                         }
                     }
+                    if let xdp = self.xdp {
+                        // The clock's offset (STAMP timestamps) and the host's addresses, every second.
+                        let stopping = self.stopping
+                        let logger = self.logger
+                        WorkerThread.start {
+                            cudpecho_set_thread_name("udpecho-xdp")
+                            var ticks = 0
+                            while !stopping.load(ordering: .acquiring) {
+                                usleep(100_000)
+                                ticks += 1
+                                guard ticks % 10 == 0 else { continue }
+                                do { try xdp.refresh() } catch {
+                                    logger.warning("XDP refresh failed", metadata: ["error": "\(error)"])
+                                }
+                            }
+                        }
+                    }
                     let remaining = ManagedAtomic(self.workers.count)
                     for (index, worker) in self.workers.enumerated() {
                         WorkerThread.start {
@@ -373,6 +429,7 @@ public final class EchoServer: Service, Sendable {
         } onCancel: {
             self.stop()
         }
+        self.xdp?.detach()
         for socket in self.sockets { socket.close() }
         self.state.withLock { $0 = .finished }
         self.logger.debug("stopped", metadata: ["address": "\(self.localAddress.hostPortDescription)"])

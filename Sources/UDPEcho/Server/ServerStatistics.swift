@@ -85,6 +85,8 @@ public struct EchoServerStatistics: Sendable, Equatable {
     public var offloadFallbacks = 0
     /// Datagrams received by each worker thread, in thread order.
     public var receivedPerThread: [Int] = []
+    /// What the XDP program did, where the server has one; its datagrams are in the totals above too.
+    public var xdp: XDPStatistics?
 
     /// All datagrams received but not echoed.
     public var dropped: Int { self.drops.values.reduce(0, +) }

@@ -34,6 +34,8 @@ public enum EchoError: Error, CustomStringConvertible {
     case descriptorsExhausted(needed: Int, available: Int, limit: Int)
     /// A TWAMP or OWAMP server refused, or broke, the control protocol (`reason` says how).
     case control(peer: String, reason: String)
+    /// The XDP program could not be loaded or attached to `interface` (`reason` says why, and what to do).
+    case xdp(interface: String, reason: String)
 
     /// What went wrong, in words a person can act on.
     public var description: String {
@@ -71,6 +73,8 @@ public enum EchoError: Error, CustomStringConvertible {
             return "cancelled"
         case .control(let peer, let reason):
             return "\(peer): \(reason)"
+        case .xdp(let interface, let reason):
+            return "XDP on \(interface): \(reason)"
         case .descriptorsExhausted(let needed, let available, let limit):
             return "too few file descriptors: this needs about \(needed), and only \(max(0, available)) more can be "
                 + "opened (the limit is \(limit)); raise it: ulimit -n \(needed + limit - available) in the shell, or "

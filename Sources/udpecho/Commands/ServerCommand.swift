@@ -269,6 +269,22 @@ struct ServerCommand: AsyncParsableCommand {
 
     @Option(
         help: ArgumentHelp(
+            "Also answer in XDP on this interface: echo datagrams and unauthenticated STAMP test packets are answered in the driver, after the same guards (run in the kernel); fragments, options, TLVs and anything else come up to the sockets. Needs CAP_BPF and CAP_NET_ADMIN.",
+            valueName: "interface"
+        )
+    )
+    var xdp: String?
+
+    @Option(
+        help: ArgumentHelp(
+            "How --xdp attaches: auto (native where the driver has it, else generic), native or generic.",
+            valueName: "mode"
+        )
+    )
+    var xdpMode: XDPAttachMode = .auto
+
+    @Option(
+        help: ArgumentHelp(
             "Least level shown: trace, debug, info (the per-packet lines), notice (the count of lines not shown), warning (drops and errors), error, critical.",
             valueName: "level"
         )
@@ -293,6 +309,10 @@ struct ServerCommand: AsyncParsableCommand {
     var metrics: HostAndPort?
 
     func validate() throws {
+        if self.xdp != nil && (self.protocol == .twamp || self.protocol == .owamp) {
+            throw ValidationError("--xdp answers echo and STAMP; TWAMP's and OWAMP's test packets need their sessions")
+        }
+        if self.xdp == nil && self.xdpMode != .auto { throw ValidationError("--xdp-mode needs --xdp INTERFACE") }
         _ = try self.guards()
         _ = try self.listenAddress()
         _ = try self.stampConfiguration()
@@ -451,7 +471,7 @@ struct ServerCommand: AsyncParsableCommand {
         // Lines are formatted on the server's event thread and written by a printer thread: never on a serving
         // thread.
         let lines = LineQueue(to: .out)
-        let configuration = EchoServer.Configuration(
+        var configuration = EchoServer.Configuration(
             address: try self.listenAddress(),
             writeTimeout: self.timeout,
             threads: self.threads ?? EchoServer.defaultThreads,
@@ -465,6 +485,7 @@ struct ServerCommand: AsyncParsableCommand {
             busyPoll: self.busyPoll,
             reflectTOS: self.reflectTos
         )
+        configuration.xdp = self.xdp.map { XDPConfiguration(interface: $0, mode: self.xdpMode) }
         // Started by systemd with its sockets (ListenDatagram=): serve those instead of binding.
         let activated = SocketActivation.takeDescriptors()
         let server: EchoServer
@@ -507,6 +528,16 @@ struct ServerCommand: AsyncParsableCommand {
         let fields = [("address", addresses)] + (activated.isEmpty ? [] : [("socket-activation", "\(activated.count)")])
         self.say(format, "running", "running as \(role) on \(addresses)\(origin)", fields)
         if let metricsURL { self.say(format, "metrics", "metrics on \(metricsURL)", [("url", metricsURL)]) }
+        if let xdp = configuration.xdp, let mode = server.xdpMode {
+            let what = configuration.stamp == nil ? "echoes" : "STAMP test packets"
+            let how = mode == .native ? "in the driver" : "generic XDP, after the driver: slower than native"
+            self.say(
+                format,
+                "xdp",
+                "xdp: answering \(what) on \(xdp.interface) (\(mode): \(how)); the rest goes to the sockets",
+                [("interface", xdp.interface), ("mode", "\(mode)")]
+            )
+        }
 
         let group = ServiceGroup(
             configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
@@ -545,3 +576,4 @@ enum ServerProtocol: String, ExpressibleByArgument, CaseIterable {
 }
 
 extension StampTimestampFormat: ExpressibleByArgument {}
+extension XDPAttachMode: ExpressibleByArgument {}

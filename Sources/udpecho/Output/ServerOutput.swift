@@ -129,6 +129,14 @@ extension EchoServerStatistics {
             ("offload-fallbacks", "\(self.offloadFallbacks)"),
         ]
         for reason in DropReason.allCases { fields.append(("dropped-\(reason)", "\(self.drops[reason, default: 0])")) }
+        if let xdp = self.xdp {
+            fields += [
+                ("xdp-echoed", "\(xdp.echoed + xdp.reflected)"), ("xdp-dropped", "\(xdp.drops.values.reduce(0, +))"),
+            ]
+            for reason in XDPPassReason.allCases {
+                fields.append(("xdp-passed-\(reason)", "\(xdp.passed[reason, default: 0])"))
+            }
+        }
         return fields
     }
 
@@ -145,6 +153,12 @@ extension EchoServerStatistics {
         if self.receiveErrors > 0 { text += " receive-errors=\(self.receiveErrors)" }
         if self.coalescedRuns > 0 { text += " offload-runs=\(self.coalescedRuns)" }
         if self.offloadFallbacks > 0 { text += " offload-fallbacks=\(self.offloadFallbacks)" }
+        if let xdp = self.xdp {
+            text += " xdp-echoed=\(xdp.echoed + xdp.reflected) xdp-dropped=\(xdp.drops.values.reduce(0, +))"
+            let passed = XDPPassReason.allCases.compactMap { reason in xdp.passed[reason].map { "\(reason)=\($0)" } }
+            text += " xdp-passed=\(xdp.passed.values.reduce(0, +))"
+            if !passed.isEmpty { text += " (\(passed.joined(separator: " ")))" }
+        }
         if lostLines > 0 { text += " lines-not-printed=\(lostLines) (standard output was too slow)" }
         return text
     }

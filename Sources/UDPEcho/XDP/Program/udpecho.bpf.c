@@ -1,0 +1,501 @@
+// udpecho's XDP program: answers echo datagrams and unauthenticated STAMP test packets to the server's address and
+// port in the driver, before the socket layer, with the server's guards; passes everything else up to the socket
+// path (XDP_PASS), which answers it as it always does.
+//
+// For a datagram to the server (its address, or any address of this host for a wildcard server, and its port):
+//   1. Anything the program does not fully understand goes up, counted by reason: IPv4 options and fragments, IPv6
+//      extension headers and fragments, a UDP length that disagrees with the IP length, a checksum that does not
+//      verify (the stack drops it and counts it, as it would have), STAMP test packets other than the 44-byte base
+//      (TLVs, a TWAMP-Light sender's short header).
+//   2. The guards, in the socket path's order and with its counters (Sources/UDPEcho/Guards): size, impossible
+//      sources, source ports, deny and allow prefixes, the echo-loop detector, the per-source token bucket and the
+//      global budget. What a guard catches is dropped here (XDP_DROP), as the socket path would have dropped it.
+//   3. The answer, in place: Ethernet, IP and UDP source and destination swapped (VLAN tags kept), a fresh TTL of 64
+//      and the TOS byte the socket path's replies have; for STAMP the reflected packet (RFC 8762 §4.3, stateless:
+//      the sender's sequence number, T2 at the program's start and T3 at its end from the kernel's clock, the TTL
+//      it arrived with), its UDP checksum computed again. XDP_TX sends it back out of the interface.
+//
+// Built with clang's BPF target by the package's build plugin (Plugins/XDPProgram), which embeds the instructions
+// and the map relocations into the library; the server loads them with the bpf system call (XDPProgram.swift).
+// Maps are declared in the "maps" section as five 32-bit words: type, key size, value size, entries, flags.
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/udp.h>
+
+#include "xdp_shared.h"
+
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "the checksum code assumes a little-endian host"
+#endif
+
+#define SEC(name) __attribute__((section(name), used))
+#define INLINE static __attribute__((always_inline)) inline
+// A BPF-to-BPF function, in the program's section (the loader takes that section only).
+#define SUBPROGRAM static __attribute__((noinline, section("xdp")))
+
+static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *)BPF_FUNC_map_lookup_elem;
+static long (*bpf_map_update_elem)(void *map, const void *key, const void *value, __u64 flags) =
+    (void *)BPF_FUNC_map_update_elem;
+static __u64 (*bpf_ktime_get_ns)(void) = (void *)BPF_FUNC_ktime_get_ns;
+static long (*bpf_xdp_load_bytes)(struct xdp_md *ctx, __u32 offset, void *buf, __u32 len) =
+    (void *)BPF_FUNC_xdp_load_bytes;
+static __s64 (*bpf_csum_diff)(__be32 *from, __u32 from_size, __be32 *to, __u32 to_size, __wsum seed) =
+    (void *)BPF_FUNC_csum_diff;
+
+struct map_def {
+    __u32 type, key_size, value_size, max_entries, map_flags;
+};
+
+// Entries that depend on the server's settings (the rate table, the prefix lists) are set by the loader.
+struct map_def config SEC("maps") = {BPF_MAP_TYPE_ARRAY, 4, sizeof(struct udpecho_xdp_config), 1, 0};
+struct map_def counters SEC("maps") = {BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, UDPECHO_XDP_COUNTERS, 0};
+struct map_def ports SEC("maps") = {BPF_MAP_TYPE_ARRAY, 4, 8, 1024, 0};
+struct map_def local SEC("maps") = {BPF_MAP_TYPE_HASH, 16, 4, 1024, 0};
+struct map_def allow SEC("maps") = {BPF_MAP_TYPE_LPM_TRIE, sizeof(struct udpecho_xdp_prefix), 4, 1, BPF_F_NO_PREALLOC};
+struct map_def deny SEC("maps") = {BPF_MAP_TYPE_LPM_TRIE, sizeof(struct udpecho_xdp_prefix), 4, 1, BPF_F_NO_PREALLOC};
+struct map_def loops SEC("maps") = {
+    BPF_MAP_TYPE_LRU_HASH, sizeof(struct udpecho_xdp_endpoint), sizeof(struct udpecho_xdp_loop), 16384, 0};
+struct map_def rates SEC("maps") = {BPF_MAP_TYPE_LRU_HASH, 16, sizeof(struct udpecho_xdp_bucket), 16384, 0};
+struct map_def budget SEC("maps") = {BPF_MAP_TYPE_PERCPU_ARRAY, 4, sizeof(struct udpecho_xdp_bucket), 1, 0};
+
+#define ETH_P_8021Q_BE 0x0081
+#define ETH_P_8021AD_BE 0xa888
+#define ETH_P_IP_BE 0x0008
+#define ETH_P_IPV6_BE 0xdd86
+#define ONE_TOKEN 1000000000000ULL
+#define LOOP_WINDOW 1000000000ULL
+#define STAMP_LOOP_WINDOW 60000000000LL
+#define NTP_EPOCH_OFFSET 2208988800ULL
+// The longest UDP datagram answered here: a frame in one buffer (this program does not take multi-buffer frames) is
+// at most a page; the checksum reads it in up to MAX_PIECES pieces of PIECE bytes.
+#define MAX_UDP_LENGTH 4096
+#define PIECE 256
+#define MAX_PIECES (MAX_UDP_LENGTH / PIECE)
+
+INLINE __u16 swap16(__u16 x) { return (__u16)((x >> 8) | (x << 8)); }
+
+INLINE void count(__u32 index, __u64 value) {
+    __u64 *slot = bpf_map_lookup_elem(&counters, &index);
+    if (slot) *slot += value;
+}
+
+INLINE int pass(__u32 reason) {
+    count(reason, 1);
+    return XDP_PASS;
+}
+
+INLINE int drop(__u32 reason) {
+    count(reason, 1);
+    return XDP_DROP;
+}
+
+/// The ones'-complement sum (32 bits, unfolded) of `len` bytes of the frame from `offset`, read in pieces
+/// (bpf_xdp_load_bytes into the stack: the same few states for the verifier whatever the length; a piece padded
+/// with zeros, which adds nothing). A function of its own, so that the verifier's paths through it do not multiply
+/// those of the rest.
+SUBPROGRAM __u32 sum_bytes(struct xdp_md *ctx, __u32 offset, __u32 len) {
+    __u8 piece[PIECE];
+    __s64 sum = 0;
+    for (int i = 0; i < MAX_PIECES; i++) {
+        if (len == 0) break;
+        __u32 n = len > PIECE ? PIECE : len;
+        __builtin_memset(piece, 0, sizeof(piece));
+        asm volatile("" : "+r"(n));
+        if (n == 0 || n > PIECE) return 0;
+        if (bpf_xdp_load_bytes(ctx, offset, piece, n) != 0) return 0;
+        __u32 rounded = (n + 3) & ~3u;
+        asm volatile("" : "+r"(rounded));  // keep the check below: the verifier needs it, the compiler thinks not
+        if (rounded == 0 || rounded > PIECE) return 0;
+        sum = bpf_csum_diff(0, 0, (__be32 *)piece, rounded, (__wsum)sum);
+        if (sum < 0) return 0;
+        offset += n;
+        len -= n;
+    }
+    return (__u32)sum;
+}
+
+INLINE __u16 fold(__u64 sum) {
+    sum = (sum & 0xffffffff) + (sum >> 32);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    return (__u16)sum;
+}
+
+/// The ones'-complement sum, folded, of the UDP datagram at `offset` in the frame (`len` bytes, header included) and
+/// its pseudo-header, whose addresses' sum is `addresses`: 0xffff when the checksum in it verifies.
+INLINE __u16 udp_sum(struct xdp_md *ctx, __u32 offset, __u32 len, __u64 addresses) {
+    __u64 pseudo = addresses + swap16(IPPROTO_UDP) + swap16((__u16)len);
+    return fold((__u64)sum_bytes(ctx, offset, len) + pseudo);
+}
+
+INLINE __u64 sum_words(__u16 *w, int n) {
+    __u64 sum = 0;
+#pragma unroll
+    for (int i = 0; i < 8; i++)
+        if (i < n) sum += w[i];
+    return sum;
+}
+
+/// A 16-byte address in the maps' form: IPv4 mapped into IPv6.
+INLINE void map_ipv4(__u8 out[16], __u32 address) {
+    __builtin_memset(out, 0, 10);
+    out[10] = 0xff;
+    out[11] = 0xff;
+    __builtin_memcpy(out + 12, &address, 4);
+}
+
+INLINE int same16(const __u8 *a, const __u8 *b) {
+    const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
+    return x[0] == y[0] && x[1] == y[1];
+}
+
+INLINE __u64 mix(__u64 hash, __u64 word) {
+    hash = (hash ^ word) * 0xBF58476D1CE4E5B9ULL;
+    return hash ^ (hash >> 31);
+}
+
+/// The loop detector's fingerprint: the length and up to 64 bytes at each end of the payload (at `offset` in the
+/// frame), each end read whole into the stack and mixed as eight 64-bit words (zeros past the end).
+SUBPROGRAM __u64 fingerprint(struct xdp_md *ctx, __u32 offset, __u32 len) {
+    __u64 words[8];
+    __u64 hash = 0x9E3779B97F4A7C15ULL ^ len;
+    __u32 head = len > 64 ? 64 : len;
+    __builtin_memset(words, 0, sizeof(words));
+    asm volatile("" : "+r"(head));
+    if (head > 0 && head <= 64 && bpf_xdp_load_bytes(ctx, offset, words, head) != 0) return hash;
+#pragma unroll
+    for (int i = 0; i < 8; i++) hash = mix(hash, words[i]);
+    if (len > 64) {
+        __u32 start = len > 128 ? len - 64 : 64;
+        __u32 tail = len - start;
+        __builtin_memset(words, 0, sizeof(words));
+        asm volatile("" : "+r"(tail));
+        if (tail > 0 && tail <= 64 && bpf_xdp_load_bytes(ctx, offset + start, words, tail) != 0) return hash;
+#pragma unroll
+        for (int i = 0; i < 8; i++) hash = mix(hash, words[i]);
+    }
+    return hash;
+}
+
+/// A token bucket in picotokens: refilled for the time since it was last used, then one token taken if there is one.
+INLINE int take(struct udpecho_xdp_bucket *bucket, __u64 now, __u64 rate, __u64 burst) {
+    if (now > bucket->last) {
+        __u64 elapsed = now - bucket->last;
+        __u64 tokens = bucket->tokens < burst ? bucket->tokens : burst;
+        __u64 room = burst - tokens;
+        if (rate == 0)
+            ;  // never refilled
+        else if (elapsed >= room / rate + 1)
+            tokens = burst;
+        else
+            tokens += elapsed * rate;
+        bucket->tokens = tokens < burst ? tokens : burst;
+        bucket->last = now;
+    }
+    if (bucket->tokens < ONE_TOKEN) return 0;
+    bucket->tokens -= ONE_TOKEN;
+    return 1;
+}
+
+/// Why the datagram must not be answered (a UDPECHO_XDP_DROP_ counter), or 0 to answer it: the socket path's
+/// SourceGuard.check, in its order.
+INLINE __u32 guard(struct udpecho_xdp_config *cfg, __u8 source[16], int ipv4, __u16 port, struct xdp_md *ctx,
+                   __u32 payload, __u32 len, __u64 now) {
+    if ((cfg->flags & UDPECHO_XDP_MAXIMUM_SIZE) && len > cfg->maximum_size) return UDPECHO_XDP_DROP_OVERSIZE;
+    __u32 v4 = 0;
+    __builtin_memcpy(&v4, source + 12, 4);
+    __u8 first = ipv4 ? source[12] : source[0];
+    const __u64 *words = (const __u64 *)source;
+    int loopback = ipv4 ? first == 127 : (words[0] == 0 && words[1] == 0x0100000000000000ULL);
+    __u32 *local_flags = bpf_map_lookup_elem(&local, source);
+    __u32 flags = local_flags ? *local_flags : 0;
+    if (cfg->flags & UDPECHO_XDP_ADDRESS_CHECKS) {
+        int unspecified = ipv4 ? first == 0 : (words[0] == 0 && words[1] == 0);
+        int multicast = ipv4 ? (first >> 4) == 0xe : first == 0xff;
+        if (unspecified || multicast || (ipv4 && v4 == 0xffffffff) || (flags & UDPECHO_XDP_LOCAL_BROADCAST))
+            return UDPECHO_XDP_DROP_SOURCE_ADDRESS;
+        // A loopback source never arrives on an interface that XDP runs on: forged.
+        if (loopback) return UDPECHO_XDP_DROP_SOURCE_ADDRESS;
+        if (!ipv4 && (flags & UDPECHO_XDP_LOCAL_ADDRESS) && (port < cfg->ephemeral_low || port > cfg->ephemeral_high))
+            return UDPECHO_XDP_DROP_SOURCE_ADDRESS;
+        if (port == cfg->port && (flags & UDPECHO_XDP_LOCAL_ADDRESS)) return UDPECHO_XDP_DROP_OWN_ENDPOINT;
+    }
+    __u32 word = port >> 6;
+    __u64 *blocked = bpf_map_lookup_elem(&ports, &word);
+    if (blocked && (*blocked >> (port & 63)) & 1) return UDPECHO_XDP_DROP_SOURCE_PORT;
+    struct udpecho_xdp_prefix prefix = {.length = 128};
+    __builtin_memcpy(prefix.address, source, 16);
+    if (bpf_map_lookup_elem(&deny, &prefix)) return UDPECHO_XDP_DROP_DENIED;
+    if ((cfg->flags & UDPECHO_XDP_ALLOW_LIST) && !bpf_map_lookup_elem(&allow, &prefix)) return UDPECHO_XDP_DROP_DENIED;
+    if (cfg->loop_limit_set) {
+        struct udpecho_xdp_endpoint endpoint = {.port = port};
+        __builtin_memcpy(endpoint.address, source, 16);
+        __u64 print = fingerprint(ctx, payload, len);
+        struct udpecho_xdp_loop *seen = bpf_map_lookup_elem(&loops, &endpoint);
+        if (seen) {
+            if (seen->fingerprint == print && now - seen->last <= LOOP_WINDOW) {
+                if (seen->run < 0xffffffff) seen->run += 1;
+            } else {
+                seen->fingerprint = print;
+                seen->run = 1;
+            }
+            seen->last = now;
+            if (seen->run > cfg->loop_limit) return UDPECHO_XDP_DROP_LOOP;
+        } else {
+            struct udpecho_xdp_loop fresh = {.fingerprint = print, .last = now, .run = 1};
+            bpf_map_update_elem(&loops, &endpoint, &fresh, BPF_ANY);
+            if (1 > cfg->loop_limit) return UDPECHO_XDP_DROP_LOOP;
+        }
+    }
+    if (loopback && !(cfg->flags & UDPECHO_XDP_LIMIT_LOOPBACK)) return 0;
+    if (cfg->flags & UDPECHO_XDP_RATE_LIMIT) {
+        __u8 key[16];
+        __builtin_memcpy(key, source, 16);
+        __u32 bits = ipv4 ? 96 + cfg->prefix4 : cfg->prefix6;
+#pragma unroll
+        for (int i = 0; i < 16; i++) {
+            int low = i * 8;
+            if (bits <= low)
+                key[i] = 0;
+            else if (bits < low + 8)
+                key[i] &= (__u8)(0xff << (low + 8 - bits));
+        }
+        struct udpecho_xdp_bucket *bucket = bpf_map_lookup_elem(&rates, key);
+        if (bucket) {
+            if (!take(bucket, now, cfg->rate_per_ns, cfg->burst)) return UDPECHO_XDP_DROP_RATE_LIMITED;
+        } else {
+            struct udpecho_xdp_bucket fresh = {.tokens = cfg->burst, .last = now};
+            take(&fresh, now, cfg->rate_per_ns, cfg->burst);
+            bpf_map_update_elem(&rates, key, &fresh, BPF_ANY);
+            count(UDPECHO_XDP_RATE_NEW_SOURCE, 1);
+        }
+    }
+    if (cfg->flags & UDPECHO_XDP_GLOBAL_BUDGET) {
+        __u32 zero = 0;
+        struct udpecho_xdp_bucket *bucket = bpf_map_lookup_elem(&budget, &zero);
+        if (bucket && !take(bucket, now, cfg->global_rate_per_ns, cfg->global_burst))
+            return UDPECHO_XDP_DROP_OVER_BUDGET;
+    }
+    return 0;
+}
+
+INLINE __u64 encode_time(struct udpecho_xdp_config *cfg, __u64 monotonic) {
+    __u64 ns = (__u64)((__s64)monotonic + cfg->realtime_offset);
+    __u64 seconds = ns / 1000000000ULL, rest = ns % 1000000000ULL;
+    if (cfg->flags & UDPECHO_XDP_PTP) return ((seconds + (__u64)(__s64)cfg->tai_offset) << 32) | rest;
+    return ((seconds + NTP_EPOCH_OFFSET) << 32) | ((rest << 32) / 1000000000ULL);
+}
+
+INLINE __s64 decode_time(struct udpecho_xdp_config *cfg, __u64 value) {
+    __s64 seconds = (__s64)(value >> 32), low = (__s64)(value & 0xffffffff);
+    if (cfg->flags & UDPECHO_XDP_PTP) return (seconds - cfg->tai_offset) * 1000000000LL + low;
+    return (seconds - (__s64)NTP_EPOCH_OFFSET) * 1000000000LL + ((low * 1000000000LL) >> 32);
+}
+
+/// The base of an unauthenticated reflected packet (RFC 8762 §4.3.1), 44 bytes.
+struct stamp_reply {
+    __be32 sequence;
+    __be64 timestamp;
+    __be16 error_estimate;
+    __be16 ssid;
+    __be64 receive_timestamp;
+    __be32 sender_sequence;
+    __be64 sender_timestamp;
+    __be16 sender_error_estimate;
+    __be16 mbz;
+    __u8 sender_ttl;
+    __u8 mbz2[3];
+} __attribute__((packed));
+
+SEC("xdp") int udpecho_xdp(struct xdp_md *ctx) {
+    __u64 t2 = bpf_ktime_get_ns();
+    void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+    struct ethhdr *eth = data;
+    if ((void *)(eth + 1) > end) return XDP_PASS;
+    __u16 proto = eth->h_proto;
+    void *next = eth + 1;
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        if (proto == ETH_P_8021Q_BE || proto == ETH_P_8021AD_BE) {
+            if (next + 4 > end) return XDP_PASS;
+            proto = *(__u16 *)(next + 2);
+            next += 4;
+        }
+    }
+    __u32 zero = 0;
+    struct udpecho_xdp_config *cfg = bpf_map_lookup_elem(&config, &zero);
+    if (!cfg) return XDP_PASS;
+
+    struct iphdr *ip4 = 0;
+    struct ipv6hdr *ip6 = 0;
+    struct udphdr *udp;
+    __u8 source[16], destination[16];
+    __u32 ip_payload;
+    __u8 ttl;
+    __u64 addresses;
+    if (proto == ETH_P_IP_BE) {
+        if (!(cfg->flags & UDPECHO_XDP_IPV4)) return XDP_PASS;
+        ip4 = next;
+        if ((void *)(ip4 + 1) > end || ip4->version != 4 || ip4->protocol != IPPROTO_UDP || ip4->ihl < 5)
+            return XDP_PASS;
+        udp = (void *)ip4 + ((__u32)ip4->ihl & 0xf) * 4;
+        if ((void *)(udp + 1) > end) return XDP_PASS;
+        int later_fragment = (swap16(ip4->frag_off) & 0x1fff) != 0;
+        if (later_fragment || udp->dest != swap16(cfg->port)) return XDP_PASS;
+        map_ipv4(source, ip4->saddr);
+        map_ipv4(destination, ip4->daddr);
+        if ((cfg->flags & UDPECHO_XDP_BOUND) ? !same16(destination, cfg->address) : ((ip4->daddr & 0xff) == 127))
+            return XDP_PASS;
+        if (!(cfg->flags & UDPECHO_XDP_BOUND)) {
+            __u32 *flags = bpf_map_lookup_elem(&local, destination);
+            if (!flags || !(*flags & UDPECHO_XDP_LOCAL_ADDRESS)) return XDP_PASS;
+        }
+        count(UDPECHO_XDP_SEEN, 1);
+        if (swap16(ip4->frag_off) & 0x2000) return pass(UDPECHO_XDP_PASS_FRAGMENT);
+        if (ip4->ihl != 5) return pass(UDPECHO_XDP_PASS_OPTIONS);
+        __u32 total = swap16(ip4->tot_len);
+        if (total < 28) return pass(UDPECHO_XDP_PASS_OTHER);
+        ip_payload = total - 20;
+        ttl = ip4->ttl;
+        addresses = (__u64)(ip4->saddr & 0xffff) + (ip4->saddr >> 16) + (ip4->daddr & 0xffff) + (ip4->daddr >> 16);
+    } else if (proto == ETH_P_IPV6_BE) {
+        if (!(cfg->flags & UDPECHO_XDP_IPV6)) return XDP_PASS;
+        ip6 = next;
+        if ((void *)(ip6 + 1) > end) return XDP_PASS;
+        __u8 header = ip6->nexthdr;
+        void *after = ip6 + 1;
+        __u32 reason = 0;
+        if (header == 0 || header == 43 || header == 60 || header == 44) {
+            // One extension header (or a fragment header) is read only to know whether the datagram is ours.
+            if (after + 8 > end) return XDP_PASS;
+            __u8 *extension = after;
+            if (header == 44 && (swap16(*(__u16 *)(extension + 2)) & 0xfff8) != 0) return XDP_PASS;
+            reason = header == 44 ? UDPECHO_XDP_PASS_FRAGMENT : UDPECHO_XDP_PASS_OPTIONS;
+            after += header == 44 ? 8 : ((__u32)extension[1] + 1) * 8;
+            header = extension[0];
+        }
+        if (header != IPPROTO_UDP) return XDP_PASS;
+        udp = after;
+        if ((void *)(udp + 1) > end || udp->dest != swap16(cfg->port)) return XDP_PASS;
+        __builtin_memcpy(source, &ip6->saddr, 16);
+        __builtin_memcpy(destination, &ip6->daddr, 16);
+        if (cfg->flags & UDPECHO_XDP_BOUND) {
+            if (!same16(destination, cfg->address)) return XDP_PASS;
+        } else {
+            __u32 *flags = bpf_map_lookup_elem(&local, destination);
+            const __u64 *d = (const __u64 *)destination;
+            if (!flags || !(*flags & UDPECHO_XDP_LOCAL_ADDRESS) || (d[0] == 0 && d[1] == 0x0100000000000000ULL))
+                return XDP_PASS;
+        }
+        // An IPv4-mapped source on the wire is dropped by the stack (RFC 4942); it is not ours to judge.
+        const __u64 *s = (const __u64 *)source;
+        if (s[0] == 0 && (__u32)s[1] == 0xffff0000) return XDP_PASS;
+        count(UDPECHO_XDP_SEEN, 1);
+        if (reason) return pass(reason);
+        ip_payload = swap16(ip6->payload_len);
+        ttl = ip6->hop_limit;
+        addresses = 0;
+        __u16 *words = (__u16 *)&ip6->saddr;
+#pragma unroll
+        for (int i = 0; i < 16; i++) addresses += words[i];
+    } else {
+        return XDP_PASS;
+    }
+
+    __u32 length = swap16(udp->len);
+    if (length < 8 || length != ip_payload || (void *)udp + length > end) return pass(UDPECHO_XDP_PASS_OTHER);
+    __u32 udp_offset = (__u32)((void *)udp - data);
+    if (length > MAX_UDP_LENGTH) return pass(UDPECHO_XDP_PASS_OTHER);
+    // A datagram whose checksum fails never reaches the socket: not answered here either. IPv4's checksum 0 means
+    // none; IPv6's is mandatory (the stack drops 0).
+    if (udp->check != 0 || ip6) {
+        if (udp->check == 0 || udp_sum(ctx, udp_offset, length, addresses) != 0xffff)
+            return pass(UDPECHO_XDP_PASS_CHECKSUM);
+    }
+    __u8 *payload = (__u8 *)(udp + 1);
+    __u32 size = length - 8;
+    if (cfg->mode == UDPECHO_XDP_MODE_PASS) return pass(UDPECHO_XDP_PASS_STAMP);
+    if (cfg->mode == UDPECHO_XDP_MODE_STAMP && size != sizeof(struct stamp_reply))
+        return pass(UDPECHO_XDP_PASS_STAMP);
+
+    count(UDPECHO_XDP_JUDGED_BYTES, size);
+    __u32 reason = guard(cfg, source, ip4 != 0, swap16(udp->source), ctx, udp_offset + 8, size, t2);
+    if (reason) return drop(reason);
+
+    if (cfg->mode == UDPECHO_XDP_MODE_STAMP) {
+        struct stamp_reply *packet = (void *)payload;
+        if ((void *)(packet + 1) > end) return XDP_PASS;
+        // A reply of this reflector's come back (another reflector answered it): its copy of the sender's timestamp
+        // is a T3 this clock wrote within a minute. The socket path's loop rule (StampReflector.isOwnReply).
+        __u64 echoed = __builtin_bswap64(packet->sender_timestamp);
+        if (echoed != 0) {
+            __s64 now = (__s64)t2 + cfg->realtime_offset;
+            __s64 age = now - decode_time(cfg, echoed);
+            if (age > -STAMP_LOOP_WINDOW && age < STAMP_LOOP_WINDOW) return drop(UDPECHO_XDP_DROP_LOOP);
+        }
+        struct stamp_reply reply = {};
+        reply.sequence = packet->sequence;
+        reply.error_estimate = cfg->error_estimate;
+        reply.ssid = packet->ssid;
+        reply.receive_timestamp = __builtin_bswap64(encode_time(cfg, t2));
+        reply.sender_sequence = packet->sequence;
+        reply.sender_timestamp = packet->timestamp;
+        reply.sender_error_estimate = packet->error_estimate;
+        reply.sender_ttl = ttl;
+        reply.timestamp = __builtin_bswap64(encode_time(cfg, bpf_ktime_get_ns()));
+        // The checksum follows the payload's change (RFC 1624); IPv4's 0 stays 0 (no checksum).
+        if (udp->check != 0) {
+            __s64 sum = bpf_csum_diff((__be32 *)packet, sizeof(reply), (__be32 *)&reply, sizeof(reply),
+                                      (__wsum)(__u16)~udp->check);
+            if (sum < 0) return XDP_PASS;
+            __u16 check = ~fold((__u64)(__u32)sum);
+            udp->check = check == 0 ? 0xffff : check;
+        }
+        __builtin_memcpy(packet, &reply, sizeof(reply));
+    }
+
+    // The answer: addresses and ports swapped (the UDP checksum's sum does not change), a fresh TTL.
+    __u16 port = udp->source;
+    udp->source = udp->dest;
+    udp->dest = port;
+    if (ip4) {
+        __u32 a = ip4->saddr;
+        ip4->saddr = ip4->daddr;
+        ip4->daddr = a;
+        ip4->ttl = 64;
+        if (!(cfg->flags & UDPECHO_XDP_KEEP_TOS)) ip4->tos = 0;
+        ip4->check = 0;
+        ip4->check = ~fold(sum_words((__u16 *)ip4, 8) + sum_words((__u16 *)ip4 + 8, 2));
+    } else if (ip6) {
+        struct in6_addr a = ip6->saddr;
+        ip6->saddr = ip6->daddr;
+        ip6->daddr = a;
+        ip6->hop_limit = 64;
+        if (!(cfg->flags & UDPECHO_XDP_KEEP_TOS)) {
+            ip6->priority = 0;
+            ip6->flow_lbl[0] &= 0x0f;
+        }
+    }
+    if (cfg->mode == UDPECHO_XDP_MODE_STAMP && (udp->check != 0 || ip6)) {
+        udp->check = 0;
+        __u16 check = 0;
+        udp->check = check == 0 ? 0xffff : check;
+    }
+    unsigned char mac[ETH_ALEN];
+    __builtin_memcpy(mac, eth->h_source, ETH_ALEN);
+    __builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
+    __builtin_memcpy(eth->h_dest, mac, ETH_ALEN);
+    if (cfg->mode == UDPECHO_XDP_MODE_STAMP)
+        count(UDPECHO_XDP_REFLECTED, 1);
+    else
+        count(UDPECHO_XDP_ECHOED, 1);
+    count(UDPECHO_XDP_ECHOED_BYTES, size);
+    return XDP_TX;
+}
+
+char _license[] SEC("license") = "GPL";

@@ -1,0 +1,461 @@
+import CUDPEcho
+import NIOCore
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// How the XDP program is attached to its interface.
+public enum XDPAttachMode: String, Sendable, CaseIterable, CustomStringConvertible {
+    /// Native where the driver has it, generic otherwise.
+    case auto
+    /// In the driver, before the kernel makes a socket buffer: the fast path (veth, and most 10G+ NICs' drivers).
+    case native
+    /// After the driver, on the socket buffer the kernel made (any interface; slower, still before the socket layer).
+    case generic
+
+    public var description: String { self.rawValue }
+}
+
+/// Where an echo server answers in XDP: the interface and how to attach (``EchoServer/Configuration/xdp``).
+public struct XDPConfiguration: Sendable {
+    /// The interface the program is attached to (the one the clients' datagrams arrive on).
+    public var interface: String
+    public var mode: XDPAttachMode
+
+    /// Attaches to `interface`, natively where the driver allows.
+    public init(interface: String, mode: XDPAttachMode = .auto) {
+        self.interface = interface
+        self.mode = mode
+    }
+}
+
+/// Why a datagram to the server was passed up to the socket path rather than answered in XDP.
+public enum XDPPassReason: String, Sendable, CaseIterable, CustomStringConvertible {
+    /// An IPv4 or IPv6 fragment: the stack reassembles it.
+    case fragment
+    /// IPv4 options or IPv6 extension headers.
+    case options
+    /// A STAMP test packet that is not the unauthenticated 44-byte base (TLVs, a short TWAMP-Light header), or any
+    /// test packet of a reflector with a key or with state.
+    case stamp
+    /// A UDP checksum that does not verify: the stack drops it and counts it (UDP InCsumErrors).
+    case checksum
+    /// A UDP length that disagrees with the IP length.
+    case other
+
+    public var description: String { self.rawValue }
+}
+
+/// What the XDP program did: counters summed over the CPUs.
+public struct XDPStatistics: Sendable, Equatable {
+    /// The interface and how the program is attached to it (``XDPAttachMode/native`` or ``XDPAttachMode/generic``).
+    public var interface: String
+    public var mode: XDPAttachMode
+    /// Datagrams to the server that the program looked at.
+    public var seen = 0
+    /// Datagrams judged in XDP (answered there or dropped by a guard), and their payload bytes.
+    public var judged = 0
+    public var judgedBytes = 0
+    /// Echoes and STAMP replies sent back from XDP, and their payload bytes.
+    public var echoed = 0
+    public var reflected = 0
+    public var answeredBytes = 0
+    /// Passed up to the socket path, by reason.
+    public var passed: [XDPPassReason: Int] = [:]
+    /// Dropped by a guard in XDP, by reason (the socket path's reasons).
+    public var drops: [DropReason: Int] = [:]
+    /// Sources the rate limiter's table has taken in.
+    public var rateSources = 0
+
+    public init(interface: String, mode: XDPAttachMode) {
+        self.interface = interface
+        self.mode = mode
+    }
+}
+
+/// The XDP program attached to an interface for an echo server or STAMP reflector, with its maps; detached when
+/// ``detach()`` is called or the process ends (it is attached with a BPF link, whose last descriptor is this
+/// object's).
+///
+/// The program answers in the driver what the server would answer (see `XDP/Program/udpecho.bpf.c`): echo datagrams
+/// and unauthenticated STAMP test packets to the server's address and port, after the server's guards, which it
+/// runs in the kernel with their own tables. Everything else goes up to the server's sockets.
+final class XDPPath: Sendable {
+    let interface: String
+    /// How the program is attached: ``XDPAttachMode/native`` or ``XDPAttachMode/generic``.
+    var mode: XDPAttachMode { self.state.withLock { $0.mode } }
+    private let state: Mutex<State>
+    private let cpus: Int
+    private let program: XDPProgramImage
+
+    private struct State {
+        var maps: [Int32]
+        var programDescriptor: Int32
+        var link: Int32
+        var configuration: udpecho_xdp_config
+        var localKeys: Set<[UInt8]> = []
+        var detached = false
+        var mode = XDPAttachMode.native
+        /// The counters' last values, read as the program was detached.
+        var final: [Int]?
+    }
+
+    /// Loads the program for a server on `local` (its socket's address) and attaches it to the interface.
+    ///
+    /// - Throws: ``EchoError/xdp(interface:reason:)`` when the interface, the kernel or the privileges refuse, with
+    ///   what to do about it.
+    init(
+        _ configuration: XDPConfiguration,
+        local: SocketAddress,
+        guards: GuardConfiguration,
+        stamp: StampReflectorConfiguration?,
+        reflectTOS: Bool
+    ) throws(EchoError) {
+        let interface = configuration.interface
+        func failure(_ reason: String) -> EchoError { .xdp(interface: interface, reason: reason) }
+        let index = if_nametoindex(interface)
+        guard index != 0 else { throw failure("there is no such interface (ip link lists them)") }
+        let cpus = cudpecho_possible_cpus()
+        guard cpus > 0 else { throw failure("the number of CPUs cannot be read (/sys/devices/system/cpu/possible)") }
+        let program = XDPProgramImage.embedded
+        var config = try Self.configuration(
+            local: local,
+            guards: guards,
+            stamp: stamp,
+            reflectTOS: reflectTOS,
+            cpus: cpus
+        )
+        config.mode = UInt8(stamp == nil ? UDPECHO_XDP_MODE_ECHO.rawValue : UDPECHO_XDP_MODE_STAMP.rawValue)
+        if let stamp, stamp.key != nil || stamp.stateful {
+            config.mode = UInt8(UDPECHO_XDP_MODE_PASS.rawValue)
+        }
+
+        var maps: [Int32] = []
+        func closeAll() { for fd in maps { close(fd) } }
+        for definition in program.maps {
+            var entries = definition.maxEntries
+            switch definition.name {
+            case "allow": entries = UInt32(max(1, guards.allow.count))
+            case "deny": entries = UInt32(max(1, guards.deny.count))
+            case "rates": entries = UInt32(max(1, guards.rateLimit?.tableSize ?? 1))
+            default: break
+            }
+            let fd = cudpecho_bpf_map_create(
+                definition.type,
+                definition.keySize,
+                definition.valueSize,
+                entries,
+                definition.flags,
+                "udpecho_\(definition.name)"
+            )
+            guard fd >= 0 else {
+                closeAll()
+                throw failure("the kernel refused the \(definition.name) map: \(Self.explain(-fd))")
+            }
+            maps.append(fd)
+        }
+        var instructions = program.bytes
+        for relocation in program.relocations {
+            let at = relocation.instruction * 8
+            guard at + 8 <= instructions.count, relocation.map < maps.count else {
+                closeAll()
+                throw failure("the embedded program is damaged (a relocation past its end)")
+            }
+            instructions[at + 1] = (instructions[at + 1] & 0x0F) | UInt8(CUDPECHO_BPF_PSEUDO_MAP_FD << 4)
+            withUnsafeBytes(of: maps[relocation.map].littleEndian) { bytes in
+                for offset in 0..<4 { instructions[at + 4 + offset] = bytes[offset] }
+            }
+        }
+        var log = [CChar](repeating: 0, count: 1 << 16)
+        let programDescriptor = instructions.withUnsafeBytes { bytes in
+            cudpecho_bpf_load_xdp(bytes.baseAddress, UInt32(bytes.count / 8), "udpecho_xdp", &log, UInt32(log.count))
+        }
+        guard programDescriptor >= 0 else {
+            closeAll()
+            let verifier = String(decoding: log.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            let tail = verifier.split(separator: "\n").suffix(3).joined(separator: " / ")
+            // With a log, the verifier refused it (EACCES too): a fault of this build, not of privileges.
+            throw failure(
+                tail.isEmpty
+                    ? "the kernel refused the program: \(Self.explain(-programDescriptor))"
+                    : "the kernel's verifier refused the program (\(String(cString: strerror(-programDescriptor)))): \(tail)"
+            )
+        }
+
+        self.interface = interface
+        self.cpus = Int(cpus)
+        self.program = program
+        self.state = Mutex(State(maps: maps, programDescriptor: programDescriptor, link: -1, configuration: config))
+        do throws(EchoError) {
+            try self.fillTables(guards: guards, local: local)
+            try self.refresh()
+        } catch {
+            self.detach()
+            throw error
+        }
+        // Attach last, once the tables are filled: from here the program answers.
+        let native = UInt32(CUDPECHO_XDP_FLAGS_DRV_MODE)
+        let generic = UInt32(CUDPECHO_XDP_FLAGS_SKB_MODE)
+        var link = cudpecho_bpf_link_xdp(
+            programDescriptor,
+            Int32(index),
+            configuration.mode == .generic ? generic : native
+        )
+        var attached: XDPAttachMode = configuration.mode == .generic ? .generic : .native
+        if link == -EOPNOTSUPP && configuration.mode == .auto {
+            link = cudpecho_bpf_link_xdp(programDescriptor, Int32(index), generic)
+            attached = .generic
+        }
+        guard link >= 0 else {
+            self.detach()
+            let reason =
+                switch -link {
+                case EBUSY, EEXIST:
+                    "another XDP program is attached to it (ip link show dev \(interface) names it; "
+                        + "ip link set dev \(interface) xdp off removes it, if it is not in use)"
+                case EOPNOTSUPP:
+                    "its driver has no native XDP (--xdp-mode generic attaches after the driver)"
+                default:
+                    "the kernel refused to attach the program \(attached == .native ? "natively" : "generically"): "
+                        + Self.explain(-link)
+                }
+            throw failure(reason)
+        }
+        self.state.withLock {
+            $0.link = link
+            $0.mode = attached
+        }
+    }
+
+    /// Whether the program is still attached (``detach()`` not called).
+    var isAttached: Bool { self.state.withLock { !$0.detached } }
+
+    /// Detaches the program and frees its maps (closing the link's descriptor detaches it); the counters keep their
+    /// last values.
+    func detach() {
+        self.state.withLock { state in
+            guard !state.detached else { return }
+            if state.link >= 0 { state.final = self.readCounters(state) }
+            state.detached = true
+            if state.link >= 0 { close(state.link) }
+            close(state.programDescriptor)
+            for fd in state.maps { close(fd) }
+        }
+    }
+
+    deinit { self.detach() }
+
+    /// The configuration for a server on `local` with these guards.
+    private static func configuration(
+        local: SocketAddress,
+        guards: GuardConfiguration,
+        stamp: StampReflectorConfiguration?,
+        reflectTOS: Bool,
+        cpus: Int32
+    ) throws(EchoError) -> udpecho_xdp_config {
+        var config = udpecho_xdp_config()
+        config.port = UInt16(local.port ?? 0)
+        var flags: UInt32 = 0
+        let unmapped = local.unmappingIPv4
+        switch unmapped {
+        case .v4:
+            flags |= UInt32(UDPECHO_XDP_IPV4.rawValue)
+        case .v6:
+            flags |= UInt32(UDPECHO_XDP_IPV6.rawValue)
+            // A dual-stack wildcard socket serves IPv4 too.
+            if local.isUnspecified { flags |= UInt32(UDPECHO_XDP_IPV4.rawValue) }
+        default:
+            break
+        }
+        if !local.isUnspecified, let key = unmapped.withRawAddress({ raw, _ in IPKey(raw) }) {
+            flags |= UInt32(UDPECHO_XDP_BOUND.rawValue)
+            withUnsafeMutableBytes(of: &config.address) { $0.copyBytes(from: key.mappedBytes) }
+        }
+        if guards.addressChecks { flags |= UInt32(UDPECHO_XDP_ADDRESS_CHECKS.rawValue) }
+        if !guards.allow.isEmpty { flags |= UInt32(UDPECHO_XDP_ALLOW_LIST.rawValue) }
+        if guards.limitLoopback { flags |= UInt32(UDPECHO_XDP_LIMIT_LOOPBACK.rawValue) }
+        if reflectTOS && stamp == nil { flags |= UInt32(UDPECHO_XDP_KEEP_TOS.rawValue) }
+        if stamp?.timestampFormat == .ptp { flags |= UInt32(UDPECHO_XDP_PTP.rawValue) }
+        if let maximum = guards.maximumSize {
+            flags |= UInt32(UDPECHO_XDP_MAXIMUM_SIZE.rawValue)
+            config.maximum_size = UInt32(clamping: max(0, maximum))
+        }
+        if let limit = guards.loopLimit {
+            config.loop_limit_set = 1
+            config.loop_limit = UInt32(clamping: max(0, limit))
+        }
+        // Token buckets count picotokens in 64 bits: bursts up to 1.8e7 replies.
+        let picotokens = 1e12
+        let maximumBurst = Double(UInt64.max) / picotokens
+        if let rate = guards.rateLimit {
+            flags |= UInt32(UDPECHO_XDP_RATE_LIMIT.rawValue)
+            config.prefix4 = UInt32(clamping: min(32, max(0, rate.ipv4PrefixLength)))
+            config.prefix6 = UInt32(clamping: min(128, max(0, rate.ipv6PrefixLength)))
+            config.rate_per_ns = UInt64(max(1, min(1e15, rate.perSecond * 1000)))
+            config.burst = UInt64(min(maximumBurst, max(1, rate.burst)) * picotokens)
+        }
+        if let global = guards.globalRate {
+            flags |= UInt32(UDPECHO_XDP_GLOBAL_BUDGET.rawValue)
+            // Each CPU's share, as each serving thread has its share on the socket path.
+            let online = max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+            let share = global / Double(online)
+            config.global_rate_per_ns = UInt64(max(1, min(1e15, share * 1000)))
+            config.global_burst = UInt64(min(maximumBurst, max(1, share)) * picotokens)
+        }
+        config.flags = flags
+        _ = cpus
+        return config
+    }
+
+    /// Fills the tables that do not change while the server runs: blocked source ports and the prefix lists.
+    private func fillTables(guards: GuardConfiguration, local: SocketAddress) throws(EchoError) {
+        let localPort = local.port ?? 0
+        var words = [UInt64](repeating: 0, count: 1024)
+        for port in 0..<65536
+        where port < guards.minimumSourcePort || guards.deniedSourcePorts.contains(port)
+            || (guards.denyOwnPort && port == localPort && port != 0)
+        {
+            words[port >> 6] |= 1 << UInt64(port & 63)
+        }
+        for (index, word) in words.enumerated() where word != 0 {
+            try self.update("ports", key: UInt32(index), value: word)
+        }
+        for (name, list) in [("allow", guards.allow), ("deny", guards.deny)] {
+            for prefix in list {
+                var key = udpecho_xdp_prefix()
+                key.length = UInt32(prefix.bits)
+                withUnsafeMutableBytes(of: &key.address) { $0.copyBytes(from: prefix.network.mappedBytes) }
+                try self.update(name, key: key, value: UInt32(1))
+            }
+        }
+    }
+
+    /// Writes what changes while the server runs: the clock's offset and error estimate (STAMP), the host's
+    /// addresses and the ephemeral port range. The server calls it every second.
+    func refresh() throws(EchoError) {
+        let clock = HostClock.current()
+        let format: StampTimestampFormat = self.state.withLock {
+            $0.configuration.flags & UInt32(UDPECHO_XDP_PTP.rawValue) != 0 ? .ptp : .ntp
+        }
+        var realtime = timespec()
+        var monotonic = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &monotonic)
+        clock_gettime(CLOCK_REALTIME, &realtime)
+        let offset =
+            (Int64(realtime.tv_sec) - Int64(monotonic.tv_sec)) * 1_000_000_000
+            + Int64(realtime.tv_nsec) - Int64(monotonic.tv_nsec)
+        let ports = EphemeralPorts.current()
+        let interfaces = InterfaceAddresses.current()
+        var current: [[UInt8]: UInt32] = [:]
+        for address in interfaces.addresses {
+            current[address.mappedBytes, default: 0] |= UInt32(UDPECHO_XDP_LOCAL_ADDRESS.rawValue)
+        }
+        for address in interfaces.broadcasts {
+            current[address.mappedBytes, default: 0] |= UInt32(UDPECHO_XDP_LOCAL_BROADCAST.rawValue)
+        }
+        let (config, stale) = self.state.withLock { state -> (udpecho_xdp_config, Set<[UInt8]>) in
+            state.configuration.realtime_offset = offset
+            state.configuration.tai_offset = Int32(clamping: clock.taiOffset)
+            state.configuration.error_estimate = clock.errorEstimate(format).raw.bigEndian
+            state.configuration.ephemeral_low = UInt32(ports.lowerBound)
+            state.configuration.ephemeral_high = UInt32(ports.upperBound)
+            let stale = state.localKeys.subtracting(current.keys)
+            state.localKeys = Set(current.keys.prefix(1024))
+            return (state.configuration, stale)
+        }
+        try self.update("config", key: UInt32(0), value: config)
+        for (key, flags) in current.prefix(1024) {
+            var address = (UInt64(0), UInt64(0))
+            withUnsafeMutableBytes(of: &address) { $0.copyBytes(from: key) }
+            try self.update("local", key: address, value: flags)
+        }
+        for key in stale {
+            var address = (UInt64(0), UInt64(0))
+            withUnsafeMutableBytes(of: &address) { $0.copyBytes(from: key) }
+            self.state.withLock { state in
+                guard !state.detached, let map = self.program.map("local") else { return }
+                _ = cudpecho_bpf_map_delete(state.maps[map], &address)
+            }
+        }
+    }
+
+    private func update<Key, Value>(_ name: String, key: Key, value: Value) throws(EchoError) {
+        var key = key
+        var value = value
+        let result = self.state.withLock { state -> Int32 in
+            guard !state.detached, let map = self.program.map(name) else { return 0 }
+            return cudpecho_bpf_map_update(state.maps[map], &key, &value, 0)
+        }
+        guard result >= 0 else {
+            throw .xdp(interface: self.interface, reason: "writing the \(name) map failed: \(Self.explain(-result))")
+        }
+    }
+
+    /// The counters now, summed over the CPUs.
+    var statistics: XDPStatistics {
+        var statistics = XDPStatistics(interface: self.interface, mode: self.mode)
+        let totals = self.state.withLock { state in
+            state.detached
+                ? state.final ?? [Int](repeating: 0, count: Int(UDPECHO_XDP_COUNTERS.rawValue))
+                : self.readCounters(state)
+        }
+        func value(_ counter: udpecho_xdp_counter) -> Int { totals[Int(counter.rawValue)] }
+        statistics.seen = value(UDPECHO_XDP_SEEN)
+        statistics.judgedBytes = value(UDPECHO_XDP_JUDGED_BYTES)
+        statistics.echoed = value(UDPECHO_XDP_ECHOED)
+        statistics.reflected = value(UDPECHO_XDP_REFLECTED)
+        statistics.answeredBytes = value(UDPECHO_XDP_ECHOED_BYTES)
+        statistics.rateSources = value(UDPECHO_XDP_RATE_NEW_SOURCE)
+        let passes: [(XDPPassReason, udpecho_xdp_counter)] = [
+            (.fragment, UDPECHO_XDP_PASS_FRAGMENT), (.options, UDPECHO_XDP_PASS_OPTIONS),
+            (.stamp, UDPECHO_XDP_PASS_STAMP), (.checksum, UDPECHO_XDP_PASS_CHECKSUM), (.other, UDPECHO_XDP_PASS_OTHER),
+        ]
+        for (reason, counter) in passes where value(counter) > 0 { statistics.passed[reason] = value(counter) }
+        let drops: [(DropReason, udpecho_xdp_counter)] = [
+            (.oversize, UDPECHO_XDP_DROP_OVERSIZE), (.sourcePort, UDPECHO_XDP_DROP_SOURCE_PORT),
+            (.sourceAddress, UDPECHO_XDP_DROP_SOURCE_ADDRESS), (.ownEndpoint, UDPECHO_XDP_DROP_OWN_ENDPOINT),
+            (.denied, UDPECHO_XDP_DROP_DENIED), (.loop, UDPECHO_XDP_DROP_LOOP),
+            (.rateLimited, UDPECHO_XDP_DROP_RATE_LIMITED), (.overBudget, UDPECHO_XDP_DROP_OVER_BUDGET),
+        ]
+        for (reason, counter) in drops where value(counter) > 0 { statistics.drops[reason] = value(counter) }
+        statistics.judged = statistics.echoed + statistics.reflected + statistics.drops.values.reduce(0, +)
+        return statistics
+    }
+
+    /// The counters from the map, summed over the CPUs.
+    private func readCounters(_ state: State) -> [Int] {
+        let count = Int(UDPECHO_XDP_COUNTERS.rawValue)
+        var totals = [Int](repeating: 0, count: count)
+        guard let map = self.program.map("counters") else { return totals }
+        var values = [UInt64](repeating: 0, count: self.cpus)
+        for index in 0..<count {
+            var key = UInt32(index)
+            guard cudpecho_bpf_map_lookup(state.maps[map], &key, &values) == 0 else { continue }
+            totals[index] = values.reduce(0) { $0 &+ Int(truncatingIfNeeded: $1) }
+        }
+        return totals
+    }
+
+    /// An errno in words, with what to grant where it is a privilege.
+    static func explain(_ code: Int32) -> String {
+        let text = String(cString: strerror(code))
+        switch code {
+        case EPERM, EACCES:
+            return "\(text): loading and attaching an XDP program needs CAP_BPF and CAP_NET_ADMIN (run as root, or "
+                + "with AmbientCapabilities=CAP_BPF CAP_NET_ADMIN in the systemd unit)"
+        default:
+            return text
+        }
+    }
+}
+
+extension IPKey {
+    /// The address's 16 bytes in network order, IPv4 mapped into IPv6 (the XDP maps' form).
+    var mappedBytes: [UInt8] {
+        withUnsafeBytes(of: (self.high.bigEndian, self.low.bigEndian)) { Array($0) }
+    }
+}
