@@ -18,6 +18,9 @@ struct TestNetwork: NamespaceHosts {
 
     let server: String
     let client: String
+    /// The veth pair's ends: the server's and the client's.
+    let serverLink: String
+    let clientLink: String
     // Documentation addresses (TEST-NET-1, 2001:db8::/32), only inside these namespaces.
     let serverAddress = "192.0.2.1"
     let clientAddress = "192.0.2.2"
@@ -32,6 +35,8 @@ struct TestNetwork: NamespaceHosts {
         self.client = "udpecho-c-\(id)"
         let serverLink = "ues\(id)"
         let clientLink = "uec\(id)"
+        self.serverLink = serverLink
+        self.clientLink = clientLink
         var commands = [
             ["netns", "add", self.server],
             ["netns", "add", self.client],

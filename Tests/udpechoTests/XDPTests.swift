@@ -1,0 +1,260 @@
+import Foundation
+import TestSupport
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Two test hosts joined by a veth pair, set up as an XDP path needs: the client's end has an XDP program of its own
+/// (XDP_PASS: without one, a veth end drops the frames the other end sends back with XDP_TX) and sends full UDP
+/// checksums (`ethtool -K tx off`: a veth otherwise leaves them partial, and a frame sent back by XDP then fails the
+/// client's check). `../shared/bench/README.md` has the same recipe.
+struct XDPNetwork: NamespaceHosts {
+    static var available: Bool {
+        TestNetwork.available && FileManager.default.isExecutableFile(atPath: "/usr/sbin/ethtool")
+            && FileManager.default.isExecutableFile(atPath: clang)
+    }
+    /// The Swift toolchain's clang, whose BPF target builds the client end's program (as the package's build does).
+    static let clang = "/opt/swift/usr/bin/clang"
+
+    let network: TestNetwork
+    var namespaces: [String] { self.network.namespaces }
+
+    init() async throws {
+        self.network = try await TestNetwork()
+        let object = try await Self.passProgram()
+        do {
+            let commands = [
+                [
+                    "-n", self.network.client, "link", "set", "dev", self.network.clientLink, "xdp", "obj", object,
+                    "sec", "xdp",
+                ],
+                ["netns", "exec", self.network.client, "ethtool", "-K", self.network.clientLink, "tx", "off"],
+            ]
+            for command in commands {
+                let result = try await Spawned.run(TestNetwork.ip, command)
+                guard result.status == 0 else {
+                    throw SetupError(description: "ip \(command.joined(separator: " ")) failed: \(result.error)")
+                }
+            }
+        } catch {
+            await self.network.remove()
+            throw error
+        }
+    }
+
+    /// An XDP_PASS program, built once per run.
+    static func passProgram() async throws -> String {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("udpecho-xdp-\(getpid())")
+        let object = directory.appendingPathComponent("xdp-pass.o").path
+        if FileManager.default.fileExists(atPath: object) { return object }
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let source = directory.appendingPathComponent("xdp-pass.c")
+        try """
+        #include <linux/bpf.h>
+        __attribute__((section("xdp"), used)) int pass(struct xdp_md *ctx) { return XDP_PASS; }
+        __attribute__((section("license"), used)) char _license[] = "GPL";
+        """.write(to: source, atomically: true, encoding: .utf8)
+        let result = try await Spawned.run(
+            clang,
+            ["-O2", "-target", "bpf", "-I/usr/include/x86_64-linux-gnu", "-c", source.path, "-o", object + ".tmp"]
+        )
+        guard result.status == 0 else { throw SetupError(description: "clang -target bpf failed: \(result.error)") }
+        try FileManager.default.moveItem(atPath: object + ".tmp", toPath: object)
+        return object
+    }
+
+    /// Starts `udpecho server --xdp` on the server's end with `arguments`; waits for its XDP line.
+    func startServer(_ arguments: [String], xdp: Bool = true) async throws -> Spawned {
+        let link = xdp ? ["--xdp", self.network.serverLink] : []
+        let server = try Spawned(
+            TestNetwork.ip,
+            ["netns", "exec", self.network.server, udpecho, "server", "--address", ":7000", "-q"] + link + arguments
+        )
+        let ready = xdp ? "xdp: answering" : "running as"
+        guard await server.waitForLine({ $0.hasPrefix(ready) }) != nil else {
+            throw StartError(output: server.errorText + server.outputLines.joined(separator: "\n"))
+        }
+        return server
+    }
+
+    /// Runs the client script in the client's host; returns its JSON output.
+    func client(_ script: String, _ arguments: [String], python: String = "python3") async throws -> [String: Any] {
+        let result = try await self.network.run(in: self.network.client, [python, "-c", script] + arguments)
+        guard result.status == 0, let line = result.lines.last,
+            let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
+        else {
+            throw SetupError(description: "the client failed (\(result.status)): \(result.error) \(result.lines)")
+        }
+        return object
+    }
+
+    /// Whether an XDP program is attached to the server's end now.
+    func serverHasProgram() async throws -> Bool {
+        let result = try await Spawned.run(
+            TestNetwork.ip,
+            ["-n", self.network.server, "link", "show", "dev", self.network.serverLink]
+        )
+        return result.lines.contains { $0.contains("prog/xdp") }
+    }
+}
+
+/// Stops a server with SIGINT and returns its summary's counters (`name=value`, reasons in parentheses included).
+func stopAndCount(_ server: Spawned) async throws -> [String: Int] {
+    server.signal(SIGINT)
+    #expect(await server.waitForExit() == 0)
+    let summary = try #require(server.outputLines.last { $0.hasPrefix("summary:") }, "\(server.outputLines)")
+    var counts: [String: Int] = [:]
+    for token in summary.split(separator: " ") {
+        let parts = token.trimmingCharacters(in: CharacterSet(charactersIn: "()")).split(separator: "=")
+        if parts.count == 2, let value = Int(parts[1]) { counts[String(parts[0])] = value }
+    }
+    return counts
+}
+
+/// The XDP client: `sizes SERVER4 SERVER6 PORT` sends every size from 0 to the largest unfragmented one, then a few
+/// that fragment, over IPv4 and IPv6, each a different pattern, and checks every echo byte for byte. `options SERVER
+/// PORT COUNT` sends datagrams with IPv4 options (NOPs), `plain SERVER PORT COUNT` without.
+let pythonXDPClient = """
+    import json, socket, sys
+    mode = sys.argv[1]
+    def pattern(size, seed):
+        return bytes((seed * 7 + i * 13 + (i >> 8)) & 0xff for i in range(size))
+    def exchange(s, address, payload):
+        s.sendto(payload, address)
+        try:
+            data = s.recv(70000)
+        except socket.timeout:
+            return "lost"
+        return "ok" if data == payload else "corrupt"
+    out = {}
+    if mode == "sizes":
+        s4, s6, port = sys.argv[2], sys.argv[3], int(sys.argv[4])
+        for family, server, largest, big in [(socket.AF_INET, s4, 1472, [1473, 4000, 65507]),
+                                              (socket.AF_INET6, s6, 1452, [1453, 9000, 65527])]:
+            s = socket.socket(family, socket.SOCK_DGRAM)
+            s.settimeout(2)
+            results = {"ok": 0, "lost": [], "corrupt": []}
+            for size in list(range(0, largest + 1)) + big:
+                r = exchange(s, (server, port), pattern(size, size))
+                if r == "ok": results["ok"] += 1
+                else: results[r].append(size)
+            out["v4" if family == socket.AF_INET else "v6"] = results
+    elif mode in ("options", "plain"):
+        server, port, count = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        if mode == "options":
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, bytes([1, 1, 1, 0]))
+        s.settimeout(2)
+        out["answered"] = sum(exchange(s, (server, port), pattern(100, i)) == "ok" for i in range(count))
+    print(json.dumps(out), flush=True)
+    """
+
+/// Udpecho's XDP path over a veth pair between two test hosts (the server's end answers in XDP, natively).
+@Suite(.serialized, .enabled(if: XDPNetwork.available, "needs root, ip, ethtool and the toolchain's clang"))
+struct XDPTests {
+    /// Every size from 0 to the largest that fits one frame, IPv4 and IPv6, comes back byte for byte, answered in
+    /// XDP; larger ones arrive as fragments, which go up to the socket path, and come back too.
+    @Test func everySizeIsEchoedByteForByte() async throws {
+        try await withHosts(try await XDPNetwork()) { hosts in
+            let server = try await hosts.startServer([])
+            #expect(server.outputLines.contains { $0.contains("(native: in the driver)") })
+            #expect(try await hosts.serverHasProgram())
+            let network = hosts.network
+            let result = try await hosts.client(
+                pythonXDPClient,
+                ["sizes", network.serverAddress, network.serverAddress6, "7000"]
+            )
+            let v4 = try #require(result["v4"] as? [String: Any])
+            let v6 = try #require(result["v6"] as? [String: Any])
+            #expect(v4["ok"] as? Int == 1473 + 3, "\(v4)")
+            #expect(v6["ok"] as? Int == 1453 + 3, "\(v6)")
+            let counts = try await stopAndCount(server)
+            // 1473 + 1453 unfragmented datagrams answered in XDP; the 6 larger ones by the sockets.
+            #expect(counts["xdp-echoed"] == 1473 + 1453, "\(counts)")
+            #expect(counts["fragment"] == 6, "\(counts)")
+            #expect(counts["echoed"] == 1473 + 1453 + 6, "\(counts)")
+            #expect(counts["dropped"] == 0, "\(counts)")
+        }
+    }
+
+    /// Datagrams with IPv4 options go up to the sockets, counted, and are answered there.
+    @Test func optionsArePassedUpAndAnswered() async throws {
+        try await withHosts(try await XDPNetwork()) { hosts in
+            let server = try await hosts.startServer([])
+            let result = try await hosts.client(pythonXDPClient, ["options", hosts.network.serverAddress, "7000", "5"])
+            #expect(result["answered"] as? Int == 5)
+            let counts = try await stopAndCount(server)
+            #expect(counts["options"] == 5 && counts["xdp-echoed"] == 0 && counts["echoed"] == 5, "\(counts)")
+        }
+    }
+
+    /// The program goes away with the process, even when it is killed (the BPF link's last descriptor closes).
+    @Test func theProgramIsGoneAfterSIGKILL() async throws {
+        try await withHosts(try await XDPNetwork()) { hosts in
+            let server = try await hosts.startServer([])
+            #expect(try await hosts.serverHasProgram())
+            // `ip netns exec` runs udpecho in its own process: kill that one, not ip.
+            let pids = Spawned.runBlocking(TestNetwork.ip, ["netns", "pids", hosts.network.server]).output
+                .split(separator: "\n").compactMap { Int32($0) }
+            #expect(!pids.isEmpty)
+            for pid in pids { kill(pid, SIGKILL) }
+            _ = await server.waitForExit()
+            var attached = true
+            for _ in 0..<50 where attached {
+                attached = try await hosts.serverHasProgram()
+                if attached { try await Task.sleep(for: .milliseconds(100)) }
+            }
+            #expect(!attached, "the XDP program outlived its process")
+        }
+    }
+
+    /// What the kernel, the interface or the arguments refuse gets a clear error and exit status 1 (64 for usage).
+    @Test func refusalsAreExplained() async throws {
+        try await withHosts(try await XDPNetwork()) { hosts in
+            let network = hosts.network
+            func run(_ arguments: [String], prefix: [String] = []) async throws -> (Int32, String) {
+                let result = try await network.run(
+                    in: network.server,
+                    prefix + [udpecho, "server", "--address", ":7000"] + arguments
+                )
+                return (result.status, result.error)
+            }
+            let missing = try await run(["--xdp", "nosuch0"])
+            #expect(missing.0 == 1 && missing.1.contains("XDP on nosuch0: there is no such interface"), "\(missing)")
+            let twamp = try await run(["--xdp", network.serverLink, "--protocol", "twamp"])
+            #expect(twamp.0 == 64 && twamp.1.contains("--xdp answers echo and STAMP"), "\(twamp)")
+            // Without privileges: nobody's user, no capabilities.
+            let unprivileged = try await run(
+                ["--xdp", network.serverLink],
+                prefix: ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"]
+            )
+            #expect(
+                unprivileged.0 == 1 && unprivileged.1.contains("needs CAP_BPF and CAP_NET_ADMIN"),
+                "\(unprivileged)"
+            )
+            // Another program on the interface already.
+            let object = try await XDPNetwork.passProgram()
+            let attach = try await Spawned.run(
+                TestNetwork.ip,
+                ["-n", network.server, "link", "set", "dev", network.serverLink, "xdp", "obj", object, "sec", "xdp"]
+            )
+            #expect(attach.status == 0, "\(attach.error)")
+            let busy = try await run(["--xdp", network.serverLink])
+            #expect(busy.0 == 1 && busy.1.contains("another XDP program is attached to it"), "\(busy)")
+        }
+    }
+
+    /// Generic mode, asked for, is what the server says it has.
+    @Test func genericModeIsSaid() async throws {
+        try await withHosts(try await XDPNetwork()) { hosts in
+            let server = try await hosts.startServer(["--xdp-mode", "generic"])
+            #expect(server.outputLines.contains { $0.contains("(generic: generic XDP, after the driver") })
+            let result = try await hosts.client(pythonXDPClient, ["plain", hosts.network.serverAddress, "7000", "20"])
+            #expect(result["answered"] as? Int == 20)
+            let counts = try await stopAndCount(server)
+            #expect(counts["xdp-echoed"] == 20, "\(counts)")
+        }
+    }
+}
