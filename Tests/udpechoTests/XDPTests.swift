@@ -148,7 +148,67 @@ let pythonXDPClient = """
             s.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, bytes([1, 1, 1, 0]))
         s.settimeout(2)
         out["answered"] = sum(exchange(s, (server, port), pattern(100, i)) == "ok" for i in range(count))
+    elif mode == "guards":
+        server, port = sys.argv[2], int(sys.argv[3])
+        def sock(address="0.0.0.0", source_port=0):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind((address, source_port))
+            s.settimeout(0.3)
+            return s
+        def answered(s, payloads):
+            for p in payloads: s.sendto(p, (server, port))
+            n = 0
+            try:
+                while True:
+                    s.recv(70000)
+                    n += 1
+            except socket.timeout:
+                return n
+        out["oversize"] = answered(sock(), [pattern(200, 1)])
+        out["source-port"] = answered(sock(source_port=1000), [pattern(50, 2)])
+        out["denied"] = answered(sock("192.0.2.3"), [pattern(50, 3)])
+        loop = sock()
+        out["loop"] = sum(answered(loop, [pattern(50, 4)]) for _ in range(6))
+        out["rate-limited"] = answered(sock("192.0.2.4"), [pattern(50, 100 + i) for i in range(20)])
+    elif mode == "budget":
+        server, port = sys.argv[2], int(sys.argv[3])
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(0.3)
+        for i in range(20): s.sendto(pattern(50, i), (server, port))
+        n = 0
+        try:
+            while True:
+                s.recv(70000)
+                n += 1
+        except socket.timeout:
+            pass
+        out["answered"] = n
     print(json.dumps(out), flush=True)
+    """
+
+/// Forged and damaged datagrams, made with scapy and sent from the client's host: `forged SERVER PORT` sends a
+/// multicast source, the server's own address and port, a loopback source, and a datagram whose UDP checksum is
+/// wrong; none may be answered.
+let scapyForged = """
+    import json, socket, sys
+    from scapy.all import IP, UDP, Raw, send, conf
+    conf.verb = 0
+    server, port = sys.argv[2], int(sys.argv[3])
+    r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    r.bind(("0.0.0.0", 40001))
+    r.settimeout(0.5)
+    for src, sport, check in [("224.0.0.9", 40001, None), (server, port, None), ("127.0.0.1", 40001, None),
+                              ("192.0.2.2", 40001, 0x1234)]:
+        udp = UDP(sport=sport, dport=port) if check is None else UDP(sport=sport, dport=port, chksum=check)
+        send(IP(src=src, dst=server) / udp / Raw(b"forged" * 5))
+    n = 0
+    try:
+        while True:
+            r.recv(70000)
+            n += 1
+    except socket.timeout:
+        pass
+    print(json.dumps({"answered": n}), flush=True)
     """
 
 /// Udpecho's XDP path over a veth pair between two test hosts (the server's end answers in XDP, natively).
@@ -243,6 +303,76 @@ struct XDPTests {
             #expect(attach.status == 0, "\(attach.error)")
             let busy = try await run(["--xdp", network.serverLink])
             #expect(busy.0 == 1 && busy.1.contains("another XDP program is attached to it"), "\(busy)")
+        }
+    }
+
+    /// Each guard drops in XDP what the socket path drops, under the same counter: the same client against the same
+    /// server, once with XDP and once without.
+    @Test func guardsDropWhatTheSocketPathDrops() async throws {
+        try await withHosts(try await XDPNetwork()) { hosts in
+            let network = hosts.network
+            for address in ["192.0.2.3", "192.0.2.4"] {
+                let result = try await Spawned.run(
+                    TestNetwork.ip,
+                    ["-n", network.client, "addr", "add", "\(address)/24", "dev", network.clientLink]
+                )
+                #expect(result.status == 0, "\(result.error)")
+            }
+            let guards = ["--max-size", "100", "--deny", "192.0.2.3/32", "--rate-limit", "5", "--rate-burst", "5"]
+            var answers: [Bool: [String: Int]] = [:]
+            var counts: [Bool: [String: Int]] = [:]
+            for xdp in [true, false] {
+                let server = try await hosts.startServer(guards, xdp: xdp)
+                let result = try await hosts.client(pythonXDPClient, ["guards", network.serverAddress, "7000"])
+                answers[xdp] = result.compactMapValues { $0 as? Int }
+                counts[xdp] = try await stopAndCount(server)
+            }
+            let expected = ["oversize": 0, "source-port": 0, "denied": 0, "loop": 4]
+            for (xdp, answered) in answers {
+                for (guardName, count) in expected { #expect(answered[guardName] == count, "xdp \(xdp): \(answered)") }
+                #expect((5...6).contains(answered["rate-limited"] ?? -1), "xdp \(xdp): \(answered)")
+            }
+            let withXDP = try #require(counts[true])
+            let withSockets = try #require(counts[false])
+            for reason in ["oversize", "source-port", "denied", "loop"] {
+                #expect(
+                    withXDP[reason] != nil && withXDP[reason] == withSockets[reason],
+                    "\(reason): \(withXDP) \(withSockets)"
+                )
+            }
+            #expect(withXDP["rate-limited"] == 20 - (answers[true]?["rate-limited"] ?? 0), "\(withXDP)")
+            #expect(withSockets["rate-limited"] == 20 - (answers[false]?["rate-limited"] ?? 0), "\(withSockets)")
+            // Everything the XDP run answered or dropped was judged in XDP.
+            #expect(
+                withXDP["xdp-dropped"] == withXDP["dropped"] && withXDP["xdp-echoed"] == withXDP["echoed"],
+                "\(withXDP)"
+            )
+        }
+    }
+
+    /// Forged sources (multicast, the server's own endpoint, loopback) are dropped in XDP under their reasons, and
+    /// a datagram with a wrong checksum is passed up (the stack drops it); the global budget drops past its rate.
+    @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: scapyPython), "needs .build/peers-venv"))
+    func forgedSourcesAndTheBudget() async throws {
+        try await withHosts(try await XDPNetwork()) { hosts in
+            let network = hosts.network
+            let server = try await hosts.startServer([])
+            let forged = try await hosts.client(
+                scapyForged,
+                ["forged", network.serverAddress, "7000"],
+                python: scapyPython
+            )
+            #expect(forged["answered"] as? Int == 0)
+            let counts = try await stopAndCount(server)
+            #expect(counts["source-address"] == 2 && counts["own-endpoint"] == 1, "\(counts)")
+            #expect(counts["checksum"] == 1 && counts["echoed"] == 0, "\(counts)")
+            // One reply a second over all sources: each CPU's share of it, a burst of one.
+            let limited = try await hosts.startServer(["--rate-limit", "0", "--global-rate", "2"])
+            let budget = try await hosts.client(pythonXDPClient, ["budget", network.serverAddress, "7000"])
+            let answered = try #require(budget["answered"] as? Int)
+            #expect((1...2).contains(answered), "\(budget)")
+            let limitedCounts = try await stopAndCount(limited)
+            #expect(limitedCounts["over-budget"] == 20 - answered, "\(limitedCounts)")
         }
     }
 
