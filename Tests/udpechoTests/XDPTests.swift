@@ -211,6 +211,54 @@ let scapyForged = """
     print(json.dumps({"answered": n}), flush=True)
     """
 
+/// A STAMP Session-Sender of scapy's layers for the XDP reflector: `stamp SERVER PORT FORMAT` sends base test packets
+/// (checked field by field), then a packet with a TLV and a TWAMP-Light short one (both go up to the sockets and are
+/// answered there) and a reflected packet of the reflector's own (a loop: dropped).
+let scapyStampXDP = """
+    import json, socket, struct, sys, time
+    from scapy.contrib.stamp import (STAMPSessionSenderTestUnauthenticated as Sender,
+        STAMPSessionReflectorTestUnauthenticated as Reflector, STAMPTestTLV as TLV)
+    server, port, fmt = sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 61)
+    s.settimeout(1)
+    NTP = 2208988800
+    def conv(raw):
+        if fmt == "ptp": return (raw >> 32) - 37 + (raw & 0xFFFFFFFF) / 1e9
+        return (raw >> 32) - NTP + (raw & 0xFFFFFFFF) / 2**32
+    checks, gaps = [], []
+    for seq in range(1, 11):
+        sent = bytes(Sender(seq=seq, ts=time.time() + NTP, ssid=42))
+        t1 = time.time()
+        s.sendto(sent, (server, port))
+        data = s.recv(65536)
+        t4 = time.time()
+        r = Reflector(data)
+        t3, t2 = struct.unpack("!Q", data[4:12])[0], struct.unpack("!Q", data[16:24])[0]
+        gaps.append(conv(t3) - conv(t2))
+        checks.append(len(data) == 44 and r.seq == seq and r.seq_sender == seq and r.ssid == 42 and r.ttl_sender == 61
+            and data[28:36] == sent[4:12] and data[36:38] == sent[12:14] and data[38:40] + data[41:44] == bytes(5)
+            and t1 - 0.002 <= conv(t2) <= t4 + 0.002 and t3 >= t2 and r.err_estimate.Z == (1 if fmt == "ptp" else 0))
+    tlv = bytes(Sender(seq=20, ts=time.time() + NTP, ssid=7, tlv_objects=[TLV(type=200, len=4, value=b"abcd")]))
+    s.sendto(tlv, (server, port))
+    tlv_answered = len(s.recv(65536)) == len(tlv)
+    short = bytes(Sender(seq=21, ts=time.time() + NTP))[:14]
+    s.sendto(short, (server, port))
+    short_answered = len(s.recv(65536)) == 44
+    now = time.time()
+    looped = bytearray(bytes(Reflector(seq=1, ts=now + NTP, ts_rx=now + NTP, seq_sender=1, ts_sender=now + NTP)))
+    if fmt == "ptp":   # the reflector's T3 in its own format (TAI: 37 s ahead of UTC, as conv reads it)
+        looped[28:36] = struct.pack("!II", int(now) + 37, int((now % 1) * 1e9))
+    s.sendto(bytes(looped), (server, port))
+    try:
+        s.recv(65536)
+        loop_answered = True
+    except socket.timeout:
+        loop_answered = False
+    print(json.dumps({"fields": checks, "max_gap_us": max(gaps) * 1e6, "tlv": tlv_answered, "short": short_answered,
+                      "loop": loop_answered}), flush=True)
+    """
+
 /// Udpecho's XDP path over a veth pair between two test hosts (the server's end answers in XDP, natively).
 @Suite(.serialized, .enabled(if: XDPNetwork.available, "needs root, ip, ethtool and the toolchain's clang"))
 struct XDPTests {
@@ -373,6 +421,30 @@ struct XDPTests {
             #expect((1...2).contains(answered), "\(budget)")
             let limitedCounts = try await stopAndCount(limited)
             #expect(limitedCounts["over-budget"] == 20 - answered, "\(limitedCounts)")
+        }
+    }
+
+    /// The STAMP reflector in XDP: scapy reads its replies field by field (NTP and PTP timestamps); TLVs and short
+    /// TWAMP-Light packets are answered by the sockets; a reply of its own coming back is dropped as a loop.
+    @Test(
+        .enabled(if: FileManager.default.isExecutableFile(atPath: scapyPython), "needs .build/peers-venv"),
+        arguments: ["ntp", "ptp"]
+    )
+    func stampRepliesFieldByField(format: String) async throws {
+        try await withHosts(try await XDPNetwork()) { hosts in
+            let server = try await hosts.startServer(["--protocol", "stamp", "--stamp-timestamp", format])
+            #expect(server.outputLines.contains { $0.contains("answering STAMP test packets") })
+            let result = try await hosts.client(
+                scapyStampXDP,
+                ["stamp", hosts.network.serverAddress, "7000", format],
+                python: scapyPython
+            )
+            #expect(result["fields"] as? [Bool] == [Bool](repeating: true, count: 10), "\(result)")
+            #expect(result["tlv"] as? Bool == true && result["short"] as? Bool == true, "\(result)")
+            #expect(result["loop"] as? Bool == false, "\(result)")
+            let counts = try await stopAndCount(server)
+            #expect(counts["xdp-echoed"] == 10 && counts["stamp"] == 2 && counts["loop"] == 1, "\(counts)")
+            #expect(counts["echoed"] == 12, "\(counts)")
         }
     }
 

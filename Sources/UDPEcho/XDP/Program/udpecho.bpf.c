@@ -73,7 +73,7 @@ struct map_def budget SEC("maps") = {BPF_MAP_TYPE_PERCPU_ARRAY, 4, sizeof(struct
 // The longest UDP datagram answered here: a frame in one buffer (this program does not take multi-buffer frames) is
 // at most a page; the checksum reads it in up to MAX_PIECES pieces of PIECE bytes.
 #define MAX_UDP_LENGTH 4096
-#define PIECE 256
+#define PIECE 128
 #define MAX_PIECES (MAX_UDP_LENGTH / PIECE)
 
 INLINE __u16 swap16(__u16 x) { return (__u16)((x >> 8) | (x << 8)); }
@@ -450,10 +450,11 @@ SEC("xdp") int udpecho_xdp(struct xdp_md *ctx) {
         reply.timestamp = __builtin_bswap64(encode_time(cfg, bpf_ktime_get_ns()));
         // The checksum follows the payload's change (RFC 1624); IPv4's 0 stays 0 (no checksum).
         if (udp->check != 0) {
-            __s64 sum = bpf_csum_diff((__be32 *)packet, sizeof(reply), (__be32 *)&reply, sizeof(reply),
-                                      (__wsum)(__u16)~udp->check);
-            if (sum < 0) return XDP_PASS;
-            __u16 check = ~fold((__u64)(__u32)sum);
+            __u64 sum = (__u16)~udp->check;
+            __u16 *before = (__u16 *)packet, *after = (__u16 *)&reply;
+#pragma unroll
+            for (int i = 0; i < (int)(sizeof(reply) / 2); i++) sum += (__u16)~before[i] + after[i];
+            __u16 check = ~fold(sum);
             udp->check = check == 0 ? 0xffff : check;
         }
         __builtin_memcpy(packet, &reply, sizeof(reply));
@@ -480,11 +481,6 @@ SEC("xdp") int udpecho_xdp(struct xdp_md *ctx) {
             ip6->priority = 0;
             ip6->flow_lbl[0] &= 0x0f;
         }
-    }
-    if (cfg->mode == UDPECHO_XDP_MODE_STAMP && (udp->check != 0 || ip6)) {
-        udp->check = 0;
-        __u16 check = 0;
-        udp->check = check == 0 ? 0xffff : check;
     }
     unsigned char mac[ETH_ALEN];
     __builtin_memcpy(mac, eth->h_source, ETH_ALEN);
