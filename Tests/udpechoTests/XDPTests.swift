@@ -448,13 +448,29 @@ struct XDPTests {
         }
     }
 
-    /// Generic mode, asked for, is what the server says it has.
-    @Test func genericModeIsSaid() async throws {
+    /// Generic mode, asked for, is what the server says it has; the metrics count what XDP answered as the server's.
+    @Test func genericModeIsSaidAndCounted() async throws {
         try await withHosts(try await XDPNetwork()) { hosts in
-            let server = try await hosts.startServer(["--xdp-mode", "generic"])
+            let server = try await hosts.startServer(["--xdp-mode", "generic", "--metrics", "127.0.0.1:9107"])
             #expect(server.outputLines.contains { $0.contains("(generic: generic XDP, after the driver") })
             let result = try await hosts.client(pythonXDPClient, ["plain", hosts.network.serverAddress, "7000", "20"])
             #expect(result["answered"] as? Int == 20)
+            let scrape = try await hosts.network.run(
+                in: hosts.network.server,
+                [
+                    "python3", "-c",
+                    "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9107/metrics').read().decode())",
+                ]
+            )
+            let metrics = scrape.lines
+            #expect(metrics.contains("udpecho_xdp_answered_total 20"), "\(metrics)")
+            #expect(metrics.contains("udpecho_datagrams_total{direction=\"echoed\"} 20"), "\(metrics)")
+            #expect(
+                metrics.contains(
+                    "udpecho_xdp_attached{interface=\"\(hosts.network.serverLink)\",mode=\"generic\"} 1.0"
+                ),
+                "\(metrics)"
+            )
             let counts = try await stopAndCount(server)
             #expect(counts["xdp-echoed"] == 20, "\(counts)")
         }

@@ -16,6 +16,11 @@ import Synchronization
 /// | `udpecho_stamp_sessions` | | sessions in a stateful STAMP reflector's tables (a gauge) |
 /// | `udpecho_offload_runs_total` | | runs of datagrams received coalesced (UDP GRO) and answered with one write |
 /// | `udpecho_offload_fallbacks_total` | | segmented writes refused and sent datagram by datagram |
+/// | `udpecho_xdp_answered_total` | | datagrams answered in XDP (also in `udpecho_datagrams_total`) |
+/// | `udpecho_xdp_passed_total` | `reason`: an ``XDPPassReason`` | datagrams XDP passed up to the sockets |
+/// | `udpecho_xdp_attached` | `interface`, `mode` (`native`, `generic`) | 1 while the XDP program is attached |
+///
+/// What a guard drops in XDP counts in `udpecho_dropped_total` under its reason, as on the sockets.
 ///
 /// The serving threads count in their own memory, without touching swift-metrics; ``publish()`` adds what they
 /// counted since the last call. Run it as a `Service` to publish every `interval`, and call ``publish()`` before a
@@ -34,6 +39,9 @@ public final class ServerMetrics: Service, Sendable {
     private let stampSessions: Gauge
     private let offloadRuns: Counter
     private let offloadFallbacks: Counter
+    private let xdpAnswered: Counter?
+    private let xdpPassed: [XDPPassReason: Counter]
+    private let xdpAttached: Gauge?
 
     /// Publishes `server`'s counters every `interval` once run.
     ///
@@ -72,6 +80,30 @@ public final class ServerMetrics: Service, Sendable {
         self.stampSessions = Gauge(label: "udpecho_stamp_sessions", factory: factory)
         self.offloadRuns = Counter(label: "udpecho_offload_runs_total", factory: factory)
         self.offloadFallbacks = Counter(label: "udpecho_offload_fallbacks_total", factory: factory)
+        if let xdp = server.configuration.xdp, let mode = server.xdpMode {
+            self.xdpAnswered = Counter(label: "udpecho_xdp_answered_total", factory: factory)
+            self.xdpPassed = Dictionary(
+                uniqueKeysWithValues: XDPPassReason.allCases.map {
+                    (
+                        $0,
+                        Counter(
+                            label: "udpecho_xdp_passed_total",
+                            dimensions: [("reason", $0.rawValue)],
+                            factory: factory
+                        )
+                    )
+                }
+            )
+            self.xdpAttached = Gauge(
+                label: "udpecho_xdp_attached",
+                dimensions: [("interface", xdp.interface), ("mode", mode.rawValue)],
+                factory: factory
+            )
+        } else {
+            self.xdpAnswered = nil
+            self.xdpPassed = [:]
+            self.xdpAttached = nil
+        }
     }
 
     /// Adds to the metrics what the server counted since the last call. Safe to call from several threads at once
@@ -99,6 +131,16 @@ public final class ServerMetrics: Service, Sendable {
             self.stampSessions.record(now.stampSessions)
             add(self.offloadRuns, now.coalescedRuns, last.coalescedRuns)
             add(self.offloadFallbacks, now.offloadFallbacks, last.offloadFallbacks)
+            if let xdp = now.xdp {
+                let before = last.xdp
+                if let answered = self.xdpAnswered {
+                    add(answered, xdp.echoed + xdp.reflected, (before?.echoed ?? 0) + (before?.reflected ?? 0))
+                }
+                for (reason, counter) in self.xdpPassed {
+                    add(counter, xdp.passed[reason, default: 0], before?.passed[reason, default: 0] ?? 0)
+                }
+                self.xdpAttached?.record(self.server.isXDPAttached ? 1 : 0)
+            }
             last = now
         }
     }
@@ -115,6 +157,9 @@ public final class ServerMetrics: Service, Sendable {
         "udpecho_stamp_sessions": "Sessions in a stateful STAMP reflector's tables.",
         "udpecho_offload_runs_total": "Runs of datagrams received coalesced (UDP GRO) and answered with one write.",
         "udpecho_offload_fallbacks_total": "Segmented writes refused and sent datagram by datagram.",
+        "udpecho_xdp_answered_total": "Datagrams answered in XDP, in the driver (also counted as echoed).",
+        "udpecho_xdp_passed_total": "Datagrams to the server that XDP passed up to the sockets, by reason.",
+        "udpecho_xdp_attached": "1 while the XDP program is attached to the interface, in this mode.",
     ]
 
     /// `exposition` (Prometheus' text format, as swift-prometheus writes it without help) with a HELP line before

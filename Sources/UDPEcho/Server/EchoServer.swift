@@ -316,6 +316,9 @@ public final class EchoServer: Service, Sendable {
     /// How the XDP program is attached (``XDPAttachMode/native`` or ``XDPAttachMode/generic``); nil without XDP.
     public var xdpMode: XDPAttachMode? { self.xdp?.mode }
 
+    /// Whether the XDP program is attached now (until ``run()`` returns).
+    var isXDPAttached: Bool { self.xdp?.isAttached ?? false }
+
     private static func socketOptions(_ configuration: Configuration) -> ServerSocket.Options {
         ServerSocket.Options(
             reusePort: configuration.threads > 1,
