@@ -7,7 +7,7 @@
 
 #include <linux/types.h>
 
-/// Where the program's counters are in its per-CPU `counters` map.
+/// Where the program's counters are in the one per-CPU entry of its `counters` map.
 enum udpecho_xdp_counter {
     /// Datagrams to the server's address and port that the program looked at (answered, dropped or passed up).
     UDPECHO_XDP_SEEN = 0,
@@ -62,6 +62,8 @@ enum udpecho_xdp_flag {
     UDPECHO_XDP_LIMIT_LOOPBACK = 512,
     /// `maximum_size` is set (a maximum of 0 answers only empty datagrams).
     UDPECHO_XDP_MAXIMUM_SIZE = 1024,
+    /// A deny list is set (the `deny` map is looked up).
+    UDPECHO_XDP_DENY_LIST = 2048,
 };
 
 /// The program's configuration: the one entry of its `config` map. Addresses are 16 bytes, IPv4 mapped into IPv6

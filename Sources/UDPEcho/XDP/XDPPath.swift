@@ -277,6 +277,7 @@ final class XDPPath: Sendable {
         }
         if guards.addressChecks { flags |= UInt32(UDPECHO_XDP_ADDRESS_CHECKS.rawValue) }
         if !guards.allow.isEmpty { flags |= UInt32(UDPECHO_XDP_ALLOW_LIST.rawValue) }
+        if !guards.deny.isEmpty { flags |= UInt32(UDPECHO_XDP_DENY_LIST.rawValue) }
         if guards.limitLoopback { flags |= UInt32(UDPECHO_XDP_LIMIT_LOOPBACK.rawValue) }
         if reflectTOS && stamp == nil { flags |= UInt32(UDPECHO_XDP_KEEP_TOS.rawValue) }
         if stamp?.timestampFormat == .ptp { flags |= UInt32(UDPECHO_XDP_PTP.rawValue) }
@@ -426,16 +427,16 @@ final class XDPPath: Sendable {
         return statistics
     }
 
-    /// The counters from the map, summed over the CPUs.
+    /// The counters from the map, summed over the CPUs (the map's one entry holds them all, per CPU).
     private func readCounters(_ state: State) -> [Int] {
         let count = Int(UDPECHO_XDP_COUNTERS.rawValue)
         var totals = [Int](repeating: 0, count: count)
         guard let map = self.program.map("counters") else { return totals }
-        var values = [UInt64](repeating: 0, count: self.cpus)
-        for index in 0..<count {
-            var key = UInt32(index)
-            guard cudpecho_bpf_map_lookup(state.maps[map], &key, &values) == 0 else { continue }
-            totals[index] = values.reduce(0) { $0 &+ Int(truncatingIfNeeded: $1) }
+        var values = [UInt64](repeating: 0, count: self.cpus * count)
+        var key = UInt32(0)
+        guard cudpecho_bpf_map_lookup(state.maps[map], &key, &values) == 0 else { return totals }
+        for cpu in 0..<self.cpus {
+            for index in 0..<count { totals[index] &+= Int(truncatingIfNeeded: values[cpu * count + index]) }
         }
         return totals
     }

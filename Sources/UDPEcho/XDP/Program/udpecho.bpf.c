@@ -52,7 +52,7 @@ struct map_def {
 
 // Entries that depend on the server's settings (the rate table, the prefix lists) are set by the loader.
 struct map_def config SEC("maps") = {BPF_MAP_TYPE_ARRAY, 4, sizeof(struct udpecho_xdp_config), 1, 0};
-struct map_def counters SEC("maps") = {BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, UDPECHO_XDP_COUNTERS, 0};
+struct map_def counters SEC("maps") = {BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8 * UDPECHO_XDP_COUNTERS, 1, 0};
 struct map_def ports SEC("maps") = {BPF_MAP_TYPE_ARRAY, 4, 8, 1024, 0};
 struct map_def local SEC("maps") = {BPF_MAP_TYPE_HASH, 16, 4, 1024, 0};
 struct map_def allow SEC("maps") = {BPF_MAP_TYPE_LPM_TRIE, sizeof(struct udpecho_xdp_prefix), 4, 1, BPF_F_NO_PREALLOC};
@@ -78,20 +78,13 @@ struct map_def budget SEC("maps") = {BPF_MAP_TYPE_PERCPU_ARRAY, 4, sizeof(struct
 
 INLINE __u16 swap16(__u16 x) { return (__u16)((x >> 8) | (x << 8)); }
 
-INLINE void count(__u32 index, __u64 value) {
-    __u64 *slot = bpf_map_lookup_elem(&counters, &index);
-    if (slot) *slot += value;
-}
-
-INLINE int pass(__u32 reason) {
-    count(reason, 1);
-    return XDP_PASS;
-}
-
-INLINE int drop(__u32 reason) {
-    count(reason, 1);
-    return XDP_DROP;
-}
+// The counters: one per-CPU entry of UDPECHO_XDP_COUNTERS words, looked up once per packet (`tally`).
+#define COUNT(index, value)                        \
+    do {                                           \
+        if (tally) tally[(index)] += (value);      \
+    } while (0)
+#define PASS(reason) ({ COUNT(reason, 1); XDP_PASS; })
+#define DROP(reason) ({ COUNT(reason, 1); XDP_DROP; })
 
 /// The ones'-complement sum (32 bits, unfolded) of `len` bytes of the frame from `offset`, read in pieces
 /// (bpf_xdp_load_bytes into the stack: the same few states for the verifier whatever the length; a piece padded
@@ -205,7 +198,7 @@ INLINE int take(struct udpecho_xdp_bucket *bucket, __u64 now, __u64 rate, __u64 
 /// Why the datagram must not be answered (a UDPECHO_XDP_DROP_ counter), or 0 to answer it: the socket path's
 /// SourceGuard.check, in its order.
 INLINE __u32 guard(struct udpecho_xdp_config *cfg, __u8 source[16], int ipv4, __u16 port, struct xdp_md *ctx,
-                   __u32 payload, __u32 len, __u64 now) {
+                   __u32 payload, __u32 len, __u64 now, __u64 *tally) {
     if ((cfg->flags & UDPECHO_XDP_MAXIMUM_SIZE) && len > cfg->maximum_size) return UDPECHO_XDP_DROP_OVERSIZE;
     __u32 v4 = 0;
     __builtin_memcpy(&v4, source + 12, 4);
@@ -230,7 +223,7 @@ INLINE __u32 guard(struct udpecho_xdp_config *cfg, __u8 source[16], int ipv4, __
     if (blocked && (*blocked >> (port & 63)) & 1) return UDPECHO_XDP_DROP_SOURCE_PORT;
     struct udpecho_xdp_prefix prefix = {.length = 128};
     __builtin_memcpy(prefix.address, source, 16);
-    if (bpf_map_lookup_elem(&deny, &prefix)) return UDPECHO_XDP_DROP_DENIED;
+    if ((cfg->flags & UDPECHO_XDP_DENY_LIST) && bpf_map_lookup_elem(&deny, &prefix)) return UDPECHO_XDP_DROP_DENIED;
     if ((cfg->flags & UDPECHO_XDP_ALLOW_LIST) && !bpf_map_lookup_elem(&allow, &prefix)) return UDPECHO_XDP_DROP_DENIED;
     if (cfg->loop_limit_set) {
         struct udpecho_xdp_endpoint endpoint = {.port = port};
@@ -272,7 +265,7 @@ INLINE __u32 guard(struct udpecho_xdp_config *cfg, __u8 source[16], int ipv4, __
             struct udpecho_xdp_bucket fresh = {.tokens = cfg->burst, .last = now};
             take(&fresh, now, cfg->rate_per_ns, cfg->burst);
             bpf_map_update_elem(&rates, key, &fresh, BPF_ANY);
-            count(UDPECHO_XDP_RATE_NEW_SOURCE, 1);
+            COUNT(UDPECHO_XDP_RATE_NEW_SOURCE, 1);
         }
     }
     if (cfg->flags & UDPECHO_XDP_GLOBAL_BUDGET) {
@@ -330,6 +323,7 @@ SEC("xdp") int udpecho_xdp(struct xdp_md *ctx) {
     __u32 zero = 0;
     struct udpecho_xdp_config *cfg = bpf_map_lookup_elem(&config, &zero);
     if (!cfg) return XDP_PASS;
+    __u64 *tally = bpf_map_lookup_elem(&counters, &zero);
 
     struct iphdr *ip4 = 0;
     struct ipv6hdr *ip6 = 0;
@@ -355,11 +349,11 @@ SEC("xdp") int udpecho_xdp(struct xdp_md *ctx) {
             __u32 *flags = bpf_map_lookup_elem(&local, destination);
             if (!flags || !(*flags & UDPECHO_XDP_LOCAL_ADDRESS)) return XDP_PASS;
         }
-        count(UDPECHO_XDP_SEEN, 1);
-        if (swap16(ip4->frag_off) & 0x2000) return pass(UDPECHO_XDP_PASS_FRAGMENT);
-        if (ip4->ihl != 5) return pass(UDPECHO_XDP_PASS_OPTIONS);
+        COUNT(UDPECHO_XDP_SEEN, 1);
+        if (swap16(ip4->frag_off) & 0x2000) return PASS(UDPECHO_XDP_PASS_FRAGMENT);
+        if (ip4->ihl != 5) return PASS(UDPECHO_XDP_PASS_OPTIONS);
         __u32 total = swap16(ip4->tot_len);
-        if (total < 28) return pass(UDPECHO_XDP_PASS_OTHER);
+        if (total < 28) return PASS(UDPECHO_XDP_PASS_OTHER);
         ip_payload = total - 20;
         ttl = ip4->ttl;
         addresses = (__u64)(ip4->saddr & 0xffff) + (ip4->saddr >> 16) + (ip4->daddr & 0xffff) + (ip4->daddr >> 16);
@@ -395,8 +389,8 @@ SEC("xdp") int udpecho_xdp(struct xdp_md *ctx) {
         // An IPv4-mapped source on the wire is dropped by the stack (RFC 4942); it is not ours to judge.
         const __u64 *s = (const __u64 *)source;
         if (s[0] == 0 && (__u32)s[1] == 0xffff0000) return XDP_PASS;
-        count(UDPECHO_XDP_SEEN, 1);
-        if (reason) return pass(reason);
+        COUNT(UDPECHO_XDP_SEEN, 1);
+        if (reason) return PASS(reason);
         ip_payload = swap16(ip6->payload_len);
         ttl = ip6->hop_limit;
         addresses = 0;
@@ -408,24 +402,24 @@ SEC("xdp") int udpecho_xdp(struct xdp_md *ctx) {
     }
 
     __u32 length = swap16(udp->len);
-    if (length < 8 || length != ip_payload || (void *)udp + length > end) return pass(UDPECHO_XDP_PASS_OTHER);
+    if (length < 8 || length != ip_payload || (void *)udp + length > end) return PASS(UDPECHO_XDP_PASS_OTHER);
     __u32 udp_offset = (__u32)((void *)udp - data);
-    if (length > MAX_UDP_LENGTH) return pass(UDPECHO_XDP_PASS_OTHER);
+    if (length > MAX_UDP_LENGTH) return PASS(UDPECHO_XDP_PASS_OTHER);
     // A datagram whose checksum fails never reaches the socket: not answered here either. IPv4's checksum 0 means
     // none; IPv6's is mandatory (the stack drops 0).
     if (udp->check != 0 || ip6) {
         if (udp->check == 0 || udp_sum(ctx, udp_offset, length, addresses) != 0xffff)
-            return pass(UDPECHO_XDP_PASS_CHECKSUM);
+            return PASS(UDPECHO_XDP_PASS_CHECKSUM);
     }
     __u8 *payload = (__u8 *)(udp + 1);
     __u32 size = length - 8;
-    if (cfg->mode == UDPECHO_XDP_MODE_PASS) return pass(UDPECHO_XDP_PASS_STAMP);
+    if (cfg->mode == UDPECHO_XDP_MODE_PASS) return PASS(UDPECHO_XDP_PASS_STAMP);
     if (cfg->mode == UDPECHO_XDP_MODE_STAMP && size != sizeof(struct stamp_reply))
-        return pass(UDPECHO_XDP_PASS_STAMP);
+        return PASS(UDPECHO_XDP_PASS_STAMP);
 
-    count(UDPECHO_XDP_JUDGED_BYTES, size);
-    __u32 reason = guard(cfg, source, ip4 != 0, swap16(udp->source), ctx, udp_offset + 8, size, t2);
-    if (reason) return drop(reason);
+    COUNT(UDPECHO_XDP_JUDGED_BYTES, size);
+    __u32 reason = guard(cfg, source, ip4 != 0, swap16(udp->source), ctx, udp_offset + 8, size, t2, tally);
+    if (reason) return DROP(reason);
 
     if (cfg->mode == UDPECHO_XDP_MODE_STAMP) {
         struct stamp_reply *packet = (void *)payload;
@@ -436,7 +430,7 @@ SEC("xdp") int udpecho_xdp(struct xdp_md *ctx) {
         if (echoed != 0) {
             __s64 now = (__s64)t2 + cfg->realtime_offset;
             __s64 age = now - decode_time(cfg, echoed);
-            if (age > -STAMP_LOOP_WINDOW && age < STAMP_LOOP_WINDOW) return drop(UDPECHO_XDP_DROP_LOOP);
+            if (age > -STAMP_LOOP_WINDOW && age < STAMP_LOOP_WINDOW) return DROP(UDPECHO_XDP_DROP_LOOP);
         }
         struct stamp_reply reply = {};
         reply.sequence = packet->sequence;
@@ -487,10 +481,10 @@ SEC("xdp") int udpecho_xdp(struct xdp_md *ctx) {
     __builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
     __builtin_memcpy(eth->h_dest, mac, ETH_ALEN);
     if (cfg->mode == UDPECHO_XDP_MODE_STAMP)
-        count(UDPECHO_XDP_REFLECTED, 1);
+        COUNT(UDPECHO_XDP_REFLECTED, 1);
     else
-        count(UDPECHO_XDP_ECHOED, 1);
-    count(UDPECHO_XDP_ECHOED_BYTES, size);
+        COUNT(UDPECHO_XDP_ECHOED, 1);
+    COUNT(UDPECHO_XDP_ECHOED_BYTES, size);
     return XDP_TX;
 }
 
