@@ -218,8 +218,8 @@ let scapyForged = """
     """
 
 /// A STAMP Session-Sender of scapy's layers for the XDP reflector: `stamp SERVER PORT FORMAT` sends base test packets
-/// (checked field by field), then a packet with a TLV and a TWAMP-Light short one (both go up to the sockets and are
-/// answered there) and a reflected packet of the reflector's own (a loop: dropped).
+/// (checked field by field), then a packet with a TLV and a TWAMP-Light short one (answered: the first in XDP, the
+/// second by the sockets) and a reflected packet of the reflector's own (a loop: dropped).
 let scapyStampXDP = """
     import json, socket, struct, sys, time
     from scapy.contrib.stamp import (STAMPSessionSenderTestUnauthenticated as Sender,
@@ -289,6 +289,31 @@ let scapyVLAN = """
     print(json.dumps(out), flush=True)
     """
 
+/// STAMP TLVs from scapy: `tlvs SERVER PORT` sends a test packet with Extra Padding of an odd length (so that what
+/// follows sits at odd offsets, for the checksum), Timestamp Information, Class of Service, an HMAC TLV (no key
+/// here), an unknown type and a TLV cut short, with DSCP 10 and ECT(1); then one with a Location TLV. Prints the
+/// first reply's TLV bytes (hex) and whether the second was answered.
+let scapyStampTLVs = """
+    import json, socket, struct, sys, time
+    from scapy.contrib.stamp import STAMPSessionSenderTestUnauthenticated as Sender, STAMPTestTLV as TLV
+    server, port = sys.argv[2], int(sys.argv[3])
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 10 << 2 | 1)
+    s.settimeout(1)
+    NTP = 2208988800
+    tlvs = [TLV(type=1, len=5, value=b"ABCDE"), TLV(type=3, len=4, value=bytes(4)),
+            TLV(type=4, len=4, value=struct.pack("!HH", 46 << 10, 0)), TLV(type=8, len=16, value=bytes(16)),
+            TLV(type=200, len=3, value=b"xyz")]
+    sent = bytes(Sender(seq=5, ts=time.time() + NTP, ssid=9, tlv_objects=tlvs)) + bytes([0, 7, 0, 40, 1, 2])
+    s.sendto(sent, (server, port))
+    reply = s.recv(65536)
+    located = bytes(Sender(seq=6, ts=time.time() + NTP, tlv_objects=[TLV(type=2, len=4, value=bytes(4))]))
+    s.sendto(located, (server, port))
+    location = len(s.recv(65536)) == len(located)
+    print(json.dumps({"length": len(reply), "sent": len(sent), "tlvs": reply[44:].hex(), "location": location}),
+          flush=True)
+    """
+
 /// Udpecho's XDP path over a veth pair between two test hosts (the server's end answers in XDP, natively).
 @Suite(.serialized, .enabled(if: XDPNetwork.available, "needs root, ip, ethtool and the toolchain's clang"))
 struct XDPTests {
@@ -325,6 +350,38 @@ struct XDPTests {
             #expect(result["answered"] as? Int == 5)
             let counts = try await stopAndCount(server)
             #expect(counts["options"] == 5 && counts["xdp-echoed"] == 0 && counts["echoed"] == 5, "\(counts)")
+        }
+    }
+
+    /// TLVs are reflected in XDP exactly as the sockets reflect them: the same packet to the reflector with and
+    /// without XDP gets the same TLV bytes back (and the kernel accepted both replies' checksums); a Location TLV goes
+    /// up to the sockets.
+    @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: scapyPython), "needs .build/peers-venv"))
+    func stampTLVsAsTheSocketsReflectThem() async throws {
+        try await withHosts(try await XDPNetwork()) { hosts in
+            var replies: [Bool: [String: Any]] = [:]
+            var counts: [Bool: [String: Int]] = [:]
+            for xdp in [true, false] {
+                let server = try await hosts.startServer(["--protocol", "stamp"], xdp: xdp)
+                replies[xdp] = try await hosts.client(
+                    scapyStampTLVs,
+                    ["tlvs", hosts.network.serverAddress, "7000"],
+                    python: scapyPython
+                )
+                counts[xdp] = try await stopAndCount(server)
+            }
+            let withXDP = try #require(replies[true])
+            let withSockets = try #require(replies[false])
+            #expect(withXDP["length"] as? Int == withXDP["sent"] as? Int, "\(withXDP)")
+            let tlvs = try #require(withXDP["tlvs"] as? String)
+            #expect(tlvs == withSockets["tlvs"] as? String, "XDP \(tlvs), sockets \(withSockets["tlvs"] ?? "")")
+            // The Class of Service TLV: DSCP1 46 kept, DSCP2 10 and ECN 1 as it arrived, RP 1; the HMAC and unknown
+            // TLVs flagged U (0x80), the cut one M (0x40).
+            #expect(tlvs.contains("800800"), "\(tlvs)")
+            #expect(tlvs.contains("0004" + "0004" + String(format: "%04x", 46 << 10 | 10 << 4 | 1 << 2 | 1)), "\(tlvs)")
+            #expect(withXDP["location"] as? Bool == true && withSockets["location"] as? Bool == true)
+            let xdpCounts = try #require(counts[true])
+            #expect(xdpCounts["xdp-echoed"] == 1 && xdpCounts["stamp"] == 1 && xdpCounts["echoed"] == 2, "\(xdpCounts)")
         }
     }
 
@@ -472,8 +529,9 @@ struct XDPTests {
         }
     }
 
-    /// The STAMP reflector in XDP: scapy reads its replies field by field (NTP and PTP timestamps); TLVs and short
-    /// TWAMP-Light packets are answered by the sockets; a reply of its own coming back is dropped as a loop.
+    /// The STAMP reflector in XDP: scapy reads its replies field by field (NTP and PTP timestamps); a packet with a
+    /// TLV is answered in XDP too, a short TWAMP-Light one by the sockets; a reply of its own coming back is dropped
+    /// as a loop.
     @Test(
         .enabled(if: FileManager.default.isExecutableFile(atPath: scapyPython), "needs .build/peers-venv"),
         arguments: ["ntp", "ptp"]
@@ -491,7 +549,8 @@ struct XDPTests {
             #expect(result["tlv"] as? Bool == true && result["short"] as? Bool == true, "\(result)")
             #expect(result["loop"] as? Bool == false, "\(result)")
             let counts = try await stopAndCount(server)
-            #expect(counts["xdp-echoed"] == 10 && counts["stamp"] == 2 && counts["loop"] == 1, "\(counts)")
+            // The base packets and the one with a TLV in XDP; the short one by the sockets.
+            #expect(counts["xdp-echoed"] == 11 && counts["stamp"] == 1 && counts["loop"] == 1, "\(counts)")
             #expect(counts["echoed"] == 12, "\(counts)")
         }
     }

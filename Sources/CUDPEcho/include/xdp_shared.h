@@ -64,6 +64,8 @@ enum udpecho_xdp_flag {
     UDPECHO_XDP_MAXIMUM_SIZE = 1024,
     /// A deny list is set (the `deny` map is looked up).
     UDPECHO_XDP_DENY_LIST = 2048,
+    /// The host's clock is synchronized to an external source (STAMP's Timestamp Information TLV).
+    UDPECHO_XDP_SYNCHRONIZED = 4096,
 };
 
 /// The program's configuration: the one entry of its `config` map. Addresses are 16 bytes, IPv4 mapped into IPv6

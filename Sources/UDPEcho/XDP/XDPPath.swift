@@ -158,33 +158,64 @@ final class XDPPath: Sendable {
             }
             maps.append(fd)
         }
-        var instructions = program.bytes
-        for relocation in program.relocations {
-            let at = relocation.instruction * 8
-            guard at + 8 <= instructions.count, relocation.map < maps.count else {
+        // The programs a tail call reaches first, then the entry ("xdp"), which refers to them through the
+        // `programs` map.
+        var loaded: [(name: String, fd: Int32)] = []
+        func closeLoaded() { for program in loaded { close(program.fd) } }
+        let order = program.programs.filter { $0.name != "xdp" } + program.programs.filter { $0.name == "xdp" }
+        for section in order {
+            var instructions = section.bytes
+            for relocation in section.relocations {
+                let at = relocation.instruction * 8
+                guard at + 8 <= instructions.count, relocation.map < maps.count else {
+                    closeLoaded()
+                    closeAll()
+                    throw failure("the embedded program is damaged (a relocation past its end)")
+                }
+                instructions[at + 1] = (instructions[at + 1] & 0x0F) | UInt8(CUDPECHO_BPF_PSEUDO_MAP_FD << 4)
+                withUnsafeBytes(of: maps[relocation.map].littleEndian) { bytes in
+                    for offset in 0..<4 { instructions[at + 4 + offset] = bytes[offset] }
+                }
+            }
+            var log = [CChar](repeating: 0, count: 1 << 16)
+            let name = section.name == "xdp" ? "udpecho_xdp" : "udpecho_" + section.name.dropFirst(4)
+            let fd = instructions.withUnsafeBytes { bytes in
+                cudpecho_bpf_load_xdp(bytes.baseAddress, UInt32(bytes.count / 8), name, &log, UInt32(log.count))
+            }
+            guard fd >= 0 else {
+                closeLoaded()
                 closeAll()
-                throw failure("the embedded program is damaged (a relocation past its end)")
+                let verifier = String(decoding: log.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+                let tail = verifier.split(separator: "\n").suffix(3).joined(separator: " / ")
+                // With a log, the verifier refused it (EACCES too): a fault of this build, not of privileges.
+                throw failure(
+                    tail.isEmpty
+                        ? "the kernel refused the program: \(Self.explain(-fd))"
+                        : "the kernel's verifier refused the program \(section.name) "
+                            + "(\(String(cString: strerror(-fd)))): \(tail)"
+                )
             }
-            instructions[at + 1] = (instructions[at + 1] & 0x0F) | UInt8(CUDPECHO_BPF_PSEUDO_MAP_FD << 4)
-            withUnsafeBytes(of: maps[relocation.map].littleEndian) { bytes in
-                for offset in 0..<4 { instructions[at + 4 + offset] = bytes[offset] }
-            }
+            loaded.append((section.name, fd))
         }
-        var log = [CChar](repeating: 0, count: 1 << 16)
-        let programDescriptor = instructions.withUnsafeBytes { bytes in
-            cudpecho_bpf_load_xdp(bytes.baseAddress, UInt32(bytes.count / 8), "udpecho_xdp", &log, UInt32(log.count))
-        }
-        guard programDescriptor >= 0 else {
+        guard let entry = loaded.first(where: { $0.name == "xdp" }) else {
+            closeLoaded()
             closeAll()
-            let verifier = String(decoding: log.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-            let tail = verifier.split(separator: "\n").suffix(3).joined(separator: " / ")
-            // With a log, the verifier refused it (EACCES too): a fault of this build, not of privileges.
-            throw failure(
-                tail.isEmpty
-                    ? "the kernel refused the program: \(Self.explain(-programDescriptor))"
-                    : "the kernel's verifier refused the program (\(String(cString: strerror(-programDescriptor)))): \(tail)"
-            )
+            throw failure("the embedded program has no xdp section")
         }
+        let programDescriptor = entry.fd
+        // Tail calls: index 0 of `programs` is the answering program.
+        if let table = program.map("programs"), let answer = loaded.first(where: { $0.name == "xdp/answer" }) {
+            var key = UInt32(0)
+            var value = answer.fd
+            let result = cudpecho_bpf_map_update(maps[table], &key, &value, 0)
+            guard result >= 0 else {
+                closeLoaded()
+                closeAll()
+                throw failure("the kernel refused the tail call's table: \(Self.explain(-result))")
+            }
+        }
+        // The prog array holds the answering program; the entry's descriptor is kept, the others closed.
+        for other in loaded where other.name != "xdp" { close(other.fd) }
 
         self.interface = interface
         self.cpus = Int(cpus)
@@ -360,6 +391,9 @@ final class XDPPath: Sendable {
         }
         let (config, stale) = self.state.withLock { state -> (udpecho_xdp_config, Set<[UInt8]>) in
             state.configuration.realtime_offset = offset
+            let synchronized = UInt32(UDPECHO_XDP_SYNCHRONIZED.rawValue)
+            state.configuration.flags =
+                (state.configuration.flags & ~synchronized) | (clock.synchronized ? synchronized : 0)
             state.configuration.tai_offset = Int32(clamping: clock.taiOffset)
             state.configuration.error_estimate = clock.errorEstimate(format).raw.bigEndian
             state.configuration.ephemeral_low = UInt32(ports.lowerBound)

@@ -34,15 +34,18 @@
 
 #define SEC(name) __attribute__((section(name), used))
 #define INLINE static __attribute__((always_inline)) inline
-// A BPF-to-BPF function, in the program's section (the loader takes that section only).
-#define SUBPROGRAM static __attribute__((noinline, section("xdp")))
+// A BPF-to-BPF function, in the answering program's section (a program's calls stay within its section).
+#define SUBPROGRAM static __attribute__((noinline, section("xdp/answer")))
 
 static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *)BPF_FUNC_map_lookup_elem;
 static long (*bpf_map_update_elem)(void *map, const void *key, const void *value, __u64 flags) =
     (void *)BPF_FUNC_map_update_elem;
 static __u64 (*bpf_ktime_get_ns)(void) = (void *)BPF_FUNC_ktime_get_ns;
+static long (*bpf_tail_call)(void *ctx, void *map, __u32 index) = (void *)BPF_FUNC_tail_call;
 static long (*bpf_xdp_load_bytes)(struct xdp_md *ctx, __u32 offset, void *buf, __u32 len) =
     (void *)BPF_FUNC_xdp_load_bytes;
+static long (*bpf_xdp_store_bytes)(struct xdp_md *ctx, __u32 offset, void *buf, __u32 len) =
+    (void *)BPF_FUNC_xdp_store_bytes;
 static __s64 (*bpf_csum_diff)(__be32 *from, __u32 from_size, __be32 *to, __u32 to_size, __wsum seed) =
     (void *)BPF_FUNC_csum_diff;
 
@@ -61,6 +64,18 @@ struct map_def loops SEC("maps") = {
     BPF_MAP_TYPE_LRU_HASH, sizeof(struct udpecho_xdp_endpoint), sizeof(struct udpecho_xdp_loop), 16384, 0};
 struct map_def rates SEC("maps") = {BPF_MAP_TYPE_LRU_HASH, 16, sizeof(struct udpecho_xdp_bucket), 16384, 0};
 struct map_def budget SEC("maps") = {BPF_MAP_TYPE_PERCPU_ARRAY, 4, sizeof(struct udpecho_xdp_bucket), 1, 0};
+
+/// What udpecho_xdp found in the headers, for udpecho_answer (one per CPU: a tail call runs on the same CPU, and an
+/// XDP program is not preempted by another on it).
+struct parsed {
+    __u32 l3, udp, length;
+    __u8 ipv4, ttl, tos, reserved;
+    __u64 addresses, t2;
+    __u8 source[16];
+};
+struct map_def scratch SEC("maps") = {BPF_MAP_TYPE_PERCPU_ARRAY, 4, sizeof(struct parsed), 1, 0};
+/// The answering program, at index 0 (the loader puts it there).
+struct map_def programs SEC("maps") = {BPF_MAP_TYPE_PROG_ARRAY, 4, 4, 1, 0};
 
 #define ETH_P_8021Q_BE 0x0081
 #define ETH_P_8021AD_BE 0xa888
@@ -173,6 +188,80 @@ SUBPROGRAM __u64 fingerprint(struct xdp_md *ctx, __u32 offset, __u32 len) {
         for (int i = 0; i < 8; i++) hash = mix(hash, words[i]);
     }
     return hash;
+}
+
+// reflect_tlvs' arguments, packed (a BPF function takes five): the mode, and what the test packet arrived with.
+#define TLV_WRITE 0x100          // write (else only look: may XDP answer this packet?)
+#define TLV_SYNCHRONIZED 0x200   // the host's clock is synchronized (Timestamp Information)
+#define TLV_RESULT_PASS (1ULL << 32)
+#define MAX_TLVS 8
+
+/// The ones'-complement change (numeric, network order) of one byte at `offset` going from `before` to `after`:
+/// the high byte of its 16-bit word when at an even distance from the UDP header, the low one otherwise.
+INLINE __u32 byte_delta(__u32 offset, __u32 udp, __u8 before, __u8 after) {
+    if (((offset - udp) & 1) == 0) return ((~((__u32)before << 8)) & 0xffff) + ((__u32)after << 8);
+    return ((~(__u32)before) & 0xff) + 0xff00 + after;
+}
+
+/// The TLVs of a STAMP test packet, from frame offset `start` to `bounds >> 16`, the UDP header at `bounds & 0xffff`,
+/// as the socket reflector returns them (Sources/UDPEcho/STAMP/StampTLV.swift): Extra Padding as it came, Timestamp
+/// Information filled in, Class of Service with DSCP2 and ECN (what the packet arrived with: `info & 0xff`) and RP 1
+/// (not honoured), an HMAC TLV and unknown types flagged U (unrecognized), a TLV that runs past the end flagged M
+/// (malformed) and the rest returned as it came. Location TLVs, and more than MAX_TLVS, go up to the sockets
+/// (TLV_RESULT_PASS). Without TLV_WRITE it only looks. Returns the checksum's change (numeric, network order) in
+/// the low 32 bits. Every access is a fixed size through bpf_xdp_load_bytes/store_bytes, so the offsets are plain
+/// numbers to the verifier and the loop's paths fold together.
+SUBPROGRAM __u64 reflect_tlvs(struct xdp_md *ctx, __u32 start, __u32 bounds, __u32 info) {
+    __u32 end = bounds >> 16, udp = bounds & 0xffff, offset = start;
+    __u64 delta = 0;
+    for (int i = 0; i < MAX_TLVS + 1; i++) {
+        if (offset + 4 > end) return delta;
+        if (i == MAX_TLVS) return TLV_RESULT_PASS;
+        __u8 header[4];
+        if (bpf_xdp_load_bytes(ctx, offset, header, 4) != 0) return TLV_RESULT_PASS;
+        __u8 type = header[1];
+        __u32 length = ((__u32)header[2] << 8) | header[3];
+        __u32 value = offset + 4;
+        __u8 flag = 0;
+        if (value + length > end) {
+            flag = 0x40;  // M, and what follows is returned as it came
+        } else if (type == 2) {
+            return TLV_RESULT_PASS;  // Location: the sockets fill it in
+        } else if (type == 3 || type == 4) {
+            if (length != 4) {
+                flag = 0x40;
+            } else if (info & TLV_WRITE) {
+                __u8 word[2], before[2];
+                __u32 at = type == 3 ? value + 2 : value;
+                if (bpf_xdp_load_bytes(ctx, at, before, 2) != 0) return TLV_RESULT_PASS;
+                if (type == 3) {
+                    // Ours: NTP-synchronized (1) or the local clock (8); software timestamps in the kernel (2).
+                    word[0] = (info & TLV_SYNCHRONIZED) ? 1 : 8;
+                    word[1] = 2;
+                } else {
+                    // DSCP1 (6 bits) kept, DSCP2 (6) and ECN (2) as the packet arrived, RP (2) 1: not honoured.
+                    __u16 tos = info & 0xff;
+                    __u16 reflected = (((__u16)before[0] << 8) & 0xfc00) | ((tos >> 2) << 4) | ((tos & 3) << 2) | 1;
+                    word[0] = reflected >> 8;
+                    word[1] = reflected & 0xff;
+                }
+                if (bpf_xdp_store_bytes(ctx, at, word, 2) != 0) return TLV_RESULT_PASS;
+                delta += byte_delta(at, udp, before[0], word[0]) + byte_delta(at + 1, udp, before[1], word[1]);
+            }
+        } else if (type == 8) {
+            flag = length == 16 ? 0x80 : 0x40;  // HMAC: no key here (U); or malformed (M)
+        } else if (type != 1) {
+            flag = 0x80;  // U
+        }
+        if (flag && (info & TLV_WRITE)) {
+            __u8 marked = header[0] | flag;
+            if (bpf_xdp_store_bytes(ctx, offset, &marked, 1) != 0) return TLV_RESULT_PASS;
+            delta += byte_delta(offset, udp, header[0], marked);
+        }
+        if (flag == 0x40 && value + length > end) return delta;
+        offset = value + length;
+    }
+    return delta;
 }
 
 /// A token bucket in picotokens: refilled for the time since it was last used, then one token taken if there is one.
@@ -330,7 +419,7 @@ SEC("xdp") int udpecho_xdp(struct xdp_md *ctx) {
     struct udphdr *udp;
     __u8 source[16], destination[16];
     __u32 ip_payload;
-    __u8 ttl;
+    __u8 ttl, tos;
     __u64 addresses;
     if (proto == ETH_P_IP_BE) {
         if (!(cfg->flags & UDPECHO_XDP_IPV4)) return XDP_PASS;
@@ -356,6 +445,7 @@ SEC("xdp") int udpecho_xdp(struct xdp_md *ctx) {
         if (total < 28) return PASS(UDPECHO_XDP_PASS_OTHER);
         ip_payload = total - 20;
         ttl = ip4->ttl;
+        tos = ip4->tos;
         addresses = (__u64)(ip4->saddr & 0xffff) + (ip4->saddr >> 16) + (ip4->daddr & 0xffff) + (ip4->daddr >> 16);
     } else if (proto == ETH_P_IPV6_BE) {
         if (!(cfg->flags & UDPECHO_XDP_IPV6)) return XDP_PASS;
@@ -393,6 +483,7 @@ SEC("xdp") int udpecho_xdp(struct xdp_md *ctx) {
         if (reason) return PASS(reason);
         ip_payload = swap16(ip6->payload_len);
         ttl = ip6->hop_limit;
+        tos = (__u8)((ip6->priority << 4) | (ip6->flow_lbl[0] >> 4));
         addresses = 0;
         __u16 *words = (__u16 *)&ip6->saddr;
 #pragma unroll
@@ -403,26 +494,68 @@ SEC("xdp") int udpecho_xdp(struct xdp_md *ctx) {
 
     __u32 length = swap16(udp->len);
     if (length < 8 || length != ip_payload || (void *)udp + length > end) return PASS(UDPECHO_XDP_PASS_OTHER);
-    __u32 udp_offset = (__u32)((void *)udp - data);
     if (length > MAX_UDP_LENGTH) return PASS(UDPECHO_XDP_PASS_OTHER);
+    // The rest is the answering program's: what it needs goes in the scratch entry, and a tail call goes there. It
+    // starts from one state whatever the path through the headers was (VLAN tags, IPv4 or IPv6), so the verifier
+    // checks its work once, not once per path.
+    struct parsed *parsed = bpf_map_lookup_elem(&scratch, &zero);
+    if (!parsed) return XDP_PASS;
+    parsed->l3 = (__u32)(next - data);
+    parsed->udp = (__u32)((void *)udp - data);
+    parsed->length = length;
+    parsed->ipv4 = ip4 != 0;
+    parsed->ttl = ttl;
+    parsed->tos = tos;
+    parsed->addresses = addresses;
+    parsed->t2 = t2;
+    __builtin_memcpy(parsed->source, source, 16);
+    bpf_tail_call(ctx, &programs, 0);
+    return XDP_PASS;  // no answering program (cannot happen once loaded): the sockets answer
+}
+
+/// The answering program, reached by a tail call from udpecho_xdp for a UDP datagram to the server whose headers
+/// are understood: checks its checksum, runs the guards, and answers it (an echo, or a STAMP reflection with its
+/// TLVs), or passes it up or drops it.
+SEC("xdp/answer") int udpecho_answer(struct xdp_md *ctx) {
+    __u32 zero = 0;
+    struct udpecho_xdp_config *cfg = bpf_map_lookup_elem(&config, &zero);
+    struct parsed *parsed = bpf_map_lookup_elem(&scratch, &zero);
+    if (!cfg || !parsed) return XDP_PASS;
+    __u64 *tally = bpf_map_lookup_elem(&counters, &zero);
+    __u32 l3 = parsed->l3, udp_offset = parsed->udp, length = parsed->length;
+    int ipv4 = parsed->ipv4;
+    __u64 addresses = parsed->addresses, t2 = parsed->t2;
+    if (l3 > 64 || udp_offset > 128 || length < 8 || length > MAX_UDP_LENGTH) return XDP_PASS;
+    void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+    struct udphdr *udp = data + udp_offset;
+    if ((void *)(udp + 1) > end) return XDP_PASS;
     // A datagram whose checksum fails never reaches the socket: not answered here either. IPv4's checksum 0 means
     // none; IPv6's is mandatory (the stack drops 0).
-    if (udp->check != 0 || ip6) {
-        if (udp->check == 0 || udp_sum(ctx, udp_offset, length, addresses) != 0xffff)
+    __u16 received_check = udp->check;
+    if (received_check != 0 || !ipv4) {
+        if (received_check == 0 || udp_sum(ctx, udp_offset, length, addresses) != 0xffff)
             return PASS(UDPECHO_XDP_PASS_CHECKSUM);
     }
-    __u8 *payload = (__u8 *)(udp + 1);
     __u32 size = length - 8;
     if (cfg->mode == UDPECHO_XDP_MODE_PASS) return PASS(UDPECHO_XDP_PASS_STAMP);
-    if (cfg->mode == UDPECHO_XDP_MODE_STAMP && size != sizeof(struct stamp_reply))
-        return PASS(UDPECHO_XDP_PASS_STAMP);
+    __u32 tlv_info = parsed->tos | ((cfg->flags & UDPECHO_XDP_SYNCHRONIZED) ? TLV_SYNCHRONIZED : 0);
+    __u32 tlv_bounds = ((udp_offset + length) << 16) | udp_offset;
+    __u32 tlv_start = udp_offset + 8 + sizeof(struct stamp_reply);
+    int stamp = cfg->mode == UDPECHO_XDP_MODE_STAMP;
+    if (stamp) {
+        // The base packet's 44 bytes and TLVs after them; a TWAMP-Light sender's shorter packet goes up.
+        if (size < sizeof(struct stamp_reply)) return PASS(UDPECHO_XDP_PASS_STAMP);
+        if (size > sizeof(struct stamp_reply) && (reflect_tlvs(ctx, tlv_start, tlv_bounds, tlv_info) & TLV_RESULT_PASS))
+            return PASS(UDPECHO_XDP_PASS_STAMP);
+    }
 
     COUNT(UDPECHO_XDP_JUDGED_BYTES, size);
-    __u32 reason = guard(cfg, source, ip4 != 0, swap16(udp->source), ctx, udp_offset + 8, size, t2, tally);
+    __u32 reason = guard(cfg, parsed->source, ipv4, swap16(udp->source), ctx, udp_offset + 8, size, t2, tally);
     if (reason) return DROP(reason);
 
-    if (cfg->mode == UDPECHO_XDP_MODE_STAMP) {
-        struct stamp_reply *packet = (void *)payload;
+    __u64 tlv_delta = 0;
+    if (stamp) {
+        struct stamp_reply *packet = (void *)(udp + 1);
         if ((void *)(packet + 1) > end) return XDP_PASS;
         // A reply of this reflector's come back (another reflector answered it): its copy of the sender's timestamp
         // is a T3 this clock wrote within a minute. The socket path's loop rule (StampReflector.isOwnReply).
@@ -432,6 +565,19 @@ SEC("xdp") int udpecho_xdp(struct xdp_md *ctx) {
             __s64 age = now - decode_time(cfg, echoed);
             if (age > -STAMP_LOOP_WINDOW && age < STAMP_LOOP_WINDOW) return DROP(UDPECHO_XDP_DROP_LOOP);
         }
+        // The TLVs, through the helpers; the packet's pointers are taken again after.
+        if (size > sizeof(struct stamp_reply))
+            tlv_delta = reflect_tlvs(ctx, tlv_start, tlv_bounds, tlv_info | TLV_WRITE) & 0xffffffff;
+    }
+
+    data = (void *)(long)ctx->data;
+    end = (void *)(long)ctx->data_end;
+    struct ethhdr *eth = data;
+    udp = data + udp_offset;
+    if ((void *)(eth + 1) > end || (void *)(udp + 1) > end) return XDP_PASS;
+    if (stamp) {
+        struct stamp_reply *packet = (void *)(udp + 1);
+        if ((void *)(packet + 1) > end) return XDP_PASS;
         struct stamp_reply reply = {};
         reply.sequence = packet->sequence;
         reply.error_estimate = cfg->error_estimate;
@@ -440,11 +586,11 @@ SEC("xdp") int udpecho_xdp(struct xdp_md *ctx) {
         reply.sender_sequence = packet->sequence;
         reply.sender_timestamp = packet->timestamp;
         reply.sender_error_estimate = packet->error_estimate;
-        reply.sender_ttl = ttl;
+        reply.sender_ttl = parsed->ttl;
         reply.timestamp = __builtin_bswap64(encode_time(cfg, bpf_ktime_get_ns()));
-        // The checksum follows the payload's change (RFC 1624); IPv4's 0 stays 0 (no checksum).
+        // The checksum follows the payload's change (RFC 1624), the TLVs' included; IPv4's 0 stays 0 (no checksum).
         if (udp->check != 0) {
-            __u64 sum = (__u16)~udp->check;
+            __u64 sum = (__u16)~udp->check + swap16(fold(tlv_delta));
             __u16 *before = (__u16 *)packet, *after = (__u16 *)&reply;
 #pragma unroll
             for (int i = 0; i < (int)(sizeof(reply) / 2); i++) sum += (__u16)~before[i] + after[i];
@@ -458,7 +604,9 @@ SEC("xdp") int udpecho_xdp(struct xdp_md *ctx) {
     __u16 port = udp->source;
     udp->source = udp->dest;
     udp->dest = port;
-    if (ip4) {
+    if (ipv4) {
+        struct iphdr *ip4 = data + l3;
+        if ((void *)(ip4 + 1) > end) return XDP_DROP;
         __u32 a = ip4->saddr;
         ip4->saddr = ip4->daddr;
         ip4->daddr = a;
@@ -466,7 +614,9 @@ SEC("xdp") int udpecho_xdp(struct xdp_md *ctx) {
         if (!(cfg->flags & UDPECHO_XDP_KEEP_TOS)) ip4->tos = 0;
         ip4->check = 0;
         ip4->check = ~fold(sum_words((__u16 *)ip4, 8) + sum_words((__u16 *)ip4 + 8, 2));
-    } else if (ip6) {
+    } else {
+        struct ipv6hdr *ip6 = data + l3;
+        if ((void *)(ip6 + 1) > end) return XDP_DROP;
         struct in6_addr a = ip6->saddr;
         ip6->saddr = ip6->daddr;
         ip6->daddr = a;
@@ -480,7 +630,7 @@ SEC("xdp") int udpecho_xdp(struct xdp_md *ctx) {
     __builtin_memcpy(mac, eth->h_source, ETH_ALEN);
     __builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
     __builtin_memcpy(eth->h_dest, mac, ETH_ALEN);
-    if (cfg->mode == UDPECHO_XDP_MODE_STAMP)
+    if (stamp)
         COUNT(UDPECHO_XDP_REFLECTED, 1);
     else
         COUNT(UDPECHO_XDP_ECHOED, 1);
