@@ -403,6 +403,20 @@ struct XDPTests {
         }
     }
 
+    /// Rates and bursts past what the program's 64-bit token buckets hold are clamped, not a crash (a burst of 1e8
+    /// once stopped the server converting it).
+    @Test func extremeRatesAreClamped() async throws {
+        try await withHosts(try await XDPNetwork()) { hosts in
+            let server = try await hosts.startServer([
+                "--rate-limit", "1e12", "--rate-burst", "1e15", "--global-rate", "1e18",
+            ])
+            let result = try await hosts.client(pythonXDPClient, ["plain", hosts.network.serverAddress, "7000", "5"])
+            #expect(result["answered"] as? Int == 5)
+            let counts = try await stopAndCount(server)
+            #expect(counts["xdp-echoed"] == 5, "\(counts)")
+        }
+    }
+
     /// The program goes away with the process, even when it is killed (the BPF link's last descriptor closes).
     @Test func theProgramIsGoneAfterSIGKILL() async throws {
         try await withHosts(try await XDPNetwork()) { hosts in

@@ -322,7 +322,8 @@ final class XDPPath: Sendable {
         }
         // Token buckets count picotokens in 64 bits: bursts up to 1.8e7 replies.
         let picotokens = 1e12
-        let maximumBurst = Double(UInt64.max) / picotokens
+        // The largest burst whose picotokens fit (18446744 replies): a Double of UInt64.max rounds up past it.
+        let maximumBurst = Double(UInt64.max / 1_000_000_000_000)
         if let rate = guards.rateLimit {
             flags |= UInt32(UDPECHO_XDP_RATE_LIMIT.rawValue)
             config.prefix4 = UInt32(clamping: min(32, max(0, rate.ipv4PrefixLength)))
