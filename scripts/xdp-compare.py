@@ -2,7 +2,8 @@
 """udpecho's XDP path against the limits of the same veth path, side by side, and the STAMP reflector time.
 
 usage: scripts/xdp-compare.py [--rounds N=3] [--duration S=3] [--scenarios a,b] [--bench DIR=/tmp/udpbench]
-                              [--udpecho PATH=.build/release/udpecho] [--pin] [--stamp-count N=2000] [--json FILE]
+                              [--udpecho PATH=.build/release/udpecho] [--udpecho-args '...'] [--pin]
+                              [--stamp-count N=2000] [--json FILE]
 
 Two test hosts of our own, network namespaces `udpecho-xs` (server) and `udpecho-xc` (client), joined by a veth pair
 (documentation addresses 198.51.100.1 and .2), set up as ../shared/bench/README.md says: an XDP_PASS program on the
@@ -27,6 +28,7 @@ Needs root, ip, ethtool, taskset, and ../shared/bench built (`./build.sh`).
 import argparse
 import json
 import os
+import shlex
 import shutil
 import signal
 import statistics
@@ -99,7 +101,8 @@ def start_server(name, args):
         command = [f"{args.bench}/c-limit", str(PORT), SERVER_IP]
     else:
         command = [args.udpecho, "server", "--address", f"{SERVER_IP}:{PORT}", "--quiet", "--xdp", SERVER_LINK,
-                   "--rate-limit", "100000000", "--rate-burst", "100000000", "--global-rate", "100000000"]
+                   "--rate-limit", "100000000", "--rate-burst", "10000000", "--global-rate", "100000000"]
+        command += shlex.split(args.udpecho_args)
     proc = subprocess.Popen(exec_ns + pinned(0, command, args.pin), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     ready = "xdp: answering" if name == "udpecho-xdp" else None
@@ -161,8 +164,9 @@ def stamp_reflector_time(args, xdp):
             event = json.loads(line)
         except ValueError:
             continue
-        if event.get("type") == "reply" and event.get("reflector_ms") is not None:
-            times.append(event["reflector_ms"] * 1000)
+        reflector = (event.get("stamp") or {}).get("reflector_ms")
+        if event.get("type") == "reply" and reflector is not None:
+            times.append(reflector * 1000)
     if not times:
         raise SystemExit(f"no STAMP replies: {ping.stderr}")
     times.sort()
@@ -177,6 +181,7 @@ def main():
     parser.add_argument("--bench", default="/tmp/udpbench")
     parser.add_argument("--udpecho", default=os.path.abspath(".build/release/udpecho"))
     parser.add_argument("--pin", action="store_true")
+    parser.add_argument("--udpecho-args", default="", help="more arguments for udpecho server (e.g. guards off)")
     parser.add_argument("--stamp-count", type=int, default=2000)
     parser.add_argument("--json")
     args = parser.parse_args()

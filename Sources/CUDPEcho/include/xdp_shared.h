@@ -33,8 +33,10 @@ enum udpecho_xdp_counter {
     UDPECHO_XDP_DROP_LOOP,
     UDPECHO_XDP_DROP_RATE_LIMITED,
     UDPECHO_XDP_DROP_OVER_BUDGET,
-    /// Rate-limiter table entries made for a new source (the table forgets the oldest when full).
+    /// Rate-limiter table entries made for a new source, and sources it forgot to make room (the new one takes over
+    /// the forgotten one's bucket, as on the socket path).
     UDPECHO_XDP_RATE_NEW_SOURCE,
+    UDPECHO_XDP_RATE_EVICTED,
     UDPECHO_XDP_COUNTERS
 };
 
@@ -66,6 +68,8 @@ enum udpecho_xdp_flag {
     UDPECHO_XDP_DENY_LIST = 2048,
     /// The host's clock is synchronized to an external source (STAMP's Timestamp Information TLV).
     UDPECHO_XDP_SYNCHRONIZED = 4096,
+    /// Some interface has an IPv4 broadcast address (the `local` map holds them).
+    UDPECHO_XDP_BROADCASTS = 8192,
 };
 
 /// The program's configuration: the one entry of its `config` map. Addresses are 16 bytes, IPv4 mapped into IPv6
@@ -89,6 +93,9 @@ struct udpecho_xdp_config {
     /// The global budget, per CPU (each CPU has its share, as each of the socket path's threads has).
     __u64 global_rate_per_ns;
     __u64 global_burst;
+    /// The nanoseconds that refill an empty bucket: burst / rate + 1.
+    __u64 rate_fill;
+    __u64 global_fill;
     /// The ports the kernel gives clients (an IPv6 datagram "from" one of this host's addresses on another port is
     /// forged).
     __u32 ephemeral_low;
@@ -99,6 +106,11 @@ struct udpecho_xdp_config {
     __s32 tai_offset;
     __u16 error_estimate;
     __u16 reserved;
+    /// The tables' sets less one (their counts are powers of two), and the key of the hash that picks a source's
+    /// set (random per server: a sender who does not know it cannot aim many sources at one set).
+    __u32 loop_set_mask;
+    __u32 rate_set_mask;
+    __u64 hash_key[2];
 };
 
 /// Flags of the `local` map's values: which of this host's addresses a source or destination is.
@@ -111,25 +123,37 @@ struct udpecho_xdp_prefix {
     __u8 address[16];
 };
 
-/// A key of the loop detector's table: a source address and port.
-struct udpecho_xdp_endpoint {
+/// One source of the loop detector's table: its address and port, the fingerprint of its last datagram, how many
+/// identical ones came in a row (0: an empty slot), and when the last came.
+struct udpecho_xdp_loop {
     __u8 address[16];
     __u16 port;
     __u16 reserved;
-};
-
-/// A value of the loop detector's table.
-struct udpecho_xdp_loop {
+    __u32 run;
     __u64 fingerprint;
     __u64 last;
-    __u32 run;
-    __u32 reserved;
 };
 
-/// A token bucket (the rate limiter's, keyed by source prefix, and the global budget's).
+/// A set of the loop detector's table: 4 slots (the table is 4-way set-associative, as the socket path's is).
+struct udpecho_xdp_loop_set {
+    struct udpecho_xdp_loop slot[4];
+};
+
+/// A token bucket (the rate limiter's, and the global budget's).
 struct udpecho_xdp_bucket {
     __u64 tokens;
     __u64 last;
+};
+
+/// One source prefix of the rate limiter's table and its bucket (`bucket.last` 0: an empty slot).
+struct udpecho_xdp_rate {
+    __u8 prefix[16];
+    struct udpecho_xdp_bucket bucket;
+};
+
+/// A set of the rate limiter's table: 4 slots.
+struct udpecho_xdp_rate_set {
+    struct udpecho_xdp_rate slot[4];
 };
 
 #endif

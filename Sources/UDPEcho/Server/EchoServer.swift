@@ -362,6 +362,7 @@ public final class EchoServer: Service, Sendable {
             statistics.echoed += answered.echoed + answered.reflected
             statistics.echoedBytes += answered.answeredBytes
             statistics.rateTableEntries += answered.rateSources
+            statistics.rateTableEvictions += answered.rateEvictions
             for (reason, count) in answered.drops { statistics.drops[reason, default: 0] += count }
             statistics.xdp = answered
         }

@@ -68,8 +68,9 @@ public struct XDPStatistics: Sendable, Equatable {
     public var passed: [XDPPassReason: Int] = [:]
     /// Dropped by a guard in XDP, by reason (the socket path's reasons).
     public var drops: [DropReason: Int] = [:]
-    /// Sources the rate limiter's table has taken in.
+    /// Slots the rate limiter's tables (one per CPU) have filled, and sources they forgot to make room for new ones.
     public var rateSources = 0
+    public var rateEvictions = 0
 
     public init(interface: String, mode: XDPAttachMode) {
         self.interface = interface
@@ -141,7 +142,8 @@ final class XDPPath: Sendable {
             switch definition.name {
             case "allow": entries = UInt32(max(1, guards.allow.count))
             case "deny": entries = UInt32(max(1, guards.deny.count))
-            case "rates": entries = UInt32(max(1, guards.rateLimit?.tableSize ?? 1))
+            case "rates": entries = UInt32(Self.sets(guards.rateLimit?.tableSize ?? 4))
+            case "loops": entries = UInt32(Self.sets(LoopDetector.tableSize))
             default: break
             }
             let fd = cudpecho_bpf_map_create(
@@ -320,28 +322,42 @@ final class XDPPath: Sendable {
             config.loop_limit_set = 1
             config.loop_limit = UInt32(clamping: max(0, limit))
         }
-        // Token buckets count picotokens in 64 bits: bursts up to 1.8e7 replies.
+        // Token buckets count picotokens in 64 bits: bursts up to 9e6 replies and rates up to 1e12 a second keep
+        // `tokens + elapsed * rate` below 2^64 (the program adds before it clamps to the burst).
         let picotokens = 1e12
-        // The largest burst whose picotokens fit (18446744 replies): a Double of UInt64.max rounds up past it.
-        let maximumBurst = Double(UInt64.max / 1_000_000_000_000)
+        let maximumBurst = 9e6
+        func bucket(rate: Double, burst: Double) -> (perNanosecond: UInt64, burst: UInt64, fill: UInt64) {
+            let perNanosecond = UInt64(max(1, min(1e15, rate * 1000)))
+            let picoBurst = UInt64(min(maximumBurst, max(1, burst)) * picotokens)
+            return (perNanosecond, picoBurst, picoBurst / perNanosecond + 1)
+        }
         if let rate = guards.rateLimit {
             flags |= UInt32(UDPECHO_XDP_RATE_LIMIT.rawValue)
             config.prefix4 = UInt32(clamping: min(32, max(0, rate.ipv4PrefixLength)))
             config.prefix6 = UInt32(clamping: min(128, max(0, rate.ipv6PrefixLength)))
-            config.rate_per_ns = UInt64(max(1, min(1e15, rate.perSecond * 1000)))
-            config.burst = UInt64(min(maximumBurst, max(1, rate.burst)) * picotokens)
+            (config.rate_per_ns, config.burst, config.rate_fill) = bucket(rate: rate.perSecond, burst: rate.burst)
         }
         if let global = guards.globalRate {
             flags |= UInt32(UDPECHO_XDP_GLOBAL_BUDGET.rawValue)
             // Each CPU's share, as each serving thread has its share on the socket path.
             let online = max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)))
             let share = global / Double(online)
-            config.global_rate_per_ns = UInt64(max(1, min(1e15, share * 1000)))
-            config.global_burst = UInt64(min(maximumBurst, max(1, share)) * picotokens)
+            (config.global_rate_per_ns, config.global_burst, config.global_fill) = bucket(rate: share, burst: share)
         }
         config.flags = flags
+        config.loop_set_mask = UInt32(Self.sets(LoopDetector.tableSize) - 1)
+        config.rate_set_mask = UInt32(Self.sets(guards.rateLimit?.tableSize ?? 4) - 1)
+        var generator = SystemRandomNumberGenerator()
+        config.hash_key = (generator.next(), generator.next())
         _ = cpus
         return config
+    }
+
+    /// The sets of 4 slots a table of `entries` sources takes: a power of two, at least one.
+    static func sets(_ entries: Int) -> Int {
+        var sets = 1
+        while sets * 4 < entries { sets <<= 1 }
+        return sets
     }
 
     /// Fills the tables that do not change while the server runs: blocked source ports and the prefix lists.
@@ -392,6 +408,9 @@ final class XDPPath: Sendable {
         }
         let (config, stale) = self.state.withLock { state -> (udpecho_xdp_config, Set<[UInt8]>) in
             state.configuration.realtime_offset = offset
+            let broadcasts = UInt32(UDPECHO_XDP_BROADCASTS.rawValue)
+            state.configuration.flags =
+                (state.configuration.flags & ~broadcasts) | (interfaces.broadcasts.isEmpty ? 0 : broadcasts)
             let synchronized = UInt32(UDPECHO_XDP_SYNCHRONIZED.rawValue)
             state.configuration.flags =
                 (state.configuration.flags & ~synchronized) | (clock.synchronized ? synchronized : 0)
@@ -446,6 +465,7 @@ final class XDPPath: Sendable {
         statistics.reflected = value(UDPECHO_XDP_REFLECTED)
         statistics.answeredBytes = value(UDPECHO_XDP_ECHOED_BYTES)
         statistics.rateSources = value(UDPECHO_XDP_RATE_NEW_SOURCE)
+        statistics.rateEvictions = value(UDPECHO_XDP_RATE_EVICTED)
         let passes: [(XDPPassReason, udpecho_xdp_counter)] = [
             (.fragment, UDPECHO_XDP_PASS_FRAGMENT), (.options, UDPECHO_XDP_PASS_OPTIONS),
             (.stamp, UDPECHO_XDP_PASS_STAMP), (.checksum, UDPECHO_XDP_PASS_CHECKSUM), (.other, UDPECHO_XDP_PASS_OTHER),

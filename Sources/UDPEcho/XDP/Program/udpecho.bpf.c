@@ -38,8 +38,6 @@
 #define SUBPROGRAM static __attribute__((noinline, section("xdp/answer")))
 
 static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *)BPF_FUNC_map_lookup_elem;
-static long (*bpf_map_update_elem)(void *map, const void *key, const void *value, __u64 flags) =
-    (void *)BPF_FUNC_map_update_elem;
 static __u64 (*bpf_ktime_get_ns)(void) = (void *)BPF_FUNC_ktime_get_ns;
 static long (*bpf_tail_call)(void *ctx, void *map, __u32 index) = (void *)BPF_FUNC_tail_call;
 static long (*bpf_xdp_load_bytes)(struct xdp_md *ctx, __u32 offset, void *buf, __u32 len) =
@@ -60,9 +58,10 @@ struct map_def ports SEC("maps") = {BPF_MAP_TYPE_ARRAY, 4, 8, 1024, 0};
 struct map_def local SEC("maps") = {BPF_MAP_TYPE_HASH, 16, 4, 1024, 0};
 struct map_def allow SEC("maps") = {BPF_MAP_TYPE_LPM_TRIE, sizeof(struct udpecho_xdp_prefix), 4, 1, BPF_F_NO_PREALLOC};
 struct map_def deny SEC("maps") = {BPF_MAP_TYPE_LPM_TRIE, sizeof(struct udpecho_xdp_prefix), 4, 1, BPF_F_NO_PREALLOC};
-struct map_def loops SEC("maps") = {
-    BPF_MAP_TYPE_LRU_HASH, sizeof(struct udpecho_xdp_endpoint), sizeof(struct udpecho_xdp_loop), 16384, 0};
-struct map_def rates SEC("maps") = {BPF_MAP_TYPE_LRU_HASH, 16, sizeof(struct udpecho_xdp_bucket), 16384, 0};
+// The loop detector's and the rate limiter's tables: per CPU (as the socket path has them per serving thread),
+// 4-way set-associative, a set chosen by a keyed hash (array lookups, which the kernel inlines: no hash map).
+struct map_def loops SEC("maps") = {BPF_MAP_TYPE_PERCPU_ARRAY, 4, sizeof(struct udpecho_xdp_loop_set), 1024, 0};
+struct map_def rates SEC("maps") = {BPF_MAP_TYPE_PERCPU_ARRAY, 4, sizeof(struct udpecho_xdp_rate_set), 4096, 0};
 struct map_def budget SEC("maps") = {BPF_MAP_TYPE_PERCPU_ARRAY, 4, sizeof(struct udpecho_xdp_bucket), 1, 0};
 
 /// What udpecho_xdp found in the headers, for udpecho_answer (one per CPU: a tail call runs on the same CPU, and an
@@ -139,6 +138,34 @@ INLINE __u16 fold(__u64 sum) {
 INLINE __u16 udp_sum(struct xdp_md *ctx, __u32 offset, __u32 len, __u64 addresses) {
     __u64 pseudo = addresses + swap16(IPPROTO_UDP) + swap16((__u16)len);
     return fold((__u64)sum_bytes(ctx, offset, len) + pseudo);
+}
+
+/// udp_sum for a datagram of at most DIRECT_SUM bytes at `udp`, read in place word by word: no helper call, no
+/// copy (the answering program starts from one state, so the verifier walks this loop once). -1 if the packet is
+/// shorter than `len`.
+#define DIRECT_SUM 256
+INLINE __s64 udp_sum_direct(void *udp, void *end, __u32 len, __u64 addresses) {
+    __u64 sum = addresses + swap16(IPPROTO_UDP) + swap16((__u16)len);
+    __u32 words = len >> 2;
+    for (int i = 0; i < DIRECT_SUM / 4; i++) {
+        if (i >= words) break;
+        __u32 *word = (__u32 *)udp + i;
+        asm volatile("" : "+r"(word));  // no trip count worked out from the packet's end: the verifier refuses it
+        if ((void *)(word + 1) > end) return -1;
+        sum += *word;
+    }
+    __u8 *rest = (__u8 *)udp + (words << 2);
+    asm volatile("" : "+r"(rest));
+    if (len & 2) {
+        if ((void *)(rest + 2) > end) return -1;
+        sum += *(__u16 *)rest;
+        rest += 2;
+    }
+    if (len & 1) {
+        if ((void *)(rest + 1) > end) return -1;
+        sum += *rest;  // the first byte of a 16-bit word in network order: the low byte on this host
+    }
+    return fold(sum);
 }
 
 INLINE __u64 sum_words(__u16 *w, int n) {
@@ -264,18 +291,24 @@ SUBPROGRAM __u64 reflect_tlvs(struct xdp_md *ctx, __u32 start, __u32 bounds, __u
     return delta;
 }
 
+/// The hash that picks a source's set in the tables, keyed per server.
+INLINE __u32 keyed_hash(struct udpecho_xdp_config *cfg, const __u8 address[16], __u32 port) {
+    const __u64 *words = (const __u64 *)address;
+    __u64 hash = (words[0] ^ cfg->hash_key[0]) * 0x9E3779B97F4A7C15ULL;
+    hash ^= hash >> 29;
+    hash = (hash ^ words[1] ^ cfg->hash_key[1]) * 0xBF58476D1CE4E5B9ULL;
+    hash ^= hash >> 32;
+    hash = (hash ^ port) * 0x94D049BB133111EBULL;
+    return (__u32)(hash ^ (hash >> 31));
+}
+
 /// A token bucket in picotokens: refilled for the time since it was last used, then one token taken if there is one.
-INLINE int take(struct udpecho_xdp_bucket *bucket, __u64 now, __u64 rate, __u64 burst) {
+INLINE int take(struct udpecho_xdp_bucket *bucket, __u64 now, __u64 rate, __u64 burst, __u64 fill) {
+    // `fill`: the nanoseconds that refill an empty bucket (burst / rate + 1, from the server: no division here).
+    // Bursts are at most 9e6 replies and rates 1e12 a second, so `tokens + elapsed * rate` stays in 64 bits.
     if (now > bucket->last) {
         __u64 elapsed = now - bucket->last;
-        __u64 tokens = bucket->tokens < burst ? bucket->tokens : burst;
-        __u64 room = burst - tokens;
-        if (rate == 0)
-            ;  // never refilled
-        else if (elapsed >= room / rate + 1)
-            tokens = burst;
-        else
-            tokens += elapsed * rate;
+        __u64 tokens = elapsed >= fill ? burst : bucket->tokens + elapsed * rate;
         bucket->tokens = tokens < burst ? tokens : burst;
         bucket->last = now;
     }
@@ -287,23 +320,30 @@ INLINE int take(struct udpecho_xdp_bucket *bucket, __u64 now, __u64 rate, __u64 
 /// Why the datagram must not be answered (a UDPECHO_XDP_DROP_ counter), or 0 to answer it: the socket path's
 /// SourceGuard.check, in its order.
 INLINE __u32 guard(struct udpecho_xdp_config *cfg, __u8 source[16], int ipv4, __u16 port, struct xdp_md *ctx,
-                   __u32 payload, __u32 len, __u64 now, __u64 *tally) {
+                   __u32 payload, __u32 len, __u64 now, __u64 *tally, __u16 check) {
     if ((cfg->flags & UDPECHO_XDP_MAXIMUM_SIZE) && len > cfg->maximum_size) return UDPECHO_XDP_DROP_OVERSIZE;
     __u32 v4 = 0;
     __builtin_memcpy(&v4, source + 12, 4);
     __u8 first = ipv4 ? source[12] : source[0];
     const __u64 *words = (const __u64 *)source;
     int loopback = ipv4 ? first == 127 : (words[0] == 0 && words[1] == 0x0100000000000000ULL);
-    __u32 *local_flags = bpf_map_lookup_elem(&local, source);
-    __u32 flags = local_flags ? *local_flags : 0;
     if (cfg->flags & UDPECHO_XDP_ADDRESS_CHECKS) {
+        // This host's addresses are looked up only where they matter: an IPv4 source that may be one of its
+        // broadcast addresses (there are some), the server's own port, an IPv6 source on a port the kernel does not
+        // give clients. A client's usual datagram needs none.
+        int ephemeral = port >= cfg->ephemeral_low && port <= cfg->ephemeral_high;
+        __u32 flags = 0;
+        if ((ipv4 && (cfg->flags & UDPECHO_XDP_BROADCASTS)) || port == cfg->port || (!ipv4 && !ephemeral)) {
+            __u32 *local_flags = bpf_map_lookup_elem(&local, source);
+            flags = local_flags ? *local_flags : 0;
+        }
         int unspecified = ipv4 ? first == 0 : (words[0] == 0 && words[1] == 0);
         int multicast = ipv4 ? (first >> 4) == 0xe : first == 0xff;
         if (unspecified || multicast || (ipv4 && v4 == 0xffffffff) || (flags & UDPECHO_XDP_LOCAL_BROADCAST))
             return UDPECHO_XDP_DROP_SOURCE_ADDRESS;
         // A loopback source never arrives on an interface that XDP runs on: forged.
         if (loopback) return UDPECHO_XDP_DROP_SOURCE_ADDRESS;
-        if (!ipv4 && (flags & UDPECHO_XDP_LOCAL_ADDRESS) && (port < cfg->ephemeral_low || port > cfg->ephemeral_high))
+        if (!ipv4 && (flags & UDPECHO_XDP_LOCAL_ADDRESS) && !ephemeral)
             return UDPECHO_XDP_DROP_SOURCE_ADDRESS;
         if (port == cfg->port && (flags & UDPECHO_XDP_LOCAL_ADDRESS)) return UDPECHO_XDP_DROP_OWN_ENDPOINT;
     }
@@ -315,23 +355,43 @@ INLINE __u32 guard(struct udpecho_xdp_config *cfg, __u8 source[16], int ipv4, __
     if ((cfg->flags & UDPECHO_XDP_DENY_LIST) && bpf_map_lookup_elem(&deny, &prefix)) return UDPECHO_XDP_DROP_DENIED;
     if ((cfg->flags & UDPECHO_XDP_ALLOW_LIST) && !bpf_map_lookup_elem(&allow, &prefix)) return UDPECHO_XDP_DROP_DENIED;
     if (cfg->loop_limit_set) {
-        struct udpecho_xdp_endpoint endpoint = {.port = port};
-        __builtin_memcpy(endpoint.address, source, 16);
-        __u64 print = fingerprint(ctx, payload, len);
-        struct udpecho_xdp_loop *seen = bpf_map_lookup_elem(&loops, &endpoint);
-        if (seen) {
-            if (seen->fingerprint == print && now - seen->last <= LOOP_WINDOW) {
-                if (seen->run < 0xffffffff) seen->run += 1;
-            } else {
-                seen->fingerprint = print;
-                seen->run = 1;
+        // Identical datagrams have the same checksum (verified above: it covers every byte), so with the length it
+        // is their fingerprint, without reading them again; different ones share it once in 65536, and a loop
+        // needs more than the limit in a row. IPv4 without a checksum: the socket path's fingerprint.
+        __u64 print = check ? mix(0x9E3779B97F4A7C15ULL ^ len, check) : fingerprint(ctx, payload, len);
+        __u32 index = keyed_hash(cfg, source, port) & cfg->loop_set_mask;
+        struct udpecho_xdp_loop_set *set = bpf_map_lookup_elem(&loops, &index);
+        if (set) {
+            // The source's slot, or else an empty one, or else the one seen longest ago.
+            int found = -1, victim = 0;
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                struct udpecho_xdp_loop *slot = &set->slot[i];
+                if (found < 0 && slot->run && slot->port == port && same16(slot->address, source)) found = i;
+                if (!slot->run)
+                    victim = i;
+                else if (set->slot[victim].run && slot->last < set->slot[victim].last)
+                    victim = i;
             }
-            seen->last = now;
-            if (seen->run > cfg->loop_limit) return UDPECHO_XDP_DROP_LOOP;
-        } else {
-            struct udpecho_xdp_loop fresh = {.fingerprint = print, .last = now, .run = 1};
-            bpf_map_update_elem(&loops, &endpoint, &fresh, BPF_ANY);
-            if (1 > cfg->loop_limit) return UDPECHO_XDP_DROP_LOOP;
+            if (found >= 0) {
+                struct udpecho_xdp_loop *slot = &set->slot[found & 3];
+                if (slot->fingerprint == print && now - slot->last <= LOOP_WINDOW) {
+                    if (slot->run < 0xffffffff) slot->run += 1;
+                } else {
+                    slot->fingerprint = print;
+                    slot->run = 1;
+                }
+                slot->last = now;
+                if (slot->run > cfg->loop_limit) return UDPECHO_XDP_DROP_LOOP;
+            } else {
+                struct udpecho_xdp_loop *slot = &set->slot[victim & 3];
+                __builtin_memcpy(slot->address, source, 16);
+                slot->port = port;
+                slot->fingerprint = print;
+                slot->last = now;
+                slot->run = 1;
+                if (1 > cfg->loop_limit) return UDPECHO_XDP_DROP_LOOP;
+            }
         }
     }
     if (loopback && !(cfg->flags & UDPECHO_XDP_LIMIT_LOOPBACK)) return 0;
@@ -347,20 +407,39 @@ INLINE __u32 guard(struct udpecho_xdp_config *cfg, __u8 source[16], int ipv4, __
             else if (bits < low + 8)
                 key[i] &= (__u8)(0xff << (low + 8 - bits));
         }
-        struct udpecho_xdp_bucket *bucket = bpf_map_lookup_elem(&rates, key);
-        if (bucket) {
-            if (!take(bucket, now, cfg->rate_per_ns, cfg->burst)) return UDPECHO_XDP_DROP_RATE_LIMITED;
-        } else {
-            struct udpecho_xdp_bucket fresh = {.tokens = cfg->burst, .last = now};
-            take(&fresh, now, cfg->rate_per_ns, cfg->burst);
-            bpf_map_update_elem(&rates, key, &fresh, BPF_ANY);
-            COUNT(UDPECHO_XDP_RATE_NEW_SOURCE, 1);
+        __u32 index = keyed_hash(cfg, key, 0) & cfg->rate_set_mask;
+        struct udpecho_xdp_rate_set *set = bpf_map_lookup_elem(&rates, &index);
+        if (set) {
+            int found = -1, victim = 0;
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                struct udpecho_xdp_rate *slot = &set->slot[i];
+                if (found < 0 && slot->bucket.last && same16(slot->prefix, key)) found = i;
+                if (!slot->bucket.last)
+                    victim = i;
+                else if (set->slot[victim].bucket.last && slot->bucket.last < set->slot[victim].bucket.last)
+                    victim = i;
+            }
+            struct udpecho_xdp_rate *slot = &set->slot[(found >= 0 ? found : victim) & 3];
+            if (found < 0) {
+                // A newcomer takes over the bucket of the source it displaces, refilled for the time since (the
+                // socket path's RateTable): sources that share a set cannot evict one another back to full bursts.
+                if (slot->bucket.last) {
+                    COUNT(UDPECHO_XDP_RATE_EVICTED, 1);
+                } else {
+                    slot->bucket.tokens = cfg->burst;
+                    slot->bucket.last = now;
+                    COUNT(UDPECHO_XDP_RATE_NEW_SOURCE, 1);
+                }
+                __builtin_memcpy(slot->prefix, key, 16);
+            }
+            if (!take(&slot->bucket, now, cfg->rate_per_ns, cfg->burst, cfg->rate_fill)) return UDPECHO_XDP_DROP_RATE_LIMITED;
         }
     }
     if (cfg->flags & UDPECHO_XDP_GLOBAL_BUDGET) {
         __u32 zero = 0;
         struct udpecho_xdp_bucket *bucket = bpf_map_lookup_elem(&budget, &zero);
-        if (bucket && !take(bucket, now, cfg->global_rate_per_ns, cfg->global_burst))
+        if (bucket && !take(bucket, now, cfg->global_rate_per_ns, cfg->global_burst, cfg->global_fill))
             return UDPECHO_XDP_DROP_OVER_BUDGET;
     }
     return 0;
@@ -533,8 +612,9 @@ SEC("xdp/answer") int udpecho_answer(struct xdp_md *ctx) {
     // none; IPv6's is mandatory (the stack drops 0).
     __u16 received_check = udp->check;
     if (received_check != 0 || !ipv4) {
-        if (received_check == 0 || udp_sum(ctx, udp_offset, length, addresses) != 0xffff)
-            return PASS(UDPECHO_XDP_PASS_CHECKSUM);
+        __s64 sum = length <= DIRECT_SUM ? udp_sum_direct(udp, end, length, addresses)
+                                          : udp_sum(ctx, udp_offset, length, addresses);
+        if (received_check == 0 || sum != 0xffff) return PASS(UDPECHO_XDP_PASS_CHECKSUM);
     }
     __u32 size = length - 8;
     if (cfg->mode == UDPECHO_XDP_MODE_PASS) return PASS(UDPECHO_XDP_PASS_STAMP);
@@ -550,7 +630,7 @@ SEC("xdp/answer") int udpecho_answer(struct xdp_md *ctx) {
     }
 
     COUNT(UDPECHO_XDP_JUDGED_BYTES, size);
-    __u32 reason = guard(cfg, parsed->source, ipv4, swap16(udp->source), ctx, udp_offset + 8, size, t2, tally);
+    __u32 reason = guard(cfg, parsed->source, ipv4, swap16(udp->source), ctx, udp_offset + 8, size, t2, tally, received_check);
     if (reason) return DROP(reason);
 
     __u64 tlv_delta = 0;
