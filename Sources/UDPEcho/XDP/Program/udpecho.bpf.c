@@ -85,10 +85,8 @@ struct map_def programs SEC("maps") = {BPF_MAP_TYPE_PROG_ARRAY, 4, 4, 1, 0};
 #define STAMP_LOOP_WINDOW 60000000000LL
 #define NTP_EPOCH_OFFSET 2208988800ULL
 // The longest UDP datagram answered here: a frame in one buffer (this program does not take multi-buffer frames) is
-// at most a page; the checksum reads it in up to MAX_PIECES pieces of PIECE bytes.
+// at most a page.
 #define MAX_UDP_LENGTH 4096
-#define PIECE 128
-#define MAX_PIECES (MAX_UDP_LENGTH / PIECE)
 
 INLINE __u16 swap16(__u16 x) { return (__u16)((x >> 8) | (x << 8)); }
 
@@ -100,29 +98,46 @@ INLINE __u16 swap16(__u16 x) { return (__u16)((x >> 8) | (x << 8)); }
 #define PASS(reason) ({ COUNT(reason, 1); XDP_PASS; })
 #define DROP(reason) ({ COUNT(reason, 1); XDP_DROP; })
 
-/// The ones'-complement sum (32 bits, unfolded) of `len` bytes of the frame from `offset`, read in pieces
-/// (bpf_xdp_load_bytes into the stack: the same few states for the verifier whatever the length; a piece padded
-/// with zeros, which adds nothing). A function of its own, so that the verifier's paths through it do not multiply
-/// those of the rest.
-SUBPROGRAM __u32 sum_bytes(struct xdp_md *ctx, __u32 offset, __u32 len) {
-    __u8 piece[PIECE];
+/// The ones'-complement sum (unfolded) of `len` bytes of the frame from `offset`, read in place: blocks of 512 bytes, then
+/// the rest in pieces of 256, 128... 4, 2 and 1, each access a constant size the verifier checks against the packet's
+/// end. A function of its own: its paths (a block count and a piece pattern) end in its return value, and do not
+/// multiply the caller's. -1 if the packet is shorter than `len`.
+SUBPROGRAM __s64 sum_packet(struct xdp_md *ctx, __u32 offset, __u32 len) {
+    // The pointer is made here from the frame's start and an offset (not passed in): its range checks then belong
+    // to it alone, and leave the caller's pointers as they were, so that the caller's paths after the call fold.
+    void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+    if (offset > 128) return -1;
+    __u8 *p = data + offset;
     __s64 sum = 0;
-    for (int i = 0; i < MAX_PIECES; i++) {
-        if (len == 0) break;
-        __u32 n = len > PIECE ? PIECE : len;
-        __builtin_memset(piece, 0, sizeof(piece));
-        asm volatile("" : "+r"(n));
-        if (n == 0 || n > PIECE) return 0;
-        if (bpf_xdp_load_bytes(ctx, offset, piece, n) != 0) return 0;
-        __u32 rounded = (n + 3) & ~3u;
-        asm volatile("" : "+r"(rounded));  // keep the check below: the verifier needs it, the compiler thinks not
-        if (rounded == 0 || rounded > PIECE) return 0;
-        sum = bpf_csum_diff(0, 0, (__be32 *)piece, rounded, (__wsum)sum);
-        if (sum < 0) return 0;
-        offset += n;
-        len -= n;
+    __u32 blocks = len >> 9;
+    for (int i = 0; i < MAX_UDP_LENGTH / 512; i++) {
+        if (i >= blocks) break;
+        if ((void *)(p + 512) > end) return -1;
+        sum = bpf_csum_diff(0, 0, (__be32 *)p, 512, (__wsum)sum);
+        if (sum < 0) return -1;
+        p += 512;
     }
-    return (__u32)sum;
+    __u32 rest = len & 511;
+#define PIECE(n)                                                       \
+    if (rest & n) {                                                    \
+        if ((void *)(p + n) > end) return -1;                          \
+        sum = bpf_csum_diff(0, 0, (__be32 *)p, n, (__wsum)sum);        \
+        if (sum < 0) return -1;                                        \
+        p += n;                                                        \
+    }
+    PIECE(256) PIECE(128) PIECE(64) PIECE(32) PIECE(16) PIECE(8) PIECE(4)
+#undef PIECE
+    __u64 total = (__u32)sum;
+    if (rest & 2) {
+        if ((void *)(p + 2) > end) return -1;
+        total += *(__u16 *)p;
+        p += 2;
+    }
+    if (rest & 1) {
+        if ((void *)(p + 1) > end) return -1;
+        total += *p;  // the first byte of a 16-bit word in network order: the low byte on this host
+    }
+    return (__s64)total;
 }
 
 INLINE __u16 fold(__u64 sum) {
@@ -133,18 +148,22 @@ INLINE __u16 fold(__u64 sum) {
     return (__u16)sum;
 }
 
-/// The ones'-complement sum, folded, of the UDP datagram at `offset` in the frame (`len` bytes, header included) and
-/// its pseudo-header, whose addresses' sum is `addresses`: 0xffff when the checksum in it verifies.
-INLINE __u16 udp_sum(struct xdp_md *ctx, __u32 offset, __u32 len, __u64 addresses) {
+/// The ones'-complement sum, folded, of the UDP datagram at frame offset `offset` (`len` bytes, header included) and its
+/// pseudo-header, whose addresses' sum is `addresses`: 0xffff when the checksum in it verifies; -1 if the packet is
+/// shorter than `len`.
+INLINE __s64 udp_sum(struct xdp_md *ctx, __u32 offset, __u32 len, __u64 addresses) {
     __u64 pseudo = addresses + swap16(IPPROTO_UDP) + swap16((__u16)len);
-    return fold((__u64)sum_bytes(ctx, offset, len) + pseudo);
+    __s64 sum = sum_packet(ctx, offset, len);
+    return sum < 0 ? -1 : fold((__u64)sum + pseudo);
 }
 
-/// udp_sum for a datagram of at most DIRECT_SUM bytes at `udp`, read in place word by word: no helper call, no
-/// copy (the answering program starts from one state, so the verifier walks this loop once). -1 if the packet is
-/// shorter than `len`.
+/// udp_sum for a datagram of at most DIRECT_SUM bytes, read in place word by word: no helper call, no copy. A
+/// function of its own for the same reason as sum_packet. -1 if the packet is shorter than `len`.
 #define DIRECT_SUM 256
-INLINE __s64 udp_sum_direct(void *udp, void *end, __u32 len, __u64 addresses) {
+SUBPROGRAM __s64 udp_sum_direct(struct xdp_md *ctx, __u32 offset, __u32 len, __u64 addresses) {
+    void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+    if (offset > 128) return -1;
+    void *udp = data + offset;
     __u64 sum = addresses + swap16(IPPROTO_UDP) + swap16((__u16)len);
     __u32 words = len >> 2;
     for (int i = 0; i < DIRECT_SUM / 4; i++) {
@@ -612,7 +631,7 @@ SEC("xdp/answer") int udpecho_answer(struct xdp_md *ctx) {
     // none; IPv6's is mandatory (the stack drops 0).
     __u16 received_check = udp->check;
     if (received_check != 0 || !ipv4) {
-        __s64 sum = length <= DIRECT_SUM ? udp_sum_direct(udp, end, length, addresses)
+        __s64 sum = length <= DIRECT_SUM ? udp_sum_direct(ctx, udp_offset, length, addresses)
                                           : udp_sum(ctx, udp_offset, length, addresses);
         if (received_check == 0 || sum != 0xffff) return PASS(UDPECHO_XDP_PASS_CHECKSUM);
     }
