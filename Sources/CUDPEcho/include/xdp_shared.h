@@ -70,6 +70,8 @@ enum udpecho_xdp_flag {
     UDPECHO_XDP_SYNCHRONIZED = 4096,
     /// Some interface has an IPv4 broadcast address (the `local` map holds them).
     UDPECHO_XDP_BROADCASTS = 8192,
+    /// STAMP: a Class of Service TLV's DSCP is honoured (such packets go up: the sockets set the reply's DSCP).
+    UDPECHO_XDP_HONOUR_COS = 16384,
 };
 
 /// The program's configuration: the one entry of its `config` map. Addresses are 16 bytes, IPv4 mapped into IPv6

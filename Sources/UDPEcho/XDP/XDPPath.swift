@@ -314,6 +314,7 @@ final class XDPPath: Sendable {
         if guards.limitLoopback { flags |= UInt32(UDPECHO_XDP_LIMIT_LOOPBACK.rawValue) }
         if reflectTOS && stamp == nil { flags |= UInt32(UDPECHO_XDP_KEEP_TOS.rawValue) }
         if stamp?.timestampFormat == .ptp { flags |= UInt32(UDPECHO_XDP_PTP.rawValue) }
+        if stamp?.honourClassOfService == true { flags |= UInt32(UDPECHO_XDP_HONOUR_COS.rawValue) }
         if let maximum = guards.maximumSize {
             flags |= UInt32(UDPECHO_XDP_MAXIMUM_SIZE.rawValue)
             config.maximum_size = UInt32(clamping: max(0, maximum))

@@ -239,6 +239,7 @@ SUBPROGRAM __u64 fingerprint(struct xdp_md *ctx, __u32 offset, __u32 len) {
 // reflect_tlvs' arguments, packed (a BPF function takes five): the mode, and what the test packet arrived with.
 #define TLV_WRITE 0x100          // write (else only look: may XDP answer this packet?)
 #define TLV_SYNCHRONIZED 0x200   // the host's clock is synchronized (Timestamp Information)
+#define TLV_HONOUR_COS 0x400     // a Class of Service TLV's DSCP is honoured (--reflect-tos): the sockets do that
 #define TLV_RESULT_PASS (1ULL << 32)
 #define MAX_TLVS 8
 
@@ -271,8 +272,8 @@ SUBPROGRAM __u64 reflect_tlvs(struct xdp_md *ctx, __u32 start, __u32 bounds, __u
         __u8 flag = 0;
         if (value + length > end) {
             flag = 0x40;  // M, and what follows is returned as it came
-        } else if (type == 2) {
-            return TLV_RESULT_PASS;  // Location: the sockets fill it in
+        } else if (type == 2 || (type == 4 && (info & TLV_HONOUR_COS))) {
+            return TLV_RESULT_PASS;  // Location, and a Class of Service to honour: the sockets do them
         } else if (type == 3 || type == 4) {
             if (length != 4) {
                 flag = 0x40;
@@ -637,7 +638,8 @@ SEC("xdp/answer") int udpecho_answer(struct xdp_md *ctx) {
     }
     __u32 size = length - 8;
     if (cfg->mode == UDPECHO_XDP_MODE_PASS) return PASS(UDPECHO_XDP_PASS_STAMP);
-    __u32 tlv_info = parsed->tos | ((cfg->flags & UDPECHO_XDP_SYNCHRONIZED) ? TLV_SYNCHRONIZED : 0);
+    __u32 tlv_info = parsed->tos | ((cfg->flags & UDPECHO_XDP_SYNCHRONIZED) ? TLV_SYNCHRONIZED : 0) |
+                     ((cfg->flags & UDPECHO_XDP_HONOUR_COS) ? TLV_HONOUR_COS : 0);
     __u32 tlv_bounds = ((udp_offset + length) << 16) | udp_offset;
     __u32 tlv_start = udp_offset + 8 + sizeof(struct stamp_reply);
     int stamp = cfg->mode == UDPECHO_XDP_MODE_STAMP;
