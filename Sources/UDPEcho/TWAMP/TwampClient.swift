@@ -134,9 +134,25 @@ public enum TwampPinger {
         }
     }
 
-    /// A UDP port free now, for the session's sender (the request must name it before the socket is made).
+    /// A UDP port free now, for the session's sender (the request must name it before the socket is made). Chosen
+    /// below the kernel's ephemeral range, where no other socket's automatic port lands between this choice and the
+    /// test socket's bind (a port from the range was taken meanwhile, now and then, by a busy host's other sockets);
+    /// the kernel's own choice where that range is too small.
     private static func freePort(ipv6: Bool) throws(EchoError) -> Int {
-        let wildcard = try! SocketAddress(ipAddress: ipv6 ? "::" : "0.0.0.0", port: 0)
+        let ephemeral = EphemeralPorts.current()
+        let below = 10_000..<max(10_000, ephemeral.lowerBound)
+        if below.count >= 1000 {
+            for _ in 0..<32 {
+                let port = Int.random(in: below)
+                if let free = try? Self.bindable(port, ipv6: ipv6) { return free }
+            }
+        }
+        return try Self.bindable(0, ipv6: ipv6)
+    }
+
+    /// Binds a UDP socket to `port` (0: the kernel's choice) and closes it; the port it had.
+    private static func bindable(_ port: Int, ipv6: Bool) throws(EchoError) -> Int {
+        let wildcard = try! SocketAddress(ipAddress: ipv6 ? "::" : "0.0.0.0", port: port)
         let fd: Int32
         do { fd = try SystemCall.udpSocket(family: ipv6 ? AF_INET6 : AF_INET) } catch {
             throw .socket(operation: "socket for", address: wildcard.hostPortDescription, errno: error.errno)

@@ -17,6 +17,7 @@ public enum XDPAttachMode: String, Sendable, CaseIterable, CustomStringConvertib
     /// After the driver, on the socket buffer the kernel made (any interface; slower, still before the socket layer).
     case generic
 
+    /// The mode's name, as `--xdp-mode` takes it.
     public var description: String { self.rawValue }
 }
 
@@ -24,6 +25,7 @@ public enum XDPAttachMode: String, Sendable, CaseIterable, CustomStringConvertib
 public struct XDPConfiguration: Sendable {
     /// The interface the program is attached to (the one the clients' datagrams arrive on).
     public var interface: String
+    /// How to attach: natively where the driver allows (``XDPAttachMode/auto``), or as asked.
     public var mode: XDPAttachMode
 
     /// Attaches to `interface`, natively where the driver allows.
@@ -47,6 +49,7 @@ public enum XDPPassReason: String, Sendable, CaseIterable, CustomStringConvertib
     /// A UDP length that disagrees with the IP length.
     case other
 
+    /// The reason's name, as the summary and the metrics' `reason` label say it.
     public var description: String { self.rawValue }
 }
 
@@ -54,24 +57,30 @@ public enum XDPPassReason: String, Sendable, CaseIterable, CustomStringConvertib
 public struct XDPStatistics: Sendable, Equatable {
     /// The interface and how the program is attached to it (``XDPAttachMode/native`` or ``XDPAttachMode/generic``).
     public var interface: String
+    /// How the program is attached.
     public var mode: XDPAttachMode
     /// Datagrams to the server that the program looked at.
     public var seen = 0
-    /// Datagrams judged in XDP (answered there or dropped by a guard), and their payload bytes.
+    /// Datagrams judged in XDP (answered there or dropped by a guard).
     public var judged = 0
+    /// The payload bytes of ``judged``.
     public var judgedBytes = 0
-    /// Echoes and STAMP replies sent back from XDP, and their payload bytes.
+    /// Echoes sent back from XDP.
     public var echoed = 0
+    /// STAMP test packets reflected from XDP.
     public var reflected = 0
+    /// The payload bytes of ``echoed`` and ``reflected``.
     public var answeredBytes = 0
     /// Passed up to the socket path, by reason.
     public var passed: [XDPPassReason: Int] = [:]
     /// Dropped by a guard in XDP, by reason (the socket path's reasons).
     public var drops: [DropReason: Int] = [:]
-    /// Slots the rate limiter's tables (one per CPU) have filled, and sources they forgot to make room for new ones.
+    /// Slots the rate limiter's tables (one per CPU) have filled.
     public var rateSources = 0
+    /// Sources the rate limiter's tables forgot to make room for new ones.
     public var rateEvictions = 0
 
+    /// Counters at zero for a program on `interface`, attached in `mode`.
     public init(interface: String, mode: XDPAttachMode) {
         self.interface = interface
         self.mode = mode
