@@ -126,7 +126,8 @@ func stopAndCount(_ server: Spawned) async throws -> [String: Int] {
 
 /// The XDP client: `sizes SERVER4 SERVER6 PORT` sends every size from 0 to the largest unfragmented one, then a few
 /// that fragment, over IPv4 and IPv6, each a different pattern, and checks every echo byte for byte. `options SERVER
-/// PORT COUNT` sends datagrams with IPv4 options (NOPs), `plain SERVER PORT COUNT` without.
+/// PORT COUNT` sends datagrams with IPv4 options (NOPs), `plain SERVER PORT COUNT` without. `guards`, `tables` and
+/// `budget SERVER PORT` send what each guard catches, from the client's extra addresses where a guard looks at them.
 let pythonXDPClient = """
     import json, socket, sys
     mode = sys.argv[1]
@@ -139,6 +140,21 @@ let pythonXDPClient = """
         except socket.timeout:
             return "lost"
         return "ok" if data == payload else "corrupt"
+    def sock(address="0.0.0.0", source_port=0):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((address, source_port))
+        s.settimeout(0.3)
+        return s
+    def answered(s, target, payloads):
+        # Sends them all, then counts the replies until 0.3 s passes without one.
+        for p in payloads: s.sendto(p, target)
+        n = 0
+        try:
+            while True:
+                s.recv(70000)
+                n += 1
+        except socket.timeout:
+            return n
     out = {}
     if mode == "sizes":
         s4, s6, port = sys.argv[2], sys.argv[3], int(sys.argv[4])
@@ -160,80 +176,63 @@ let pythonXDPClient = """
         s.settimeout(2)
         out["answered"] = sum(exchange(s, (server, port), pattern(100, i)) == "ok" for i in range(count))
     elif mode == "guards":
-        server, port = sys.argv[2], int(sys.argv[3])
-        def sock(address="0.0.0.0", source_port=0):
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.bind((address, source_port))
-            s.settimeout(0.3)
-            return s
-        def answered(s, payloads):
-            for p in payloads: s.sendto(p, (server, port))
-            n = 0
-            try:
-                while True:
-                    s.recv(70000)
-                    n += 1
-            except socket.timeout:
-                return n
-        out["oversize"] = answered(sock(), [pattern(200, 1)])
-        out["source-port"] = answered(sock(source_port=1000), [pattern(50, 2)])
-        out["denied"] = answered(sock("192.0.2.3"), [pattern(50, 3)])
+        target = (sys.argv[2], int(sys.argv[3]))
+        out["oversize"] = answered(sock(), target, [pattern(200, 1)])
+        out["source-port"] = answered(sock(source_port=1000), target, [pattern(50, 2)])
+        out["denied"] = answered(sock("192.0.2.3"), target, [pattern(50, 3)])
         loop = sock()
-        out["loop"] = sum(answered(loop, [pattern(50, 4)]) for _ in range(6))
-        out["rate-limited"] = answered(sock("192.0.2.4"), [pattern(50, 100 + i) for i in range(20)])
+        out["loop"] = sum(answered(loop, target, [pattern(50, 4)]) for _ in range(6))
+        out["rate-limited"] = answered(sock("192.0.2.4"), target, [pattern(50, 100 + i) for i in range(20)])
+    elif mode == "tables":
+        # One datagram from each of five sources in turn, then the first again; then one from outside the allow list.
+        target = (sys.argv[2], int(sys.argv[3]))
+        sources = ["192.0.2.3", "192.0.2.4", "192.0.2.5", "192.0.2.6", "192.0.2.7", "192.0.2.3"]
+        out["answers"] = [answered(sock(a), target, [pattern(50, 200 + i)]) for i, a in enumerate(sources)]
+        out["outside"] = answered(sock("192.0.2.9"), target, [pattern(50, 300)])
     elif mode == "budget":
-        server, port = sys.argv[2], int(sys.argv[3])
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.settimeout(0.3)
-        for i in range(20): s.sendto(pattern(50, i), (server, port))
+        out["answered"] = answered(sock(), (sys.argv[2], int(sys.argv[3])), [pattern(50, i) for i in range(20)])
+    print(json.dumps(out), flush=True)
+    """
+
+/// Forged and damaged datagrams, made with scapy and sent from the client's host: `forged SERVER SERVER6 PORT` sends
+/// a multicast source, the server's own address and port, a loopback source, and a datagram whose UDP checksum is
+/// wrong, none of which may be answered; six identical datagrams without a checksum (IPv4's 0), of which the loop
+/// detector lets four through; a UDP length shorter than the IP length (passed up); and an IPv6 datagram behind a
+/// Destination Options header (passed up, answered by the sockets).
+let scapyForged = """
+    import json, socket, sys
+    from scapy.all import IP, IPv6, IPv6ExtHdrDestOpt, UDP, Raw, send, conf
+    conf.verb = 0
+    server, server6, port = sys.argv[2], sys.argv[3], int(sys.argv[4])
+    def listener(port, family=socket.AF_INET):
+        s = socket.socket(family, socket.SOCK_DGRAM)
+        s.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", port))
+        s.settimeout(0.5)
+        return s
+    def replies(s):
         n = 0
         try:
             while True:
                 s.recv(70000)
                 n += 1
         except socket.timeout:
-            pass
-        out["answered"] = n
-    print(json.dumps(out), flush=True)
-    """
-
-/// Forged and damaged datagrams, made with scapy and sent from the client's host: `forged SERVER PORT` sends a
-/// multicast source, the server's own address and port, a loopback source, and a datagram whose UDP checksum is
-/// wrong, none of which may be answered; then six identical datagrams without a checksum (IPv4's 0), of which the
-/// loop detector lets four through.
-let scapyForged = """
-    import json, socket, sys
-    from scapy.all import IP, UDP, Raw, send, conf
-    conf.verb = 0
-    server, port = sys.argv[2], int(sys.argv[3])
-    r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    r.bind(("0.0.0.0", 40001))
-    r.settimeout(0.5)
+            return n
+    r = listener(40001)
     for src, sport, check in [("224.0.0.9", 40001, None), (server, port, None), ("127.0.0.1", 40001, None),
                               ("192.0.2.2", 40001, 0x1234)]:
         udp = UDP(sport=sport, dport=port) if check is None else UDP(sport=sport, dport=port, chksum=check)
         send(IP(src=src, dst=server) / udp / Raw(b"forged" * 5))
-    n = 0
-    try:
-        while True:
-            r.recv(70000)
-            n += 1
-    except socket.timeout:
-        pass
+    out = {"answered": replies(r)}
     # IPv4 without a checksum (0): six identical datagrams in a row; the loop detector fingerprints their bytes.
-    z = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    z.bind(("0.0.0.0", 40002))
-    z.settimeout(0.5)
+    z = listener(40002)
     for _ in range(6):
         send(IP(src="192.0.2.2", dst=server) / UDP(sport=40002, dport=port, chksum=0) / Raw(b"same" * 8))
-    looped = 0
-    try:
-        while True:
-            z.recv(70000)
-            looped += 1
-    except socket.timeout:
-        pass
-    print(json.dumps({"answered": n, "unchecksummed": looped}), flush=True)
+    out["unchecksummed"] = replies(z)
+    send(IP(src="192.0.2.2", dst=server) / UDP(sport=40003, dport=port, len=20) / Raw(b"x" * 30))
+    e = listener(40004, socket.AF_INET6)
+    send(IPv6(src="2001:db8::2", dst=server6) / IPv6ExtHdrDestOpt() / UDP(sport=40004, dport=port) / Raw(b"ext" * 10))
+    out["extension"] = replies(e)
+    print(json.dumps(out), flush=True)
     """
 
 /// A STAMP Session-Sender of scapy's layers for the XDP reflector: `stamp SERVER PORT FORMAT` sends base test packets
@@ -546,8 +545,36 @@ struct XDPTests {
         }
     }
 
-    /// Forged sources (multicast, the server's own endpoint, loopback) are dropped in XDP under their reasons, and
-    /// a datagram with a wrong checksum is passed up (the stack drops it); the global budget drops past its rate.
+    /// The allow list, and the rate limiter's table when it is full: in XDP as on the sockets. A table of 4 (one set),
+    /// one reply in 10 s per source: five sources in turn fill it, the fifth takes over the bucket of the first
+    /// (emptied, not a fresh one: refused), the first back takes over the second's (refused); a source outside the
+    /// allow list is refused before the table.
+    @Test func theAllowListAndAFullRateTableAsOnTheSockets() async throws {
+        try await withHosts(try await XDPNetwork()) { hosts in
+            let network = hosts.network
+            for address in ["192.0.2.3", "192.0.2.4", "192.0.2.5", "192.0.2.6", "192.0.2.7", "192.0.2.9"] {
+                let result = try await Spawned.run(
+                    TestNetwork.ip,
+                    ["-n", network.client, "addr", "add", "\(address)/24", "dev", network.clientLink]
+                )
+                #expect(result.status == 0, "\(result.error)")
+            }
+            let guards = ["--allow", "192.0.2.0/29", "--rate-limit", "0.1", "--rate-burst", "1", "--rate-table", "4"]
+            for xdp in [true, false] {
+                let server = try await hosts.startServer(guards, xdp: xdp)
+                let result = try await hosts.client(pythonXDPClient, ["tables", network.serverAddress, "7000"])
+                #expect(result["answers"] as? [Int] == [1, 1, 1, 1, 0, 0], "xdp \(xdp): \(result)")
+                #expect(result["outside"] as? Int == 0, "xdp \(xdp): \(result)")
+                let counts = try await stopAndCount(server)
+                #expect(counts["rate-limited"] == 2 && counts["denied"] == 1, "xdp \(xdp): \(counts)")
+                if xdp { #expect(counts["xdp-dropped"] == 3 && counts["xdp-echoed"] == 4, "\(counts)") }
+            }
+        }
+    }
+
+    /// Forged sources (multicast, the server's own endpoint, loopback) are dropped in XDP under their reasons; a
+    /// datagram with a wrong checksum (the stack drops it), one whose UDP length disagrees with the IP length and an
+    /// IPv6 one behind an extension header are passed up; the global budget drops past its rate.
     @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: scapyPython), "needs .build/peers-venv"))
     func forgedSourcesAndTheBudget() async throws {
         try await withHosts(try await XDPNetwork()) { hosts in
@@ -555,14 +582,16 @@ struct XDPTests {
             let server = try await hosts.startServer([])
             let forged = try await hosts.client(
                 scapyForged,
-                ["forged", network.serverAddress, "7000"],
+                ["forged", network.serverAddress, network.serverAddress6, "7000"],
                 python: scapyPython
             )
             #expect(forged["answered"] as? Int == 0)
             #expect(forged["unchecksummed"] as? Int == 4, "\(forged)")
+            #expect(forged["extension"] as? Int == 1, "\(forged)")
             let counts = try await stopAndCount(server)
             #expect(counts["source-address"] == 2 && counts["own-endpoint"] == 1, "\(counts)")
             #expect(counts["checksum"] == 1 && counts["loop"] == 2 && counts["xdp-echoed"] == 4, "\(counts)")
+            #expect(counts["other"] == 1 && counts["options"] == 1, "\(counts)")
             // One reply a second over all sources: each CPU's share of it, a burst of one.
             let limited = try await hosts.startServer(["--rate-limit", "0", "--global-rate", "2"])
             let budget = try await hosts.client(pythonXDPClient, ["budget", network.serverAddress, "7000"])

@@ -20,7 +20,7 @@ enum udpecho_xdp_counter {
     /// Passed up to the socket path, by reason.
     UDPECHO_XDP_PASS_FRAGMENT,
     UDPECHO_XDP_PASS_OPTIONS,
-    UDPECHO_XDP_PASS_STAMP,
+    UDPECHO_XDP_PASS_STAMP,  // see XDPPassReason in XDPPath.swift for what each means
     /// A UDP checksum that does not verify: the stack drops it and counts it (UDP InCsumErrors).
     UDPECHO_XDP_PASS_CHECKSUM,
     UDPECHO_XDP_PASS_OTHER,

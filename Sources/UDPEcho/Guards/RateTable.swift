@@ -46,6 +46,15 @@ struct TokenBucket {
     }
 }
 
+/// The sets of 4 slots that a 4-way set-associative table of at least `entries` entries takes: a power of two (a
+/// hash masked picks one), at least one. The rate limiter's, the loop detector's and the STAMP sessions' tables are
+/// laid out so, and the XDP program's copies of the first two.
+func fourWaySets(_ entries: Int) -> Int {
+    var sets = 1
+    while sets * 4 < entries { sets <<= 1 }
+    return sets
+}
+
 /// Memory for a fixed number of table entries, allocated once and freed with the last reference: copies of a
 /// guard share one table, without copy-on-write, and nothing is allocated per datagram.
 final class FixedStorage<Entry>: @unchecked Sendable {
@@ -87,8 +96,7 @@ struct RateTable {
     init(_ limit: RateLimit) {
         self.perSecond = limit.perSecond
         self.burst = max(1, limit.burst)
-        var sets = 1
-        while sets * 4 < limit.tableSize { sets <<= 1 }
+        let sets = fourWaySets(limit.tableSize)
         self.setMask = sets - 1
         self.storage = FixedStorage(
             repeating: Entry(key: IPKey(high: 0, low: 0), bucket: TokenBucket(tokens: 0, last: 0), used: false),

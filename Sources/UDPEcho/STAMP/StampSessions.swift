@@ -17,8 +17,7 @@ struct StampSessions {
     private(set) var count = 0
 
     init(capacity: Int) {
-        var sets = 1
-        while sets * 4 < capacity { sets <<= 1 }
+        let sets = fourWaySets(capacity)
         self.setMask = sets - 1
         self.storage = FixedStorage(
             repeating: Entry(address: IPKey(high: 0, low: 0), port: 0, ssid: 0, next: 0, last: 0, used: false),

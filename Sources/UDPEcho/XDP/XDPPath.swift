@@ -41,12 +41,13 @@ public enum XDPPassReason: String, Sendable, CaseIterable, CustomStringConvertib
     case fragment
     /// IPv4 options or IPv6 extension headers.
     case options
-    /// A STAMP test packet that is not the unauthenticated 44-byte base (TLVs, a short TWAMP-Light header), or any
-    /// test packet of a reflector with a key or with state.
+    /// A STAMP test packet shorter than the 44-byte base (a TWAMP-Light sender's), or with a Location TLV, a Class of
+    /// Service TLV that `--reflect-tos` honours or more than 8 TLVs; or any test packet of a reflector with a key or
+    /// with state.
     case stamp
     /// A UDP checksum that does not verify: the stack drops it and counts it (UDP InCsumErrors).
     case checksum
-    /// A UDP length that disagrees with the IP length.
+    /// A UDP length that disagrees with the IP length, or a datagram longer than a page (4096 bytes).
     case other
 
     /// The reason's name, as the summary and the metrics' `reason` label say it.
@@ -132,17 +133,7 @@ final class XDPPath: Sendable {
         let cpus = cudpecho_possible_cpus()
         guard cpus > 0 else { throw failure("the number of CPUs cannot be read (/sys/devices/system/cpu/possible)") }
         let program = XDPProgramImage.embedded
-        var config = try Self.configuration(
-            local: local,
-            guards: guards,
-            stamp: stamp,
-            reflectTOS: reflectTOS,
-            cpus: cpus
-        )
-        config.mode = UInt8(stamp == nil ? UDPECHO_XDP_MODE_ECHO.rawValue : UDPECHO_XDP_MODE_STAMP.rawValue)
-        if let stamp, stamp.key != nil || stamp.stateful {
-            config.mode = UInt8(UDPECHO_XDP_MODE_PASS.rawValue)
-        }
+        let config = Self.configuration(local: local, guards: guards, stamp: stamp, reflectTOS: reflectTOS)
 
         var maps: [Int32] = []
         func closeAll() { for fd in maps { close(fd) } }
@@ -151,8 +142,8 @@ final class XDPPath: Sendable {
             switch definition.name {
             case "allow": entries = UInt32(max(1, guards.allow.count))
             case "deny": entries = UInt32(max(1, guards.deny.count))
-            case "rates": entries = UInt32(Self.sets(guards.rateLimit?.tableSize ?? 4))
-            case "loops": entries = UInt32(Self.sets(LoopDetector.tableSize))
+            case "rates": entries = UInt32(fourWaySets(guards.rateLimit?.tableSize ?? 4))
+            case "loops": entries = UInt32(fourWaySets(LoopDetector.tableSize))
             default: break
             }
             let fd = cudpecho_bpf_map_create(
@@ -296,10 +287,15 @@ final class XDPPath: Sendable {
         local: SocketAddress,
         guards: GuardConfiguration,
         stamp: StampReflectorConfiguration?,
-        reflectTOS: Bool,
-        cpus: Int32
-    ) throws(EchoError) -> udpecho_xdp_config {
+        reflectTOS: Bool
+    ) -> udpecho_xdp_config {
         var config = udpecho_xdp_config()
+        // STAMP that needs a key or a session's state is the sockets' whole.
+        let mode =
+            stamp == nil
+            ? UDPECHO_XDP_MODE_ECHO
+            : stamp!.key != nil || stamp!.stateful ? UDPECHO_XDP_MODE_PASS : UDPECHO_XDP_MODE_STAMP
+        config.mode = UInt8(mode.rawValue)
         config.port = UInt16(local.port ?? 0)
         var flags: UInt32 = 0
         let unmapped = local.unmappingIPv4
@@ -355,19 +351,11 @@ final class XDPPath: Sendable {
             (config.global_rate_per_ns, config.global_burst, config.global_fill) = bucket(rate: share, burst: share)
         }
         config.flags = flags
-        config.loop_set_mask = UInt32(Self.sets(LoopDetector.tableSize) - 1)
-        config.rate_set_mask = UInt32(Self.sets(guards.rateLimit?.tableSize ?? 4) - 1)
+        config.loop_set_mask = UInt32(fourWaySets(LoopDetector.tableSize) - 1)
+        config.rate_set_mask = UInt32(fourWaySets(guards.rateLimit?.tableSize ?? 4) - 1)
         var generator = SystemRandomNumberGenerator()
         config.hash_key = (generator.next(), generator.next())
-        _ = cpus
         return config
-    }
-
-    /// The sets of 4 slots a table of `entries` sources takes: a power of two, at least one.
-    static func sets(_ entries: Int) -> Int {
-        var sets = 1
-        while sets * 4 < entries { sets <<= 1 }
-        return sets
     }
 
     /// Fills the tables that do not change while the server runs: blocked source ports and the prefix lists.

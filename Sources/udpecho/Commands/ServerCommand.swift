@@ -37,6 +37,12 @@ struct ServerCommand: AsyncParsableCommand {
             token bucket per source and a global budget (loopback exempt from both unless --limit-loopback). \
             Every drop is counted under its reason. Started by systemd with sockets (LISTEN_FDS), it serves those.
 
+            With --xdp IFACE an XDP program on that interface answers echoes (and, with --protocol stamp, \
+            unauthenticated STAMP test packets) in the driver, after the same guards run in the kernel; fragments, \
+            IP options, bad checksums and what it does not handle go up to the sockets as before. The start line \
+            says native or generic mode, the summary counts xdp-echoed, xdp-dropped and xdp-passed. It needs \
+            CAP_BPF and CAP_NET_ADMIN, and goes away with the process.
+
             With --protocol stamp it answers as a STAMP Session-Reflector (RFC 8762, RFC 8972) on port 862: each \
             test packet comes back with the time it arrived (from the kernel) and the time it left, the TTL and \
             DSCP it arrived with, and its TLVs filled in (a Class of Service TLV's DSCP request is honoured only with \
@@ -66,6 +72,7 @@ struct ServerCommand: AsyncParsableCommand {
               udpecho server --protocol owamp --test-ports 18760-18960
               udpecho server --address 127.0.0.1:7000 --quiet --metrics 127.0.0.1:9107
               udpecho server --address :7 --rate-limit 100 --allow 192.0.2.0/24
+              udpecho server --address 192.0.2.1:1337 --xdp eth0
 
             Exit codes: 0 stopped by a signal; 1 could not start (name not resolved, address in use, permission \
             denied); 64 usage error.

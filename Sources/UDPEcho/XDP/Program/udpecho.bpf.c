@@ -2,21 +2,26 @@
 // port in the driver, before the socket layer, with the server's guards; passes everything else up to the socket
 // path (XDP_PASS), which answers it as it always does.
 //
-// For a datagram to the server (its address, or any address of this host for a wildcard server, and its port):
+// Two programs: udpecho_xdp parses the headers (Ethernet, up to two VLAN tags, IPv4 or IPv6, UDP) and tail-calls
+// udpecho_answer, which starts from one state whatever the path through them was, so that the verifier checks the
+// answer once. For a datagram to the server (its address, or any address of this host for a wildcard server, and
+// its port):
 //   1. Anything the program does not fully understand goes up, counted by reason: IPv4 options and fragments, IPv6
-//      extension headers and fragments, a UDP length that disagrees with the IP length, a checksum that does not
-//      verify (the stack drops it and counts it, as it would have), STAMP test packets other than the 44-byte base
-//      (TLVs, a TWAMP-Light sender's short header).
+//      extension headers and fragments, a UDP length that disagrees with the IP length or a datagram past a page,
+//      a checksum that does not verify (the stack drops it and counts it, as it would have), STAMP test packets
+//      shorter than the 44-byte base (a TWAMP-Light sender's), with a Location TLV, with a Class of Service TLV that
+//      --reflect-tos honours or with more than MAX_TLVS TLVs, and every one of a reflector with a key or state.
 //   2. The guards, in the socket path's order and with its counters (Sources/UDPEcho/Guards): size, impossible
 //      sources, source ports, deny and allow prefixes, the echo-loop detector, the per-source token bucket and the
 //      global budget. What a guard catches is dropped here (XDP_DROP), as the socket path would have dropped it.
 //   3. The answer, in place: Ethernet, IP and UDP source and destination swapped (VLAN tags kept), a fresh TTL of 64
 //      and the TOS byte the socket path's replies have; for STAMP the reflected packet (RFC 8762 §4.3, stateless:
 //      the sender's sequence number, T2 at the program's start and T3 at its end from the kernel's clock, the TTL
-//      it arrived with), its UDP checksum computed again. XDP_TX sends it back out of the interface.
+//      it arrived with) and its TLVs as the socket reflector returns them, the UDP checksum following the change.
+//      XDP_TX sends it back out of the interface.
 //
 // Built with clang's BPF target by the package's build plugin (Plugins/XDPProgram), which embeds the instructions
-// and the map relocations into the library; the server loads them with the bpf system call (XDPProgram.swift).
+// and the map relocations into the library; the server loads them with the bpf system call (XDPPath.swift).
 // Maps are declared in the "maps" section as five 32-bit words: type, key size, value size, entries, flags.
 
 #include <linux/bpf.h>
@@ -98,6 +103,21 @@ INLINE __u16 swap16(__u16 x) { return (__u16)((x >> 8) | (x << 8)); }
 #define PASS(reason) ({ COUNT(reason, 1); XDP_PASS; })
 #define DROP(reason) ({ COUNT(reason, 1); XDP_DROP; })
 
+/// Adds to `sum` the last `count & 3` bytes of a run whose length is a multiple of 4 up to `p`: a 16-bit word, then
+/// a byte (the first of a word in network order: the low byte on this host). Nonzero if the packet is shorter.
+INLINE int add_last_bytes(__u8 *p, void *end, __u32 count, __u64 *sum) {
+    if (count & 2) {
+        if ((void *)(p + 2) > end) return 1;
+        *sum += *(__u16 *)p;
+        p += 2;
+    }
+    if (count & 1) {
+        if ((void *)(p + 1) > end) return 1;
+        *sum += *p;
+    }
+    return 0;
+}
+
 /// The ones'-complement sum (unfolded) of `len` bytes of the frame from `offset`, read in place: blocks of 512 bytes, then
 /// the rest in pieces of 256, 128... 4, 2 and 1, each access a constant size the verifier checks against the packet's
 /// end. A function of its own: its paths (a block count and a piece pattern) end in its return value, and do not
@@ -128,16 +148,7 @@ SUBPROGRAM __s64 sum_packet(struct xdp_md *ctx, __u32 offset, __u32 len) {
     PIECE(256) PIECE(128) PIECE(64) PIECE(32) PIECE(16) PIECE(8) PIECE(4)
 #undef PIECE
     __u64 total = (__u32)sum;
-    if (rest & 2) {
-        if ((void *)(p + 2) > end) return -1;
-        total += *(__u16 *)p;
-        p += 2;
-    }
-    if (rest & 1) {
-        if ((void *)(p + 1) > end) return -1;
-        total += *p;  // the first byte of a 16-bit word in network order: the low byte on this host
-    }
-    return (__s64)total;
+    return add_last_bytes(p, end, rest, &total) ? -1 : (__s64)total;
 }
 
 INLINE __u16 fold(__u64 sum) {
@@ -175,16 +186,7 @@ SUBPROGRAM __s64 udp_sum_direct(struct xdp_md *ctx, __u32 offset, __u32 len, __u
     }
     __u8 *rest = (__u8 *)udp + (words << 2);
     asm volatile("" : "+r"(rest));
-    if (len & 2) {
-        if ((void *)(rest + 2) > end) return -1;
-        sum += *(__u16 *)rest;
-        rest += 2;
-    }
-    if (len & 1) {
-        if ((void *)(rest + 1) > end) return -1;
-        sum += *rest;  // the first byte of a 16-bit word in network order: the low byte on this host
-    }
-    return fold(sum);
+    return add_last_bytes(rest, end, len, &sum) ? -1 : fold(sum);
 }
 
 INLINE __u64 sum_words(__u16 *w, int n) {
