@@ -222,7 +222,13 @@ let scapyForged = """
                               ("192.0.2.2", 40001, 0x1234)]:
         udp = UDP(sport=sport, dport=port) if check is None else UDP(sport=sport, dport=port, chksum=check)
         send(IP(src=src, dst=server) / udp / Raw(b"forged" * 5))
+    # A header whose checksum fails: the stack drops it, so XDP must not answer it.
+    send(IP(src="192.0.2.2", dst=server, chksum=0x1234) / UDP(sport=40001, dport=port) / Raw(b"bad header"))
     out = {"answered": replies(r)}
+    # A TOS and a TTL that the reply changes (to 0 and 64): its header's checksum follows, or the client drops it.
+    t = listener(40005)
+    send(IP(src="192.0.2.2", dst=server, tos=41, ttl=17) / UDP(sport=40005, dport=port) / Raw(b"tos"))
+    out["retossed"] = replies(t)
     # IPv4 without a checksum (0): six identical datagrams in a row; the loop detector fingerprints their bytes.
     z = listener(40002)
     for _ in range(6):
@@ -573,8 +579,9 @@ struct XDPTests {
     }
 
     /// Forged sources (multicast, the server's own endpoint, loopback) are dropped in XDP under their reasons; a
-    /// datagram with a wrong checksum (the stack drops it), one whose UDP length disagrees with the IP length and an
-    /// IPv6 one behind an extension header are passed up; the global budget drops past its rate.
+    /// datagram with a wrong UDP checksum and one with a wrong IPv4 header checksum (the stack drops both), one whose
+    /// UDP length disagrees with the IP length and an IPv6 one behind an extension header are passed up; a reply
+    /// whose TOS and TTL change carries a header checksum the client accepts; the global budget drops past its rate.
     @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: scapyPython), "needs .build/peers-venv"))
     func forgedSourcesAndTheBudget() async throws {
         try await withHosts(try await XDPNetwork()) { hosts in
@@ -586,11 +593,12 @@ struct XDPTests {
                 python: scapyPython
             )
             #expect(forged["answered"] as? Int == 0)
+            #expect(forged["retossed"] as? Int == 1, "\(forged)")
             #expect(forged["unchecksummed"] as? Int == 4, "\(forged)")
             #expect(forged["extension"] as? Int == 1, "\(forged)")
             let counts = try await stopAndCount(server)
             #expect(counts["source-address"] == 2 && counts["own-endpoint"] == 1, "\(counts)")
-            #expect(counts["checksum"] == 1 && counts["loop"] == 2 && counts["xdp-echoed"] == 4, "\(counts)")
+            #expect(counts["checksum"] == 2 && counts["loop"] == 2 && counts["xdp-echoed"] == 5, "\(counts)")
             #expect(counts["other"] == 1 && counts["options"] == 1, "\(counts)")
             // One reply a second over all sources: each CPU's share of it, a burst of one.
             let limited = try await hosts.startServer(["--rate-limit", "0", "--global-rate", "2"])

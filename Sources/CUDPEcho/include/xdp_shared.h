@@ -72,6 +72,9 @@ enum udpecho_xdp_flag {
     UDPECHO_XDP_BROADCASTS = 8192,
     /// STAMP: a Class of Service TLV's DSCP is honoured (such packets go up: the sockets set the reply's DSCP).
     UDPECHO_XDP_HONOUR_COS = 16384,
+    /// The guards' clock is the kernel's coarse one (a tick's resolution, no clock read): set when every token
+    /// bucket holds many ticks' refill, where a tick late changes nothing; STAMP's timestamps never use it.
+    UDPECHO_XDP_COARSE_CLOCK = 32768,
 };
 
 /// The program's configuration: the one entry of its `config` map. Addresses are 16 bytes, IPv4 mapped into IPv6
@@ -86,9 +89,10 @@ struct udpecho_xdp_config {
     __u32 loop_limit;
     /// Largest payload answered (with UDPECHO_XDP_MAXIMUM_SIZE).
     __u32 maximum_size;
-    /// Rate limiter: prefix lengths that make one source (IPv4 0-32, IPv6 0-128).
-    __u32 prefix4;
-    __u32 prefix6;
+    /// Rate limiter: the masks that make one source of an address (its prefix: IPv4's, mapped, and IPv6's), as the
+    /// address's two 64-bit words are in memory.
+    __u64 rate_mask4[2];
+    __u64 rate_mask6[2];
     /// Token buckets count in picotokens: a rate of r replies a second adds r * 1000 picotokens a nanosecond.
     __u64 rate_per_ns;
     __u64 burst;

@@ -339,8 +339,8 @@ final class XDPPath: Sendable {
         }
         if let rate = guards.rateLimit {
             flags |= UInt32(UDPECHO_XDP_RATE_LIMIT.rawValue)
-            config.prefix4 = UInt32(clamping: min(32, max(0, rate.ipv4PrefixLength)))
-            config.prefix6 = UInt32(clamping: min(128, max(0, rate.ipv6PrefixLength)))
+            config.rate_mask4 = Self.prefixMask(bits: 96 + min(32, max(0, rate.ipv4PrefixLength)))
+            config.rate_mask6 = Self.prefixMask(bits: min(128, max(0, rate.ipv6PrefixLength)))
             (config.rate_per_ns, config.burst, config.rate_fill) = bucket(rate: rate.perSecond, burst: rate.burst)
         }
         if let global = guards.globalRate {
@@ -350,12 +350,37 @@ final class XDPPath: Sendable {
             let share = global / Double(online)
             (config.global_rate_per_ns, config.global_burst, config.global_fill) = bucket(rate: share, burst: share)
         }
+        // The coarse clock moves a tick at a time (1-10 ms): a bucket that holds less than many ticks' refill would
+        // lose tokens to its cap between ticks, and replies with them. STAMP's T2 is never coarse.
+        let coarseEnough = 0.05
+        let buckets = [
+            guards.rateLimit.map { ($0.perSecond, $0.burst) },
+            guards.globalRate.map { rate in
+                let share = rate / Double(max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+                return (share, share)
+            },
+        ].compactMap { $0 }
+        if stamp == nil && buckets.allSatisfy({ rate, burst in max(1, burst) >= rate * coarseEnough }) {
+            flags |= UInt32(UDPECHO_XDP_COARSE_CLOCK.rawValue)
+        }
         config.flags = flags
         config.loop_set_mask = UInt32(fourWaySets(LoopDetector.tableSize) - 1)
         config.rate_set_mask = UInt32(fourWaySets(guards.rateLimit?.tableSize ?? 4) - 1)
         var generator = SystemRandomNumberGenerator()
         config.hash_key = (generator.next(), generator.next())
         return config
+    }
+
+    /// The mask of a prefix of `bits` bits of a 16-byte address, as the address's two 64-bit words are in memory.
+    static func prefixMask(bits: Int) -> (UInt64, UInt64) {
+        var bytes = [UInt8](repeating: 0, count: 16)
+        for index in 0..<16 {
+            let covered = min(8, max(0, bits - index * 8))
+            bytes[index] = covered == 0 ? 0 : UInt8(truncatingIfNeeded: 0xFF << (8 - covered))
+        }
+        return bytes.withUnsafeBytes {
+            ($0.loadUnaligned(fromByteOffset: 0, as: UInt64.self), $0.loadUnaligned(fromByteOffset: 8, as: UInt64.self))
+        }
     }
 
     /// Fills the tables that do not change while the server runs: blocked source ports and the prefix lists.

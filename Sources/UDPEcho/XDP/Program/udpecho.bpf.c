@@ -44,6 +44,7 @@
 
 static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *)BPF_FUNC_map_lookup_elem;
 static __u64 (*bpf_ktime_get_ns)(void) = (void *)BPF_FUNC_ktime_get_ns;
+static __u64 (*bpf_ktime_get_coarse_ns)(void) = (void *)BPF_FUNC_ktime_get_coarse_ns;
 static long (*bpf_tail_call)(void *ctx, void *map, __u32 index) = (void *)BPF_FUNC_tail_call;
 static long (*bpf_xdp_load_bytes)(struct xdp_md *ctx, __u32 offset, void *buf, __u32 len) =
     (void *)BPF_FUNC_xdp_load_bytes;
@@ -119,7 +120,7 @@ INLINE int add_last_bytes(__u8 *p, void *end, __u32 count, __u64 *sum) {
 }
 
 /// The ones'-complement sum (unfolded) of `len` bytes of the frame from `offset`, read in place: blocks of 512 bytes, then
-/// the rest in pieces of 256, 128... 4, 2 and 1, each access a constant size the verifier checks against the packet's
+/// the rest (after a block, its words through a window; else in pieces of 256, 128... 4), then 2 and 1, each access a constant size the verifier checks against the packet's
 /// end. A function of its own: its paths (a block count and a piece pattern) end in its return value, and do not
 /// multiply the caller's. -1 if the packet is shorter than `len`.
 SUBPROGRAM __s64 sum_packet(struct xdp_md *ctx, __u32 offset, __u32 len) {
@@ -138,6 +139,25 @@ SUBPROGRAM __s64 sum_packet(struct xdp_md *ctx, __u32 offset, __u32 len) {
         p += 512;
     }
     __u32 rest = len & 511;
+    if (blocks > 0 && rest >= 4) {
+        // After a block, the rest's whole words in two calls, not one a piece: the 512 bytes that end where they end
+        // (a window reaching back over bytes already summed), less the window's first 512 - words bytes.
+        __u32 words = rest & ~3U;
+        __u32 window = offset + (blocks << 9) + words - 512;
+        asm volatile("" : "+r"(window));
+        if (window > 128 + MAX_UDP_LENGTH) return -1;
+        __u8 *w = data + window;
+        if ((void *)(w + 512) > end) return -1;
+        sum = bpf_csum_diff(0, 0, (__be32 *)w, 512, (__wsum)sum);
+        if (sum < 0) return -1;
+        __u32 overlap = 512 - words;
+        asm volatile("" : "+r"(overlap));
+        if (overlap > 508) return -1;
+        sum = bpf_csum_diff((__be32 *)w, overlap, 0, 0, (__wsum)sum);
+        if (sum < 0) return -1;
+        p = w + 512;
+        rest &= 3;
+    }
 #define PIECE(n)                                                       \
     if (rest & n) {                                                    \
         if ((void *)(p + n) > end) return -1;                          \
@@ -176,17 +196,28 @@ SUBPROGRAM __s64 udp_sum_direct(struct xdp_md *ctx, __u32 offset, __u32 len, __u
     if (offset > 128) return -1;
     void *udp = data + offset;
     __u64 sum = addresses + swap16(IPPROTO_UDP) + swap16((__u16)len);
-    __u32 words = len >> 2;
-    for (int i = 0; i < DIRECT_SUM / 4; i++) {
-        if (i >= words) break;
-        __u32 *word = (__u32 *)udp + i;
+    // 16 bytes (four 32-bit words) a range check, then 8 and 4, then the last bytes.
+    __u32 chunks = len >> 4;
+    for (int i = 0; i < DIRECT_SUM / 16; i++) {
+        if (i >= chunks) break;
+        __u32 *word = (__u32 *)udp + i * 4;
         asm volatile("" : "+r"(word));  // no trip count worked out from the packet's end: the verifier refuses it
-        if ((void *)(word + 1) > end) return -1;
-        sum += *word;
+        if ((void *)(word + 4) > end) return -1;
+        sum += (__u64)word[0] + word[1] + word[2] + word[3];
     }
-    __u8 *rest = (__u8 *)udp + (words << 2);
-    asm volatile("" : "+r"(rest));
-    return add_last_bytes(rest, end, len, &sum) ? -1 : fold(sum);
+    __u32 *word = (__u32 *)((__u8 *)udp + (chunks << 4));
+    asm volatile("" : "+r"(word));
+    if (len & 8) {
+        if ((void *)(word + 2) > end) return -1;
+        sum += (__u64)word[0] + word[1];
+        word += 2;
+    }
+    if (len & 4) {
+        if ((void *)(word + 1) > end) return -1;
+        sum += word[0];
+        word += 1;
+    }
+    return add_last_bytes((__u8 *)word, end, len, &sum) ? -1 : fold(sum);
 }
 
 INLINE __u64 sum_words(__u16 *w, int n) {
@@ -197,12 +228,18 @@ INLINE __u64 sum_words(__u16 *w, int n) {
     return sum;
 }
 
-/// A 16-byte address in the maps' form: IPv4 mapped into IPv6.
-INLINE void map_ipv4(__u8 out[16], __u32 address) {
-    __builtin_memset(out, 0, 10);
-    out[10] = 0xff;
-    out[11] = 0xff;
-    __builtin_memcpy(out + 12, &address, 4);
+/// A 16-byte address in the maps' form: IPv4 mapped into IPv6. Written as the two 64-bit words it is read as (smaller
+/// stores read back as a larger load stall the CPU: the store cannot be forwarded).
+INLINE void map_ipv4(__u64 out[2], __u32 address) {
+    out[0] = 0;
+    out[1] = 0xffff0000ULL | ((__u64)address << 32);  // bytes 8-15: 00 00 ff ff a b c d (little-endian words)
+}
+
+/// An IPv6 address from the packet, written as two 64-bit words (see map_ipv4).
+INLINE void copy_ipv6(__u64 out[2], const struct in6_addr *address) {
+    const __u32 *w = (const __u32 *)address;
+    out[0] = (__u64)w[0] | ((__u64)w[1] << 32);
+    out[1] = (__u64)w[2] | ((__u64)w[3] << 32);
 }
 
 INLINE int same16(const __u8 *a, const __u8 *b) {
@@ -418,17 +455,11 @@ INLINE __u32 guard(struct udpecho_xdp_config *cfg, __u8 source[16], int ipv4, __
     }
     if (loopback && !(cfg->flags & UDPECHO_XDP_LIMIT_LOOPBACK)) return 0;
     if (cfg->flags & UDPECHO_XDP_RATE_LIMIT) {
-        __u8 key[16];
-        __builtin_memcpy(key, source, 16);
-        __u32 bits = ipv4 ? 96 + cfg->prefix4 : cfg->prefix6;
-#pragma unroll
-        for (int i = 0; i < 16; i++) {
-            int low = i * 8;
-            if (bits <= low)
-                key[i] = 0;
-            else if (bits < low + 8)
-                key[i] &= (__u8)(0xff << (low + 8 - bits));
-        }
+        __u64 key_words[2];
+        const __u64 *mask = ipv4 ? cfg->rate_mask4 : cfg->rate_mask6;
+        key_words[0] = words[0] & mask[0];
+        key_words[1] = words[1] & mask[1];
+        __u8 *key = (__u8 *)key_words;
         __u32 index = keyed_hash(cfg, key, 0) & cfg->rate_set_mask;
         struct udpecho_xdp_rate_set *set = bpf_map_lookup_elem(&rates, &index);
         if (set) {
@@ -496,7 +527,6 @@ struct stamp_reply {
 } __attribute__((packed));
 
 SEC("xdp") int udpecho_xdp(struct xdp_md *ctx) {
-    __u64 t2 = bpf_ktime_get_ns();
     void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
     struct ethhdr *eth = data;
     if ((void *)(eth + 1) > end) return XDP_PASS;
@@ -514,11 +544,15 @@ SEC("xdp") int udpecho_xdp(struct xdp_md *ctx) {
     struct udpecho_xdp_config *cfg = bpf_map_lookup_elem(&config, &zero);
     if (!cfg) return XDP_PASS;
     __u64 *tally = bpf_map_lookup_elem(&counters, &zero);
+    // T2 for STAMP, and the guards' clock: the coarse one where it will do (a read of the TSC is a good part of an
+    // echo's cost here).
+    __u64 t2 = (cfg->flags & UDPECHO_XDP_COARSE_CLOCK) ? bpf_ktime_get_coarse_ns() : bpf_ktime_get_ns();
 
     struct iphdr *ip4 = 0;
     struct ipv6hdr *ip6 = 0;
     struct udphdr *udp;
-    __u8 source[16], destination[16];
+    __u64 source_words[2], destination_words[2];
+    __u8 *source = (__u8 *)source_words, *destination = (__u8 *)destination_words;
     __u32 ip_payload;
     __u8 ttl, tos;
     __u64 addresses;
@@ -531,8 +565,8 @@ SEC("xdp") int udpecho_xdp(struct xdp_md *ctx) {
         if ((void *)(udp + 1) > end) return XDP_PASS;
         int later_fragment = (swap16(ip4->frag_off) & 0x1fff) != 0;
         if (later_fragment || udp->dest != swap16(cfg->port)) return XDP_PASS;
-        map_ipv4(source, ip4->saddr);
-        map_ipv4(destination, ip4->daddr);
+        map_ipv4(source_words, ip4->saddr);
+        map_ipv4(destination_words, ip4->daddr);
         if ((cfg->flags & UDPECHO_XDP_BOUND) ? !same16(destination, cfg->address) : ((ip4->daddr & 0xff) == 127))
             return XDP_PASS;
         if (!(cfg->flags & UDPECHO_XDP_BOUND)) {
@@ -542,6 +576,9 @@ SEC("xdp") int udpecho_xdp(struct xdp_md *ctx) {
         COUNT(UDPECHO_XDP_SEEN, 1);
         if (swap16(ip4->frag_off) & 0x2000) return PASS(UDPECHO_XDP_PASS_FRAGMENT);
         if (ip4->ihl != 5) return PASS(UDPECHO_XDP_PASS_OPTIONS);
+        // The stack drops a header whose checksum fails; it is not answered here either.
+        if (fold(sum_words((__u16 *)ip4, 8) + sum_words((__u16 *)ip4 + 8, 2)) != 0xffff)
+            return PASS(UDPECHO_XDP_PASS_CHECKSUM);
         __u32 total = swap16(ip4->tot_len);
         if (total < 28) return PASS(UDPECHO_XDP_PASS_OTHER);
         ip_payload = total - 20;
@@ -567,8 +604,8 @@ SEC("xdp") int udpecho_xdp(struct xdp_md *ctx) {
         if (header != IPPROTO_UDP) return XDP_PASS;
         udp = after;
         if ((void *)(udp + 1) > end || udp->dest != swap16(cfg->port)) return XDP_PASS;
-        __builtin_memcpy(source, &ip6->saddr, 16);
-        __builtin_memcpy(destination, &ip6->daddr, 16);
+        copy_ipv6(source_words, &ip6->saddr);
+        copy_ipv6(destination_words, &ip6->daddr);
         if (cfg->flags & UDPECHO_XDP_BOUND) {
             if (!same16(destination, cfg->address)) return XDP_PASS;
         } else {
@@ -609,7 +646,8 @@ SEC("xdp") int udpecho_xdp(struct xdp_md *ctx) {
     parsed->tos = tos;
     parsed->addresses = addresses;
     parsed->t2 = t2;
-    __builtin_memcpy(parsed->source, source, 16);
+    ((__u64 *)parsed->source)[0] = source_words[0];
+    ((__u64 *)parsed->source)[1] = source_words[1];
     bpf_tail_call(ctx, &programs, 0);
     return XDP_PASS;  // no answering program (cannot happen once loaded): the sockets answer
 }
@@ -713,10 +751,17 @@ SEC("xdp/answer") int udpecho_answer(struct xdp_md *ctx) {
         __u32 a = ip4->saddr;
         ip4->saddr = ip4->daddr;
         ip4->daddr = a;
+        // The header's checksum follows its two changed words (RFC 1624); the swap does not change its sum. The
+        // words' new values are made from the old ones (bytes in memory order, little-endian loads: the TOS and the
+        // TTL are the high byte of word 0 and the low byte of word 4), not read back after the stores.
+        const __u16 *header = (const __u16 *)ip4;
+        __u16 word0 = header[0], word4 = header[4];
+        __u16 new0 = (cfg->flags & UDPECHO_XDP_KEEP_TOS) ? word0 : (word0 & 0x00ff);
+        __u16 new4 = (word4 & 0xff00) | 64;
+        __u64 sum = (__u16)~ip4->check + (__u16)~word0 + new0 + (__u16)~word4 + new4;
         ip4->ttl = 64;
         if (!(cfg->flags & UDPECHO_XDP_KEEP_TOS)) ip4->tos = 0;
-        ip4->check = 0;
-        ip4->check = ~fold(sum_words((__u16 *)ip4, 8) + sum_words((__u16 *)ip4 + 8, 2));
+        ip4->check = ~fold(sum);
     } else {
         struct ipv6hdr *ip6 = data + l3;
         if ((void *)(ip6 + 1) > end) return XDP_DROP;
