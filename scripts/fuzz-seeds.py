@@ -52,6 +52,35 @@ def cmsg(level, kind, data):
     return header + padded
 
 
+def inet_sum(data):
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def frame(source, destination, port, payload, tos=0, ttl=64, fragment=0x4000, vlans=0):
+    """An Ethernet frame with a UDP datagram from port 40000, checksums right (the XDP target's input after its
+    server byte). IPv6 when the addresses have a colon."""
+    ipv6 = ":" in source
+    family = socket.AF_INET6 if ipv6 else socket.AF_INET
+    s, d = socket.inet_pton(family, source), socket.inet_pton(family, destination)
+    length = 8 + len(payload)
+    pseudo = s + d + (struct.pack("!IxxxB", length, 17) if ipv6 else struct.pack("!HH", 17, length))
+    check = ~inet_sum(pseudo + struct.pack("!HHHH", 40000, port, length, 0) + payload) & 0xFFFF or 0xFFFF
+    udp = struct.pack("!HHHH", 40000, port, length, check) + payload
+    if ipv6:
+        l3 = struct.pack("!IHBB", 0x60000000, len(udp), 17, 61) + s + d + udp
+    else:
+        header = struct.pack("!BBHHHBBH4s4s", 0x45, tos, 20 + len(udp), 1, fragment, ttl, 17, 0, s, d)
+        l3 = header[:10] + struct.pack("!H", ~inet_sum(header) & 0xFFFF) + header[12:] + udp
+    tags = b"".join(struct.pack("!HH", 0x8100, 100 + i) for i in range(vlans))
+    ethertype = struct.pack("!H", 0x86DD if ipv6 else 0x0800)
+    return bytes.fromhex("020000000002020000000001") + tags + ethertype + l3
+
+
 def seeds():
     location4 = tlv(2, struct.pack("!HH", 0, 0) + bytes([1, 4]) + bytes(4) + bytes([3, 4]) + bytes(4))
     location6 = tlv(2, struct.pack("!HH", 0, 0) + bytes([2, 16]) + bytes(16))
@@ -159,6 +188,29 @@ def seeds():
     yield "exporter-request", "probe", b"/probe?target=192.0.2.1:7&module=echo\nX-Prometheus-Scrape-Timeout-Seconds: 2.5"
     yield "exporter-request", "ipv6", b"/probe?target=%5B2001:db8::1%5D&module=stamp"
     yield "exporter-request", "name", b"/probe?target=router1.example.net&module=stamp&x=1"
+
+
+    # The XDP program: the first byte picks the server (0 echo on 198.51.100.1:7000, 1 echo on [2001:db8::1]:7000,
+    # 2 STAMP on 198.51.100.1:862, 3 echo without guards; +4 the harness rewrites the IPv4 header checksum, +8 the
+    # UDP checksum, so that mutations get past them).
+    v4, v6 = ("192.0.2.2", "198.51.100.1"), ("2001:db8::2", "2001:db8::1")
+    yield "xdp-program", "echo4-hello", b"\x00" + frame(*v4, 7000, b"hello, udpecho")
+    yield "xdp-program", "echo4-tos-ttl", b"\x00" + frame(*v4, 7000, b"x" * 100, tos=41, ttl=17)
+    yield "xdp-program", "echo4-vlan2", b"\x00" + frame(*v4, 7000, b"tagged", vlans=2)
+    yield "xdp-program", "echo4-1400", b"\x00" + frame(*v4, 7000, bytes(range(256)) * 5 + b"y" * 120)
+    yield "xdp-program", "echo4-fragment", b"\x00" + frame(*v4, 7000, b"frag", fragment=0x2000)
+    yield "xdp-program", "echo4-hello-fixed", b"\x0c" + frame(*v4, 7000, b"hello, udpecho")
+    yield "xdp-program", "echo6-hello", b"\x01" + frame(*v6, 7000, b"hello over IPv6")
+    yield "xdp-program", "echo6-600", b"\x01" + frame(*v6, 7000, b"z" * 600)
+    yield "xdp-program", "echo6-hello-fixed", b"\x0d" + frame(*v6, 7000, b"hello over IPv6")
+    base = struct.pack("!IQHH", 5, 0xE0000000_00000000, 0x8001, 0) + bytes(28)
+    tlvs = tlv(1, b"ABCDE") + tlv(3, bytes(4)) + tlv(4, struct.pack("!HH", 46 << 10, 0)) + tlv(200, b"xyz")
+    yield "xdp-program", "stamp4-base", b"\x02" + frame(*v4, 862, base)
+    yield "xdp-program", "stamp4-tlvs", b"\x02" + frame(*v4, 862, base + tlvs)
+    yield "xdp-program", "stamp4-tlvs-fixed", b"\x0e" + frame(*v4, 862, base + tlvs)
+    yield "xdp-program", "unguarded4-plain", b"\x03" + frame(*v4, 7000, b"from anywhere")
+    yield "xdp-program", "unguarded4-plain-fixed", b"\x0f" + frame(*v4, 7000, b"from anywhere")
+    yield "xdp-program", "unguarded4-multicast", b"\x03" + frame("224.0.0.9", "198.51.100.1", 7000, b"martian")
 
 
 def main():

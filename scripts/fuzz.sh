@@ -12,7 +12,8 @@ cd "$(dirname "$0")/.."
 target=${1:?usage: scripts/fuzz.sh TARGET|all|list [SECONDS]}
 seconds=${2:-30}
 targets=(stamp-reflector stamp-sender metrics-request peers-file arguments marking-report control-messages twamp-control-server
-  twamp-control-client twamp-reflector key-file owamp-control-server owamp-messages owamp-test-packet exporter-config exporter-request)
+  twamp-control-client twamp-reflector key-file owamp-control-server owamp-messages owamp-test-packet exporter-config exporter-request
+  xdp-program)
 if [ "$target" = list ]; then printf '%s\n' "${targets[@]}"; exit 0; fi
 
 # -use-ld=lld: gold stops with an internal error on the fuzzer's runtime. The fuzzer's coverage and AddressSanitizer

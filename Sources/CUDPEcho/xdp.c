@@ -98,6 +98,23 @@ int cudpecho_bpf_map_next_key(int map, const void *key, void *next) {
     return bpf_call(BPF_MAP_GET_NEXT_KEY, &attr);
 }
 
+int cudpecho_bpf_test_run_xdp(int program, const void *input, uint32_t input_size, void *output, uint32_t *output_size,
+                              uint32_t *action) {
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof(attr));
+    attr.test.prog_fd = (uint32_t)program;
+    attr.test.data_in = (uint64_t)(uintptr_t)input;
+    attr.test.data_size_in = input_size;
+    attr.test.data_out = (uint64_t)(uintptr_t)output;
+    attr.test.data_size_out = *output_size;
+    attr.test.repeat = 1;
+    int result = bpf_call(BPF_PROG_TEST_RUN, &attr);
+    if (result < 0) return result;
+    *output_size = attr.test.data_size_out;
+    *action = attr.test.retval;
+    return 0;
+}
+
 int cudpecho_possible_cpus(void) {
     // "0-3" or "0,2-5": the highest CPU number plus one is what per-CPU maps hold a value for.
     int fd = open("/sys/devices/system/cpu/possible", O_RDONLY | O_CLOEXEC);

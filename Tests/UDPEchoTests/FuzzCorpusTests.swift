@@ -15,8 +15,18 @@ import Testing
         return names.filter { !$0.hasPrefix(".") }.sorted().map { directory.appendingPathComponent($0) }
     }
 
-    @Test(arguments: FuzzTarget.allCases)
+    @Test(arguments: FuzzTarget.allCases.filter { $0 != .xdpProgram })
     func everySeedAndRegressionRuns(_ target: FuzzTarget) throws {
+        try Self.runAll(target)
+    }
+
+    /// The XDP program's target loads the program into the kernel: root (or CAP_BPF and CAP_NET_ADMIN) only.
+    @Test(.enabled(if: geteuid() == 0, "the XDP program's target needs root (BPF_PROG_TEST_RUN)"))
+    func everyXDPSeedAndRegressionRuns() throws {
+        try Self.runAll(.xdpProgram)
+    }
+
+    static func runAll(_ target: FuzzTarget) throws {
         let seeds = Self.inputs("corpus", target)
         #expect(seeds.count >= 2, "Fuzz/corpus/\(target.rawValue) has \(seeds.count) seeds")
         for file in seeds + Self.inputs("regressions", target) {

@@ -309,6 +309,10 @@ int cudpecho_bpf_map_lookup(int map, const void *key, void *value);
 int cudpecho_bpf_map_delete(int map, const void *key);
 /// The key after `key` (the first key if `key` is NULL) into `next`; -ENOENT after the last.
 int cudpecho_bpf_map_next_key(int map, const void *key, void *next);
+/// Runs XDP `program` once over the frame `input` (BPF_PROG_TEST_RUN, no interface): its action into `action`, the
+/// frame as it left the program into `output` (its size in and out through `output_size`).
+int cudpecho_bpf_test_run_xdp(int program, const void *input, uint32_t input_size, void *output, uint32_t *output_size,
+                              uint32_t *action);
 /// The number of CPUs a per-CPU map holds values for (the highest possible CPU plus one).
 int cudpecho_possible_cpus(void);
 

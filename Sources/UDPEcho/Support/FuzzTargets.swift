@@ -52,6 +52,9 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     case exporterConfiguration = "exporter-config"
     /// A scrape's URI and headers at the exporter's `/probe`, admitted or refused.
     case exporterRequest = "exporter-request"
+    /// A frame at the XDP program (`--xdp`), run by the kernel (BPF_PROG_TEST_RUN; needs root or CAP_BPF): an echo
+    /// server on IPv4 or IPv6, a STAMP reflector, or an echo server without guards (the first byte chooses).
+    case xdpProgram = "xdp-program"
 
     /// Runs the target once over `data`.
     public func run(_ data: UnsafeRawBufferPointer) {
@@ -72,6 +75,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         case .owampTestPacket: FuzzHarness.owampTestPacket(data)
         case .exporterConfiguration: FuzzHarness.exporterConfiguration(data)
         case .exporterRequest: FuzzHarness.exporterRequest(data)
+        case .xdpProgram: FuzzHarness.xdpProgram(data)
         }
     }
 }

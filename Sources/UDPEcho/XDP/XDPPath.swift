@@ -45,9 +45,11 @@ public enum XDPPassReason: String, Sendable, CaseIterable, CustomStringConvertib
     /// Service TLV that `--reflect-tos` honours or more than 8 TLVs; or any test packet of a reflector with a key or
     /// with state.
     case stamp
-    /// A UDP checksum that does not verify: the stack drops it and counts it (UDP InCsumErrors).
+    /// A UDP checksum, or an IPv4 header checksum, that does not verify: the stack drops it (and counts a UDP one
+    /// in UDP InCsumErrors).
     case checksum
-    /// A UDP length that disagrees with the IP length, or a datagram longer than a page (4096 bytes).
+    /// A UDP length that disagrees with the IP length, or a datagram longer than a page (4096 bytes); with
+    /// `--no-address-checks`, a source the stack itself refuses (multicast, unspecified, loopback, limited broadcast).
     case other
 
     /// The reason's name, as the summary and the metrics' `reason` label say it.
@@ -115,7 +117,8 @@ final class XDPPath: Sendable {
         var final: [Int]?
     }
 
-    /// Loads the program for a server on `local` (its socket's address) and attaches it to the interface.
+    /// Loads the program for a server on `local` (its socket's address) and attaches it to the interface (unless
+    /// `attach` is false: then it only runs through ``testRun(_:)``, as the fuzz target runs it).
     ///
     /// - Throws: ``EchoError/xdp(interface:reason:)`` when the interface, the kernel or the privileges refuse, with
     ///   what to do about it.
@@ -124,7 +127,8 @@ final class XDPPath: Sendable {
         local: SocketAddress,
         guards: GuardConfiguration,
         stamp: StampReflectorConfiguration?,
-        reflectTOS: Bool
+        reflectTOS: Bool,
+        attach: Bool = true
     ) throws(EchoError) {
         let interface = configuration.interface
         func failure(_ reason: String) -> EchoError { .xdp(interface: interface, reason: reason) }
@@ -230,6 +234,7 @@ final class XDPPath: Sendable {
             self.detach()
             throw error
         }
+        guard attach else { return }
         // Attach last, once the tables are filled: from here the program answers.
         let native = UInt32(CUDPECHO_XDP_FLAGS_DRV_MODE)
         let generic = UInt32(CUDPECHO_XDP_FLAGS_SKB_MODE)
@@ -263,6 +268,36 @@ final class XDPPath: Sendable {
             $0.mode = attached
         }
     }
+
+    /// Runs the program once over `frame`, as if it had arrived on the interface (BPF_PROG_TEST_RUN): its action
+    /// (`XDP_PASS` 2, `XDP_DROP` 1, `XDP_TX` 3...) and the frame as the program left it. Its tables and counters are
+    /// the server's.
+    func testRun(_ frame: [UInt8]) throws(EchoError) -> (action: UInt32, frame: [UInt8]) {
+        let descriptor = self.state.withLock { $0.detached ? -1 : $0.programDescriptor }
+        guard descriptor >= 0 else { throw .xdp(interface: self.interface, reason: "the program is detached") }
+        var output = [UInt8](repeating: 0, count: frame.count + 256)
+        var size = UInt32(output.count)
+        var action: UInt32 = 0
+        let result = frame.withUnsafeBytes { input in
+            output.withUnsafeMutableBytes { out in
+                cudpecho_bpf_test_run_xdp(
+                    descriptor,
+                    input.baseAddress,
+                    UInt32(input.count),
+                    out.baseAddress,
+                    &size,
+                    &action
+                )
+            }
+        }
+        guard result >= 0 else {
+            throw .xdp(interface: self.interface, reason: "a test run failed: \(Self.explain(-result))")
+        }
+        return (action, Array(output.prefix(Int(min(size, UInt32(output.count))))))
+    }
+
+    /// The program's counters (``udpecho_xdp_counter``'s order), summed over the CPUs.
+    func counterTotals() -> [Int] { self.state.withLock { self.readCounters($0) } }
 
     /// Whether the program is still attached (``detach()`` not called).
     var isAttached: Bool { self.state.withLock { !$0.detached } }

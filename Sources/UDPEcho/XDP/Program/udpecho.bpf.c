@@ -376,7 +376,10 @@ INLINE int take(struct udpecho_xdp_bucket *bucket, __u64 now, __u64 rate, __u64 
     return 1;
 }
 
-/// Why the datagram must not be answered (a UDPECHO_XDP_DROP_ counter), or 0 to answer it: the socket path's
+/// guard's answer for a datagram the stack must judge (it goes up): not a counter's index.
+#define UDPECHO_XDP_GUARD_PASS 0xffff
+
+/// Why the datagram must not be answered (a UDPECHO_XDP_DROP_ counter, or UDPECHO_XDP_GUARD_PASS), or 0 to answer it: the socket path's
 /// SourceGuard.check, in its order.
 INLINE __u32 guard(struct udpecho_xdp_config *cfg, __u8 source[16], int ipv4, __u16 port, struct xdp_md *ctx,
                    __u32 payload, __u32 len, __u64 now, __u64 *tally, __u16 check) {
@@ -386,6 +389,13 @@ INLINE __u32 guard(struct udpecho_xdp_config *cfg, __u8 source[16], int ipv4, __
     __u8 first = ipv4 ? source[12] : source[0];
     const __u64 *words = (const __u64 *)source;
     int loopback = ipv4 ? first == 127 : (words[0] == 0 && words[1] == 0x0100000000000000ULL);
+    // Sources the stack itself never answers (martians: IPv4's multicast, 0/8, 255.255.255.255 and loopback; IPv6's
+    // multicast): without the address checks, they go up to it, which drops them as it does for the sockets.
+    if (!(cfg->flags & UDPECHO_XDP_ADDRESS_CHECKS)) {
+        int unspecified = ipv4 ? first == 0 : (words[0] == 0 && words[1] == 0);
+        int multicast = ipv4 ? (first >> 4) == 0xe : first == 0xff;
+        if (unspecified || multicast || loopback || (ipv4 && v4 == 0xffffffff)) return UDPECHO_XDP_GUARD_PASS;
+    }
     if (cfg->flags & UDPECHO_XDP_ADDRESS_CHECKS) {
         // This host's addresses are looked up only where they matter: an IPv4 source that may be one of its
         // broadcast addresses (there are some), the server's own port, an IPv6 source on a port the kernel does not
@@ -588,7 +598,7 @@ SEC("xdp") int udpecho_xdp(struct xdp_md *ctx) {
     } else if (proto == ETH_P_IPV6_BE) {
         if (!(cfg->flags & UDPECHO_XDP_IPV6)) return XDP_PASS;
         ip6 = next;
-        if ((void *)(ip6 + 1) > end) return XDP_PASS;
+        if ((void *)(ip6 + 1) > end || ip6->version != 6) return XDP_PASS;
         __u8 header = ip6->nexthdr;
         void *after = ip6 + 1;
         __u32 reason = 0;
@@ -692,6 +702,7 @@ SEC("xdp/answer") int udpecho_answer(struct xdp_md *ctx) {
 
     COUNT(UDPECHO_XDP_JUDGED_BYTES, size);
     __u32 reason = guard(cfg, parsed->source, ipv4, swap16(udp->source), ctx, udp_offset + 8, size, t2, tally, received_check);
+    if (reason == UDPECHO_XDP_GUARD_PASS) return PASS(UDPECHO_XDP_PASS_OTHER);
     if (reason) return DROP(reason);
 
     __u64 tlv_delta = 0;
