@@ -76,7 +76,8 @@ let pythonStampSender = """
         s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 10 << 2 | 3)   # DSCP 10, ECN CE on the way out
         # Class of Service as RFC 8972 lays it out: DSCP1 (6 bits) DSCP2 (6) ECN (2) RP (2), reserved (16).
         tlvs = [TLV(type=4, len=4, value=struct.pack("!HH", 46 << 10, 0)),
-                TLV(type=2, len=16, value=bytes(4) + bytes([1, 4]) + bytes(4) + bytes([2, 4]) + bytes(4)),
+                TLV(type=2, len=48, value=bytes(4) + bytes([0, 7, 0, 16]) + bytes(16) + bytes([0, 4, 0, 16]) + bytes(16)
+                    + bytes([0, 77, 0, 0])),
                 TLV(type=3, len=4, value=bytes([1, 2, 0, 0])),
                 TLV(type=200, len=2, value=b"ab")]
         sent = bytes(Sender(seq=1, ts=time.time() + NTP, ssid=7, tlv_objects=tlvs)) + bytes([0, 1, 0, 20, 9, 9, 9, 9])
@@ -87,8 +88,9 @@ let pythonStampSender = """
         lv = location[2]
         out = {"length": len(data), "request_length": len(sent), "reply_tos": tos,
                "cos": list(cos[2]), "cos_flags": cos[0],
-               "location_ports": list(struct.unpack("!HH", lv[:4])), "location_source": socket.inet_ntoa(lv[6:10]),
-               "location_destination": socket.inet_ntoa(lv[12:16]), "location_flags": location[0],
+               "location_ports": list(struct.unpack("!HH", lv[:4])), "location_source": socket.inet_ntoa(lv[8:12]),
+               "location_destination": socket.inet_ntoa(lv[28:32]), "location_flags": location[0],
+               "location_subtlvs": [lv[4:8].hex(), lv[12:24].hex(), lv[24:28].hex(), lv[32:44].hex(), lv[44:48].hex()],
                "tsinfo": list(tsinfo[2]), "unknown_flags": unknown[0], "unknown_value": unknown[2].decode(),
                "truncated_flags": data[len(sent) - 8], "tail": list(data[len(sent) - 8:])}
     elif mode == "auth":
@@ -251,8 +253,8 @@ func stampExchange(_ port: Int, _ mode: String, key: String? = nil) async throws
     }
 
     /// RFC 8972 TLVs, reflected in place at the same length: Class of Service (what arrived, and the reply sent
-    /// with what was asked), Location (the ports and addresses seen), Timestamp Information, an unknown type (U) and
-    /// a TLV whose length runs past the packet (M).
+    /// with what was asked), Location (the ports and addresses seen, its sub-TLVs as RFC 8972 §4.2.1 answers them),
+    /// Timestamp Information, an unknown type (U) and a TLV whose length runs past the packet (M).
     @Test func reflectsTLVsInPlace() async throws {
         let (server, port) = try await self.reflector(["--reflect-tos"])
         #expect(server.outputLines.first?.contains("DSCP as the Class of Service TLV asks") == true)
@@ -266,6 +268,17 @@ func stampExchange(_ port: Int, _ mode: String, key: String? = nil) async throws
         #expect(ports[0] == port && ports[1] > 0)
         #expect(reply["location_source"] as? String == "127.0.0.1")
         #expect(reply["location_destination"] as? String == "127.0.0.1")
+        // RFC 8972 §4.2.1: the generic Source IP (7) and Destination IP (4) sub-TLVs come back as Source IPv4 (8)
+        // and Destination IPv4 (5), the address then 12 zero bytes; a sub-TLV of an unknown type (77) flagged U.
+        #expect(
+            reply["location_subtlvs"] as? [String]
+                == [
+                    "00080010", String(repeating: "00", count: 12), "00050010", String(repeating: "00", count: 12),
+                    "804d0000",
+                ],
+            "\(reply)"
+        )
+        #expect(reply["location_flags"] as? Int == 0, "\(reply)")
         #expect(reply["tsinfo"] as? [Int] == [1, 2, 8, 2] || reply["tsinfo"] as? [Int] == [1, 2, 1, 2])
         #expect(reply["unknown_flags"] as? Int == 0x80 && reply["unknown_value"] as? String == "ab")
         #expect(reply["truncated_flags"] as? Int == 0x40, "\(reply)")

@@ -48,15 +48,12 @@ public struct StampSenderConfiguration: Sendable {
         var bytes: [UInt8] = []
         guard self.twamp == nil else { return bytes }
         if self.location {
-            // Ports, then room for the source and destination addresses of the target's family.
-            let size: UInt8 = ipv6 ? 16 : 4
-            let (source, destination) =
-                ipv6
-                ? (StampLocationSubTLV.ipv6Source, StampLocationSubTLV.ipv6Destination)
-                : (StampLocationSubTLV.ipv4Source, StampLocationSubTLV.ipv4Destination)
-            bytes += [0, StampTLVType.location.rawValue, 0, 4 + 2 * (2 + size)] + [0, 0, 0, 0]
-            bytes += [source, size] + [UInt8](repeating: 0, count: Int(size))
-            bytes += [destination, size] + [UInt8](repeating: 0, count: Int(size))
+            // Ports, then the generic Source IP and Destination IP sub-TLVs (RFC 8972 §4.2.1): 16 zero bytes each,
+            // which the reflector answers with the addresses it saw, of whichever family.
+            let size = UInt8(StampLocationSubTLV.addressLength)
+            bytes += [0, StampTLVType.location.rawValue, 0, 4 + 2 * (4 + size)] + [0, 0, 0, 0]
+            bytes += [0, StampLocationSubTLV.sourceIP, 0, size] + [UInt8](repeating: 0, count: Int(size))
+            bytes += [0, StampLocationSubTLV.destinationIP, 0, size] + [UInt8](repeating: 0, count: Int(size))
         }
         if let dscp = self.classOfService {
             bytes += [0, StampTLVType.classOfService.rawValue, 0, 4, (dscp & 0x3F) << 2, 0, 0, 0]
@@ -64,8 +61,8 @@ public struct StampSenderConfiguration: Sendable {
         return bytes
     }
 
-    /// The size of a test packet without padding: the base packet and the TLVs (which depend on the target's
-    /// family: a Location TLV has room for its addresses).
+    /// The size of a test packet without padding: the base packet and the TLVs (the same for either family: a
+    /// Location TLV's address sub-TLVs are 16 bytes for IPv4 too; `ipv6` is kept for TLVs that may differ).
     public func minimumSize(ipv6: Bool) -> Int {
         if let twamp { return twamp.senderSize }
         return self.layout.size + self.tlvTemplate(ipv6: ipv6).count
@@ -206,17 +203,17 @@ enum StampReplyDecoder {
             } else if type == StampTLVType.location.rawValue && length >= 4 {
                 let port = Int(reply[value + 2]) << 8 | Int(reply[value + 3])
                 var sub = value + 4
-                while value + length - sub >= 2 {
-                    let kind = reply[sub]
-                    let size = Int(reply[sub + 1])
-                    guard sub + 2 + size <= value + length else { break }
-                    let bytes = Array(reply[(sub + 2)..<(sub + 2 + size)])
-                    if (kind == StampLocationSubTLV.ipv4Source && size == 4)
-                        || (kind == StampLocationSubTLV.ipv6Source && size == 16), bytes.contains(where: { $0 != 0 })
-                    {
+                while value + length - sub >= 4 {
+                    let kind = reply[sub + 1]
+                    let size = Int(reply[sub + 2]) << 8 | Int(reply[sub + 3])
+                    guard sub + 4 + size <= value + length else { break }
+                    let bytes = Array(reply[(sub + 4)..<(sub + 4 + size)])
+                    if kind == StampLocationSubTLV.sourceIPv4 && size == StampLocationSubTLV.addressLength {
+                        source = Self.format(Array(bytes.prefix(4)), port: port)
+                    } else if kind == StampLocationSubTLV.sourceIPv6 && size == StampLocationSubTLV.addressLength {
                         source = Self.format(bytes, port: port)
                     }
-                    sub += 2 + size
+                    sub += 4 + size
                 }
             }
             offset = value + length

@@ -21,12 +21,22 @@ enum StampTLVFlag {
     static let integrity: UInt8 = 0x20
 }
 
-/// Location sub-TLVs (RFC 8972 §4.2).
+/// Location sub-TLVs (RFC 8972 §4.2.1, Table 5): each with the 4-byte header of a TLV (flags, type, 16-bit length).
+/// A Session-Sender asks with the generic types (16 bytes of zeros); the reflector answers each with the specific
+/// type of the packet's family, the address in its value (an IPv4 address followed by 12 zero bytes).
 enum StampLocationSubTLV {
-    static let ipv4Source: UInt8 = 1
-    static let ipv4Destination: UInt8 = 2
-    static let ipv6Source: UInt8 = 3
-    static let ipv6Destination: UInt8 = 4
+    static let sourceMAC: UInt8 = 1
+    static let sourceEUI48: UInt8 = 2
+    static let sourceEUI64: UInt8 = 3
+    static let destinationIP: UInt8 = 4
+    static let destinationIPv4: UInt8 = 5
+    static let destinationIPv6: UInt8 = 6
+    static let sourceIP: UInt8 = 7
+    static let sourceIPv4: UInt8 = 8
+    static let sourceIPv6: UInt8 = 9
+    /// The length of an address sub-TLV's value (types 4-9), and of a MAC one's (1-3).
+    static let addressLength = 16
+    static let macLength = 8
 }
 
 /// What a reflector knows about one test packet, to fill the TLVs in.
@@ -175,7 +185,11 @@ enum StampTLVs {
         )
     }
 
-    /// Fills a Location TLV's ports and the address sub-TLVs the sender left room for; false when malformed.
+    /// Fills a Location TLV (RFC 8972 §4.2): the ports the packet arrived with, and each address sub-TLV (source or
+    /// destination, generic or of either family) answered with the specific type of the packet's family and the
+    /// address. A MAC sub-TLV is returned as it came (the socket does not see the frame); a sub-TLV of another type is
+    /// flagged U, one of an address type but another length M. False when the sub-TLVs do not fill the value exactly
+    /// (the Location TLV is malformed).
     private static func fillLocation(
         _ packet: UnsafeMutableRawPointer,
         value: Int,
@@ -187,25 +201,51 @@ enum StampTLVs {
         packet.storeBigEndian(context.sourcePort, at: value + 2)
         var offset = value + 4
         let end = value + length
-        while end - offset >= 2 {
-            let type = packet.load(fromByteOffset: offset, as: UInt8.self)
-            let size = Int(packet.load(fromByteOffset: offset + 1, as: UInt8.self))
-            guard offset + 2 + size <= end else { return false }
-            let address: [UInt8]? =
+        while end - offset >= 4 {
+            let type = packet.load(fromByteOffset: offset + 1, as: UInt8.self)
+            let size = Int(UnsafeRawPointer(packet).loadBigEndian(UInt16.self, at: offset + 2))
+            guard offset + 4 + size <= end else { return false }
+            let address: (type: UInt8, bytes: [UInt8])? =
                 switch type {
-                case StampLocationSubTLV.ipv4Source where context.sourceAddress.count == 4: context.sourceAddress
-                case StampLocationSubTLV.ipv4Destination where context.destinationAddress.count == 4:
-                    context.destinationAddress
-                case StampLocationSubTLV.ipv6Source where context.sourceAddress.count == 16: context.sourceAddress
-                case StampLocationSubTLV.ipv6Destination where context.destinationAddress.count == 16:
-                    context.destinationAddress
+                case StampLocationSubTLV.destinationIP...StampLocationSubTLV.destinationIPv6:
+                    Self.answer(
+                        context.destinationAddress,
+                        v4: StampLocationSubTLV.destinationIPv4,
+                        v6: StampLocationSubTLV.destinationIPv6
+                    )
+                case StampLocationSubTLV.sourceIP...StampLocationSubTLV.sourceIPv6:
+                    Self.answer(
+                        context.sourceAddress,
+                        v4: StampLocationSubTLV.sourceIPv4,
+                        v6: StampLocationSubTLV.sourceIPv6
+                    )
                 default: nil
                 }
-            if let address, address.count == size {
-                address.withUnsafeBytes { (packet + offset + 2).copyMemory(from: $0.baseAddress!, byteCount: size) }
+            if let address {
+                if size == StampLocationSubTLV.addressLength {
+                    packet.storeBytes(of: address.type, toByteOffset: offset + 1, as: UInt8.self)
+                    address.bytes.withUnsafeBytes {
+                        (packet + offset + 4).copyMemory(from: $0.baseAddress!, byteCount: size)
+                    }
+                } else {
+                    Self.flag(packet, offset, StampTLVFlag.malformed)
+                }
+            } else if type < StampLocationSubTLV.sourceMAC || type > StampLocationSubTLV.sourceEUI64 {
+                Self.flag(packet, offset, StampTLVFlag.unrecognized)
+            } else if size != StampLocationSubTLV.macLength {
+                Self.flag(packet, offset, StampTLVFlag.malformed)
             }
-            offset += 2 + size
+            offset += 4 + size
         }
         return offset == end
+    }
+
+    /// An address sub-TLV's answer for `address` (4 or 16 bytes): its specific type, and its 16-byte value.
+    private static func answer(_ address: [UInt8], v4: UInt8, v6: UInt8) -> (type: UInt8, bytes: [UInt8])? {
+        switch address.count {
+        case 4: (v4, address + [UInt8](repeating: 0, count: 12))
+        case 16: (v6, address)
+        default: nil
+        }
     }
 }
