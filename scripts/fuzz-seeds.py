@@ -208,6 +208,8 @@ def seeds():
     yield "xdp-program", "stamp4-base", b"\x02" + frame(*v4, 862, base)
     yield "xdp-program", "stamp4-tlvs", b"\x02" + frame(*v4, 862, base + tlvs)
     yield "xdp-program", "stamp4-tlvs-fixed", b"\x0e" + frame(*v4, 862, base + tlvs)
+    location = tlv(2, bytes(4) + tlv(7, bytes(16)) + tlv(4, bytes(16)) + tlv(77, b"\x09"))
+    yield "xdp-program", "stamp4-location-fixed", b"\x0e" + frame(*v4, 862, base + tlv(1, b"odd") + location)
     yield "xdp-program", "unguarded4-plain", b"\x03" + frame(*v4, 7000, b"from anywhere")
     yield "xdp-program", "unguarded4-plain-fixed", b"\x0f" + frame(*v4, 7000, b"from anywhere")
     yield "xdp-program", "unguarded4-multicast", b"\x03" + frame("224.0.0.9", "198.51.100.1", 7000, b"martian")

@@ -331,11 +331,25 @@ let scapyStampTLVs = """
     sent = bytes(Sender(seq=5, ts=time.time() + NTP, ssid=9, tlv_objects=tlvs)) + bytes([0, 7, 0, 40, 1, 2])
     s.sendto(sent, (server, port))
     reply = s.recv(65536)
-    located = bytes(Sender(seq=6, ts=time.time() + NTP, tlv_objects=[TLV(type=2, len=4, value=bytes(4))]))
-    s.sendto(located, (server, port))
-    location = len(s.recv(65536)) == len(located)
-    print(json.dumps({"length": len(reply), "sent": len(sent), "tlvs": reply[44:].hex(), "location": location}),
-          flush=True)
+    # Location (RFC 8972 §4.2) after an Extra Padding of an odd length (the checksum's odd offsets): the generic
+    # Source IP and Destination IP sub-TLVs and one of an unknown type; then one whose sub-TLV runs past it (M); then
+    # a packet with two Location TLVs (the sockets answer that one). The client's port (a new socket each run) is
+    # masked out for the comparison.
+    def located(seq, tlvs, *ports_at):
+        packet = bytes(Sender(seq=seq, ts=time.time() + NTP, tlv_objects=tlvs))
+        s.sendto(packet, (server, port))
+        reply = bytearray(s.recv(65536))
+        assert len(reply) == len(packet), (len(reply), len(packet))
+        for at in ports_at:
+            reply[at:at + 2] = b"PP"
+        return bytes(reply[44:]).hex()
+    subtlvs = bytes([0, 7, 0, 16]) + bytes(16) + bytes([0, 4, 0, 16]) + bytes(16) + bytes([0, 77, 0, 1, 9])
+    location = TLV(type=2, len=4 + len(subtlvs), value=bytes(4) + subtlvs)
+    out = {"length": len(reply), "sent": len(sent), "tlvs": reply[44:].hex()}
+    out["location"] = located(6, [TLV(type=1, len=3, value=b"odd"), location], 44 + 7 + 4 + 2)
+    out["location_cut"] = located(7, [TLV(type=2, len=8, value=bytes(4) + bytes([0, 8, 0, 16]))], 44 + 4 + 2)
+    out["location_twice"] = located(8, [location, location], 44 + 4 + 2, 44 + 4 + len(location.value) + 4 + 2)
+    print(json.dumps(out),          flush=True)
     """
 
 /// Udpecho's XDP path over a veth pair between two test hosts (the server's end answers in XDP, natively).
@@ -378,8 +392,9 @@ struct XDPTests {
     }
 
     /// TLVs are reflected in XDP exactly as the sockets reflect them: the same packet to the reflector with and
-    /// without XDP gets the same TLV bytes back (and the kernel accepted both replies' checksums); a Location TLV, and
-    /// a Class of Service TLV that --reflect-tos honours, go up to the sockets.
+    /// without XDP gets the same TLV bytes back (and the kernel accepted both replies' checksums), Location TLVs (RFC
+    /// 8972 §4.2.1 sub-TLVs, at odd offsets, and a malformed one) included; a packet with two Location TLVs, and a
+    /// Class of Service TLV that --reflect-tos honours, go up to the sockets.
     @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: scapyPython), "needs .build/peers-venv"))
     func stampTLVsAsTheSocketsReflectThem() async throws {
         try await withHosts(try await XDPNetwork()) { hosts in
@@ -403,10 +418,31 @@ struct XDPTests {
             // TLVs flagged U (0x80), the cut one M (0x40).
             #expect(tlvs.contains("800800"), "\(tlvs)")
             #expect(tlvs.contains("0004" + "0004" + String(format: "%04x", 46 << 10 | 10 << 4 | 1 << 2 | 1)), "\(tlvs)")
-            #expect(withXDP["location"] as? Bool == true && withSockets["location"] as? Bool == true)
+            for key in ["location", "location_cut", "location_twice"] {
+                #expect(withXDP[key] as? String == withSockets[key] as? String, "\(key): \(withXDP), \(withSockets)")
+            }
+            // Ports (the client's masked), then Source IPv4 (8) and Destination IPv4 (5) with the addresses, the
+            // unknown one flagged U; the cut one flagged M.
+            func hex(_ address: String) -> String {
+                address.split(separator: ".").map { String(format: "%02x", Int($0)!) }.joined()
+            }
+            let zeros = String(repeating: "00", count: 12)
+            let location = try #require(withXDP["location"] as? String)
+            #expect(
+                location.hasSuffix(
+                    "1b58" + "5050" + "00080010" + hex(hosts.network.clientAddress) + zeros + "00050010"
+                        + hex(hosts.network.serverAddress) + zeros + "804d000109"
+                ),
+                "\(location)"
+            )
+            #expect(withXDP["location_cut"] as? String == "40020008" + "1b58" + "5050" + "00080010", "\(withXDP)")
             let xdpCounts = try #require(counts[true])
-            #expect(xdpCounts["xdp-echoed"] == 1 && xdpCounts["stamp"] == 1 && xdpCounts["echoed"] == 2, "\(xdpCounts)")
-            // With --reflect-tos the Class of Service TLV's DSCP is honoured: the sockets answer that packet.
+            #expect(
+                xdpCounts["xdp-echoed"] == 3 && xdpCounts["stamp"] == 1 && xdpCounts["echoed"] == 4,
+                "\(xdpCounts)"
+            )
+            // With --reflect-tos the Class of Service TLV's DSCP is honoured: the sockets answer that packet (and the
+            // one with two Location TLVs); XDP the two others.
             let honouring = try await hosts.startServer(["--protocol", "stamp", "--reflect-tos"])
             let honoured = try await hosts.client(
                 scapyStampTLVs,
@@ -415,7 +451,7 @@ struct XDPTests {
             )
             #expect(honoured["length"] as? Int == honoured["sent"] as? Int, "\(honoured)")
             let honouringCounts = try await stopAndCount(honouring)
-            #expect(honouringCounts["xdp-echoed"] == 0 && honouringCounts["stamp"] == 2, "\(honouringCounts)")
+            #expect(honouringCounts["xdp-echoed"] == 2 && honouringCounts["stamp"] == 2, "\(honouringCounts)")
         }
     }
 

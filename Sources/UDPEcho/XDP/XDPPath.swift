@@ -41,9 +41,9 @@ public enum XDPPassReason: String, Sendable, CaseIterable, CustomStringConvertib
     case fragment
     /// IPv4 options or IPv6 extension headers.
     case options
-    /// A STAMP test packet shorter than the 44-byte base (a TWAMP-Light sender's), or with a Location TLV, a Class of
-    /// Service TLV that `--reflect-tos` honours or more than 8 TLVs; or any test packet of a reflector with a key or
-    /// with state.
+    /// A STAMP test packet shorter than the 44-byte base (a TWAMP-Light sender's), or with two Location TLVs or one
+    /// of more than 4 sub-TLVs, a Class of Service TLV that `--reflect-tos` honours or more than 8 TLVs; or any test
+    /// packet of a reflector with a key or with state.
     case stamp
     /// A UDP checksum, or an IPv4 header checksum, that does not verify: the stack drops it (and counts a UDP one
     /// in UDP InCsumErrors).

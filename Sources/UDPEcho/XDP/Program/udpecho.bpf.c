@@ -9,8 +9,9 @@
 //   1. Anything the program does not fully understand goes up, counted by reason: IPv4 options and fragments, IPv6
 //      extension headers and fragments, a UDP length that disagrees with the IP length or a datagram past a page,
 //      a checksum that does not verify (the stack drops it and counts it, as it would have), STAMP test packets
-//      shorter than the 44-byte base (a TWAMP-Light sender's), with a Location TLV, with a Class of Service TLV that
-//      --reflect-tos honours or with more than MAX_TLVS TLVs, and every one of a reflector with a key or state.
+//      shorter than the 44-byte base (a TWAMP-Light sender's), with a Location TLV of more than MAX_LOCATION_SUBTLVS
+//      sub-TLVs, with a Class of Service TLV that --reflect-tos honours or with more than MAX_TLVS TLVs, and every one
+//      of a reflector with a key or state.
 //   2. The guards, in the socket path's order and with its counters (Sources/UDPEcho/Guards): size, impossible
 //      sources, source ports, deny and allow prefixes, the echo-loop detector, the per-source token bucket and the
 //      global budget. What a guard catches is dropped here (XDP_DROP), as the socket path would have dropped it.
@@ -77,6 +78,9 @@ struct parsed {
     __u8 ipv4, ttl, tos, reserved;
     __u64 addresses, t2;
     __u8 source[16];
+    /// reflect_tlvs' finding (looking): the first Location TLV's value offset, and its length above 16 bits; 0 for none.
+    __u32 location;
+    __u32 reserved2;
 };
 struct map_def scratch SEC("maps") = {BPF_MAP_TYPE_PERCPU_ARRAY, 4, sizeof(struct parsed), 1, 0};
 /// The answering program, at index 0 (the loader puts it there).
@@ -279,8 +283,10 @@ SUBPROGRAM __u64 fingerprint(struct xdp_md *ctx, __u32 offset, __u32 len) {
 #define TLV_WRITE 0x100          // write (else only look: may XDP answer this packet?)
 #define TLV_SYNCHRONIZED 0x200   // the host's clock is synchronized (Timestamp Information)
 #define TLV_HONOUR_COS 0x400     // a Class of Service TLV's DSCP is honoured (--reflect-tos): the sockets do that
+#define TLV_IPV4 0x800          // the packet is IPv4 (Location's address sub-TLVs); its IP header at (info >> 16) & 0xff
 #define TLV_RESULT_PASS (1ULL << 32)
 #define MAX_TLVS 8
+#define MAX_LOCATION_SUBTLVS 4
 
 /// The ones'-complement change (numeric, network order) of one byte at `offset` going from `before` to `after`:
 /// the high byte of its 16-bit word when at an even distance from the UDP header, the low one otherwise.
@@ -289,15 +295,110 @@ INLINE __u32 byte_delta(__u32 offset, __u32 udp, __u8 before, __u8 after) {
     return ((~(__u32)before) & 0xff) + 0xff00 + after;
 }
 
+/// The ones'-complement change (numeric, network order) of `n` bytes (even) at frame offset `at` going from `before`
+/// to `after`: summed as 16-bit words, then byte-swapped when `at` is an odd distance from the UDP header (the words
+/// of the checksum straddle them).
+INLINE __u32 block_delta(__u32 at, __u32 udp, const __u8 *before, const __u8 *after, int n) {
+    __u64 sum = 0;
+#pragma unroll
+    for (int i = 0; i < 16; i += 2) {
+        if (i < n) {
+            __u32 old = ((__u32)before[i] << 8) | before[i + 1];
+            __u32 new = ((__u32)after[i] << 8) | after[i + 1];
+            sum += (~old & 0xffff) + new;
+        }
+    }
+    __u32 folded = fold(sum);
+    return ((at - udp) & 1) ? (((folded & 0xff) << 8) | (folded >> 8)) : folded;
+}
+
+/// The Location TLV's M flag (its header 4 bytes before `value`): the checksum's change, or TLV_RESULT_PASS.
+INLINE __u64 mark_location_malformed(struct xdp_md *ctx, __u32 value, __u32 udp) {
+    __u8 flags, marked;
+    if (bpf_xdp_load_bytes(ctx, value - 4, &flags, 1) != 0) return TLV_RESULT_PASS;
+    marked = flags | 0x40;
+    if (bpf_xdp_store_bytes(ctx, value - 4, &marked, 1) != 0) return TLV_RESULT_PASS;
+    return byte_delta(value - 4, udp, flags, marked);
+}
+
+/// A Location TLV's value (`length` bytes at frame offset `value`), as the socket reflector fills it
+/// (StampTLV.fillLocation, RFC 8972 §4.2): the ports the packet arrived with, and each address sub-TLV (generic or
+/// specific, source or destination) answered with the specific type of the packet's family and its address (IPv4:
+/// the address, then 12 zero bytes); MAC sub-TLVs as they came, unknown types flagged U, a wrong length M; the
+/// Location TLV itself flagged M when its sub-TLVs do not fill it exactly. Returns the checksum's change in the low 32
+/// bits, or TLV_RESULT_PASS for more than MAX_LOCATION_SUBTLVS sub-TLVs (the sockets answer). Without TLV_WRITE it
+/// only looks. Called once a packet (for its first Location TLV), not from reflect_tlvs' loop: the verifier checks it
+/// once, not once a TLV.
+SUBPROGRAM __u64 fill_location(struct xdp_md *ctx, __u32 value, __u32 length, __u32 bounds, __u32 info) {
+    __u32 udp = bounds & 0xffff, l3 = (info >> 16) & 0xff;
+    __u64 delta = 0;
+    if (value < 4 || value > 128 + MAX_UDP_LENGTH || length > MAX_UDP_LENGTH) return TLV_RESULT_PASS;
+    if (length < 4) return (info & TLV_WRITE) ? mark_location_malformed(ctx, value, udp) : 0;
+    if (info & TLV_WRITE) {
+        __u8 ports[4], before[4];
+        if (bpf_xdp_load_bytes(ctx, udp, ports, 4) != 0 || bpf_xdp_load_bytes(ctx, value, before, 4) != 0)
+            return TLV_RESULT_PASS;
+        __u8 after[4] = {ports[2], ports[3], ports[0], ports[1]};  // destination port, then source port
+        if (bpf_xdp_store_bytes(ctx, value, after, 4) != 0) return TLV_RESULT_PASS;
+        delta += block_delta(value, udp, before, after, 4);
+    }
+    __u32 offset = value + 4, end = value + length;
+    for (int i = 0; i < MAX_LOCATION_SUBTLVS + 1; i++) {
+        if (offset + 4 > end) break;
+        if (i == MAX_LOCATION_SUBTLVS) return TLV_RESULT_PASS;
+        __u8 header[4];
+        if (bpf_xdp_load_bytes(ctx, offset, header, 4) != 0) return TLV_RESULT_PASS;
+        __u8 type = header[1];
+        __u32 size = ((__u32)header[2] << 8) | header[3];
+        if (offset + 4 + size > end) {
+            if (!(info & TLV_WRITE)) return 0;
+            __u64 marked = mark_location_malformed(ctx, value, udp);
+            return (marked & TLV_RESULT_PASS) ? marked : delta + marked;
+        }
+        __u8 flag = 0;
+        if (type >= 4 && type <= 9) {
+            if (size != 16) {
+                flag = 0x40;
+            } else if (info & TLV_WRITE) {
+                // The address the packet arrived with, from its IP header (the stack is short: not kept).
+                int destination = type <= 6, ipv4 = (info & TLV_IPV4) != 0;
+                __u8 answered = destination ? (ipv4 ? 5 : 6) : (ipv4 ? 8 : 9);
+                __u8 before[16], after[16];
+                __builtin_memset(after, 0, sizeof(after));
+                if (ipv4 ? bpf_xdp_load_bytes(ctx, l3 + (destination ? 16 : 12), after, 4)
+                         : bpf_xdp_load_bytes(ctx, l3 + (destination ? 24 : 8), after, 16))
+                    return TLV_RESULT_PASS;
+                if (bpf_xdp_load_bytes(ctx, offset + 4, before, 16) != 0) return TLV_RESULT_PASS;
+                if (bpf_xdp_store_bytes(ctx, offset + 4, after, 16) != 0) return TLV_RESULT_PASS;
+                if (bpf_xdp_store_bytes(ctx, offset + 1, &answered, 1) != 0) return TLV_RESULT_PASS;
+                delta += block_delta(offset + 4, udp, before, after, 16) + byte_delta(offset + 1, udp, type, answered);
+            }
+        } else if (type >= 1 && type <= 3) {
+            if (size != 8) flag = 0x40;
+        } else {
+            flag = 0x80;
+        }
+        if (flag && (info & TLV_WRITE)) {
+            __u8 marked = header[0] | flag;
+            if (bpf_xdp_store_bytes(ctx, offset, &marked, 1) != 0) return TLV_RESULT_PASS;
+            delta += byte_delta(offset, udp, header[0], marked);
+        }
+        offset += 4 + size;
+    }
+    if (offset == end || !(info & TLV_WRITE)) return delta;
+    __u64 marked = mark_location_malformed(ctx, value, udp);
+    return (marked & TLV_RESULT_PASS) ? marked : delta + marked;
+}
+
 /// The TLVs of a STAMP test packet, from frame offset `start` to `bounds >> 16`, the UDP header at `bounds & 0xffff`,
 /// as the socket reflector returns them (Sources/UDPEcho/STAMP/StampTLV.swift): Extra Padding as it came, Timestamp
 /// Information filled in, Class of Service with DSCP2 and ECN (what the packet arrived with: `info & 0xff`) and RP 1
-/// (not honoured), an HMAC TLV and unknown types flagged U (unrecognized), a TLV that runs past the end flagged M
-/// (malformed) and the rest returned as it came. Location TLVs, and more than MAX_TLVS, go up to the sockets
-/// (TLV_RESULT_PASS). Without TLV_WRITE it only looks. Returns the checksum's change (numeric, network order) in
+/// (not honoured), Location filled in (fill_location), an HMAC TLV and unknown types flagged U (unrecognized), a TLV
+/// that runs past the end flagged M (malformed) and the rest returned as it came. More than MAX_TLVS go up to the
+/// sockets (TLV_RESULT_PASS). Without TLV_WRITE it only looks. Returns the checksum's change (numeric, network order) in
 /// the low 32 bits. Every access is a fixed size through bpf_xdp_load_bytes/store_bytes, so the offsets are plain
 /// numbers to the verifier and the loop's paths fold together.
-SUBPROGRAM __u64 reflect_tlvs(struct xdp_md *ctx, __u32 start, __u32 bounds, __u32 info) {
+SUBPROGRAM __u64 reflect_tlvs(struct xdp_md *ctx, __u32 start, __u32 bounds, __u32 info, __u32 *location) {
     __u32 end = bounds >> 16, udp = bounds & 0xffff, offset = start;
     __u64 delta = 0;
     for (int i = 0; i < MAX_TLVS + 1; i++) {
@@ -311,8 +412,16 @@ SUBPROGRAM __u64 reflect_tlvs(struct xdp_md *ctx, __u32 start, __u32 bounds, __u
         __u8 flag = 0;
         if (value + length > end) {
             flag = 0x40;  // M, and what follows is returned as it came
-        } else if (type == 2 || (type == 4 && (info & TLV_HONOUR_COS))) {
-            return TLV_RESULT_PASS;  // Location, and a Class of Service to honour: the sockets do them
+        } else if (type == 4 && (info & TLV_HONOUR_COS)) {
+            return TLV_RESULT_PASS;  // a Class of Service to honour: the sockets set the reply's DSCP
+        } else if (type == 2) {
+            // Location: left to fill_location, which the caller calls once (for the first; another goes up to the
+            // sockets). Noted in the scratch entry, not in a register: the verifier does not follow map memory, so
+            // the loop's paths do not multiply by it.
+            if (!(info & TLV_WRITE)) {
+                if (*location != 0) return TLV_RESULT_PASS;
+                *location = (value & 0xffff) | (length << 16);
+            }
         } else if (type == 3 || type == 4) {
             if (length != 4) {
                 flag = 0x40;
@@ -689,15 +798,21 @@ SEC("xdp/answer") int udpecho_answer(struct xdp_md *ctx) {
     __u32 size = length - 8;
     if (cfg->mode == UDPECHO_XDP_MODE_PASS) return PASS(UDPECHO_XDP_PASS_STAMP);
     __u32 tlv_info = parsed->tos | ((cfg->flags & UDPECHO_XDP_SYNCHRONIZED) ? TLV_SYNCHRONIZED : 0) |
-                     ((cfg->flags & UDPECHO_XDP_HONOUR_COS) ? TLV_HONOUR_COS : 0);
+                     ((cfg->flags & UDPECHO_XDP_HONOUR_COS) ? TLV_HONOUR_COS : 0) | (ipv4 ? TLV_IPV4 : 0) | (l3 << 16);
     __u32 tlv_bounds = ((udp_offset + length) << 16) | udp_offset;
     __u32 tlv_start = udp_offset + 8 + sizeof(struct stamp_reply);
     int stamp = cfg->mode == UDPECHO_XDP_MODE_STAMP;
     if (stamp) {
         // The base packet's 44 bytes and TLVs after them; a TWAMP-Light sender's shorter packet goes up.
         if (size < sizeof(struct stamp_reply)) return PASS(UDPECHO_XDP_PASS_STAMP);
-        if (size > sizeof(struct stamp_reply) && (reflect_tlvs(ctx, tlv_start, tlv_bounds, tlv_info) & TLV_RESULT_PASS))
-            return PASS(UDPECHO_XDP_PASS_STAMP);
+        if (size > sizeof(struct stamp_reply)) {
+            parsed->location = 0;
+            if (reflect_tlvs(ctx, tlv_start, tlv_bounds, tlv_info, &parsed->location) & TLV_RESULT_PASS)
+                return PASS(UDPECHO_XDP_PASS_STAMP);
+            __u32 location = parsed->location;
+            if (location && (fill_location(ctx, location & 0xffff, location >> 16, tlv_bounds, tlv_info) & TLV_RESULT_PASS))
+                return PASS(UDPECHO_XDP_PASS_STAMP);
+        }
     }
 
     COUNT(UDPECHO_XDP_JUDGED_BYTES, size);
@@ -718,8 +833,13 @@ SEC("xdp/answer") int udpecho_answer(struct xdp_md *ctx) {
             if (age > -STAMP_LOOP_WINDOW && age < STAMP_LOOP_WINDOW) return DROP(UDPECHO_XDP_DROP_LOOP);
         }
         // The TLVs, through the helpers; the packet's pointers are taken again after.
-        if (size > sizeof(struct stamp_reply))
-            tlv_delta = reflect_tlvs(ctx, tlv_start, tlv_bounds, tlv_info | TLV_WRITE) & 0xffffffff;
+        if (size > sizeof(struct stamp_reply)) {
+            tlv_delta = reflect_tlvs(ctx, tlv_start, tlv_bounds, tlv_info | TLV_WRITE, &parsed->location) & 0xffffffff;
+            __u32 location = parsed->location;
+            if (location)
+                tlv_delta += fill_location(ctx, location & 0xffff, location >> 16, tlv_bounds, tlv_info | TLV_WRITE) &
+                             0xffffffff;
+        }
     }
 
     data = (void *)(long)ctx->data;
