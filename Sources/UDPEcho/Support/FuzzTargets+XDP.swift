@@ -99,6 +99,7 @@ extension FuzzHarness {
             }
             request.checkAnswerable(server: server.local, guarded: server != .unguarded4)
             request.checkReply(reply, stamp: server == .stamp4)
+            if server == .stamp4 { Self.compareWithTheSocketReflector(request, reply, local: server.local) }
         case xdpDrop:
             precondition(result.frame == frame, "dropped, but changed the frame")
             precondition(outcomes.count == 1 && Self.drops.contains(outcomes[0]), "dropped, counters \(outcomes)")
@@ -112,6 +113,67 @@ extension FuzzHarness {
         default:
             preconditionFailure("the program returned \(result.action) (only XDP_TX, XDP_PASS, XDP_DROP)")
         }
+    }
+
+    /// The socket path's reflector (the code that answers when XDP does not), given the same test packet, with the
+    /// addresses, ports, TTL and TOS it arrived with: it must answer too, with the same error estimate and the same
+    /// TLVs byte for byte (Location, Class of Service, Timestamp Information, the U and M flags). The timestamps
+    /// differ (two clocks read at two moments), and are not compared.
+    private static func compareWithTheSocketReflector(
+        _ request: XDPFrameModel,
+        _ reply: XDPFrameModel,
+        local: SocketAddress
+    ) {
+        var reflector = StampReflector(StampReflectorConfiguration(), localAddress: local)
+        var packet = Array(request.payload)
+        let capacity = max(packet.count, 64)
+        let slot = UnsafeMutableRawBufferPointer.allocate(byteCount: capacity, alignment: 16)
+        defer { slot.deallocate() }
+        packet.withUnsafeBytes { slot.copyMemory(from: $0) }
+        let source = request.source.map(String.init).joined(separator: ".")
+        let peer = try! SocketAddress(ipAddress: source, port: request.sourcePort)
+        var destination:
+            (
+                UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
+                UInt8
+            ) =
+                (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        withUnsafeMutableBytes(of: &destination) { $0.copyBytes(from: request.destination) }
+        let info = cudpecho_datagram_info(
+            timestamp: 0,
+            ttl: Int16(request.ttl),
+            tos: Int16(request.tos),
+            family: AF_INET,
+            destination: destination
+        )
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        let transmitTime = Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
+        let outcome = peer.withSockAddr { raw, _ in
+            reflector.reflect(
+                slot.baseAddress!,
+                length: packet.count,
+                capacity: capacity,
+                peer: raw,
+                info: info,
+                transmitTime: transmitTime,
+                now: transmitTime
+            )
+        }
+        guard case .reply(let length, _) = outcome else {
+            preconditionFailure("XDP answered a STAMP packet that the socket reflector does not (\(outcome))")
+        }
+        packet = Array(UnsafeRawBufferPointer(rebasing: slot[0..<length]))
+        let answered = Array(reply.payload)
+        precondition(packet.count == answered.count, "socket reply of \(packet.count) bytes, XDP's \(answered.count)")
+        precondition(
+            packet[12..<14] == answered[12..<14],
+            "error estimate: sockets \(packet[12..<14]), XDP \(answered[12..<14])"
+        )
+        precondition(
+            packet[44...] == answered[44...],
+            "TLVs: sockets \(Array(packet[44...])), XDP \(Array(answered[44...]))"
+        )
     }
 
     /// One branch a counter (the switch is a branch each in the fuzzer's unoptimized build), so that a new outcome of
@@ -276,6 +338,8 @@ struct XDPFrameModel {
         self.ipv4 ? self.bytes[self.l3 + 16..<self.l3 + 20] : self.bytes[self.l3 + 24..<self.l3 + 40]
     }
     var sourcePort: Int { self.word(self.udp) }
+    var ttl: UInt8 { self.bytes[self.l3 + (self.ipv4 ? 8 : 7)] }
+    var tos: UInt8 { self.ipv4 ? self.bytes[self.l3 + 1] : UInt8(truncatingIfNeeded: self.word(self.l3) >> 4) }
     var destinationPort: Int { self.word(self.udp + 2) }
     var payload: ArraySlice<UInt8> { self.bytes[self.udp + 8..<self.udp + self.length] }
 
