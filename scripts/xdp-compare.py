@@ -3,7 +3,7 @@
 
 usage: scripts/xdp-compare.py [--rounds N=3] [--duration S=3] [--scenarios a,b] [--bench DIR=/tmp/udpbench]
                               [--udpecho PATH=.build/release/udpecho] [--udpecho-args '...'] [--pin]
-                              [--stamp-count N=2000] [--json FILE]
+                              [--stamp-count N=2000] [--bpf-stats] [--json FILE]
 
 Two test hosts of our own, network namespaces `udpecho-xs` (server) and `udpecho-xc` (client), joined by a veth pair
 (documentation addresses 198.51.100.1 and .2), set up as ../shared/bench/README.md says: an XDP_PASS program on the
@@ -23,6 +23,9 @@ Then the STAMP reflector time (T3 - T2, from the reflected packets) that `udpech
 same veth, with `udpecho server --protocol stamp` with and without --xdp: p50 and p99 over --stamp-count probes.
 
 --pin runs udpload on CPU 1 and the servers on CPU 0 (taskset): the machine swings ±30 % between rounds otherwise.
+--bpf-stats adds each XDP program's own time a run (the kernel's run_time_ns over run_cnt, kernel.bpf_stats_enabled
+on for the run; the counting costs about 40 ns a run, which a trivial XDP_PASS program shows): the program's cost
+apart from the rest of the path.
 Needs root, ip, ethtool, taskset, and ../shared/bench built (`./build.sh`).
 """
 import argparse
@@ -131,15 +134,30 @@ def stop_server(name, proc):
         proc.wait()
 
 
+def program_times():
+    """{program name: (run_time_ns, run_cnt)} of the XDP programs loaded, as the kernel counts them
+    (kernel.bpf_stats_enabled; a tail call's time counts in the program that made it)."""
+    shown = json.loads(run("bpftool", "-j", "prog", "show").stdout or "[]")
+    return {p.get("name", ""): (p.get("run_time_ns", 0), p.get("run_cnt", 0)) for p in shown if p.get("type") == "xdp"}
+
+
 def load(args, scenario):
     command = [f"{args.bench}/udpload", "--target", f"{SERVER_IP}:{PORT}", "--duration", str(args.duration), "--json"]
+    programs_before = program_times() if args.bpf_stats else {}
     before = cpu_times()
     result = run("ip", "netns", "exec", CLIENT_NS, *pinned(1, command + SCENARIOS[scenario], args.pin), check=False)
     after = cpu_times()
+    programs_after = program_times() if args.bpf_stats else {}
     data = json.loads(result.stdout.strip().splitlines()[-1])
     echoes = max(1, data["received_all"])
     tick = 1e6 / os.sysconf("SC_CLK_TCK")
+    # The server's program's time a run: the one that is not the client's XDP_PASS (nanoseconds, stats included).
+    program_ns = 0.0
+    for name, (time_ns, count) in programs_after.items():
+        if name != "xdp_pass" and name in programs_before and count > programs_before[name][1]:
+            program_ns = (time_ns - programs_before[name][0]) / (count - programs_before[name][1])
     return {
+        "program_ns": program_ns,
         "pps": data["pps"],
         "busy_us": (after[0] - before[0]) * tick / echoes,
         "softirq_us": (after[1] - before[1]) * tick / echoes,
@@ -184,6 +202,8 @@ def main():
     parser.add_argument("--udpecho-args", default="", help="more arguments for udpecho server (e.g. guards off)")
     parser.add_argument("--stamp-count", type=int, default=2000)
     parser.add_argument("--json")
+    parser.add_argument("--bpf-stats", action="store_true",
+                        help="also the XDP program's own time a run (kernel.bpf_stats_enabled, bpftool)")
     args = parser.parse_args()
     if not 1 <= args.rounds <= 20 or not 0.5 <= args.duration <= 30 or not 10 <= args.stamp_count <= 100000:
         raise SystemExit("--rounds 1-20, --duration 0.5-30 s, --stamp-count 10-100000")
@@ -193,6 +213,10 @@ def main():
     servers = ["udpecho-xdp", "xdp-echo", "c-limit"]
     scenarios = args.scenarios.split(",")
     results = {s: {n: [] for n in servers} for s in scenarios}
+    if args.bpf_stats:
+        if not shutil.which("bpftool"):
+            raise SystemExit("--bpf-stats needs bpftool")
+        run("sysctl", "-qw", "kernel.bpf_stats_enabled=1")
     setup(args.bench)
     try:
         for scenario in scenarios:
@@ -207,6 +231,8 @@ def main():
         stamp = {"socket": stamp_reflector_time(args, False), "xdp": stamp_reflector_time(args, True)}
     finally:
         teardown()
+        if args.bpf_stats:
+            run("sysctl", "-qw", "kernel.bpf_stats_enabled=0", check=False)
     print(f"{'scenario':20} {'server':12} {'echoes/s':>10} {'x xdp-echo':>10} {'busy us/echo':>13} {'x':>6} "
           f"{'softirq us/echo':>16} {'x':>6} {'lost':>5} {'corrupt':>7}")
     summary = {}
@@ -214,7 +240,8 @@ def main():
         medians = {}
         for name in servers:
             runs = results[scenario][name]
-            medians[name] = {k: statistics.median(r[k] for r in runs) for k in ["pps", "busy_us", "softirq_us"]}
+            medians[name] = {k: statistics.median(r[k] for r in runs)
+                             for k in ["pps", "busy_us", "softirq_us", "program_ns"]}
             medians[name]["lost"] = sum(r["lost"] for r in runs)
             medians[name]["corrupt"] = sum(r["corrupt"] for r in runs)
         reference = medians["xdp-echo"]
@@ -223,6 +250,9 @@ def main():
             print(f"{scenario:20} {name:12} {m['pps']:10.0f} {m['pps'] / reference['pps']:10.2f} "
                   f"{m['busy_us']:13.2f} {m['busy_us'] / reference['busy_us']:6.2f} {m['softirq_us']:16.2f} "
                   f"{m['softirq_us'] / max(1e-9, reference['softirq_us']):6.2f} {m['lost']:5d} {m['corrupt']:7d}")
+        if args.bpf_stats:
+            print(f"{scenario:20} program ns a run (bpf_stats, their own ~40 ns included): "
+                  f"udpecho-xdp {medians['udpecho-xdp']['program_ns']:.0f}, xdp-echo {reference['program_ns']:.0f}")
         summary[scenario] = medians
     for mode, value in stamp.items():
         print(f"STAMP reflector time ({mode}): p50 {value['p50_us']:.2f} us, p99 {value['p99_us']:.2f} us "

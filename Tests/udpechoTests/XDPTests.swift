@@ -672,6 +672,58 @@ struct XDPTests {
         }
     }
 
+    /// On a driver without native XDP (a bridge) `--xdp-mode auto` attaches generically and says so, and
+    /// `--xdp-mode native` is refused with what to do.
+    @Test func autoFallsBackToGenericWhereTheDriverHasNoNativeXDP() async throws {
+        try await withHosts(try await XDPNetwork()) { hosts in
+            let network = hosts.network
+            let bridge = "uebr0"
+            for command in [["link", "add", bridge, "type", "bridge"], ["link", "set", bridge, "up"]] {
+                let result = try await Spawned.run(TestNetwork.ip, ["-n", network.server] + command)
+                #expect(result.status == 0, "\(result.error)")
+            }
+            let auto = try Spawned(
+                TestNetwork.ip,
+                ["netns", "exec", network.server, udpecho, "server", "--address", ":7001", "-q", "--xdp", bridge]
+            )
+            let line = await auto.waitForLine(timeout: 60) { $0.hasPrefix("xdp: answering") }
+            #expect(line?.contains("(generic: generic XDP, after the driver") == true, "\(auto.outputLines)")
+            let counts = try await stopAndCount(auto)
+            #expect(counts["xdp-echoed"] == 0, "\(counts)")
+            let native = try await network.run(
+                in: network.server,
+                [udpecho, "server", "--address", ":7001", "--xdp", bridge, "--xdp-mode", "native"]
+            )
+            #expect(native.status == 1 && native.error.contains("its driver has no native XDP"), "\(native.error)")
+        }
+    }
+
+    /// A server on the wildcard address answers in XDP for an address added to the host while it runs (the program's
+    /// table of this host's addresses is refreshed every second): before, the sockets answer it.
+    @Test func anAddressAddedWhileItRunsIsAnsweredInXDP() async throws {
+        try await withHosts(try await XDPNetwork()) { hosts in
+            let network = hosts.network
+            let server = try await hosts.startServer([])
+            let added = network.serverAddress.split(separator: ".").dropLast().joined(separator: ".") + ".77"
+            let add = try await Spawned.run(
+                TestNetwork.ip,
+                ["-n", network.server, "addr", "add", "\(added)/32", "dev", network.serverLink]
+            )
+            #expect(add.status == 0, "\(add.error)")
+            let route = try await Spawned.run(
+                TestNetwork.ip,
+                ["-n", network.client, "route", "add", "\(added)/32", "dev", network.clientLink]
+            )
+            #expect(route.status == 0, "\(route.error)")
+            // Three refreshes' time.
+            try await Task.sleep(for: .seconds(3))
+            let result = try await hosts.client(pythonXDPClient, ["plain", added, "7000", "10"])
+            #expect(result["answered"] as? Int == 10, "\(result)")
+            let counts = try await stopAndCount(server)
+            #expect(counts["xdp-echoed"] == 10 && counts["echoed"] == 10, "\(counts)")
+        }
+    }
+
     /// Generic mode, asked for, is what the server says it has; the metrics count what XDP answered as the server's.
     @Test func genericModeIsSaidAndCounted() async throws {
         try await withHosts(try await XDPNetwork()) { hosts in
