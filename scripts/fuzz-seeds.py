@@ -208,6 +208,8 @@ def seeds():
     yield "xdp-program", "stamp4-base", b"\x02" + frame(*v4, 862, base)
     yield "xdp-program", "stamp4-tlvs", b"\x02" + frame(*v4, 862, base + tlvs)
     yield "xdp-program", "stamp4-tlvs-fixed", b"\x0e" + frame(*v4, 862, base + tlvs)
+    short = struct.pack("!IQH", 9, 0xE0000000_00000000, 0x8001)  # a TWAMP-Light sender's 14 bytes: the frame grows
+    yield "xdp-program", "stamp4-short", b"\x02" + frame(*v4, 862, short)
     location = tlv(2, bytes(4) + tlv(7, bytes(16)) + tlv(4, bytes(16)) + tlv(77, b"\x09"))
     yield "xdp-program", "stamp4-location-fixed", b"\x0e" + frame(*v4, 862, base + tlv(1, b"odd") + location)
     yield "xdp-program", "unguarded4-plain", b"\x03" + frame(*v4, 7000, b"from anywhere")

@@ -9,6 +9,19 @@ import Glibc
 
 /// The built `udpecho` executable, spawned as a user runs it, with its output lines checked.
 @Suite struct ServerCommandTests {
+    /// A signal sent the moment the ready line is read (as a supervisor or a script does) stops the server cleanly,
+    /// with its summary: the line is printed only once the server traps SIGINT and SIGTERM. Before, it was printed
+    /// first, and a signal in between killed the process (it happened to a test of the XDP path). Ten times each.
+    @Test(arguments: [SIGINT, SIGTERM])
+    func aSignalRightAfterTheReadyLineStopsCleanly(_ signal: Int32) async throws {
+        for _ in 0..<10 {
+            let (server, _) = try await startServer(["--address", "127.0.0.1:0"])
+            server.signal(signal)
+            #expect(await server.waitForExit() == 0, "\(server.errorText)")
+            #expect(server.outputLines.last?.hasPrefix("summary: received=0") == true, "\(server.outputLines)")
+        }
+    }
+
     @Test func printsTheArticlesLinesAndASummaryOnCtrlC() async throws {
         let (server, port) = try await startServer(["--address", "127.0.0.1:0"])
         #expect(server.outputLines.first == "running as a server on 127.0.0.1:\(port)")

@@ -666,8 +666,11 @@ struct XDPTests {
             #expect(result["tlv"] as? Bool == true && result["short"] as? Bool == true, "\(result)")
             #expect(result["loop"] as? Bool == false, "\(result)")
             let counts = try await stopAndCount(server)
-            // The base packets and the one with a TLV in XDP; the short one by the sockets.
-            #expect(counts["xdp-echoed"] == 11 && counts["stamp"] == 1 && counts["loop"] == 1, "\(counts)")
+            // The base packets and the one with a TLV in XDP. The short one XDP answers by growing the frame where
+            // the driver left room after it; a veth leaves none after a small datagram (its buffer is the sender's
+            // socket buffer, cut to size), so it goes up and the sockets answer it (the client checked the reply).
+            let short = counts["stamp"] ?? 0
+            #expect(short <= 1 && counts["xdp-echoed"] == 12 - short && counts["loop"] == 1, "\(counts)")
             #expect(counts["echoed"] == 12, "\(counts)")
         }
     }

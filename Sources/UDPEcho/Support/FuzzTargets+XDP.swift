@@ -374,14 +374,17 @@ struct XDPFrameModel {
     /// a fresh TTL, checksums the client's stack accepts, and the payload echoed (or, for STAMP, the sender's
     /// fields copied where RFC 8762 puts them).
     func checkReply(_ reply: XDPFrameModel, stamp: Bool) {
-        precondition(reply.bytes.count == self.bytes.count && reply.l3 == self.l3 && reply.ipv4 == self.ipv4)
+        // A STAMP reply is at least the 44-byte base packet: a short (TWAMP-Light) test packet's frame grows.
+        let expected = stamp ? max(self.length, 8 + 44) : self.length
+        precondition(reply.length == expected, "a reply of \(reply.length) bytes to \(self.length)")
+        precondition(stamp || reply.bytes.count == self.bytes.count, "the frame's size changed")
+        precondition(reply.l3 == self.l3 && reply.ipv4 == self.ipv4)
         precondition(Array(reply.bytes[0..<6]) == Array(self.bytes[6..<12]), "destination MAC not swapped")
         precondition(Array(reply.bytes[6..<12]) == Array(self.bytes[0..<6]), "source MAC not swapped")
         precondition(Array(reply.bytes[12..<self.l3]) == Array(self.bytes[12..<self.l3]), "VLAN tags changed")
         precondition(reply.source == self.destination && reply.destination == self.source, "addresses not swapped")
         precondition(reply.sourcePort == self.destinationPort && reply.destinationPort == self.sourcePort)
         precondition(reply.bytes[reply.l3 + (self.ipv4 ? 8 : 7)] == 64, "the reply's TTL is not 64")
-        precondition(reply.length == self.length, "the reply's length changed")
         let requestCheck = self.word(self.udp + 6)
         if self.ipv4 && requestCheck == 0 {
             precondition(reply.word(reply.udp + 6) == 0, "a checksum appeared")
@@ -392,9 +395,9 @@ struct XDPFrameModel {
             precondition(reply.payload == self.payload, "the echo's payload differs")
             return
         }
-        let request = Array(self.payload)
+        let request = Array(self.payload) + [UInt8](repeating: 0, count: max(0, 44 - self.payload.count))
         let answer = Array(reply.payload)
-        precondition(request.count >= 44, "a STAMP packet shorter than 44 bytes answered in XDP")
+        precondition(self.payload.count >= 14, "a STAMP packet shorter than 14 bytes answered in XDP")
         precondition(answer[0..<4] == request[0..<4], "sequence number")
         precondition(answer[14..<16] == request[14..<16], "SSID")
         precondition(answer[24..<28] == request[0..<4], "Session-Sender sequence number")

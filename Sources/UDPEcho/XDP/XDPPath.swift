@@ -41,7 +41,8 @@ public enum XDPPassReason: String, Sendable, CaseIterable, CustomStringConvertib
     case fragment
     /// IPv4 options or IPv6 extension headers.
     case options
-    /// A STAMP test packet shorter than the 44-byte base (a TWAMP-Light sender's), or with two Location TLVs or one
+    /// A STAMP test packet shorter than 14 bytes, or shorter than the 44-byte base (a TWAMP-Light sender's) where the
+    /// frame has no room to grow to the reply's size, or with two Location TLVs or one
     /// of more than 4 sub-TLVs, a Class of Service TLV that `--reflect-tos` honours or more than 8 TLVs; or any test
     /// packet of a reflector with a key or with state.
     case stamp

@@ -533,18 +533,25 @@ struct ServerCommand: AsyncParsableCommand {
             activated.isEmpty ? "" : " (socket activation: \(activated.count) socket\(activated.count == 1 ? "" : "s"))"
         let role = configuration.stamp.map { "a STAMP reflector (\(Self.describe($0)))" } ?? "a server"
         let fields = [("address", addresses)] + (activated.isEmpty ? [] : [("socket-activation", "\(activated.count)")])
-        self.say(format, "running", "running as \(role) on \(addresses)\(origin)", fields)
-        if let metricsURL { self.say(format, "metrics", "metrics on \(metricsURL)", [("url", metricsURL)]) }
+        var ready = [self.line(format, "running", "running as \(role) on \(addresses)\(origin)", fields)]
+        if let metricsURL {
+            ready.append(self.line(format, "metrics", "metrics on \(metricsURL)", [("url", metricsURL)]))
+        }
         if let xdp = configuration.xdp, let mode = server.xdpMode {
             let what = configuration.stamp == nil ? "echoes" : "STAMP test packets"
             let how = mode == .native ? "in the driver" : "generic XDP, after the driver: slower than native"
-            self.say(
-                format,
-                "xdp",
-                "xdp: answering \(what) on \(xdp.interface) (\(mode): \(how)); the rest goes to the sockets",
-                [("interface", xdp.interface), ("mode", "\(mode)")]
+            ready.append(
+                self.line(
+                    format,
+                    "xdp",
+                    "xdp: answering \(what) on \(xdp.interface) (\(mode): \(how)); the rest goes to the sockets",
+                    [("interface", xdp.interface), ("mode", "\(mode)")]
+                )
             )
         }
+        // Said once the group traps SIGINT and SIGTERM (it does before it starts its services): a signal sent as soon
+        // as a supervisor reads these lines stops the server cleanly, with its summary, instead of killing it.
+        services.append(.init(service: ReadyLines(lines: ready)))
 
         let group = ServiceGroup(
             configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
@@ -574,6 +581,16 @@ extension ServerCommand {
 
     func say(_ format: LogFormat, _ event: String, _ text: String, _ fields: [(String, String)]) {
         Stream.out.line(self.line(format, event, text, fields))
+    }
+}
+
+/// Prints the server's ready lines from inside its service group, then waits for the group's shutdown.
+struct ReadyLines: Service {
+    let lines: [String]
+
+    func run() async throws {
+        for line in self.lines { Stream.out.line(line) }
+        try? await gracefulShutdown()
     }
 }
 

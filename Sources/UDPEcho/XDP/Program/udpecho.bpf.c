@@ -9,7 +9,8 @@
 //   1. Anything the program does not fully understand goes up, counted by reason: IPv4 options and fragments, IPv6
 //      extension headers and fragments, a UDP length that disagrees with the IP length or a datagram past a page,
 //      a checksum that does not verify (the stack drops it and counts it, as it would have), STAMP test packets
-//      shorter than the 44-byte base (a TWAMP-Light sender's), with a Location TLV of more than MAX_LOCATION_SUBTLVS
+//      shorter than 14 bytes, or than the 44-byte base (a TWAMP-Light sender's) where the frame cannot grow to the
+//      reply's size (it does where the driver left room), with a Location TLV of more than MAX_LOCATION_SUBTLVS
 //      sub-TLVs, with a Class of Service TLV that --reflect-tos honours or with more than MAX_TLVS TLVs, and every one
 //      of a reflector with a key or state.
 //   2. The guards, in the socket path's order and with its counters (Sources/UDPEcho/Guards): size, impossible
@@ -51,6 +52,7 @@ static long (*bpf_xdp_load_bytes)(struct xdp_md *ctx, __u32 offset, void *buf, _
     (void *)BPF_FUNC_xdp_load_bytes;
 static long (*bpf_xdp_store_bytes)(struct xdp_md *ctx, __u32 offset, void *buf, __u32 len) =
     (void *)BPF_FUNC_xdp_store_bytes;
+static long (*bpf_xdp_adjust_tail)(struct xdp_md *ctx, int delta) = (void *)BPF_FUNC_xdp_adjust_tail;
 static __s64 (*bpf_csum_diff)(__be32 *from, __u32 from_size, __be32 *to, __u32 to_size, __wsum seed) =
     (void *)BPF_FUNC_csum_diff;
 
@@ -94,6 +96,7 @@ struct map_def programs SEC("maps") = {BPF_MAP_TYPE_PROG_ARRAY, 4, 4, 1, 0};
 #define LOOP_WINDOW 1000000000ULL
 #define STAMP_LOOP_WINDOW 60000000000LL
 #define NTP_EPOCH_OFFSET 2208988800ULL
+#define SHORTEST_TEST_PACKET 14  // the socket reflector's StampLayout.shortestTestPacket
 // The longest UDP datagram answered here: a frame in one buffer (this program does not take multi-buffer frames) is
 // at most a page.
 #define MAX_UDP_LENGTH 4096
@@ -803,8 +806,9 @@ SEC("xdp/answer") int udpecho_answer(struct xdp_md *ctx) {
     __u32 tlv_start = udp_offset + 8 + sizeof(struct stamp_reply);
     int stamp = cfg->mode == UDPECHO_XDP_MODE_STAMP;
     if (stamp) {
-        // The base packet's 44 bytes and TLVs after them; a TWAMP-Light sender's shorter packet goes up.
-        if (size < sizeof(struct stamp_reply)) return PASS(UDPECHO_XDP_PASS_STAMP);
+        // The base packet's 44 bytes and TLVs after them; a TWAMP-Light sender's shorter packet (14 bytes at
+        // least: the socket reflector drops a shorter one) is answered with the base packet, the frame grown below.
+        if (size < SHORTEST_TEST_PACKET) return PASS(UDPECHO_XDP_PASS_STAMP);
         if (size > sizeof(struct stamp_reply)) {
             parsed->location = 0;
             if (reflect_tlvs(ctx, tlv_start, tlv_bounds, tlv_info, &parsed->location) & TLV_RESULT_PASS)
@@ -819,6 +823,53 @@ SEC("xdp/answer") int udpecho_answer(struct xdp_md *ctx) {
     __u32 reason = guard(cfg, parsed->source, ipv4, swap16(udp->source), ctx, udp_offset + 8, size, t2, tally, received_check);
     if (reason == UDPECHO_XDP_GUARD_PASS) return PASS(UDPECHO_XDP_PASS_OTHER);
     if (reason) return DROP(reason);
+
+    if (stamp && size < sizeof(struct stamp_reply)) {
+        // A short test packet: the datagram grown to the base packet's 44 bytes, zeros at its end (as the socket
+        // reflector zero-fills its slot), with the lengths and checksums that follow. The frame may have room past
+        // the datagram already (Ethernet padding), which is overwritten; else its tail grows.
+        __u32 grow = sizeof(struct stamp_reply) - size;
+        __u32 datagram_end = udp_offset + length;
+        __u32 frame = (__u32)((long)ctx->data_end - (long)ctx->data);
+        if (grow < 1 || grow > 30 || frame < datagram_end || datagram_end > 128 + MAX_UDP_LENGTH) return XDP_PASS;
+        if (frame - datagram_end < grow && bpf_xdp_adjust_tail(ctx, (int)(grow - (frame - datagram_end))) != 0)
+            return PASS(UDPECHO_XDP_PASS_STAMP);
+        // Zeros in pieces of 16, 8, 4, 2 and 1 bytes: each store a constant size, as the verifier wants.
+        __u8 zeros[16] = {};
+        __u32 at = datagram_end;
+#define ZEROS(n)                                                                                      \
+    if (grow & n) {                                                                                   \
+        if (bpf_xdp_store_bytes(ctx, at, zeros, n) != 0) return PASS(UDPECHO_XDP_PASS_STAMP);       \
+        at += n;                                                                                      \
+    }
+        ZEROS(16) ZEROS(8) ZEROS(4) ZEROS(2) ZEROS(1)
+#undef ZEROS
+        data = (void *)(long)ctx->data;
+        end = (void *)(long)ctx->data_end;
+        udp = data + udp_offset;
+        if ((void *)(udp + 1) > end) return XDP_PASS;
+        __u16 old_length = udp->len, new_length = swap16((__u16)(length + grow));
+        udp->len = new_length;
+        if (udp->check != 0) {
+            // The length is in the pseudo-header and in the UDP header: it counts twice (RFC 1624 each time).
+            __u64 sum = (__u16)~udp->check + 2 * ((__u32)(__u16)~old_length + new_length);
+            __u16 check = ~fold(sum);
+            udp->check = check == 0 ? 0xffff : check;
+        }
+        if (ipv4) {
+            struct iphdr *ip4 = data + l3;
+            if ((void *)(ip4 + 1) > end) return XDP_PASS;
+            __u16 old_total = ip4->tot_len, new_total = swap16((__u16)(swap16(old_total) + grow));
+            ip4->tot_len = new_total;
+            ip4->check = ~fold((__u16)~ip4->check + (__u32)(__u16)~old_total + new_total);
+        } else {
+            struct ipv6hdr *ip6 = data + l3;
+            if ((void *)(ip6 + 1) > end) return XDP_PASS;
+            ip6->payload_len = swap16((__u16)(swap16(ip6->payload_len) + grow));
+        }
+        length += grow;
+        size = sizeof(struct stamp_reply);
+    }
 
     __u64 tlv_delta = 0;
     if (stamp) {
