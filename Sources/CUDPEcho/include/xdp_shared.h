@@ -77,6 +77,9 @@ enum udpecho_xdp_flag {
     UDPECHO_XDP_COARSE_CLOCK = 32768,
 };
 
+/// The addresses a wildcard server's configuration holds in place (see `local_addresses`).
+#define UDPECHO_XDP_LOCAL_SLOTS 8
+
 /// The program's configuration: the one entry of its `config` map. Addresses are 16 bytes, IPv4 mapped into IPv6
 /// (::ffff:a.b.c.d), in network order; everything else in host order.
 struct udpecho_xdp_config {
@@ -117,6 +120,12 @@ struct udpecho_xdp_config {
     __u32 loop_set_mask;
     __u32 rate_set_mask;
     __u64 hash_key[2];
+    /// A wildcard server's own addresses (those of the `local` map with UDPECHO_XDP_LOCAL_ADDRESS), compared in place
+    /// with a datagram's destination: cheaper than the map's hash lookup. More than UDPECHO_XDP_LOCAL_SLOTS: the
+    /// count says UDPECHO_XDP_LOCAL_SLOTS + 1 and the program looks in the map.
+    __u32 local_count;
+    __u32 reserved2;
+    __u64 local_addresses[UDPECHO_XDP_LOCAL_SLOTS][2];
 };
 
 /// Flags of the `local` map's values: which of this host's addresses a source or destination is.

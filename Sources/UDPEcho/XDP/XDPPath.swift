@@ -477,6 +477,19 @@ final class XDPPath: Sendable {
             state.configuration.error_estimate = clock.errorEstimate(format).raw.bigEndian
             state.configuration.ephemeral_low = UInt32(ports.lowerBound)
             state.configuration.ephemeral_high = UInt32(ports.upperBound)
+            // The host's own addresses in place too (a few: the program compares them; more: it looks in the map).
+            let own = current.filter { $0.value & UInt32(UDPECHO_XDP_LOCAL_ADDRESS.rawValue) != 0 }.keys.sorted {
+                $0.lexicographicallyPrecedes($1)
+            }
+            let slots = Int(UDPECHO_XDP_LOCAL_SLOTS)
+            state.configuration.local_count = UInt32(min(own.count, slots + 1))
+            withUnsafeMutableBytes(of: &state.configuration.local_addresses) { slotBytes in
+                slotBytes.initializeMemory(as: UInt8.self, repeating: 0)
+                for (index, address) in own.prefix(slots).enumerated() {
+                    UnsafeMutableRawBufferPointer(rebasing: slotBytes[(index * 16)..<(index * 16 + 16)])
+                        .copyBytes(from: address)
+                }
+            }
             let stale = state.localKeys.subtracting(current.keys)
             state.localKeys = Set(current.keys.prefix(1024))
             return (state.configuration, stale)

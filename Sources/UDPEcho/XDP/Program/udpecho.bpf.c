@@ -259,6 +259,22 @@ INLINE __u64 mix(__u64 hash, __u64 word) {
     return hash ^ (hash >> 31);
 }
 
+/// Whether `address` (mapped form) is one of this host's, for a wildcard server: compared in place with the
+/// configuration's copy of them (a hash lookup costs more), or looked up in the `local` map when there are more.
+INLINE int is_local(struct udpecho_xdp_config *cfg, const __u64 address[2]) {
+    __u32 count = cfg->local_count;
+    if (count <= UDPECHO_XDP_LOCAL_SLOTS) {
+#pragma unroll
+        for (int i = 0; i < UDPECHO_XDP_LOCAL_SLOTS; i++) {
+            if (i < count && cfg->local_addresses[i][0] == address[0] && cfg->local_addresses[i][1] == address[1])
+                return 1;
+        }
+        return 0;
+    }
+    __u32 *flags = bpf_map_lookup_elem(&local, address);
+    return flags && (*flags & UDPECHO_XDP_LOCAL_ADDRESS);
+}
+
 /// The loop detector's fingerprint: the length and up to 64 bytes at each end of the payload (at `offset` in the
 /// frame), each end read whole into the stack and mixed as eight 64-bit words (zeros past the end).
 SUBPROGRAM __u64 fingerprint(struct xdp_md *ctx, __u32 offset, __u32 len) {
@@ -691,10 +707,7 @@ SEC("xdp") int udpecho_xdp(struct xdp_md *ctx) {
         map_ipv4(destination_words, ip4->daddr);
         if ((cfg->flags & UDPECHO_XDP_BOUND) ? !same16(destination, cfg->address) : ((ip4->daddr & 0xff) == 127))
             return XDP_PASS;
-        if (!(cfg->flags & UDPECHO_XDP_BOUND)) {
-            __u32 *flags = bpf_map_lookup_elem(&local, destination);
-            if (!flags || !(*flags & UDPECHO_XDP_LOCAL_ADDRESS)) return XDP_PASS;
-        }
+        if (!(cfg->flags & UDPECHO_XDP_BOUND) && !is_local(cfg, destination_words)) return XDP_PASS;
         COUNT(UDPECHO_XDP_SEEN, 1);
         if (swap16(ip4->frag_off) & 0x2000) return PASS(UDPECHO_XDP_PASS_FRAGMENT);
         if (ip4->ihl != 5) return PASS(UDPECHO_XDP_PASS_OPTIONS);
@@ -731,10 +744,8 @@ SEC("xdp") int udpecho_xdp(struct xdp_md *ctx) {
         if (cfg->flags & UDPECHO_XDP_BOUND) {
             if (!same16(destination, cfg->address)) return XDP_PASS;
         } else {
-            __u32 *flags = bpf_map_lookup_elem(&local, destination);
             const __u64 *d = (const __u64 *)destination;
-            if (!flags || !(*flags & UDPECHO_XDP_LOCAL_ADDRESS) || (d[0] == 0 && d[1] == 0x0100000000000000ULL))
-                return XDP_PASS;
+            if ((d[0] == 0 && d[1] == 0x0100000000000000ULL) || !is_local(cfg, destination_words)) return XDP_PASS;
         }
         // An IPv4-mapped source on the wire is dropped by the stack (RFC 4942); it is not ours to judge.
         const __u64 *s = (const __u64 *)source;
