@@ -26,16 +26,7 @@ extension FuzzHarness {
 
         var guards: GuardConfiguration {
             switch self {
-            case .unguarded4:
-                GuardConfiguration(
-                    minimumSourcePort: 0,
-                    deniedSourcePorts: [],
-                    denyOwnPort: false,
-                    addressChecks: false,
-                    loopLimit: nil,
-                    rateLimit: nil,
-                    globalRate: nil
-                )
+            case .unguarded4: .none
             default: GuardConfiguration()
             }
         }
@@ -234,16 +225,8 @@ struct XDPFrameModel {
 
     init?(_ bytes: [UInt8]) {
         self.bytes = bytes
-        var offset = 12
         func word(_ at: Int) -> Int { Int(bytes[at]) << 8 | Int(bytes[at + 1]) }
-        guard bytes.count >= 14 else { return nil }
-        var proto = word(offset)
-        offset += 2
-        for _ in 0..<2 where proto == 0x8100 || proto == 0x88A8 {
-            guard bytes.count >= offset + 4 else { return nil }
-            proto = word(offset + 2)
-            offset += 4
-        }
+        guard let (offset, proto) = Self.network(bytes) else { return nil }
         self.l3 = offset
         if proto == 0x0800 {
             guard bytes.count >= offset + 20, bytes[offset] == 0x45, bytes[offset + 9] == 17 else { return nil }
@@ -267,6 +250,20 @@ struct XDPFrameModel {
         guard word(self.udp + 4) == self.length else { return nil }
     }
 
+    /// Where a frame's network header starts, and its EtherType, past up to two VLAN tags (802.1Q, 802.1ad).
+    static func network(_ bytes: [UInt8]) -> (offset: Int, proto: Int)? {
+        func word(_ at: Int) -> Int { Int(bytes[at]) << 8 | Int(bytes[at + 1]) }
+        guard bytes.count >= 14 else { return nil }
+        var offset = 14
+        var proto = word(12)
+        for _ in 0..<2 where proto == 0x8100 || proto == 0x88A8 {
+            guard bytes.count >= offset + 4 else { return nil }
+            proto = word(offset + 2)
+            offset += 4
+        }
+        return (offset, proto)
+    }
+
     private func word(_ at: Int) -> Int { Int(self.bytes[at]) << 8 | Int(self.bytes[at + 1]) }
 
     /// Writes the checksums a frame claims into it: the IPv4 header's (`header`) and the UDP datagram's (`udp`, over
@@ -278,16 +275,7 @@ struct XDPFrameModel {
             bytes[at] = UInt8(value >> 8)
             bytes[at + 1] = UInt8(value & 0xFF)
         }
-        guard bytes.count >= 14 else { return }
-        var offset = 12
-        var proto = word(offset)
-        offset += 2
-        for _ in 0..<2 where proto == 0x8100 || proto == 0x88A8 {
-            guard bytes.count >= offset + 4 else { return }
-            proto = word(offset + 2)
-            offset += 4
-        }
-        let l3 = offset
+        guard let (l3, proto) = Self.network(bytes) else { return }
         let udpOffset: Int
         let pseudo: Int
         if proto == 0x0800 {
@@ -354,18 +342,16 @@ struct XDPFrameModel {
     /// Stops the process unless the socket path would have taken this request: to the server's address and port,
     /// its checksum right, and (for a guarded server) from a source and port its guards answer.
     func checkAnswerable(server: SocketAddress, guarded: Bool) {
-        let expected = Self.addressBytes(server)
+        let expected = server.withRawAddress { raw, _ in IPKey(raw) }?.bytes
         precondition(Array(self.destination) == expected, "answered a datagram to \(Array(self.destination))")
         precondition(self.destinationPort == server.port, "answered a datagram to port \(self.destinationPort)")
         precondition(self.checksumVerifies, "answered a datagram whose checksum fails")
-        let first = self.source.first!
+        // What the stack refuses as a source: unspecified, multicast, loopback, the limited broadcast; over IPv6,
+        // an IPv4-mapped address too.
+        let source = IPKey(bytes: Array(self.source))!
         let martian =
-            self.ipv4
-            ? first == 0 || first >> 4 == 0xE || first == 127 || self.source.allSatisfy { $0 == 0xFF }
-            : first == 0xFF || self.source.allSatisfy { $0 == 0 }
-                || (self.source.dropLast().allSatisfy { $0 == 0 } && self.source.last == 1)
-                || (self.source.prefix(10).allSatisfy { $0 == 0 }
-                    && self.source.dropFirst(10).prefix(2).allSatisfy { $0 == 0xFF })
+            source.isUnspecified || source.isMulticast || source.isLoopback || source.ipv4Broadcast
+            || (!self.ipv4 && source.isIPv4)
         precondition(!martian, "answered a source the stack refuses: \(Array(self.source))")
         if guarded { precondition(self.sourcePort >= 1024, "answered source port \(self.sourcePort)") }
     }
@@ -404,17 +390,5 @@ struct XDPFrameModel {
         precondition(answer[28..<36] == request[4..<12], "Session-Sender timestamp")
         precondition(answer[36..<38] == request[12..<14], "Session-Sender error estimate")
         precondition(answer[40] == self.bytes[self.l3 + (self.ipv4 ? 8 : 7)], "Session-Sender TTL")
-    }
-
-    /// The server's address as it is on the wire: 4 bytes for IPv4, 16 for IPv6.
-    static func addressBytes(_ address: SocketAddress) -> [UInt8] {
-        switch address {
-        case .v4(let v4):
-            withUnsafeBytes(of: v4.address.sin_addr) { Array($0) }
-        case .v6(let v6):
-            withUnsafeBytes(of: v6.address.sin6_addr) { Array($0) }
-        default:
-            []
-        }
     }
 }

@@ -319,7 +319,7 @@ final class XDPPath: Sendable {
     deinit { self.detach() }
 
     /// The configuration for a server on `local` with these guards.
-    private static func configuration(
+    static func configuration(
         local: SocketAddress,
         guards: GuardConfiguration,
         stamp: StampReflectorConfiguration?,
