@@ -215,6 +215,12 @@ def seeds():
     yield "xdp-program", "unguarded4-plain", b"\x03" + frame(*v4, 7000, b"from anywhere")
     yield "xdp-program", "unguarded4-plain-fixed", b"\x0f" + frame(*v4, 7000, b"from anywhere")
     yield "xdp-program", "unguarded4-multicast", b"\x03" + frame("224.0.0.9", "198.51.100.1", 7000, b"martian")
+    # Frames past the test run's first buffer (3520 bytes), as a jumbo MTU's: a datagram that goes past it (passed
+    # up), and ones that end inside it with more of the frame after them (an echo; a short STAMP packet that would
+    # grow the frame's last buffer: passed up).
+    yield "xdp-program", "echo4-jumbo-fixed", b"\x0c" + frame(*v4, 7000, bytes(range(256)) * 19 + b"j" * 136)
+    yield "xdp-program", "echo6-trailer-fixed", b"\x0d" + frame(*v6, 7000, b"inside the first") + bytes(4000)
+    yield "xdp-program", "stamp4-short-trailer", b"\x02" + frame(*v4, 862, short) + bytes(4000)
 
 
 def main():

@@ -38,7 +38,16 @@ int cudpecho_bpf_load_xdp(const void *instructions, uint32_t count, const char *
     attr.license = (uint64_t)(uintptr_t) "GPL";
     attr.expected_attach_type = BPF_XDP;
     if (name) strncpy(attr.prog_name, name, sizeof(attr.prog_name) - 1);
+    // Multi-buffer aware (BPF_F_XDP_HAS_FRAGS): a driver may then attach it where the MTU is past a page (jumbo
+    // frames), and gives it the first buffer of a frame that does not fit one. The program reads only the first
+    // buffer and passes up a datagram that goes past it. A kernel older than 5.18 does not know the flag (EINVAL):
+    // once more without it, and the attach is refused there as before for an MTU past a page.
+    attr.prog_flags = BPF_F_XDP_HAS_FRAGS;
     int fd = bpf_call(BPF_PROG_LOAD, &attr);
+    if (fd == -EINVAL) {
+        attr.prog_flags = 0;
+        fd = bpf_call(BPF_PROG_LOAD, &attr);
+    }
     if (fd >= 0 || !log || log_size < 2) return fd;
     // Refused: once more with the verifier's log, for the error message.
     int first = fd;

@@ -9,7 +9,8 @@ import Glibc
 /// Two test hosts joined by a veth pair, set up as an XDP path needs: the client's end has an XDP program of its own
 /// (XDP_PASS: without one, a veth end drops the frames the other end sends back with XDP_TX) and sends full UDP
 /// checksums (`ethtool -K tx off`: a veth otherwise leaves them partial, and a frame sent back by XDP then fails the
-/// client's check). `../shared/bench/README.md` has the same recipe.
+/// client's check). `../shared/bench/README.md` has the same recipe. The client's program is multi-buffer aware
+/// (`xdp.frags`: a veth refuses a program that is not where the other end's MTU is past a page), for jumbo frames.
 struct XDPNetwork: NamespaceHosts {
     static var available: Bool {
         TestNetwork.available && FileManager.default.isExecutableFile(atPath: "/usr/sbin/ethtool")
@@ -21,14 +22,20 @@ struct XDPNetwork: NamespaceHosts {
     let network: TestNetwork
     var namespaces: [String] { self.network.namespaces }
 
-    init() async throws {
+    /// - Parameter mtu: If given, both ends' MTU (9000: jumbo frames, past a page).
+    init(mtu: Int? = nil) async throws {
         self.network = try await TestNetwork()
         let object = try await Self.passProgram()
         do {
-            let commands = [
+            var commands: [[String]] = []
+            if let mtu {
+                commands.append(["-n", self.network.server, "link", "set", self.network.serverLink, "mtu", "\(mtu)"])
+                commands.append(["-n", self.network.client, "link", "set", self.network.clientLink, "mtu", "\(mtu)"])
+            }
+            commands += [
                 [
                     "-n", self.network.client, "link", "set", "dev", self.network.clientLink, "xdp", "obj", object,
-                    "sec", "xdp",
+                    "sec", "xdp.frags",
                 ],
                 ["netns", "exec", self.network.client, "ethtool", "-K", self.network.clientLink, "tx", "off"],
             ]
@@ -53,7 +60,7 @@ struct XDPNetwork: NamespaceHosts {
         let source = directory.appendingPathComponent("xdp-pass.c")
         try """
         #include <linux/bpf.h>
-        __attribute__((section("xdp"), used)) int pass(struct xdp_md *ctx) { return XDP_PASS; }
+        __attribute__((section("xdp.frags"), used)) int pass(struct xdp_md *ctx) { return XDP_PASS; }
         __attribute__((section("license"), used)) char _license[] = "GPL";
         """.write(to: source, atomically: true, encoding: .utf8)
         let result = try await Spawned.run(
@@ -164,6 +171,19 @@ let pythonXDPClient = """
             s.settimeout(2)
             results = {"ok": 0, "lost": [], "corrupt": []}
             for size in list(range(0, largest + 1)) + big:
+                r = exchange(s, (server, port), pattern(size, size))
+                if r == "ok": results["ok"] += 1
+                else: results[r].append(size)
+            out["v4" if family == socket.AF_INET else "v6"] = results
+    elif mode == "jumbo":
+        # Over a 9000-byte MTU: sizes whose frame fits a veth's first XDP buffer (3520 bytes), larger ones up to the
+        # largest unfragmented datagram, and one that fragments.
+        s4, s6, port = sys.argv[2], sys.argv[3], int(sys.argv[4])
+        for family, server, largest in [(socket.AF_INET, s4, 8972), (socket.AF_INET6, s6, 8952)]:
+            s = socket.socket(family, socket.SOCK_DGRAM)
+            s.settimeout(2)
+            results = {"ok": 0, "lost": [], "corrupt": []}
+            for size in [0, 1000, 1472, 3000, 3400, 3600, 5000, largest, largest + 1]:
                 r = exchange(s, (server, port), pattern(size, size))
                 if r == "ok": results["ok"] += 1
                 else: results[r].append(size)
@@ -380,6 +400,33 @@ struct XDPTests {
         }
     }
 
+    /// On a jumbo MTU (9000, past a page) the program attaches natively (it is multi-buffer aware): a datagram whose
+    /// frame fits the first buffer (a veth's is 3520 bytes) is answered in XDP; one that goes past it is passed up,
+    /// counted as `other`, and answered by the sockets, as is one that fragments. Every one byte for byte.
+    @Test func jumboFramesAttachNativelyAndWhatPassesTheFirstBufferGoesUp() async throws {
+        try await withHosts(try await XDPNetwork(mtu: 9000)) { hosts in
+            let server = try await hosts.startServer([])
+            #expect(server.outputLines.contains { $0.contains("(native: in the driver)") }, "\(server.outputLines)")
+            let network = hosts.network
+            let result = try await hosts.client(
+                pythonXDPClient,
+                ["jumbo", network.serverAddress, network.serverAddress6, "7000"]
+            )
+            // Nine sizes a family, each echoed byte for byte (a lost or corrupt one is listed instead).
+            let v4 = try #require(result["v4"] as? [String: Any])
+            let v6 = try #require(result["v6"] as? [String: Any])
+            #expect(v4["ok"] as? Int == 9, "\(v4)")
+            #expect(v6["ok"] as? Int == 9, "\(v6)")
+            let counts = try await stopAndCount(server)
+            // 0, 1000, 1472, 3000 and 3400 bytes in XDP, each family; 3600, 5000 and the largest go past the first
+            // buffer; the largest plus one fragments.
+            #expect(counts["xdp-echoed"] == 10, "\(counts)")
+            #expect(counts["other"] == 6, "\(counts)")
+            #expect(counts["fragment"] == 2, "\(counts)")
+            #expect(counts["echoed"] == 18 && counts["dropped"] == 0, "\(counts)")
+        }
+    }
+
     /// Datagrams with IPv4 options go up to the sockets, counted, and are answered there.
     @Test func optionsArePassedUpAndAnswered() async throws {
         try await withHosts(try await XDPNetwork()) { hosts in
@@ -535,7 +582,10 @@ struct XDPTests {
             let object = try await XDPNetwork.passProgram()
             let attach = try await Spawned.run(
                 TestNetwork.ip,
-                ["-n", network.server, "link", "set", "dev", network.serverLink, "xdp", "obj", object, "sec", "xdp"]
+                [
+                    "-n", network.server, "link", "set", "dev", network.serverLink, "xdp", "obj", object, "sec",
+                    "xdp.frags",
+                ]
             )
             #expect(attach.status == 0, "\(attach.error)")
             let busy = try await run(["--xdp", network.serverLink])

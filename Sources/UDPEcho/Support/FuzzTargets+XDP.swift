@@ -32,6 +32,10 @@ extension FuzzHarness {
         }
     }
 
+    /// The bytes of a frame in its first buffer under BPF_PROG_TEST_RUN: a page less the headroom (256) and the
+    /// shared info (320).
+    static let firstXDPBuffer = 3520
+
     /// One loaded program a server (loading runs the verifier: about half a second), kept for the process.
     nonisolated(unsafe) private static var xdpPaths: [XDPServer: XDPPath] = [:]
 
@@ -60,8 +64,9 @@ extension FuzzHarness {
         // reach past the checksum checks (the guards, STAMP's TLVs) instead of stopping there.
         var frame = Array(data.dropFirst())
         XDPFrameModel.fixChecksums(&frame, header: selector & 4 != 0, udp: selector & 8 != 0)
-        // The kernel's test run wants at least an Ethernet header, and a frame in one page.
-        guard frame.count >= 14, frame.count <= 3500 else { return }
+        // The kernel's test run wants at least an Ethernet header; a frame past its first buffer (3520 bytes) it
+        // hands the program in several, as a driver does a jumbo frame: up to a 9000-byte MTU's.
+        guard frame.count >= 14, frame.count <= 9018 else { return }
         let path = Self.xdpPath(server)
         let before = path.counterTotals()
         let result: (action: UInt32, frame: [UInt8])
@@ -88,6 +93,11 @@ extension FuzzHarness {
             guard let request = XDPFrameModel(frame), let reply = XDPFrameModel(result.frame) else {
                 preconditionFailure("answered a frame the model cannot read: \(frame) -> \(result.frame)")
             }
+            // The program reads the first buffer only: a datagram past it cannot have been checked.
+            precondition(
+                request.udp + request.length <= Self.firstXDPBuffer,
+                "answered a datagram that ends at \(request.udp + request.length), past the first buffer"
+            )
             request.checkAnswerable(server: server.local, guarded: server != .unguarded4)
             request.checkReply(reply, stamp: server == .stamp4)
             if server == .stamp4 { Self.compareWithTheSocketReflector(request, reply, local: server.local) }

@@ -49,7 +49,8 @@ public enum XDPPassReason: String, Sendable, CaseIterable, CustomStringConvertib
     /// A UDP checksum, or an IPv4 header checksum, that does not verify: the stack drops it (and counts a UDP one
     /// in UDP InCsumErrors).
     case checksum
-    /// A UDP length that disagrees with the IP length, or a datagram longer than a page (4096 bytes); with
+    /// A UDP length that disagrees with the IP length, a datagram longer than a page (4096 bytes) or past the
+    /// frame's first buffer (a jumbo frame's, as a multi-buffer driver gives it); with
     /// `--no-address-checks`, a source the stack itself refuses (multicast, unspecified, loopback, limited broadcast).
     case other
 

@@ -7,7 +7,9 @@
 // answer once. For a datagram to the server (its address, or any address of this host for a wildcard server, and
 // its port):
 //   1. Anything the program does not fully understand goes up, counted by reason: IPv4 options and fragments, IPv6
-//      extension headers and fragments, a UDP length that disagrees with the IP length or a datagram past a page,
+//      extension headers and fragments, a UDP length that disagrees with the IP length or a datagram past a page
+//      or past the frame's first buffer (the program is loaded multi-buffer aware, for jumbo MTUs, and reads only
+//      that buffer),
 //      a checksum that does not verify (the stack drops it and counts it, as it would have), STAMP test packets
 //      shorter than 14 bytes, or than the 44-byte base (a TWAMP-Light sender's) where the frame cannot grow to the
 //      reply's size (it does where the driver left room), with a Location TLV of more than MAX_LOCATION_SUBTLVS
@@ -53,6 +55,7 @@ static long (*bpf_xdp_load_bytes)(struct xdp_md *ctx, __u32 offset, void *buf, _
 static long (*bpf_xdp_store_bytes)(struct xdp_md *ctx, __u32 offset, void *buf, __u32 len) =
     (void *)BPF_FUNC_xdp_store_bytes;
 static long (*bpf_xdp_adjust_tail)(struct xdp_md *ctx, int delta) = (void *)BPF_FUNC_xdp_adjust_tail;
+static __u64 (*bpf_xdp_get_buff_len)(struct xdp_md *ctx) = (void *)BPF_FUNC_xdp_get_buff_len;
 static __s64 (*bpf_csum_diff)(__be32 *from, __u32 from_size, __be32 *to, __u32 to_size, __wsum seed) =
     (void *)BPF_FUNC_csum_diff;
 
@@ -843,6 +846,8 @@ SEC("xdp/answer") int udpecho_answer(struct xdp_md *ctx) {
         __u32 datagram_end = udp_offset + length;
         __u32 frame = (__u32)((long)ctx->data_end - (long)ctx->data);
         if (grow < 1 || grow > 30 || frame < datagram_end || datagram_end > 128 + MAX_UDP_LENGTH) return XDP_PASS;
+        // A frame of several buffers would grow its last one, not after the datagram: the sockets answer it.
+        if (bpf_xdp_get_buff_len(ctx) != frame) return PASS(UDPECHO_XDP_PASS_STAMP);
         if (frame - datagram_end < grow && bpf_xdp_adjust_tail(ctx, (int)(grow - (frame - datagram_end))) != 0)
             return PASS(UDPECHO_XDP_PASS_STAMP);
         // Zeros in pieces of 16, 8, 4, 2 and 1 bytes: each store a constant size, as the verifier wants.
