@@ -413,8 +413,8 @@ import Glibc
             timeout: 1_000_000_000,
             cipher: nil
         )
-        let senderKey: IPKey? = sender.localAddress.withRawAddress { raw, _ in IPKey(raw) }
-        let receiver = OwampReceiver(plan: plan, socket: socket, sender: try #require(senderKey))
+        let senderKey = try #require(sender.localAddress.withRawAddress { raw, _ in IPKey(raw) })
+        let receiver = OwampReceiver(plan: plan, socket: socket, sender: senderKey)
         let deadline = cudpecho_realtime_ns() + 30_000_000_000
         let done = Task.detached { receiver.run(until: deadline) }
         let target = try SocketAddress(ipAddress: address, port: Int(socket.port))

@@ -1,5 +1,5 @@
 import CUDPEcho
-public import NIOCore
+import NIOCore
 import NIOPosix
 
 /// The Control-Client's side of OWAMP-Control and TWAMP-Control: connecting, set-up in each mode, and reading,

@@ -511,12 +511,20 @@ final class XDPPath: Sendable {
         }
     }
 
-    private func update<Key, Value>(_ name: String, key: Key, value: Value) throws(EchoError) {
-        var key = key
-        var value = value
+    /// Writes one entry of a map: `Key` and `Value` are plain C layouts (integers, tuples, the shared header's
+    /// structs), their bytes what the map holds.
+    private func update<Key: BitwiseCopyable, Value: BitwiseCopyable>(
+        _ name: String,
+        key: Key,
+        value: Value
+    ) throws(EchoError) {
         let result = self.state.withLock { state -> Int32 in
             guard !state.detached, let map = self.program.map(name) else { return 0 }
-            return cudpecho_bpf_map_update(state.maps[map], &key, &value, 0)
+            return withUnsafeBytes(of: key) { key in
+                withUnsafeBytes(of: value) { value in
+                    cudpecho_bpf_map_update(state.maps[map], key.baseAddress, value.baseAddress, 0)
+                }
+            }
         }
         guard result >= 0 else {
             throw .xdp(interface: self.interface, reason: "writing the \(name) map failed: \(Self.explain(-result))")
