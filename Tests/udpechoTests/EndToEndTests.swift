@@ -144,9 +144,12 @@ import Glibc
     }
 
     /// A second server on a port a first one serves with several threads (SO_REUSEPORT) is refused, not let in to
-    /// share the first one's traffic; and servers asking for port 0 never get the same port.
+    /// share the first one's traffic; and servers asking for port 0 never get the same port. The first says its
+    /// address once, with its threads.
     @Test func aSecondServerCannotJoinAServedPort() async throws {
         let (first, port) = try await startServer(["--address", "127.0.0.1:0", "--threads", "2", "-q"])
+        // The address once, its sockets as a count (it was the address once a socket).
+        #expect(first.outputLines.first == "running as a server on 127.0.0.1:\(port) (2 threads)")
         let second = try await Spawned.run(
             udpecho,
             ["server", "--address", "127.0.0.1:\(port)", "--threads", "2", "-q"]

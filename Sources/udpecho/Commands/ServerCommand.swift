@@ -528,12 +528,21 @@ struct ServerCommand: AsyncParsableCommand {
                     + "--port are not used"
             )
         }
-        let addresses = server.localAddresses.map(\.hostPortDescription).joined(separator: ", ")
+        // Each address once: --threads N serves one address with N sockets (SO_REUSEPORT), said as a count.
+        var distinct: [String] = []
+        for address in server.localAddresses.map(\.hostPortDescription) where !distinct.contains(address) {
+            distinct.append(address)
+        }
+        let addresses = distinct.joined(separator: ", ")
+        let sockets = server.localAddresses.count
+        let sharing = sockets > distinct.count ? " (\(sockets) threads)" : ""
         let origin =
             activated.isEmpty ? "" : " (socket activation: \(activated.count) socket\(activated.count == 1 ? "" : "s"))"
         let role = configuration.stamp.map { "a STAMP reflector (\(Self.describe($0)))" } ?? "a server"
-        let fields = [("address", addresses)] + (activated.isEmpty ? [] : [("socket-activation", "\(activated.count)")])
-        var ready = [self.line(format, "running", "running as \(role) on \(addresses)\(origin)", fields)]
+        let fields =
+            [("address", addresses)] + (sharing.isEmpty ? [] : [("threads", "\(sockets)")])
+            + (activated.isEmpty ? [] : [("socket-activation", "\(activated.count)")])
+        var ready = [self.line(format, "running", "running as \(role) on \(addresses)\(sharing)\(origin)", fields)]
         if let metricsURL {
             ready.append(self.line(format, "metrics", "metrics on \(metricsURL)", [("url", metricsURL)]))
         }
