@@ -1,4 +1,5 @@
 import ArgumentParser
+import UDPEcho
 
 #if canImport(Glibc)
 import Glibc
@@ -35,6 +36,11 @@ struct UDPEchoCommand: AsyncParsableCommand {
             } else {
                 try command.run()
             }
+        } catch let error as EchoError {
+            // One the library raised past the command (a service that stopped the group, as a thread that could
+            // not be started): said as the commands say theirs.
+            Stream.err.line("udpecho: error: \(error)")
+            Glibc.exit(1)
         } catch {
             let subcommand = CommandLine.arguments.dropFirst().first ?? ""
             if exitCode(for: error) == .validationFailure && ["ping", "bench", "mtu", "mesh"].contains(subcommand) {

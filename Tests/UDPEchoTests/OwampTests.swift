@@ -1,6 +1,8 @@
 import CUDPEcho
 import Foundation
+import Logging
 import NIOCore
+import Synchronization
 import TestSupport
 import Testing
 
@@ -20,6 +22,7 @@ import Glibc
     static func withServer<Result>(
         ipv6: Bool = false,
         _ change: (inout OwampServerConfiguration) -> Void = { _ in },
+        startThread: @escaping @Sendable (@escaping @Sendable () -> Void) -> Int32 = WorkerThread.start,
         _ body: (OwampServer) async throws -> Result
     ) async throws -> Result {
         var configuration = OwampServerConfiguration(
@@ -27,7 +30,11 @@ import Glibc
             keys: Self.keys
         )
         change(&configuration)
-        let server = try await OwampServer(configuration: configuration)
+        let server = try await OwampServer(
+            configuration: configuration,
+            logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }),
+            startThread: startThread
+        )
         let running = try await serving({ try await server.run() }, isServing: { server.isServing })
         return try await untilDone(running) { try await body(server) }
     }
@@ -74,6 +81,35 @@ import Glibc
             let statistics = server.statistics
             #expect(statistics.sessionsAccepted == 2 && statistics.fetches == 1 && statistics.protocolErrors == 0)
             #expect(server.keptResults == 1)
+        }
+    }
+
+    /// At the limit of threads, a session whose thread cannot be started: the server answers Start-Sessions with
+    /// Accept 5 (a temporary resource limitation, RFC 4656 §3.7) instead of trapping, starts none of them, gives
+    /// their room and sockets back, and the next client is measured as usual. The first thread start fails (EAGAIN,
+    /// as pthread_create at RLIMIT_NPROC), the rest start.
+    @Test func aSessionThreadThatCannotStartIsRefusedForNow() async throws {
+        let starts = Mutex(0)
+        let startThread: @Sendable (@escaping @Sendable () -> Void) -> Int32 = { body in
+            let first = starts.withLock { count in
+                count += 1
+                return count == 1
+            }
+            return first ? EAGAIN : WorkerThread.start(body)
+        }
+        try await Self.withServer(startThread: startThread) { server in
+            let configuration = try Self.configuration(server, mode: .unauthenticated)
+            await #expect {
+                try await OwampPinger.run(configuration)
+            } throws: { error in
+                "\(error)".contains(
+                    "refused Start-Sessions (Accept 5, cannot be done now: a temporary resource limitation)"
+                )
+            }
+            try await waitUntil { server.statistics.runningSessions == 0 && server.openConnections == 0 }
+            let results = try await OwampPinger.run(configuration)
+            #expect(results.toServer?.received == 20 && results.fromServer?.received == 20)
+            #expect(starts.withLock { $0 } == 3)
         }
     }
 

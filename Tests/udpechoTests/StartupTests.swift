@@ -59,6 +59,31 @@ import Glibc
         #expect(!result.lines.contains { $0.hasPrefix("running") || $0.hasPrefix("mesh agent") }, "\(result.lines)")
     }
 
+    /// At the limit of threads (a cgroup's pids.max, as a container's or systemd's TasksMax= sets it), a serving
+    /// thread that cannot be started trapped the server (`--threads 64` under 10 tasks: SIGILL, a precondition). Now
+    /// the threads already started stop, the server says what it served and what to raise, and exits 1.
+    @Test(.enabled(if: PidsCgroup.available, "needs root and the cgroup pids controller (/sys/fs/cgroup/pids)"))
+    func aThreadLimitStopsTheServerWithItsReason() async throws {
+        let cgroup = try PidsCgroup(maximum: 12)
+        defer { cgroup.remove() }
+        let result = try await Spawned.run(
+            "/bin/sh",
+            [
+                "-c", "echo $$ > \(cgroup.path)/cgroup.procs && exec \"$0\" \"$@\" </dev/null", udpecho, "server",
+                "--address", "127.0.0.1:0", "--threads", "64",
+            ],
+            timeout: 20
+        )
+        #expect(result.status == 1, "\(result.status) \(result.error)")
+        #expect(
+            result.error.contains("udpecho: error: cannot start a thread (serving thread ")
+                && result.error.contains("of 64): Resource temporarily unavailable")
+                && result.error.contains("cgroup's pids.max"),
+            "\(result.error)"
+        )
+        #expect(result.lines.last?.hasPrefix("summary: received=0 ") == true, "\(result.lines)")
+    }
+
     /// A metrics address that cannot be bound (here: a port another program listens on) stops the server before it
     /// says it runs, with the system's reason in words and no stray parenthesis.
     @Test(arguments: [
@@ -104,4 +129,21 @@ import Glibc
         #expect(result.status == 64, "\(result.status) \(result.error)")
         #expect(result.error.contains("is a FIFO, not a regular file"), "\(result.error)")
     }
+}
+
+/// A cgroup (v1 pids controller) of its own with a limit of tasks, for a process the test moves into it.
+struct PidsCgroup {
+    static let root = "/sys/fs/cgroup/pids"
+    static var available: Bool { getuid() == 0 && FileManager.default.fileExists(atPath: root + "/cgroup.procs") }
+
+    let path: String
+
+    init(maximum: Int) throws {
+        self.path = Self.root + "/udpecho-test-\(uniqueHostID())"
+        try FileManager.default.createDirectory(atPath: self.path, withIntermediateDirectories: false)
+        try "\(maximum)\n".write(toFile: self.path + "/pids.max", atomically: false, encoding: .utf8)
+    }
+
+    /// Removes the cgroup (its processes have ended).
+    func remove() { rmdir(self.path) }
 }

@@ -114,9 +114,16 @@ public final class MeshAgent: Service, Sendable {
     /// Keeps the targets current and probes until graceful shutdown or cancellation.
     public func run() async throws {
         await self.refresh()
-        await cancelWhenGracefulShutdown {
-            await withTaskGroup(of: Void.self) { group in
-                group.addTask { await self.prober.run() }
+        let failure: EchoError? = await cancelWhenGracefulShutdown {
+            await withTaskGroup(of: EchoError?.self) { group in
+                group.addTask {
+                    do throws(EchoError) {
+                        try await self.prober.run()
+                        return nil
+                    } catch {
+                        return error  // no probing thread: the agent stops with the error
+                    }
+                }
                 group.addTask {
                     var lastResolve = ContinuousClock.now
                     while !Task.isCancelled {
@@ -130,11 +137,14 @@ public final class MeshAgent: Service, Sendable {
                             await self.refresh(resolveNames: false)
                         }
                     }
+                    return nil
                 }
-                await group.next()
+                let first = await group.next() ?? nil
                 group.cancelAll()
+                return first
             }
         }
+        if let failure { throw failure }
     }
 
     private static func unique(_ peers: [MeshPeer]) -> [MeshPeer] {

@@ -135,9 +135,11 @@ public final class MeshProber: @unchecked Sendable {
     }
 
     /// Probes until the task is cancelled; then publishes once more and returns.
-    public func run() async {
+    ///
+    /// - Throws: ``EchoError/threadsExhausted(purpose:errno:)`` if the probing thread cannot be started.
+    public func run() async throws(EchoError) {
         let prober = UnsafeTransfer(self)
-        await runOnOwnThread {
+        try await runOnOwnThread("mesh prober") {
             prober.wrappedValue.loop()
         } onCancel: {
             self.stop.store(true, ordering: .relaxed)

@@ -211,19 +211,24 @@ private struct OwampControlClient {
         // Both ends at once, each on a thread of its own.
         sender?.socket.retain()
         receiver?.0.socket.retain()
-        async let sent: Void = Self.runOnThread(sender) {
+        async let sent = Self.runOnThread("OWAMP sender", sender) {
             $0.run()
             $0.socket.threadEnded()
         } stop: {
             _ = $0.stop()
         }
-        async let received: Void = Self.runOnThread(receiver) {
+        async let received = Self.runOnThread("OWAMP receiver", receiver) {
             $0.0.run(until: $0.deadline)
             $0.0.socket.threadEnded()
         } stop: {
             $0.0.stop()
         }
-        _ = await (sent, received)
+        // A thread that could not start never ran: its socket is given back, and the run fails (once the other end,
+        // which did start, has run its schedule).
+        let (sendingFailed, receivingFailed) = await (sent, received)
+        if sendingFailed != nil { sender?.socket.threadEnded() }
+        if receivingFailed != nil { receiver?.0.socket.threadEnded() }
+        if let failure = sendingFailed ?? receivingFailed { throw failure }
         // What is still queued, if the receiving thread fell behind.
         receiver?.0.stop()
         if let sender {
@@ -285,15 +290,21 @@ private struct OwampControlClient {
     }
 
     private static func runOnThread<Endpoint: Sendable>(
+        _ purpose: String,
         _ endpoint: Endpoint?,
         _ body: @escaping @Sendable (Endpoint) -> Void,
         stop: @escaping @Sendable (Endpoint) -> Void
-    ) async {
-        guard let endpoint else { return }
-        await runOnOwnThread {
-            body(endpoint)
-        } onCancel: {
-            stop(endpoint)
+    ) async -> EchoError? {
+        guard let endpoint else { return nil }
+        do throws(EchoError) {
+            try await runOnOwnThread(purpose) {
+                body(endpoint)
+            } onCancel: {
+                stop(endpoint)
+            }
+            return nil
+        } catch {
+            return error
         }
     }
 

@@ -22,8 +22,9 @@ struct OwampControlConnection: ControlServerConnection {
         var reserve: () -> Bool
         var release: (Int) -> Void
         var count: (WritableKeyPath<IPPMServerStatistics, Int>) -> Void
-        /// Runs a started session's endpoint (on a thread of its own); it closes its socket when it ends.
-        var run: (OwampEndpoint) -> Void
+        /// Runs a started session's endpoint (on a thread of its own); it closes its socket when it ends. Returns 0,
+        /// or the errno of a thread that could not be started (then the endpoint does not run).
+        var run: (OwampEndpoint) -> Int32
         var realtime: () -> Int64 = { cudpecho_realtime_ns() }
         var startTime: UInt64 = 0
     }
@@ -251,12 +252,20 @@ struct OwampControlConnection: ControlServerConnection {
     }
 
     private mutating func start(_ bytes: [UInt8]) -> [Action] {
-        for endpoint in self.pending {
+        while let endpoint = self.pending.first {
             endpoint.socket.retain()
-            self.context.run(endpoint)
+            let status = self.context.run(endpoint)
+            guard status == 0 else {
+                // No thread for this session (the process is at its limit of threads): none of them runs. Those
+                // started stop, every socket and room is given back, and the client hears why (RFC 4656 §3.7:
+                // Accept 5, a temporary resource limitation) before the connection closes.
+                endpoint.socket.threadEnded()
+                let reason = EchoError.threadsExhausted(purpose: "an OWAMP test session", errno: status)
+                self.close()
+                return [.send(self.sealed(StartAck(accept: .temporaryLimitation).encoded())), .close("\(reason)")]
+            }
+            self.running.append(self.pending.removeFirst())
         }
-        self.running += self.pending
-        self.pending.removeAll()
         self.phase = .testing
         return [.send(self.sealed(StartAck(accept: .ok).encoded()))]
     }

@@ -27,9 +27,19 @@ public final class OwampServer: Service, Sendable {
     /// Binds OWAMP-Control's TCP port (its reads start in ``run()``).
     ///
     /// - Throws: ``EchoError`` for an invalid configuration, or a port that cannot be bound.
-    public init(
+    public convenience init(
         configuration: OwampServerConfiguration,
         logger: Logger = Logger(label: "udpecho.owamp", factory: { _ in SwiftLogNoOpLogHandler() })
+    ) async throws {
+        try await self.init(configuration: configuration, logger: logger, startThread: WorkerThread.start)
+    }
+
+    /// As ``init(configuration:logger:)``, with the function that starts a test session's thread (0, or the errno
+    /// of one that could not be started): tests stand in for the limit of threads with it.
+    init(
+        configuration: OwampServerConfiguration,
+        logger: Logger,
+        startThread: @escaping @Sendable (@escaping @Sendable () -> Void) -> Int32
     ) async throws {
         try configuration.validate()
         self.configuration = configuration
@@ -54,7 +64,7 @@ public final class OwampServer: Service, Sendable {
                     reserve: { shared.reserve() },
                     release: { shared.release($0) },
                     count: { shared.count($0) },
-                    run: { endpoint in WorkerThread.start { endpoint.run() } },
+                    run: { endpoint in startThread { endpoint.run() } },
                     startTime: startTime
                 )
             )

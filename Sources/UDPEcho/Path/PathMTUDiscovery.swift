@@ -138,13 +138,19 @@ public enum PathMTUDiscovery {
             throw .socket(operation: "connect to", address: configuration.target.hostPortDescription, errno: -fd)
         }
         let cancelled = ManagedAtomic(false)
-        let outcome: Swift.Result<Result, EchoError> = await runOnOwnThread {
-            var search = Search(configuration, descriptor: fd, cancelled: cancelled, onProbe: onProbe)
-            let result = search.run()
-            close(fd)
-            return result
-        } onCancel: {
-            cancelled.store(true, ordering: .relaxed)
+        let outcome: Swift.Result<Result, EchoError>
+        do {
+            outcome = try await runOnOwnThread("path MTU discovery") {
+                var search = Search(configuration, descriptor: fd, cancelled: cancelled, onProbe: onProbe)
+                let result = search.run()
+                close(fd)
+                return result
+            } onCancel: {
+                cancelled.store(true, ordering: .relaxed)
+            }
+        } catch {
+            close(fd)  // the search never ran
+            throw error
         }
         return try outcome.get()
     }

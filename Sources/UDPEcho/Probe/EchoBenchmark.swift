@@ -217,7 +217,7 @@ public enum EchoBenchmark {
                 marking: configuration.marking
             )
         )
-        return await engine.runOnThread(onEvent: nil, onProgress: onProgress)
+        return try await engine.runOnThread(onEvent: nil, onProgress: onProgress)
     }
 }
 
@@ -226,10 +226,10 @@ extension ProbeEngine {
     func runOnThread(
         onEvent: (@Sendable (ProbeEvent) -> Void)?,
         onProgress: (@Sendable (ProbeProgress) -> Void)?
-    ) async -> EchoBenchmark.Result {
+    ) async throws(EchoError) -> EchoBenchmark.Result {
         let stop = ManagedAtomic(false)
         let engine = UnsafeTransfer(self)
-        return await runOnOwnThread {
+        return try await runOnOwnThread("probe engine") {
             let start = ContinuousClock.now
             engine.wrappedValue.run(stop: stop, onEvent: onEvent, onProgress: onProgress)
             let elapsed = ContinuousClock.now - start

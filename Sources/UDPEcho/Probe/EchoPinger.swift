@@ -130,6 +130,6 @@ public enum EchoPinger {
             )
         )
         onStart?(engine.timestamps)
-        return await engine.runOnThread(onEvent: onEvent, onProgress: nil)
+        return try await engine.runOnThread(onEvent: onEvent, onProgress: nil)
     }
 }

@@ -377,7 +377,8 @@ public final class EchoServer: Service, Sendable {
     /// Serves until the task is cancelled or graceful shutdown is triggered, then stops reading, lets the replies in
     /// flight go out, closes the sockets and returns. A server runs once.
     ///
-    /// - Throws: ``EchoError/alreadyRunning`` if called a second time.
+    /// - Throws: ``EchoError/alreadyRunning`` if called a second time; ``EchoError/threadsExhausted(purpose:errno:)``
+    ///   if a thread it needs cannot be started (it stops first, as it does when cancelled).
     public func run() async throws {
         try self.state.withLock { state throws(EchoError) in
             guard state == .idle else { throw .alreadyRunning }
@@ -387,45 +388,10 @@ public final class EchoServer: Service, Sendable {
             "serving",
             metadata: ["address": "\(self.localAddress.hostPortDescription)", "threads": "\(self.workers.count)"]
         )
-        await withTaskCancellationHandler {
+        let failure: EchoError? = await withTaskCancellationHandler {
             await withGracefulShutdownHandler {
-                await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                    // The event thread finishes after the serving threads, once it has delivered their last events.
-                    let delivery = self.delivery
-                    if let delivery {
-                        WorkerThread.start {
-                            cudpecho_set_thread_name("udpecho-events")
-                            delivery.run()
-                            continuation.resume()
-                        }
-                    }
-                    if let xdp = self.xdp {
-                        // The clock's offset (STAMP timestamps) and the host's addresses, every second.
-                        let stopping = self.stopping
-                        let logger = self.logger
-                        WorkerThread.start {
-                            cudpecho_set_thread_name("udpecho-xdp")
-                            var ticks = 0
-                            while !stopping.load(ordering: .acquiring) {
-                                usleep(100_000)
-                                ticks += 1
-                                guard ticks % 10 == 0 else { continue }
-                                do { try xdp.refresh() } catch {
-                                    logger.warning("XDP refresh failed", metadata: ["error": "\(error)"])
-                                }
-                            }
-                        }
-                    }
-                    let remaining = ManagedAtomic(self.workers.count)
-                    for (index, worker) in self.workers.enumerated() {
-                        WorkerThread.start {
-                            cudpecho_set_thread_name("udpecho-\(index)")
-                            worker.run()
-                            if remaining.wrappingDecrementThenLoad(ordering: .acquiringAndReleasing) == 0 {
-                                if let delivery { delivery.finish() } else { continuation.resume() }
-                            }
-                        }
-                    }
+                await withCheckedContinuation { (continuation: CheckedContinuation<EchoError?, Never>) in
+                    self.startThreads(continuation)
                 }
             } onGracefulShutdown: {
                 self.stop()
@@ -441,6 +407,72 @@ public final class EchoServer: Service, Sendable {
             defer { bodies = nil }
             return bodies ?? []
         }) { body() }
+        if let failure { throw failure }
+    }
+
+    /// Starts the event thread, the XDP refresher and the serving threads; `continuation` is resumed once they have
+    /// all finished (the event thread last, once it has delivered their last events). A thread that cannot be started
+    /// (the process's limit of threads) stops the server: those already started finish, and `continuation` is
+    /// resumed with the error.
+    private func startThreads(_ continuation: CheckedContinuation<EchoError?, Never>) {
+        let failure = Mutex<EchoError?>(nil)
+        let delivery = self.delivery
+        let remaining = ManagedAtomic(self.workers.count)
+        // Once for each serving thread when it returns, or in its place if it never started.
+        let finishOne: @Sendable () -> Void = {
+            guard remaining.wrappingDecrementThenLoad(ordering: .acquiringAndReleasing) == 0 else { return }
+            if let delivery { delivery.finish() } else { continuation.resume(returning: failure.withLock { $0 }) }
+        }
+        func failed(_ purpose: String, _ status: Int32) {
+            failure.withLock { $0 = .threadsExhausted(purpose: purpose, errno: status) }
+            self.stop()
+        }
+        if let delivery {
+            let status = WorkerThread.start {
+                cudpecho_set_thread_name("udpecho-events")
+                delivery.run()
+                continuation.resume(returning: failure.withLock { $0 })
+            }
+            guard status == 0 else {
+                failed("the server's event thread", status)
+                continuation.resume(returning: failure.withLock { $0 })
+                return
+            }
+        }
+        if let xdp = self.xdp {
+            // The clock's offset (STAMP timestamps) and the host's addresses, every second.
+            let stopping = self.stopping
+            let logger = self.logger
+            let status = WorkerThread.start {
+                cudpecho_set_thread_name("udpecho-xdp")
+                var ticks = 0
+                while !stopping.load(ordering: .acquiring) {
+                    usleep(100_000)
+                    ticks += 1
+                    guard ticks % 10 == 0 else { continue }
+                    do { try xdp.refresh() } catch {
+                        logger.warning("XDP refresh failed", metadata: ["error": "\(error)"])
+                    }
+                }
+            }
+            guard status == 0 else {
+                failed("the XDP refresher", status)
+                for _ in self.workers { finishOne() }
+                return
+            }
+        }
+        for (index, worker) in self.workers.enumerated() {
+            let status = WorkerThread.start {
+                cudpecho_set_thread_name("udpecho-\(index)")
+                worker.run()
+                finishOne()
+            }
+            guard status == 0 else {
+                failed("serving thread \(index + 1) of \(self.workers.count)", status)
+                for _ in index..<self.workers.count { finishOne() }
+                return
+            }
+        }
     }
 
     /// Calls `body` once ``run()`` has returned, after the last event (at once if it has returned already).

@@ -36,6 +36,8 @@ public enum EchoError: Error, CustomStringConvertible {
     case control(peer: String, reason: String)
     /// The XDP program could not be loaded or attached to `interface` (`reason` says why, and what to do).
     case xdp(interface: String, reason: String)
+    /// No thread could be started for `purpose` (pthread_create's `errno`): the process is at its limit of threads.
+    case threadsExhausted(purpose: String, errno: Int32)
 
     /// What went wrong, in words a person can act on.
     public var description: String {
@@ -75,6 +77,10 @@ public enum EchoError: Error, CustomStringConvertible {
             return "\(peer): \(reason)"
         case .xdp(let interface, let reason):
             return "XDP on \(interface): \(reason)"
+        case .threadsExhausted(let purpose, let code):
+            return "cannot start a thread (\(purpose)): \(String(cString: strerror(code))); the process is at its "
+                + "limit of threads: ulimit -u (RLIMIT_NPROC) for its user, TasksMax= in its systemd unit, or its "
+                + "cgroup's pids.max"
         case .descriptorsExhausted(let needed, let available, let limit):
             return "too few file descriptors: this needs about \(needed), and only \(max(0, available)) more can be "
                 + "opened (the limit is \(limit)); raise it: ulimit -n \(needed + limit - available) in the shell, or "

@@ -38,7 +38,10 @@ extension FuzzHarness {
             },
             release: { count in room.reserved.withLock { $0 -= count } },
             count: { _ in },
-            run: { $0.socket.threadEnded() },
+            run: { endpoint in
+                endpoint.socket.threadEnded()
+                return 0
+            },
             realtime: { 1_700_000_000_000_000_000 }
         )
     }

@@ -14,7 +14,11 @@ enum WorkerThread {
         init(_ body: @escaping () -> Void) { self.body = body }
     }
 
-    static func start(_ body: @escaping @Sendable () -> Void) {
+    /// Starts `body` on a detached thread of its own.
+    ///
+    /// - Returns: 0, or pthread_create's error (EAGAIN at the limit of threads: RLIMIT_NPROC, a cgroup's pids.max);
+    ///   then `body` never runs.
+    static func start(_ body: @escaping @Sendable () -> Void) -> Int32 {
         let box = Unmanaged.passRetained(Box(body)).toOpaque()
         var thread = pthread_t()
         let status = pthread_create(
@@ -27,8 +31,12 @@ enum WorkerThread {
             },
             box
         )
-        precondition(status == 0, "pthread_create failed: \(status)")
+        guard status == 0 else {
+            Unmanaged<Box>.fromOpaque(box).release()
+            return status
+        }
         pthread_detach(thread)
+        return 0
     }
 }
 
@@ -42,15 +50,24 @@ struct UnsafeTransfer<Value>: @unchecked Sendable {
 /// Runs `body`, a loop that blocks in system calls, on a thread of its own, and returns its result to the calling
 /// task. If that task is cancelled meanwhile, `onCancel` is called (on whatever thread cancels): it must make `body`
 /// return soon, by a flag it checks or by waking what it blocks in.
+///
+/// - Throws: ``EchoError/threadsExhausted(purpose:errno:)`` if no thread can be started (`body` has not run).
+///   `startThread` starts it (tests stand in for the limit of threads with theirs).
 func runOnOwnThread<Result: Sendable>(
+    _ purpose: String,
+    startThread: (@escaping @Sendable () -> Void) -> Int32 = WorkerThread.start,
     _ body: @escaping @Sendable () -> Result,
     onCancel: @escaping @Sendable () -> Void
-) async -> Result {
-    await withTaskCancellationHandler {
+) async throws(EchoError) -> Result {
+    let outcome: Swift.Result<Result, EchoError> = await withTaskCancellationHandler {
         await withCheckedContinuation { continuation in
-            WorkerThread.start { continuation.resume(returning: body()) }
+            let status = startThread { continuation.resume(returning: .success(body())) }
+            if status != 0 {
+                continuation.resume(returning: .failure(.threadsExhausted(purpose: purpose, errno: status)))
+            }
         }
     } onCancel: {
         onCancel()
     }
+    return try outcome.get()
 }

@@ -334,7 +334,7 @@ struct MeshCommand: AsyncParsableCommand {
             Stream.err.line("udpecho: error: no peer to probe (none resolved)")
             throw ExitCode(2)
         }
-        let probing = Task { await prober.run() }
+        let probing = Task { try await prober.run() }
         // The duration counts from when the prober has taken the targets.
         for _ in 0..<3000 where prober.snapshot().targets.count < count {
             try? await Task.sleep(for: .milliseconds(10))
@@ -345,7 +345,7 @@ struct MeshCommand: AsyncParsableCommand {
         // the last expiry and publication have run.
         try? await Task.sleep(for: self.probe.timeout + .milliseconds(600))
         probing.cancel()
-        await probing.value
+        try await probing.value
         let snapshot = prober.snapshot()
         if let path = self.plot {
             let ordered = snapshot.targets.sorted {

@@ -565,19 +565,24 @@ struct ServerCommand: AsyncParsableCommand {
         let group = ServiceGroup(
             configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         )
-        try await group.run()
+        // A server that stopped on its own (it could not start a thread it needs) still says what it served.
+        var failure: EchoError?
+        do { try await group.run() } catch let error as EchoError { failure = error }
         // Stopping never waits long on standard output: a pipe nobody reads gets a bounded wait, and then the last
         // lines go to standard error.
         lines.finish(within: .seconds(1))
         let statistics = server.statistics
         let lostLines = lines.lostLines + statistics.eventsNotDelivered
-        let ending = [
-            self.line(format, "cancelled", "cancelled", []),
-            self.line(format, "summary", statistics.summaryLine(lostLines: lostLines), statistics.fields),
-        ]
+        let ending =
+            (failure == nil ? [self.line(format, "cancelled", "cancelled", [])] : [])
+            + [self.line(format, "summary", statistics.summaryLine(lostLines: lostLines), statistics.fields)]
         if !ending.allSatisfy({ Stream.out.line($0, within: .seconds(1)) }) {
             Stream.err.line("udpecho: standard output is not being read; the last lines follow here")
             for line in ending { _ = Stream.err.line(line, within: .seconds(1)) }
+        }
+        if let failure {
+            Stream.err.line("udpecho: error: \(failure)")
+            throw ExitCode.failure
         }
     }
 }
