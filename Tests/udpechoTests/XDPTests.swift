@@ -108,6 +108,16 @@ struct XDPNetwork: NamespaceHosts {
         return object
     }
 
+    /// Runs the client's `sizes` or `jumbo` mode against the server's port 7000, IPv4 and IPv6; returns each family's
+    /// results (`ok`, and the sizes `lost` or `corrupt`).
+    func echoSizes(_ mode: String) async throws -> (v4: [String: Any], v6: [String: Any]) {
+        let result = try await self.client(
+            pythonXDPClient,
+            [mode, self.network.serverAddress, self.network.serverAddress6, "7000"]
+        )
+        return (try #require(result["v4"] as? [String: Any]), try #require(result["v6"] as? [String: Any]))
+    }
+
     /// Whether an XDP program is attached to the server's end now.
     func serverHasProgram() async throws -> Bool {
         let result = try await Spawned.run(
@@ -163,27 +173,22 @@ let pythonXDPClient = """
         except socket.timeout:
             return n
     out = {}
-    if mode == "sizes":
+    if mode in ("sizes", "jumbo"):
+        # sizes: every size up to the largest unfragmented datagram at a 1500-byte MTU, then a few that fragment.
+        # jumbo, over a 9000-byte MTU: sizes whose frame fits a veth's first XDP buffer (3520 bytes), larger ones up
+        # to the largest unfragmented datagram, and one that fragments.
         s4, s6, port = sys.argv[2], sys.argv[3], int(sys.argv[4])
-        for family, server, largest, big in [(socket.AF_INET, s4, 1472, [1473, 4000, 65507]),
-                                              (socket.AF_INET6, s6, 1452, [1453, 9000, 65527])]:
+        if mode == "sizes":
+            plans = [(socket.AF_INET, s4, list(range(0, 1473)) + [1473, 4000, 65507]),
+                     (socket.AF_INET6, s6, list(range(0, 1453)) + [1453, 9000, 65527])]
+        else:
+            jumbo = [0, 1000, 1472, 3000, 3400, 3600, 5000]
+            plans = [(socket.AF_INET, s4, jumbo + [8972, 8973]), (socket.AF_INET6, s6, jumbo + [8952, 8953])]
+        for family, server, sizes in plans:
             s = socket.socket(family, socket.SOCK_DGRAM)
             s.settimeout(2)
             results = {"ok": 0, "lost": [], "corrupt": []}
-            for size in list(range(0, largest + 1)) + big:
-                r = exchange(s, (server, port), pattern(size, size))
-                if r == "ok": results["ok"] += 1
-                else: results[r].append(size)
-            out["v4" if family == socket.AF_INET else "v6"] = results
-    elif mode == "jumbo":
-        # Over a 9000-byte MTU: sizes whose frame fits a veth's first XDP buffer (3520 bytes), larger ones up to the
-        # largest unfragmented datagram, and one that fragments.
-        s4, s6, port = sys.argv[2], sys.argv[3], int(sys.argv[4])
-        for family, server, largest in [(socket.AF_INET, s4, 8972), (socket.AF_INET6, s6, 8952)]:
-            s = socket.socket(family, socket.SOCK_DGRAM)
-            s.settimeout(2)
-            results = {"ok": 0, "lost": [], "corrupt": []}
-            for size in [0, 1000, 1472, 3000, 3400, 3600, 5000, largest, largest + 1]:
+            for size in sizes:
                 r = exchange(s, (server, port), pattern(size, size))
                 if r == "ok": results["ok"] += 1
                 else: results[r].append(size)
@@ -382,13 +387,7 @@ struct XDPTests {
             let server = try await hosts.startServer([])
             #expect(server.outputLines.contains { $0.contains("(native: in the driver)") })
             #expect(try await hosts.serverHasProgram())
-            let network = hosts.network
-            let result = try await hosts.client(
-                pythonXDPClient,
-                ["sizes", network.serverAddress, network.serverAddress6, "7000"]
-            )
-            let v4 = try #require(result["v4"] as? [String: Any])
-            let v6 = try #require(result["v6"] as? [String: Any])
+            let (v4, v6) = try await hosts.echoSizes("sizes")
             #expect(v4["ok"] as? Int == 1473 + 3, "\(v4)")
             #expect(v6["ok"] as? Int == 1453 + 3, "\(v6)")
             let counts = try await stopAndCount(server)
@@ -407,14 +406,8 @@ struct XDPTests {
         try await withHosts(try await XDPNetwork(mtu: 9000)) { hosts in
             let server = try await hosts.startServer([])
             #expect(server.outputLines.contains { $0.contains("(native: in the driver)") }, "\(server.outputLines)")
-            let network = hosts.network
-            let result = try await hosts.client(
-                pythonXDPClient,
-                ["jumbo", network.serverAddress, network.serverAddress6, "7000"]
-            )
             // Nine sizes a family, each echoed byte for byte (a lost or corrupt one is listed instead).
-            let v4 = try #require(result["v4"] as? [String: Any])
-            let v6 = try #require(result["v6"] as? [String: Any])
+            let (v4, v6) = try await hosts.echoSizes("jumbo")
             #expect(v4["ok"] as? Int == 9, "\(v4)")
             #expect(v6["ok"] as? Int == 9, "\(v6)")
             let counts = try await stopAndCount(server)
