@@ -43,6 +43,18 @@ public final class TestSocket: @unchecked Sendable {
         self.localAddress = socketAddress(storage)
     }
 
+    /// A socket that holds an ephemeral port on `host` where nothing answers and the kernel refuses: the socket is
+    /// connected to its own address, so no datagram from anyone else matches it, and each is answered with ICMP port
+    /// unreachable, as at a port nothing is bound to. Unlike a port found free and let go, it cannot be taken by
+    /// another test's server while this socket lives: keep it until the test is done with the port.
+    public static func refusing(host: String = "127.0.0.1") throws -> TestSocket {
+        let holder = try TestSocket(host: host)
+        guard withRaw(holder.localAddress, { connect(holder.descriptor, $0, $1) }) == 0 else {
+            throw TestSocketError(operation: "connect \(holder.localAddress) to itself", errno: errno)
+        }
+        return holder
+    }
+
     deinit { self.close() }
 
     public func close() {

@@ -53,9 +53,9 @@ import Glibc
     }
 
     @Test func isRefusedByAClosedPort() async throws {
-        let closed = try TestSocket(host: "127.0.0.1")
+        let closed = try TestSocket.refusing()
+        defer { closed.close() }
         let address = closed.localAddress
-        closed.close()
         let client = try await EchoClient.connect(to: address)
         let error = await #expect(throws: EchoError.self) {
             try await client.echo(ByteBuffer(string: "hello?"), timeout: .seconds(5))

@@ -388,10 +388,10 @@ func configurationError(_ text: String) -> ExporterConfiguration.ParseError? {
     }
 
     @Test func aTargetThatDoesNotAnswerFailsTheProbeNotTheScrape() async throws {
-        // A port with nothing on it: refused (ICMP), so every packet is lost.
-        let silent = try TestSocket()
-        let port = silent.localAddress.port!
-        silent.close()
+        // A port where nothing answers: refused (ICMP), so every packet is lost.
+        let refusing = try TestSocket.refusing()
+        defer { refusing.close() }
+        let port = refusing.localAddress.port!
         try await withExporter(try parsedConfiguration(Self.echoModules)) { _, address in
             let answer = try await HTTPExchange.send(
                 "GET",
@@ -551,9 +551,9 @@ func configurationError(_ text: String) -> ExporterConfiguration.ParseError? {
     @Test func continuousTargetsAddUpOverTimeAndAreDrawn() async throws {
         try await withServer { server in
             let target = try clientAddress(of: server).hostPortDescription
-            let closed = try TestSocket()
+            let closed = try TestSocket.refusing()
+            defer { closed.close() }
             let closedPort = closed.localAddress.port!
-            closed.close()
             let configuration = try parsedConfiguration(
                 """
                 modules:

@@ -141,9 +141,9 @@ import Glibc
     /// reported once, as refused, and never again as lost.
     @Test(arguments: ["127.0.0.1", "::1"])
     func eachRefusedProbeIsReportedOnce(host: String) async throws {
-        let closed = try TestSocket(host: host)
+        let closed = try TestSocket.refusing(host: host)
+        defer { closed.close() }
         let address = closed.localAddress
-        closed.close()
         let events = Mutex<[ProbeEvent]>([])
         let result = try await EchoPinger.run(
             .init(target: address, count: 3, interval: .milliseconds(20), timeout: .milliseconds(100))

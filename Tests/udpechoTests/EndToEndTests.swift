@@ -257,9 +257,9 @@ import Glibc
     }
 
     @Test func isRefusedWithExitCode2() async throws {
-        let closed = try TestSocket(host: "127.0.0.1")
+        let closed = try TestSocket.refusing()
+        defer { closed.close() }
         let port = closed.localAddress.port!
-        closed.close()
         let result = try await Spawned.run(udpecho, ["client", "--address", "127.0.0.1:\(port)"], input: [1])
         #expect(result.status == 2)
         #expect(result.error.contains("nothing listens on that port"))

@@ -178,9 +178,9 @@ func jsonObjects(_ lines: [String]) throws -> [[String: Any]] {
 
     /// A refused probe prints one line, and no "no reply" after it.
     @Test func aRefusedProbeIsShownOnce() async throws {
-        let closed = try TestSocket(host: "127.0.0.1")
+        let closed = try TestSocket.refusing()
+        defer { closed.close() }
         let port = closed.localAddress.port!
-        closed.close()
         let result = try await Spawned.run(
             udpecho,
             ["ping", "127.0.0.1:\(port)", "-c", "3", "-i", "50ms", "-W", "200ms"]

@@ -352,7 +352,10 @@ struct RoutedHosts: NamespaceHosts {
         server.signal(SIGTERM)
         await server.waitForExit()
 
-        let refused = try await Spawned.run(udpecho, ["mtu", "127.0.0.1:\(port)"])
+        // A port that stays refused for the whole run (the server's own, once let go, another test could take).
+        let closed = try TestSocket.refusing()
+        defer { closed.close() }
+        let refused = try await Spawned.run(udpecho, ["mtu", "127.0.0.1:\(closed.localAddress.port!)"])
         #expect(refused.status == 1)
         #expect(refused.error.contains("refused the datagram: nothing listens on that port"), "\(refused.error)")
         for (arguments, message) in [
