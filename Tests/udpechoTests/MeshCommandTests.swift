@@ -163,6 +163,31 @@ struct MeshAgentProcess {
         )
     }
 
+    /// The live page draws 100 peers, those whose last hour the agent keeps (the first it took), and counts the others;
+    /// every peer is still in the metrics.
+    @Test func theLivePageDrawsAHundredPeersAndCountsTheRest() async throws {
+        let directory = try temporaryDirectory("mesh-many")
+        let peers = directory.appendingPathComponent("peers")
+        // Nothing listens on port 9: each probe is refused and drawn as lost.
+        try replaceFile(peers, with: Data((1...103).map { "127.7.0.\($0):9\n" }.joined().utf8))
+        let agent = try await MeshAgentProcess(["--peers", peers.path, "-i", "200ms", "-W", "300ms"])
+        defer { agent.process.signal(SIGTERM) }
+        #expect(try await agent.waitFor("udpecho_mesh_peers", "103") == "103")
+        let base = String(agent.metricsURL.dropLast("/metrics".count))
+        var page = ""
+        for _ in 0..<50 {
+            page = try #require(try await httpGet(base + "/"))
+            if page.components(separatedBy: "class=\"lost\"").count > 100 { break }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        #expect(page.components(separatedBy: "<svg").count == 101, "a graph for each of the first 100 peers")
+        let drawn = (1...103).filter { page.contains("<h3>127.7.0.\($0):9 (") }
+        #expect(drawn.count == 100, "\(drawn)")
+        #expect(page.contains("<p>3 more are not drawn here; their metrics are at /metrics.</p>"))
+        let text = try #require(try await httpGet(agent.metricsURL))
+        #expect(text.contains("udpecho_mesh_probes_sent_total{peer=\"127.7.0.103:9\""), "every peer's series")
+    }
+
     /// Garbage replies showed in the text report only as loss: the report has duplicate and corrupt columns, so a
     /// peer that answers twice or changes a byte is told from one that does not answer.
     @Test(arguments: [("dup", "duplicate"), ("flip", "corrupt")])

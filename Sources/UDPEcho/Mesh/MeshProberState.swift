@@ -28,7 +28,7 @@ struct MeshProberState {
     var histograms: [LatencyHistogram] = []
     /// With `samples`: each target's probes, by departure from the prober's start.
     var samples: [[SmokePlot.Sample]] = []
-    /// With `liveGraphs`: each target's last hour.
+    /// With `liveGraphs`: the last hour of each target the live page draws (the first LivePage.maximumGraphs).
     var live: [LiveSeries] = []
     /// When the prober started (CLOCK_MONOTONIC), the origin of the samples' times.
     var started: Int64 = cudpecho_now_ns()
@@ -120,7 +120,8 @@ struct MeshProberState {
         self.skipped.append(0)
         self.histograms.append(LatencyHistogram())
         if self.configuration.samples { self.samples.append([]) }
-        if self.configuration.liveGraphs { self.live.append(LiveSeries()) }
+        // The page draws at most LivePage.maximumGraphs peers: only theirs have a series.
+        if self.configuration.liveGraphs && self.live.count < LivePage.maximumGraphs { self.live.append(LiveSeries()) }
         if self.configuration.perFlow { self.flowCounts += Array(repeating: 0, count: self.configuration.flows * 3) }
         self.lastReply.append(0)
         self.nextFlow.append(0)
@@ -139,7 +140,7 @@ struct MeshProberState {
         self.skipped[index] = 0
         self.histograms[index] = LatencyHistogram()
         if self.configuration.samples { self.samples[index] = [] }
-        if self.configuration.liveGraphs { self.live[index] = LiveSeries() }
+        if index < self.live.count { self.live[index] = LiveSeries() }
         if self.configuration.perFlow {
             let width = self.configuration.flows * 3
             for slot in 0..<width { self.flowCounts[index * width + slot] = 0 }
@@ -388,7 +389,7 @@ struct MeshProberState {
         }
         // The page draws at most LivePage.maximumGraphs peers: only theirs are kept (a series never recorded costs
         // nothing), so that 10,000 peers do not cost 35 MB for graphs nobody sees.
-        if self.configuration.liveGraphs && index < LivePage.maximumGraphs {
+        if index < self.live.count {
             self.live[index].record(at: LiveSeries.now(), roundTrip: roundTrip)
         }
     }
@@ -397,6 +398,8 @@ struct MeshProberState {
 
     func snapshot(now: Int64) -> MeshSnapshot {
         var snapshot = MeshSnapshot()
+        // Exactly as many as there are: grown by doubling, the array of 10,000 would hold room for 16,384.
+        snapshot.targets.reserveCapacity(self.indexOf.count)
         snapshot.flows = self.configuration.flows
         snapshot.perFlow = self.configuration.perFlow
         let upWindow = 3 * self.configuration.interval.nanoseconds + self.configuration.timeout.nanoseconds
@@ -411,7 +414,7 @@ struct MeshProberState {
             statistics.skipped = self.skipped[index]
             statistics.histogram = self.histograms[index]
             if self.configuration.samples { statistics.samples = self.samples[index] }
-            if self.configuration.liveGraphs { statistics.live = self.live[index] }
+            if index < self.live.count { statistics.live = self.live[index] }
             statistics.up = self.lastReply[index] != 0 && now - self.lastReply[index] <= upWindow
             statistics.removed = self.removedAt[index] != 0
             if self.configuration.perFlow {

@@ -26,10 +26,12 @@ public enum LivePage {
     }
 
     /// The page: `heading`, `introduction` (HTML), the graphs at `now` (``LiveSeries/now()``), then `footer` (HTML).
+    /// Graphs past ``maximumGraphs``, and `notDrawn` more targets that have no graph here, are counted under them.
     public static func html(
         heading: String,
         introduction: String,
         graphs: [Graph],
+        notDrawn: Int = 0,
         empty: String,
         footer: String = "",
         now: Int64 = LiveSeries.now()
@@ -50,9 +52,9 @@ public enum LivePage {
 
                 """
         }
-        if graphs.count > Self.maximumGraphs {
-            body +=
-                "<p>\(graphs.count - Self.maximumGraphs) more are not drawn here; their metrics are at /metrics.</p>\n"
+        let more = max(0, graphs.count - Self.maximumGraphs) + notDrawn
+        if more > 0 && !graphs.isEmpty {
+            body += "<p>\(more) more are not drawn here; their metrics are at /metrics.</p>\n"
         }
         if graphs.isEmpty { body = "<p>\(SVGText.escape(empty))</p>\n" }
         return """

@@ -373,8 +373,9 @@ struct MeshCommand: AsyncParsableCommand {
 
 /// The agent's live page: each peer's last hour.
 func meshPage(_ snapshot: MeshSnapshot) -> String {
-    let graphs = snapshot.targets.prefix(LivePage.maximumGraphs).filter { !$0.removed }.compactMap {
-        target -> LivePage.Graph? in
+    // The prober keeps the last hour of the first LivePage.maximumGraphs peers only; the others are counted.
+    let listed = snapshot.targets.filter { !$0.removed }
+    let graphs = listed.prefix(LivePage.maximumGraphs).compactMap { target -> LivePage.Graph? in
         guard let live = target.live else { return nil }
         return LivePage.Graph(
             title: "\(target.target.peer) (\(target.target.address.hostPortDescription))",
@@ -390,6 +391,7 @@ func meshPage(_ snapshot: MeshSnapshot) -> String {
             This page refreshes itself every 30 seconds.</p>
             """,
         graphs: graphs,
+        notDrawn: listed.count - graphs.count,
         empty: "No live graphs: no peers yet, or the agent runs with --no-graphs."
     )
 }
