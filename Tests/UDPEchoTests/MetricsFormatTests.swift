@@ -32,6 +32,41 @@ import Testing
         #expect(median > LatencyHistogram.nativeUpperBound(0) && median <= LatencyHistogram.nativeUpperBound(1))
     }
 
+    /// Counts are kept in 32 bits and widen past them: a bucket with more than 4 billion observations (weeks of a fast
+    /// interval) counts on exactly, in both kinds of bucket, in the spans and in the quantiles.
+    @Test func countsPastThirtyTwoBitsAreKeptWhole() {
+        var histogram = LatencyHistogram()
+        histogram.record(seconds: 0.0003)
+        histogram.record(seconds: 0.002)
+        histogram.record(seconds: 0.002)
+        for _ in 0..<40 { histogram.merge(histogram) }  // each count doubled 40 times: 2^40 and 2^41
+        let slow = LatencyHistogram.nativeIndex(0.002)
+        #expect(histogram.count == 3 << 40)
+        #expect(histogram.classicCount(3) == 1 << 40 && histogram.classicCount(5) == 1 << 41)
+        #expect(histogram.classic.reduce(0, +) == 3 << 40)
+        #expect(histogram.native == [LatencyHistogram.nativeIndex(0.0003): 1 << 40, slow: 1 << 41])
+        #expect(histogram.nativeSpans().deltas == [1 << 40, 1 << 40])
+        // Across the carry: 2^32 - 1 in a bucket (1 + 2 + ... + 2^31), then one more.
+        var edge = LatencyHistogram()
+        var power = LatencyHistogram()
+        power.record(seconds: 0.002)
+        for _ in 0..<32 {
+            edge.merge(power)
+            power.merge(power)
+        }
+        #expect(edge.classicCount(5) == UInt64(UInt32.max) && edge.native[slow] == UInt64(UInt32.max))
+        edge.record(seconds: 0.002)
+        #expect(edge.classicCount(5) == 1 << 32 && edge.native[slow] == 1 << 32 && edge.count == 1 << 32)
+        let median = try! #require(histogram.nativeQuantile(0.5))
+        #expect(
+            median > LatencyHistogram.nativeUpperBound(slow - 1) && median <= LatencyHistogram.nativeUpperBound(slow)
+        )
+        // A bucket below the first grows the array at its front; the counts past 32 bits stay with their buckets.
+        histogram.record(seconds: 0.00001)
+        #expect(histogram.native[slow] == 1 << 41 && histogram.native[LatencyHistogram.nativeIndex(0.00001)] == 1)
+        #expect(histogram.classicCount(0) == 1 && histogram.classicCount(5) == 1 << 41)
+    }
+
     @Test func theTextFormatIsReadBackIntoFamilies() {
         let text = """
             # HELP udpecho_a_total Things.

@@ -131,7 +131,7 @@ public enum MeshMetrics {
             case 1:
                 var cumulative: UInt64 = 0
                 for (bucket, bound) in self.bounds.enumerated() {
-                    cumulative += bucket < statistics.buckets.count ? statistics.buckets[bucket] : 0
+                    cumulative += statistics.histogram.classicCount(bucket)
                     buffer.writeString("udpecho_mesh_rtt_seconds_bucket{\(label),le=\"\(bound)\"} \(cumulative)\n")
                 }
                 buffer.writeString("udpecho_mesh_rtt_seconds_sum{\(label)} \(MeshMetrics.number(statistics.rttSum))\n")

@@ -105,7 +105,7 @@ public enum ProtobufExposition {
                 inner.double(2, histogram.sum)
                 var cumulative: UInt64 = 0
                 for (index, bound) in LatencyHistogram.classicBounds.enumerated() {
-                    cumulative += histogram.classic[index]
+                    cumulative += histogram.classicCount(index)
                     var bucket = Message()
                     bucket.varint(1, cumulative)
                     bucket.double(2, bound)
@@ -210,7 +210,7 @@ public enum ProtobufExposition {
                 if let histogram = metric.histogram {
                     var cumulative: UInt64 = 0
                     for (index, bound) in LatencyHistogram.classicBounds.enumerated() {
-                        cumulative += histogram.classic[index]
+                        cumulative += histogram.classicCount(index)
                         writer.sample(
                             family.name + "_bucket",
                             metric.labels + [("le", MeshMetrics.number(bound))],
