@@ -10,12 +10,16 @@ import Synchronization
 /// and dribbles requests a line at a time (slowloris) can hold a slot for at most the grace before someone waiting
 /// takes it, reconnecting only puts it at the back of the queue, and a scraper, whose request is complete at once,
 /// gets in after the connections queued before it. When the queue is full too, a new connection is closed at once.
+///
+/// A connection is closed to make room only by its own event loop, and only if it still waits for a request once
+/// that loop has read what it sent: a scraper whose complete request sits unread on a busy loop is answered, not reset.
+/// Its grace begins when it is active on its loop, not when it is given a slot.
 final class ConnectionTable: Sendable {
     private struct Entry {
         let channel: any Channel
         let source: IPKey?
-        /// When it began to wait for a complete request (connected, or answered its last one); nil while a request
-        /// of its is being answered.
+        /// When it began to wait for a complete request (active on its loop, or answered its last one); nil while it
+        /// is being set up and while a request of its is being answered.
         var waitingSince: UInt64?
     }
 
@@ -32,6 +36,8 @@ final class ConnectionTable: Sendable {
         var next = 0
         var entries: [Int: Entry] = [:]
         var queue: [Waiting] = []
+        /// Slots whose connection its own loop is asked to close to make room, if it still waits then.
+        var evicting: Set<Int> = []
     }
 
     private let state = Mutex(State())
@@ -67,13 +73,16 @@ final class ConnectionTable: Sendable {
         return admitted
     }
 
-    /// Gives free slots, and those of connections that waited past the grace for a request, to queued connections
-    /// in order of arrival. Called when a connection comes, closes, and on a timer while any are queued.
+    /// Gives free slots to queued connections in order of arrival, and asks the loops of connections that waited
+    /// past the grace for a request to close them to make room (one for each queued connection that needs one and
+    /// is not already covered by such a request). Called when a connection comes, closes, and on a timer while any
+    /// are queued.
     func serveQueue() {
         let now = DispatchTime.now().uptimeNanoseconds
         var started: [(Waiting, Int)] = []
-        var evicted: [any Channel] = []
+        var evictions: [(any Channel, Int)] = []
         self.state.withLock { state in
+            var covered = state.evicting.count
             var index = 0
             while index < state.queue.count {
                 let waiting = state.queue[index]
@@ -82,17 +91,44 @@ final class ConnectionTable: Sendable {
                     continue
                 }
                 if case .replacing(let victim) = place {
-                    evicted.append(state.entries.removeValue(forKey: victim)!.channel)
+                    // It waits for the slot its loop frees (or for the next turn, if that connection is served).
+                    if covered > 0 {
+                        covered -= 1
+                    } else {
+                        state.evicting.insert(victim)
+                        evictions.append((state.entries[victim]!.channel, victim))
+                    }
+                    index += 1
+                    continue
                 }
                 let slot = state.next
                 state.next += 1
-                state.entries[slot] = Entry(channel: waiting.channel, source: waiting.source, waitingSince: now)
+                state.entries[slot] = Entry(channel: waiting.channel, source: waiting.source, waitingSince: nil)
                 state.queue.remove(at: index)
                 started.append((waiting, slot))
             }
         }
-        for channel in evicted { channel.close(promise: nil) }
+        for (channel, slot) in evictions {
+            // After the loop's reads: a request that came meanwhile is read, and marks the connection answering.
+            channel.eventLoop.execute { self.evict(slot) }
+        }
         for (waiting, slot) in started { waiting.start(slot) }
+    }
+
+    /// On the connection's own loop: closes the connection in `slot` if it still waits past the grace for a
+    /// request, then gives its slot to the queue.
+    func evict(_ slot: Int) {
+        let now = DispatchTime.now().uptimeNanoseconds
+        let closing = self.state.withLock { state -> (any Channel)? in
+            state.evicting.remove(slot)
+            guard let entry = state.entries[slot], let since = entry.waitingSince, now >= since + self.grace else {
+                return nil
+            }
+            state.entries.removeValue(forKey: slot)
+            return entry.channel
+        }
+        closing?.close(promise: nil)
+        self.serveQueue()
     }
 
     /// How a connection can be served now.
@@ -111,8 +147,10 @@ final class ConnectionTable: Sendable {
         let sourceFull = fromSource >= self.maximumPerSource
         guard sourceFull || state.entries.count >= self.maximum else { return .free }
         guard let now else { return nil }
-        let victim = state.entries.filter { _, entry in
-            guard let since = entry.waitingSince, now >= since + self.grace else { return false }
+        let victim = state.entries.filter { slot, entry in
+            guard let since = entry.waitingSince, now >= since + self.grace, !state.evicting.contains(slot) else {
+                return false
+            }
             return !sourceFull || entry.source == source
         }.min { $0.value.waitingSince! < $1.value.waitingSince! }
         return victim.map { .replacing($0.key) }
@@ -124,7 +162,7 @@ final class ConnectionTable: Sendable {
     /// A request of the connection's is being answered: it cannot be closed to make room.
     func answering(_ slot: Int) { self.state.withLock { $0.entries[slot]?.waitingSince = nil } }
 
-    /// The connection waits for its next request from now on.
+    /// The connection waits for a request from now on: its first, once it is active on its loop, or its next.
     func waiting(_ slot: Int) {
         let now = DispatchTime.now().uptimeNanoseconds
         self.state.withLock { $0.entries[slot]?.waitingSince = now }

@@ -19,7 +19,8 @@ import Synchronization
 ///   (``Configuration/maximumQueuedConnections``, then they are closed) and, in order of arrival, take the place of
 ///   connections that have waited more than ``Configuration/requestGrace`` for a complete request: clients that
 ///   open connections and dribble requests a line at a time (slowloris) cannot keep a scraper out, since a scraper's
-///   request is complete at once.
+///   request is complete at once. The grace begins when the connection is active on its event loop, and that loop
+///   closes it only if no complete request came by the time it has read what the connection sent.
 /// - A request must be complete within ``Configuration/requestTimeout`` of the connection opening, and the next one
 ///   within ``Configuration/idleTimeout`` of a response; otherwise the connection is closed (slow or idle clients
 ///   cannot hold connections open).
@@ -383,6 +384,8 @@ private final class ScrapeHandler: ChannelInboundHandler {
 
     func channelActive(context: ChannelHandlerContext) {
         self.arm(context, self.configuration.requestTimeout)
+        // Its grace for a request begins now that it reads, not when it was given its slot.
+        self.table.waiting(self.slot)
         context.fireChannelActive()
     }
 
