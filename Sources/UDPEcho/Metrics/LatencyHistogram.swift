@@ -44,7 +44,10 @@ public struct LatencyHistogram: Sendable, Equatable {
 
     /// Observations in classic bucket `bucket` (0 to `classicBounds.count`, the last above the highest bound), not
     /// cumulative.
-    public func classicCount(_ bucket: Int) -> UInt64 { self.value(at: bucket, key: Int32.min + Int32(bucket)) }
+    public func classicCount(_ bucket: Int) -> UInt64 { self.value(at: bucket, key: Self.classicKey(bucket)) }
+
+    /// The key in `high` of classic bucket `bucket`: below every native index.
+    private static func classicKey(_ bucket: Int) -> Int32 { Int32.min + Int32(bucket) }
 
     /// How many native buckets `low` holds (some may be empty).
     private var nativeLength: Int { self.low.count - Self.classicBucketCount }
@@ -111,7 +114,7 @@ public struct LatencyHistogram: Sendable, Equatable {
         self.count += 1
         self.sum += seconds
         let bucket = Self.classicBounds.firstIndex { seconds <= $0 } ?? Self.classicBounds.count
-        self.add(1, at: bucket, key: Int32.min + Int32(bucket))
+        self.add(1, at: bucket, key: Self.classicKey(bucket))
         if seconds <= Self.zeroThreshold {
             self.zeroCount += 1
         } else {
@@ -125,7 +128,7 @@ public struct LatencyHistogram: Sendable, Equatable {
         self.sum += other.sum
         self.zeroCount += other.zeroCount
         for bucket in 0..<Self.classicBucketCount {
-            self.add(other.classicCount(bucket), at: bucket, key: Int32.min + Int32(bucket))
+            self.add(other.classicCount(bucket), at: bucket, key: Self.classicKey(bucket))
         }
         for position in 0..<other.nativeLength {
             let bucket = other.nativeBucket(position)
